@@ -1,0 +1,13 @@
+"""Corral's wire contract: the `corral.v1` protocol and its generated stubs.
+
+The generated modules live in `corral_protocol.v1`. Every call carries the protocol version in
+the `corral-protocol-version` metadata key and a bearer token in `authorization`.
+"""
+
+PROTOCOL_VERSION = 1
+"""The major protocol version this package speaks. Fields are only ever added within a version."""
+
+VERSION_METADATA_KEY = "corral-protocol-version"
+AUTHORIZATION_METADATA_KEY = "authorization"
+
+__all__ = ["AUTHORIZATION_METADATA_KEY", "PROTOCOL_VERSION", "VERSION_METADATA_KEY"]

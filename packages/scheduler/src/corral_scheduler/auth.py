@@ -1,0 +1,99 @@
+"""Bearer tokens and the protocol-version check, applied to every RPC by a server interceptor."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
+
+WORKER_SERVICE_PREFIX = "/corral.v1.WorkerService/"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def load_or_create_token(path: Path) -> str:
+    """The admin token in `path`, generated on first use and stored with mode 0600."""
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = new_token()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+def bearer_token(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == AUTHORIZATION_METADATA_KEY and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return ""
+
+
+def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def abort_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover
+
+    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort_stream, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort_stream, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls with a missing or incompatible protocol version (FAILED_PRECONDITION) and calls
+    without a valid token (UNAUTHENTICATED). Container tokens are only good for the WorkerService;
+    the handler there checks that the token belongs to the container it speaks for."""
+
+    def __init__(self, admin_token: str, is_container_token: Callable[[str], bool]) -> None:
+        self._admin_token = admin_token
+        self._is_container_token = is_container_token
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        metadata = details.invocation_metadata
+        version = next((v for k, v in metadata or () if k == VERSION_METADATA_KEY), None)
+        if version != str(PROTOCOL_VERSION):
+            told = f"protocol version {version}" if version else "no protocol version"
+            return _abort_handler(
+                handler,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"incompatible client: it sent {told}, this Corral server speaks protocol version {PROTOCOL_VERSION}; "
+                "install a corral client of the same major version as the server",
+            )
+        token = bearer_token(metadata)
+        if details.method.startswith(WORKER_SERVICE_PREFIX):
+            ok = bool(token) and self._is_container_token(token)
+        else:
+            ok = bool(token) and hmac.compare_digest(token.encode(), self._admin_token.encode())
+        if not ok:
+            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid or missing bearer token")
+        return handler

@@ -1,0 +1,150 @@
+"""The control plane's live objects: apps, services, containers, inputs, nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+
+from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
+from corral_scheduler.autoscaler import AutoscalerConfig
+from corral_scheduler.placement import NodeCapacity
+
+
+class ContainerState(enum.IntEnum):
+    PENDING = control_pb2.CONTAINER_STATE_PENDING  # placed; the node is starting the process
+    STARTING = control_pb2.CONTAINER_STATE_STARTING  # the worker connected and runs its enter hooks
+    READY = control_pb2.CONTAINER_STATE_READY  # serving inputs
+    STOPPING = control_pb2.CONTAINER_STATE_STOPPING  # draining, then exit hooks
+    STOPPED = control_pb2.CONTAINER_STATE_STOPPED
+    FAILED = control_pb2.CONTAINER_STATE_FAILED
+
+    @property
+    def is_live(self) -> bool:
+        return self in (ContainerState.PENDING, ContainerState.STARTING, ContainerState.READY)
+
+
+@dataclass
+class AppRecord:
+    app_id: str
+    name: str
+    kind: int
+    version: int
+    bundle_hash: str
+    class_defs: dict[str, common_pb2.ClassDef]
+    created_at: float = field(default_factory=time.time)
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    stopped: bool = False
+
+
+@dataclass
+class Input:
+    """One call. It may run several times (retries); its future resolves once."""
+
+    call_id: str
+    service_id: str
+    method: str
+    args: common_pb2.Payload
+    future: asyncio.Future[common_pb2.Result]
+    attempts: int = 0
+    container_id: str | None = None
+    timer: asyncio.TimerHandle | None = None
+    done_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+@dataclass
+class Container:
+    container_id: str
+    token: str
+    service_id: str
+    node_id: str
+    resources: common_pb2.Resources
+    gpu_indices: tuple[int, ...] = ()
+    state: ContainerState = ContainerState.PENDING
+    slots: int = 1
+    running: dict[str, Input] = field(default_factory=dict)
+    outbox: asyncio.Queue[worker_pb2.WorkerSessionResponse | None] | None = None
+    started_at: float = field(default_factory=time.time)
+    idle_since: float = field(default_factory=time.monotonic)
+    inputs_served: int = 0
+    pid: int = 0
+    exit_reason: str = ""
+    kill_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots - len(self.running) if self.state == ContainerState.READY else 0
+
+    def send(self, message: worker_pb2.WorkerSessionResponse) -> None:
+        if self.outbox is not None:
+            self.outbox.put_nowait(message)
+
+
+@dataclass
+class Service:
+    """One class bound to one parameter set and one set of options."""
+
+    service_id: str
+    app_id: str
+    class_def: common_pb2.ClassDef
+    parameters: list[common_pb2.NamedParameter]
+    options: common_pb2.ServiceOptions
+    queue: deque[Input] = field(default_factory=deque)
+    containers: dict[str, Container] = field(default_factory=dict)
+    init_failures: int = 0
+    next_start_at: float = 0.0
+    last_init_error: common_pb2.Result | None = None
+    autoscaler_override: common_pb2.AutoscalerSettings = field(default_factory=common_pb2.AutoscalerSettings)
+    retired: bool = False
+
+    @property
+    def autoscaler(self) -> AutoscalerConfig:
+        settings = common_pb2.AutoscalerSettings()
+        settings.CopyFrom(self.options.autoscaler)
+        settings.MergeFrom(self.autoscaler_override)
+        return AutoscalerConfig(
+            min_containers=settings.min_containers,
+            max_containers=settings.max_containers if settings.HasField("max_containers") else None,
+            buffer_containers=settings.buffer_containers,
+            scaledown_window_s=settings.scaledown_window_s if settings.HasField("scaledown_window_s") else 60.0,
+            target_inputs=self.options.concurrency.target_inputs or 1,
+        )
+
+    @property
+    def live_containers(self) -> list[Container]:
+        return [c for c in self.containers.values() if c.state.is_live]
+
+    @property
+    def running_count(self) -> int:
+        return sum(len(c.running) for c in self.containers.values())
+
+
+@dataclass
+class Node:
+    node_id: str
+    name: str
+    inventory: common_pb2.NodeInventory
+    capacity: NodeCapacity
+    outbox: asyncio.Queue[node_pb2.NodeSessionResponse | None] = field(default_factory=asyncio.Queue)
+    containers: set[str] = field(default_factory=set)
+    last_heartbeat: float = field(default_factory=time.time)
+    connected: bool = False
+
+    def send(self, message: node_pb2.NodeSessionResponse) -> None:
+        self.outbox.put_nowait(message)
+
+    def info(self) -> control_pb2.NodeInfo:
+        return control_pb2.NodeInfo(
+            node_id=self.node_id, name=self.name, inventory=self.inventory,
+            cpu_reserved=self.capacity.cpu_reserved, memory_reserved_mib=self.capacity.memory_reserved_mib,
+            containers=len(self.containers), last_heartbeat=self.last_heartbeat,
+        )
+
+

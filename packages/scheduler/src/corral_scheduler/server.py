@@ -1,0 +1,59 @@
+"""Serving the control plane's three gRPC services on one port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
+from corral_scheduler.auth import AuthInterceptor
+from corral_scheduler.control_plane import ControlPlane
+from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
+from corral_scheduler.store import Store
+
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    plane: ControlPlane
+    port: int
+    host: str
+
+    @property
+    def url(self) -> str:
+        return f"grpc://{self.host}:{self.port}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.plane.close()
+        await self.server.stop(grace)
+        self.plane.store.close()
+
+
+async def serve(state_dir: Path, admin_token: str, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
+    """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port)."""
+    store = Store(state_dir)
+    plane = ControlPlane(store, admin_token)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token)], options=SERVER_OPTIONS)
+    control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(plane), server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(plane), server)
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(plane), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port} (is the port in use?)")
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    plane.control_url = f"grpc://{connect_host}:{bound}"
+    await server.start()
+    await plane.start()
+    return RunningServer(server, plane, bound, connect_host)

@@ -1,0 +1,263 @@
+"""gRPC adapters: ControlService, NodeService and WorkerService over the `ControlPlane`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from corral_protocol.v1 import (
+    control_pb2,
+    control_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from corral_scheduler.auth import bearer_token
+from corral_scheduler.control_plane import ControlPlane
+from corral_scheduler.errors import ApiError, InvalidArgument
+
+log = logging.getLogger("corral.scheduler")
+
+T = TypeVar("T")
+_BUNDLE_CHUNK = 1024 * 1024
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+
+
+def api(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn `ApiError`s into gRPC statuses."""
+
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except ApiError as err:
+            await context.abort(err.code, err.message)
+            raise  # unreachable: abort raises
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    @api
+    async def HasBundle(self, request: control_pb2.HasBundleRequest, context: Any) -> control_pb2.HasBundleResponse:
+        try:
+            return control_pb2.HasBundleResponse(present=self.plane.store.has_bundle(request.hash))
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+
+    @api
+    async def UploadBundle(self, request_iterator: AsyncIterator[control_pb2.UploadBundleRequest], context: Any) -> control_pb2.UploadBundleResponse:
+        bundle_hash = ""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in request_iterator:
+            bundle_hash = bundle_hash or chunk.hash
+            size += len(chunk.data)
+            if size > MAX_BUNDLE_BYTES:
+                raise InvalidArgument(f"code bundle is larger than {MAX_BUNDLE_BYTES // 2**20} MiB")
+            parts.append(chunk.data)
+        try:
+            self.plane.store.put_bundle(bundle_hash, b"".join(parts))
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+        return control_pb2.UploadBundleResponse(hash=bundle_hash)
+
+    @api
+    async def CreateApp(self, request: control_pb2.CreateAppRequest, context: Any) -> control_pb2.CreateAppResponse:
+        return self.plane.create_app(request)
+
+    @api
+    async def AppHeartbeat(self, request: control_pb2.AppHeartbeatRequest, context: Any) -> control_pb2.AppHeartbeatResponse:
+        self.plane.app_heartbeat(request.app_id)
+        return control_pb2.AppHeartbeatResponse()
+
+    @api
+    async def StopApp(self, request: control_pb2.StopAppRequest, context: Any) -> control_pb2.StopAppResponse:
+        return control_pb2.StopAppResponse(app_id=self.plane.stop_app(request.app))
+
+    @api
+    async def ListApps(self, request: control_pb2.ListAppsRequest, context: Any) -> control_pb2.ListAppsResponse:
+        return control_pb2.ListAppsResponse(apps=self.plane.list_apps(request.include_stopped))
+
+    @api
+    async def LookupClass(self, request: control_pb2.LookupClassRequest, context: Any) -> control_pb2.LookupClassResponse:
+        app_id, class_def = self.plane.lookup_class(request.app_name, request.class_name)
+        return control_pb2.LookupClassResponse(app_id=app_id, class_def=class_def)
+
+    @api
+    async def BindService(self, request: control_pb2.BindServiceRequest, context: Any) -> control_pb2.BindServiceResponse:
+        service_id = self.plane.bind_service(request.app_id, request.class_name, request.parameters, request.options)
+        return control_pb2.BindServiceResponse(service_id=service_id)
+
+    @api
+    async def Invoke(self, request: control_pb2.InvokeRequest, context: Any) -> control_pb2.InvokeResponse:
+        inp = self.plane.invoke(request.service_id, request.method, request.args)
+        if not request.wait:
+            return control_pb2.InvokeResponse(call_id=inp.call_id)
+        try:
+            result = await asyncio.shield(inp.future)
+        except asyncio.CancelledError:
+            self.plane.cancel(inp.call_id, "the caller went away")
+            self.plane.forget(inp.call_id)
+            raise
+        self.plane.forget(inp.call_id)
+        return control_pb2.InvokeResponse(call_id=inp.call_id, result=result)
+
+    @api
+    async def GetResult(self, request: control_pb2.GetResultRequest, context: Any) -> control_pb2.GetResultResponse:
+        inp = self.plane.get_input(request.call_id)
+        if not inp.future.done() and request.timeout_s > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(inp.future), timeout=request.timeout_s)
+        if not inp.future.done():
+            return control_pb2.GetResultResponse(done=False)
+        return control_pb2.GetResultResponse(done=True, result=inp.future.result())
+
+    @api
+    async def CancelCall(self, request: control_pb2.CancelCallRequest, context: Any) -> control_pb2.CancelCallResponse:
+        self.plane.get_input(request.call_id)
+        self.plane.cancel(request.call_id)
+        return control_pb2.CancelCallResponse()
+
+    @api
+    async def UpdateAutoscaler(self, request: control_pb2.UpdateAutoscalerRequest, context: Any) -> control_pb2.UpdateAutoscalerResponse:
+        self.plane.update_autoscaler(request.service_id, request.settings)
+        return control_pb2.UpdateAutoscalerResponse()
+
+    @api
+    async def ListContainers(self, request: control_pb2.ListContainersRequest, context: Any) -> control_pb2.ListContainersResponse:
+        return control_pb2.ListContainersResponse(containers=self.plane.list_containers(request.app_id))
+
+    @api
+    async def ListNodes(self, request: control_pb2.ListNodesRequest, context: Any) -> control_pb2.ListNodesResponse:
+        return control_pb2.ListNodesResponse(nodes=[n.info() for n in self.plane.nodes.values() if n.connected])
+
+    @api
+    async def SetSecret(self, request: control_pb2.SetSecretRequest, context: Any) -> control_pb2.SetSecretResponse:
+        if not request.name or not all(c.isalnum() or c in "-_." for c in request.name):
+            raise InvalidArgument(f"secret name {request.name!r} must be letters, digits, '-', '_' or '.'")
+        for key in request.values:
+            if not key.isidentifier():
+                raise InvalidArgument(f"secret key {key!r} is not a valid environment variable name")
+        self.plane.store.set_secret(request.name, dict(request.values))
+        return control_pb2.SetSecretResponse()
+
+    @api
+    async def ListSecrets(self, request: control_pb2.ListSecretsRequest, context: Any) -> control_pb2.ListSecretsResponse:
+        return control_pb2.ListSecretsResponse(names=self.plane.store.secret_names())
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    HEARTBEAT_INTERVAL_S = 5.0
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    @api
+    async def RegisterNode(self, request: node_pb2.RegisterNodeRequest, context: Any) -> node_pb2.RegisterNodeResponse:
+        node = self.plane.register_node(request)
+        return node_pb2.RegisterNodeResponse(node_id=node.node_id, heartbeat_interval_s=self.HEARTBEAT_INTERVAL_S)
+
+    async def NodeSession(self, request_iterator: AsyncIterator[node_pb2.NodeSessionRequest], context: Any) -> AsyncIterator[node_pb2.NodeSessionResponse]:
+        try:
+            first = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        try:
+            node = self.plane.node_connected(first.node_id)
+        except ApiError as err:
+            await context.abort(err.code, err.message)
+            return
+        self.plane.node_event(node, first)
+
+        async def read() -> None:
+            try:
+                async for event in request_iterator:
+                    self.plane.node_event(node, event)
+            finally:
+                node.outbox.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                command = await node.outbox.get()
+                if command is None:
+                    break
+                yield command
+        finally:
+            reader.cancel()
+            if self.plane.nodes.get(node.node_id) is node:
+                self.plane.node_disconnected(node.node_id)
+            node.outbox = asyncio.Queue()
+
+    async def GetBundle(self, request: node_pb2.GetBundleRequest, context: Any) -> AsyncIterator[node_pb2.GetBundleResponse]:
+        try:
+            path = self.plane.store.bundle_path(request.hash)
+            data = path.read_bytes()
+        except (ValueError, OSError):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"bundle {request.hash!r} not found")
+            return
+        for offset in range(0, max(1, len(data)), _BUNDLE_CHUNK):
+            yield node_pb2.GetBundleResponse(data=data[offset:offset + _BUNDLE_CHUNK])
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    async def WorkerSession(self, request_iterator: AsyncIterator[worker_pb2.WorkerSessionRequest], context: Any) -> AsyncIterator[worker_pb2.WorkerSessionResponse]:
+        try:
+            hello = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        if hello.WhichOneof("message") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a worker session starts with hello")
+            return
+        try:
+            container, init = self.plane.worker_connected(hello.hello.container_id, bearer_token(context.invocation_metadata()))
+        except ApiError as err:
+            await context.abort(err.code, err.message)
+            return
+        outbox = container.outbox
+        assert outbox is not None
+        plane = self.plane
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    kind = message.WhichOneof("message")
+                    if kind == "output":
+                        plane.worker_output(container, message.output)
+                    elif kind == "ready":
+                        plane.worker_ready(container, message.ready.slots)
+                    elif kind == "init_failed":
+                        plane.worker_init_failed(container, message.init_failed)
+                    elif kind == "batch_output":
+                        for output in message.batch_output.outputs:
+                            plane.worker_output(container, output)
+            except Exception:
+                log.debug("worker stream of %s ended with an error", container.container_id, exc_info=True)
+            finally:
+                outbox.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            yield worker_pb2.WorkerSessionResponse(init=init)
+            while True:
+                message = await outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            if container.outbox is outbox:
+                self.plane.worker_disconnected(container)

@@ -1,0 +1,120 @@
+"""What `@app.cls` learns from a user class: methods, lifecycle hooks, parameters, options."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral._parameters import ParameterField, collect_parameters
+from corral._partial import PartialFunction, Role
+from corral.exception import InvalidError
+from corral_protocol.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str
+    function: Callable[..., Any]
+    snap: bool = False
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.function)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    function: Callable[..., Any]
+    partial: PartialFunction
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.function) or inspect.isasyncgenfunction(self.function)
+
+    @property
+    def is_generator(self) -> bool:
+        return inspect.isgeneratorfunction(self.function) or inspect.isasyncgenfunction(self.function)
+
+    def to_proto(self) -> common_pb2.MethodDef:
+        return common_pb2.MethodDef(name=self.name, is_async=self.is_async, is_generator=self.is_generator)
+
+
+@dataclass(frozen=True)
+class ClassDefinition:
+    """A user class as Corral sees it. Built once, at decoration time."""
+
+    user_cls: type
+    methods: dict[str, MethodInfo]
+    enter_hooks: list[Hook]
+    exit_hooks: list[Hook]
+    parameters: list[ParameterField]
+    options: common_pb2.ServiceOptions = field(default_factory=common_pb2.ServiceOptions)
+
+    @property
+    def name(self) -> str:
+        return self.user_cls.__qualname__
+
+    @property
+    def module(self) -> str:
+        return self.user_cls.__module__
+
+    @classmethod
+    def from_class(cls, user_cls: type, options: common_pb2.ServiceOptions) -> ClassDefinition:
+        if not isinstance(user_cls, type):
+            raise InvalidError(f"@app.cls() decorates a class, got {user_cls!r}")
+        for klass in user_cls.__mro__[:-1]:
+            if "__init__" in klass.__dict__:
+                raise InvalidError(
+                    f"{user_cls.__qualname__} defines a custom __init__, which Corral does not support. "
+                    "Declare class parameters with corral.parameter() instead, e.g. `name: str = corral.parameter()`, "
+                    "and put set-up code in an @corral.enter() hook."
+                )
+        partials = _collect_partials(user_cls)
+        methods = {name: MethodInfo(name, p.raw_f, p) for name, p in partials.items() if p.role & Role.METHOD}
+        enter = [Hook(name, p.raw_f, p.snap) for name, p in partials.items() if p.role & Role.ENTER]
+        exit_hooks = [Hook(name, p.raw_f) for name, p in partials.items() if p.role & Role.EXIT]
+        if any(h.snap for h in enter) and not options.enable_memory_snapshot:
+            names = ", ".join(h.name for h in enter if h.snap)
+            raise InvalidError(
+                f"{user_cls.__qualname__}: @enter(snap=True) on {names} needs enable_memory_snapshot=True in @app.cls()"
+            )
+        # snap=True hooks run first (before the snapshot point); otherwise definition order, bases first.
+        enter.sort(key=lambda h: not h.snap)
+        for name, p in partials.items():
+            setattr(user_cls, name, p.raw_f)
+        return cls(user_cls, methods, enter, exit_hooks, collect_parameters(user_cls), options)
+
+    def to_proto(self, module: str | None = None) -> common_pb2.ClassDef:
+        return common_pb2.ClassDef(
+            name=self.name,
+            module=module or self.module,
+            methods=[m.to_proto() for m in self.methods.values()],
+            parameters=[p.to_proto() for p in self.parameters],
+            options=self.options,
+            has_snap_hooks=any(h.snap for h in self.enter_hooks),
+        )
+
+    def new_instance(self, parameters: dict[str, Any]) -> Any:
+        """A real instance of the user class with its parameters set; no hooks run."""
+        instance = self.user_cls.__new__(self.user_cls)
+        for name, value in parameters.items():
+            setattr(instance, name, value)
+        return instance
+
+
+def _collect_partials(user_cls: type) -> dict[str, PartialFunction]:
+    """Decorated members in definition order, base classes first; a subclass's override wins."""
+    found: dict[str, PartialFunction] = {}
+    seen: set[str] = set()
+    for klass in reversed(user_cls.__mro__):
+        for name, value in klass.__dict__.items():
+            if isinstance(value, PartialFunction):
+                found[name] = value
+                seen.add(name)
+            elif name in seen and callable(value):
+                # A subclass overrode a decorated member without re-decorating it: keep the flags.
+                found[name] = PartialFunction(value, found[name].role, found[name].snap, found[name].options)
+    return found

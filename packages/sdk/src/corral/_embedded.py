@@ -1,0 +1,172 @@
+"""The embedded cluster: a control plane and one runtime node in one process, on 127.0.0.1.
+
+`corral up` runs it in the foreground. `python -m corral._embedded --background` is what the SDK
+starts when no server is configured: it prints one JSON line with its address and token, then
+runs until its stdin closes (its parent exited).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from corral._home import SERVER_FILE, TOKEN_FILE, corral_home
+
+DEFAULT_PORT = 7470
+LOCK_FILE = "server.lock"
+
+
+class HomeBusy(Exception):
+    pass
+
+
+def lock_home(home: Path) -> IO[str]:
+    """Hold an exclusive lock on the home directory's state for this process's life."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    handle = open(home / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise HomeBusy(f"another Corral server is already running with its state in {home}") from None
+    return handle
+
+
+async def run_cluster(
+    home: Path,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    announce: Callable[[str, str, Path], None],
+    advertise: bool,
+) -> None:
+    from corral_runtime.node import NodeDaemon
+    from corral_scheduler.auth import load_or_create_token
+    from corral_scheduler.server import serve
+
+    token = load_or_create_token(home / TOKEN_FILE)
+    server = await serve(home / "state", token, host, port)
+    node = NodeDaemon(server.plane.control_url, token, home / "node", name=f"{socket.gethostname()}-local")
+    node_task = asyncio.create_task(node.run())
+    while not any(n.connected for n in server.plane.nodes.values()):
+        if node_task.done():
+            node_task.result()
+        await asyncio.sleep(0.01)
+    server_file = home / SERVER_FILE
+    if advertise:
+        server_file.write_text(json.dumps({"url": server.url, "pid": os.getpid()}))
+    try:
+        announce(server.url, token, home)
+        await stop.wait()
+    finally:
+        if advertise:
+            with contextlib.suppress(FileNotFoundError):
+                server_file.unlink()
+        await server.plane.stop_all_containers(timeout=server.plane.STOP_GRACE_S + 5)
+        await node.shutdown(grace_s=5)
+        node_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SystemExit):
+            await node_task
+        await server.stop()
+
+
+def up(host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: Path | None = None) -> int:
+    """`corral up`: run in the foreground until Ctrl-C or SIGTERM."""
+    home = home or corral_home()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        lock = lock_home(home)
+    except HomeBusy as err:
+        print(f"corral up: {err}", file=sys.stderr)
+        return 1
+
+    def announce(url: str, token: str, state: Path) -> None:
+        print(f"Corral is running at {url}\n  state: {state}\n  token: {state / TOKEN_FILE}\nPress Ctrl-C to stop.", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_cluster(home, host, port, stop, announce, advertise=True)
+
+    try:
+        asyncio.run(main())
+    except OSError as err:
+        print(f"corral up: {err}", file=sys.stderr)
+        return 1
+    finally:
+        lock.close()
+    print("Corral stopped.", flush=True)
+    return 0
+
+
+def background(home: Path) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C is the parent's to handle
+    logging.basicConfig(level=logging.WARNING, format="corral: %(levelname)s %(message)s", stream=sys.stderr)
+    announce_to = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything else printed goes to stderr, never into the announcement pipe
+    temporary: tempfile.TemporaryDirectory[str] | None = None
+    try:
+        lock = lock_home(home)
+    except HomeBusy:
+        temporary = tempfile.TemporaryDirectory(prefix="corral-")
+        home = Path(temporary.name)
+        lock = lock_home(home)
+
+    def announce(url: str, token: str, state: Path) -> None:
+        announce_to.write(json.dumps({"url": url, "token": token, "home": str(state)}) + "\n")
+        announce_to.flush()
+        announce_to.close()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def watch_stdin() -> None:
+            with contextlib.suppress(Exception):
+                while sys.stdin.buffer.read(65536):
+                    pass
+            loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=watch_stdin, daemon=True).start()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await run_cluster(home, "127.0.0.1", 0, stop, announce, advertise=False)
+
+    try:
+        asyncio.run(main())
+    finally:
+        lock.close()
+        if temporary is not None:
+            temporary.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m corral._embedded")
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--background", action="store_true")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    if args.background:
+        return background(args.home or corral_home())
+    return up(args.host, args.port, args.home)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

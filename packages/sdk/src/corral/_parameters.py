@@ -1,0 +1,164 @@
+"""`corral.parameter()` fields: their schema, validation and typed wire encoding."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from corral.exception import InvalidError
+from corral_protocol.v1 import common_pb2
+
+_MISSING: Any = object()
+
+_TYPES: dict[type, int] = {
+    str: common_pb2.PARAMETER_TYPE_STRING,
+    int: common_pb2.PARAMETER_TYPE_INT,
+    bool: common_pb2.PARAMETER_TYPE_BOOL,
+    bytes: common_pb2.PARAMETER_TYPE_BYTES,
+}
+_TYPE_NAMES = {v: k.__name__ for k, v in _TYPES.items()}
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class _Parameter:
+    """The marker `parameter()` leaves on the class until `@app.cls` reads it."""
+
+    def __init__(self, default: Any) -> None:
+        self.default = default
+
+    def __repr__(self) -> str:
+        return "corral.parameter()" if self.default is _MISSING else f"corral.parameter(default={self.default!r})"
+
+
+def parameter(*, default: Any = _MISSING, init: bool = True) -> Any:
+    """Declare a class parameter: a typed field set when the class is instantiated.
+
+    Supported types are str, int, bool and bytes. Each parameter set gets its own containers.
+
+    Example:
+        @app.cls()
+        class Model:
+            model_id: str = corral.parameter()
+            batch_size: int = corral.parameter(default=32)
+
+        Model(model_id="gpt2").predict.remote("hello")
+    """
+    if not init:
+        raise InvalidError("parameter(init=False) is not supported")
+    return _Parameter(default)
+
+
+@dataclass(frozen=True)
+class ParameterField:
+    name: str
+    type: type
+    default: Any = _MISSING
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+    def to_proto(self) -> common_pb2.ParameterSpec:
+        spec = common_pb2.ParameterSpec(name=self.name, type=_TYPES[self.type], has_default=not self.required)
+        if not self.required:
+            spec.default.CopyFrom(encode_value(self.default))
+        return spec
+
+    @classmethod
+    def from_proto(cls, spec: common_pb2.ParameterSpec) -> ParameterField:
+        py_type = next(t for t, code in _TYPES.items() if code == spec.type)
+        return cls(spec.name, py_type, decode_value(spec.default) if spec.has_default else _MISSING)
+
+
+def collect_parameters(user_cls: type) -> list[ParameterField]:
+    """Read `parameter()` fields from a class and its bases, refusing unsupported types."""
+    fields: dict[str, ParameterField] = {}
+    for klass in reversed(user_cls.__mro__):
+        raw_annotations = klass.__dict__.get("__annotations__", {})
+        for name, value in klass.__dict__.items():
+            if not isinstance(value, _Parameter):
+                continue
+            if name not in raw_annotations:
+                raise InvalidError(f"parameter {klass.__qualname__}.{name} needs a type annotation (str, int, bool or bytes)")
+            py_type = _resolve_annotation(klass, name, raw_annotations[name])
+            if py_type not in _TYPES:
+                raise InvalidError(
+                    f"parameter {klass.__qualname__}.{name} has type {getattr(py_type, '__name__', py_type)!s}; "
+                    "parameters must be str, int, bool or bytes"
+                )
+            if value.default is not _MISSING:
+                _check_type(name, py_type, value.default, "default")
+            fields[name] = ParameterField(name, py_type, value.default)
+    return list(fields.values())
+
+
+def _resolve_annotation(klass: type, name: str, annotation: Any) -> Any:
+    if isinstance(annotation, str):
+        try:
+            return typing.get_type_hints(klass)[name]
+        except Exception:
+            builtin = {"str": str, "int": int, "bool": bool, "bytes": bytes}
+            return builtin.get(annotation, annotation)
+    return annotation
+
+
+def _check_type(name: str, py_type: type, value: Any, what: str = "value") -> None:
+    ok = type(value) is bool if py_type is bool else isinstance(value, py_type) and not isinstance(value, bool)
+    if not ok:
+        raise InvalidError(f"parameter {name!r} expects {py_type.__name__}, got {what} {value!r} ({type(value).__name__})")
+    if py_type is int and not _INT64[0] <= value <= _INT64[1]:
+        raise InvalidError(f"parameter {name!r} must fit in 64 bits, got {value}")
+
+
+def bind_parameters(fields: list[ParameterField], args: tuple[Any, ...], kwargs: Mapping[str, Any], class_name: str) -> dict[str, Any]:
+    """Check a constructor call against the schema and return the full parameter set."""
+    if args:
+        raise InvalidError(f"{class_name}() takes parameters by keyword only, e.g. {class_name}(name=...)")
+    by_name = {f.name: f for f in fields}
+    extra = sorted(set(kwargs) - set(by_name))
+    if extra:
+        known = ", ".join(by_name) or "none"
+        raise InvalidError(f"{class_name}() got unknown parameter(s) {', '.join(extra)}; its parameters are: {known}")
+    missing = [f.name for f in fields if f.required and f.name not in kwargs]
+    if missing:
+        raise InvalidError(f"{class_name}() is missing required parameter(s): {', '.join(missing)}")
+    bound: dict[str, Any] = {}
+    for f in fields:
+        value = kwargs.get(f.name, f.default)
+        _check_type(f.name, f.type, value)
+        bound[f.name] = value
+    return bound
+
+
+def encode_value(value: Any) -> common_pb2.ParameterValue:
+    if isinstance(value, bool):
+        return common_pb2.ParameterValue(bool_value=value)
+    if isinstance(value, int):
+        return common_pb2.ParameterValue(int_value=value)
+    if isinstance(value, str):
+        return common_pb2.ParameterValue(string_value=value)
+    if isinstance(value, bytes):
+        return common_pb2.ParameterValue(bytes_value=value)
+    raise InvalidError(f"cannot encode parameter value {value!r}")
+
+
+def decode_value(value: common_pb2.ParameterValue) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InvalidError("parameter value is empty")
+    return getattr(value, kind)
+
+
+def encode_parameters(bound: Mapping[str, Any]) -> list[common_pb2.NamedParameter]:
+    """The parameter set in its canonical wire form: sorted by name."""
+    return [common_pb2.NamedParameter(name=k, value=encode_value(bound[k])) for k in sorted(bound)]
+
+
+def decode_parameters(params: typing.Iterable[common_pb2.NamedParameter]) -> dict[str, Any]:
+    return {p.name: decode_value(p.value) for p in params}
+
+
+def type_name(code: int) -> str:
+    return _TYPE_NAMES.get(code, "unknown")

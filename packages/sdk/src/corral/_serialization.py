@@ -1,0 +1,110 @@
+"""Payloads on the wire: arguments, return values and exceptions."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import traceback as traceback_module
+from typing import Any
+
+import cloudpickle
+
+from corral.exception import (
+    ContainerExitedError,
+    ExecutionError,
+    FunctionTimeoutError,
+    InitError,
+    InputCancellation,
+    RemoteError,
+    RemoteTraceback,
+)
+from corral_protocol.v1 import common_pb2
+
+PICKLE = common_pb2.PAYLOAD_FORMAT_PICKLE
+JSON = common_pb2.PAYLOAD_FORMAT_JSON
+
+
+def dumps(value: Any) -> bytes:
+    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> common_pb2.Payload:
+    return common_pb2.Payload(format=PICKLE, data=dumps((args, kwargs)))
+
+
+def decode_args(payload: common_pb2.Payload) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if payload.format == JSON:
+        body = json.loads(payload.data or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError('JSON arguments must be an object {"args": [...], "kwargs": {...}}')
+        return tuple(body.get("args", ())), dict(body.get("kwargs", {}))
+    args, kwargs = pickle.loads(payload.data)
+    return tuple(args), dict(kwargs)
+
+
+def encode_value(value: Any, fmt: int = PICKLE) -> common_pb2.Payload:
+    if fmt == JSON:
+        return common_pb2.Payload(format=JSON, data=json.dumps(value).encode())
+    return common_pb2.Payload(format=PICKLE, data=dumps(value))
+
+
+def decode_value(payload: common_pb2.Payload) -> Any:
+    if payload.format == JSON:
+        return json.loads(payload.data)
+    return pickle.loads(payload.data)
+
+
+def success(value: Any, fmt: int = PICKLE) -> common_pb2.Result:
+    return common_pb2.Result(status=common_pb2.RESULT_STATUS_SUCCESS, value=encode_value(value, fmt))
+
+
+def user_error(exc: BaseException) -> common_pb2.Result:
+    """A Result for an exception raised by user code, pickled when that works and round-trips."""
+    result = common_pb2.Result(
+        status=common_pb2.RESULT_STATUS_USER_ERROR,
+        exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        message=str(exc),
+        traceback="".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__)),
+    )
+    try:
+        data = dumps(exc)
+        pickle.loads(data)
+    except Exception:
+        return result
+    result.exception.CopyFrom(common_pb2.Payload(format=PICKLE, data=data))
+    return result
+
+
+def failure(status: int, message: str, exception_type: str = "", traceback: str = "") -> common_pb2.Result:
+    return common_pb2.Result(status=status, message=message, exception_type=exception_type, traceback=traceback)
+
+
+def unwrap(result: common_pb2.Result) -> Any:
+    """Return the value of a successful Result, or raise what the call raised."""
+    if result.status == common_pb2.RESULT_STATUS_SUCCESS:
+        return decode_value(result.value)
+    raise exception_from(result)
+
+
+def exception_from(result: common_pb2.Result) -> BaseException:
+    status = result.status
+    if status == common_pb2.RESULT_STATUS_USER_ERROR:
+        if result.HasField("exception"):
+            try:
+                exc = decode_value(result.exception)
+            except Exception:
+                exc = None
+            if isinstance(exc, BaseException):
+                exc.__cause__ = RemoteTraceback(result.traceback)
+                return exc
+        return RemoteError(f"{result.exception_type}: {result.message}", result.exception_type, result.traceback)
+    if status == common_pb2.RESULT_STATUS_TIMEOUT:
+        return FunctionTimeoutError(result.message)
+    if status == common_pb2.RESULT_STATUS_INIT_ERROR:
+        detail = f"\n\n{result.traceback}" if result.traceback else ""
+        return InitError(f"{result.message}{detail}")
+    if status == common_pb2.RESULT_STATUS_INTERNAL_ERROR:
+        return ContainerExitedError(result.message)
+    if status == common_pb2.RESULT_STATUS_CANCELLED:
+        return InputCancellation(result.message or "the call was cancelled")
+    return ExecutionError(result.message or f"call failed with status {status}")

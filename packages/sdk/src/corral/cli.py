@@ -1,0 +1,249 @@
+"""The `corral` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from corral._client import default_client
+from corral.app import App
+from corral.exception import Error, InvalidError
+from corral_protocol.v1 import control_pb2
+
+
+def import_target(ref: str) -> tuple[ModuleType, str | None]:
+    """`path/to/app.py`, `path/to/app.py::name`, or a module name `pkg.app[::name]`."""
+    location, _, name = ref.partition("::")
+    path = Path(location)
+    if path.suffix == ".py" or path.exists():
+        if not path.is_file():
+            raise InvalidError(f"{location} is not a file")
+        path = path.resolve()
+        sys.path.insert(0, str(path.parent))
+        module_name = path.stem
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, str(Path.cwd()))
+        module = importlib.import_module(location)
+    return module, name or None
+
+
+def find_app(module: ModuleType, name: str | None) -> App:
+    apps = {k: v for k, v in vars(module).items() if isinstance(v, App)}
+    if name and isinstance(vars(module).get(name), App):
+        return vars(module)[name]
+    if len(apps) == 1:
+        return next(iter(apps.values()))
+    if not apps:
+        raise InvalidError(f"{module.__name__} defines no corral.App")
+    raise InvalidError(f"{module.__name__} defines several apps ({', '.join(apps)}); pick one with FILE::NAME")
+
+
+def entrypoint_arguments(function: Callable[..., Any], argv: Sequence[str]) -> dict[str, Any]:
+    """Turn `--name value` flags into keyword arguments, typed by the entrypoint's annotations."""
+    parser = argparse.ArgumentParser(prog=f"corral run ...::{function.__name__}")
+    for param in inspect.signature(function).parameters.values():
+        annotation = param.annotation if param.annotation is not inspect.Parameter.empty else str
+        if isinstance(annotation, str):
+            annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, str)
+        flag = "--" + param.name.replace("_", "-")
+        required = param.default is inspect.Parameter.empty
+        if annotation is bool:
+            parser.add_argument(flag, dest=param.name, action=argparse.BooleanOptionalAction, default=None if required else param.default, required=required)
+        else:
+            parser.add_argument(flag, dest=param.name, type=annotation, required=required, default=None if required else param.default)
+    return vars(parser.parse_args(list(argv)))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _age(timestamp: float) -> str:
+    seconds = max(0, int(time.time() - timestamp))
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    try:
+        from corral._embedded import up
+        import corral_runtime  # noqa: F401
+        import corral_scheduler  # noqa: F401
+    except ImportError:
+        print("corral up needs the server side: pip install 'corral[local]'", file=sys.stderr)
+        return 1
+    return up(args.host, args.port)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    module, name = import_target(args.target)
+    app = find_app(module, name if isinstance(vars(module).get(name or ""), App) else None)
+    entrypoints = app.local_entrypoints
+    if name and name in entrypoints:
+        entry = entrypoints[name]
+    elif len(entrypoints) == 1:
+        entry = next(iter(entrypoints.values()))
+    elif not entrypoints:
+        raise InvalidError(f"{args.target} has no @app.local_entrypoint() to run")
+    else:
+        raise InvalidError(f"{args.target} has several entrypoints ({', '.join(entrypoints)}); pick one with FILE::NAME")
+    kwargs = entrypoint_arguments(entry, args.args)
+    with app.run():
+        result = entry(**kwargs)
+        if inspect.isawaitable(result):
+            import asyncio
+
+            asyncio.run(_await(result))
+    return 0
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    module, name = import_target(args.target)
+    app = find_app(module, name)
+    deployed = app.deploy(args.name)
+    print(f"Deployed app {args.name or app.name!r} as {deployed.app_id}, version {deployed.version}.")
+    for cls_name in deployed.class_defs:
+        print(f"  {cls_name}: corral.Cls.from_name({(args.name or app.name)!r}, {cls_name!r})")
+    for label, url in sorted(deployed.web_urls.items()):
+        print(f"  {label}: {url}")
+    return 0
+
+
+def cmd_app_list(args: argparse.Namespace) -> int:
+    client = default_client()
+    apps = client.call(client.stub.ListApps, control_pb2.ListAppsRequest(include_stopped=args.all)).apps
+    state_names = {control_pb2.APP_STATE_RUNNING: "running", control_pb2.APP_STATE_DEPLOYED: "deployed", control_pb2.APP_STATE_STOPPED: "stopped"}
+    rows = [(a.app_id, a.name, state_names.get(a.state, "?"), a.version, a.containers, ",".join(a.classes), _age(a.created_at)) for a in apps]
+    print(table(("APP ID", "NAME", "STATE", "VERSION", "CONTAINERS", "CLASSES", "AGE"), rows))
+    return 0
+
+
+def cmd_app_stop(args: argparse.Namespace) -> int:
+    client = default_client()
+    response = client.call(client.stub.StopApp, control_pb2.StopAppRequest(app=args.name))
+    print(f"Stopped app {args.name} ({response.app_id}).")
+    return 0
+
+
+def cmd_container_list(args: argparse.Namespace) -> int:
+    client = default_client()
+    containers = client.call(client.stub.ListContainers, control_pb2.ListContainersRequest()).containers
+    states = {v: k.removeprefix("CONTAINER_STATE_").lower() for k, v in control_pb2.ContainerState.items()}
+    rows = [
+        (c.container_id, c.app_name, c.class_name, states.get(c.state, "?"), f"{c.running_inputs}/{c.max_inputs}", c.inputs_served,
+         ",".join(f"{p.name}={getattr(p.value, p.value.WhichOneof('kind') or 'string_value')!r}" for p in c.parameters) or "-",
+         c.node_id, _age(c.started_at))
+        for c in containers
+    ]
+    print(table(("CONTAINER ID", "APP", "CLASS", "STATE", "LOAD", "SERVED", "PARAMETERS", "NODE", "AGE"), rows))
+    return 0
+
+
+def cmd_node_list(args: argparse.Namespace) -> int:
+    client = default_client()
+    nodes = client.call(client.stub.ListNodes, control_pb2.ListNodesRequest()).nodes
+    rows = []
+    for n in nodes:
+        snap = n.inventory.snapshots
+        rows.append((
+            n.node_id, n.name, f"{n.cpu_reserved:g}/{n.inventory.cpu:g}", f"{n.memory_reserved_mib}/{n.inventory.memory_mib} MiB",
+            ", ".join(g.model for g in n.inventory.gpus) or "none", n.containers,
+            "available" if snap.available else f"unavailable ({snap.reason})",
+        ))
+    print(table(("NODE ID", "NAME", "CPU", "MEMORY", "GPUS", "CONTAINERS", "SNAPSHOTS"), rows))
+    return 0
+
+
+def cmd_secret_create(args: argparse.Namespace) -> int:
+    values = {}
+    for pair in args.values:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidError(f"secret values are KEY=VALUE, got {pair!r}")
+        values[key] = value
+    client = default_client()
+    client.call(client.stub.SetSecret, control_pb2.SetSecretRequest(name=args.name, values=values))
+    print(f"Secret {args.name!r} saved with keys: {', '.join(sorted(values))}.")
+    return 0
+
+
+def cmd_secret_list(args: argparse.Namespace) -> int:
+    client = default_client()
+    for name in client.call(client.stub.ListSecrets, control_pb2.ListSecretsRequest()).names:
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral", description="Self-hosted serverless for Python.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run the control plane and a runtime node on this machine (foreground)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7470)
+    p.set_defaults(handler=cmd_up)
+
+    p = sub.add_parser("run", help="run FILE's @app.local_entrypoint() with its app running")
+    p.add_argument("target", metavar="FILE[::NAME]")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="--flags for the entrypoint's parameters")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("deploy", help="publish FILE's app persistently")
+    p.add_argument("target", metavar="FILE[::APP]")
+    p.add_argument("--name", default=None, help="deploy under this name instead of the App's")
+    p.set_defaults(handler=cmd_deploy)
+
+    app = sub.add_parser("app", help="manage apps").add_subparsers(dest="app_command", required=True)
+    p = app.add_parser("list", help="list running and deployed apps")
+    p.add_argument("--all", action="store_true", help="include stopped apps")
+    p.set_defaults(handler=cmd_app_list)
+    p = app.add_parser("stop", help="stop an app (its containers run their exit hooks)")
+    p.add_argument("name", help="a deployed app's name, or an app id")
+    p.set_defaults(handler=cmd_app_stop)
+
+    container = sub.add_parser("container", help="inspect containers").add_subparsers(dest="container_command", required=True)
+    container.add_parser("list", help="list live containers with their load").set_defaults(handler=cmd_container_list)
+
+    node = sub.add_parser("node", help="inspect runtime nodes").add_subparsers(dest="node_command", required=True)
+    node.add_parser("list", help="list nodes with their inventory").set_defaults(handler=cmd_node_list)
+
+    secret = sub.add_parser("secret", help="manage secrets").add_subparsers(dest="secret_command", required=True)
+    p = secret.add_parser("create", help="create or replace a secret")
+    p.add_argument("name")
+    p.add_argument("values", nargs="+", metavar="KEY=VALUE")
+    p.set_defaults(handler=cmd_secret_create)
+    secret.add_parser("list", help="list secret names").set_defaults(handler=cmd_secret_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except Error as err:
+        print(f"corral: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
