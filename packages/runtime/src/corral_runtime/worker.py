@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 import grpc
 
 from corral import _serialization
@@ -62,8 +61,6 @@ def load_definition(class_def: common_pb2.ClassDef, bundle_dir: str) -> ClassDef
     if bundle_dir and bundle_dir not in sys.path:
         sys.path.insert(0, bundle_dir)
     module = importlib.import_module(class_def.module)
-    if class_def.module_is_main:
-        cloudpickle.register_pickle_by_value(module)
     target: Any = module
     for part in class_def.name.split("."):
         target = getattr(target, part)

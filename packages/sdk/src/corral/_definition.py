@@ -74,6 +74,9 @@ class ClassDefinition:
                 )
         partials = _collect_partials(user_cls)
         methods = {name: MethodInfo(name, p.raw_f, p) for name, p in partials.items() if p.role & Role.METHOD}
+        for info in methods.values():
+            if info.is_generator:
+                raise InvalidError(f"{user_cls.__qualname__}.{info.name} is a generator; generator methods are not supported yet")
         enter = [Hook(name, p.raw_f, p.snap) for name, p in partials.items() if p.role & Role.ENTER]
         exit_hooks = [Hook(name, p.raw_f) for name, p in partials.items() if p.role & Role.EXIT]
         if any(h.snap for h in enter) and not options.enable_memory_snapshot:

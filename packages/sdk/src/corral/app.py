@@ -143,6 +143,10 @@ class App:
             if "<locals>" in d.user_cls.__qualname__:
                 raise InvalidError(f"{d.user_cls.__qualname__} is defined inside a function; define classes at module level")
         bundle = build_bundle(module)
+        if module.__name__ == "__main__":
+            # Containers import the script under its file name and return its types by reference to
+            # that name; here that name must mean this very module, so the caller gets its own types.
+            sys.modules.setdefault(bundle.module, module)
         present = client.call(client.stub.HasBundle, control_pb2.HasBundleRequest(hash=bundle.hash)).present
         if not present:
             def chunks() -> Iterator[control_pb2.UploadBundleRequest]:

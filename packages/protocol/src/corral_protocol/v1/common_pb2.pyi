@@ -695,7 +695,7 @@ class ClassDef(_message.Message):
     """The module the container imports."""
     has_snap_hooks: _builtins.bool
     module_is_main: _builtins.bool
-    """The client ran the module as __main__: values of its types travel by value, not by reference."""
+    """The client ran the module as a script (__main__); containers import it by its file name."""
     @_builtins.property
     def methods(self) -> _containers.RepeatedCompositeFieldContainer[Global___MethodDef]: ...
     @_builtins.property

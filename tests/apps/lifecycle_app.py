@@ -1,0 +1,69 @@
+"""Classes that record their lifecycle in an events file given as a parameter."""
+
+import asyncio
+import os
+
+import corral
+
+app = corral.App("lifecycle")
+
+
+def record(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(f"{line} pid={os.getpid()}\n")
+
+
+class Base:
+    @corral.enter()
+    def base_enter(self):
+        record(self.events, "enter:base")
+
+
+@app.cls(scaledown_window=1, enable_memory_snapshot=True)
+class Tracker(Base):
+    events: str = corral.parameter()
+    tag: str = corral.parameter(default="a")
+
+    @corral.enter()
+    def setup(self):
+        record(self.events, f"enter:setup tag={self.tag}")
+        self.count = 0
+
+    @corral.enter(snap=True)
+    def snap_load(self):
+        record(self.events, "enter:snap")
+
+    @corral.exit()
+    def teardown(self):
+        record(self.events, f"exit tag={self.tag}")
+
+    @corral.method()
+    def bump(self) -> int:
+        self.count += 1
+        return self.count
+
+    @corral.method()
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@app.cls(scaledown_window=1)
+class AsyncTracker:
+    events: str = corral.parameter()
+
+    @corral.enter()
+    async def setup(self):
+        await asyncio.sleep(0)
+        record(self.events, "enter:async")
+        self.items = []
+
+    @corral.exit()
+    async def teardown(self):
+        await asyncio.sleep(0)
+        record(self.events, "exit:async")
+
+    @corral.method()
+    async def add(self, item: str) -> list:
+        await asyncio.sleep(0)
+        self.items.append(item)
+        return list(self.items)

@@ -1,0 +1,143 @@
+"""Shared fixtures: a real `corral up` cluster in a subprocess, with its own CORRAL_HOME."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+APPS = TESTS / "apps"
+sys.path.insert(0, str(APPS))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Cluster:
+    """A `corral up` process. Clients find it through CORRAL_HOME, as users' programs do."""
+
+    home: Path
+    port: int
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        return (self.home / "token").read_text().strip()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("CORRAL_SERVER_URL", None)
+        env.pop("CORRAL_TOKEN", None)
+        env["CORRAL_HOME"] = str(self.home)
+        env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")])
+        return env
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def corral(self, *args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the `corral` CLI against this cluster."""
+        return subprocess.run(
+            [sys.executable, "-m", "corral.cli", *args], env=self.env(), capture_output=True, text=True,
+            timeout=timeout, cwd=cwd,
+        )
+
+    def python(self, *args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a Python program as a user would, finding the cluster through CORRAL_HOME."""
+        return subprocess.run([sys.executable, *args], env=self.env(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def start_cluster(home: Path, port: int | None = None) -> Cluster:
+    port = port or free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home.parent / f"{home.name}-corral-up.log"
+    env = dict(os.environ, CORRAL_HOME=str(home), PYTHONPATH=os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]))
+    env.pop("CORRAL_SERVER_URL", None)
+    env.pop("CORRAL_TOKEN", None)
+    log = open(log_path, "a")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )
+    cluster = Cluster(home, port, process, log_path)
+    deadline = time.monotonic() + 30
+    while not (home / "server.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            cluster.stop()
+            raise RuntimeError(f"corral up did not start:\n{cluster.logs()}")
+        time.sleep(0.05)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster for the session; tests isolate themselves by app name and parameters."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster") / "home")
+    previous = os.environ.get("CORRAL_HOME")
+    os.environ["CORRAL_HOME"] = str(cluster.home)
+    try:
+        yield cluster
+    finally:
+        if previous is None:
+            os.environ.pop("CORRAL_HOME", None)
+        else:
+            os.environ["CORRAL_HOME"] = previous
+        cluster.stop()
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster of the test's own, for tests that restart or stop it."""
+    cluster = start_cluster(tmp_path / "home")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def events(tmp_path: Path) -> Path:
+    """A file that test classes' hooks append lines to (its path is passed as a parameter)."""
+    path = tmp_path / "events.log"
+    path.touch()
+    return path
+
+
+def read_events(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line]
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, message: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    """Poll until `predicate()` is true. A deadline, not a timing assertion: it only bounds a hang."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(interval)
