@@ -30,6 +30,8 @@ class WorkerSessionRequest(_message.Message):
     BATCH_OUTPUT_FIELD_NUMBER: _builtins.int
     SNAPSHOT_READY_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    HTTP_RESPONSE_START_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___WorkerHello: ...
     @_builtins.property
@@ -44,6 +46,10 @@ class WorkerSessionRequest(_message.Message):
     def snapshot_ready(self) -> Global___SnapshotReady: ...
     @_builtins.property
     def draining(self) -> Global___WorkerDraining: ...
+    @_builtins.property
+    def http_response_start(self) -> Global___HttpResponseStart: ...
+    @_builtins.property
+    def http_body(self) -> Global___HttpBodyChunk: ...
     def __init__(
         self,
         *,
@@ -54,12 +60,14 @@ class WorkerSessionRequest(_message.Message):
         batch_output: Global___BatchOutput | None = ...,
         snapshot_ready: Global___SnapshotReady | None = ...,
         draining: Global___WorkerDraining | None = ...,
+        http_response_start: Global___HttpResponseStart | None = ...,
+        http_body: Global___HttpBodyChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "init_failed", b"init_failed", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "init_failed", b"init_failed", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "init_failed", "ready", "output", "batch_output", "snapshot_ready", "draining"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "init_failed", "ready", "output", "batch_output", "snapshot_ready", "draining", "http_response_start", "http_body"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -292,24 +300,141 @@ class Input(_message.Message):
     INPUT_ID_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
+    HTTP_REQUEST_FIELD_NUMBER: _builtins.int
     input_id: _builtins.str
     method: _builtins.str
     @_builtins.property
     def args(self) -> _common_pb2.Payload: ...
+    @_builtins.property
+    def http_request(self) -> Global___HttpRequest:
+        """Set when the input is an HTTP request for an ASGI app; the answer streams back as
+        HttpResponseStart then HttpBodyChunks instead of an Output.
+        """
+
     def __init__(
         self,
         *,
         input_id: _builtins.str = ...,
         method: _builtins.str = ...,
         args: _common_pb2.Payload | None = ...,
+        http_request: Global___HttpRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "http_request", b"http_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "input_id", b"input_id", "method", b"method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "http_request", b"http_request", "input_id", b"input_id", "method", b"method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Input: _TypeAlias = Input  # noqa: Y015
+
+@_typing.final
+class HttpHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    value: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpHeader: _TypeAlias = HttpHeader  # noqa: Y015
+
+@_typing.final
+class HttpRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    QUERY_STRING_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    CLIENT_HOST_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    path: _builtins.str
+    query_string: _builtins.bytes
+    body: _builtins.bytes
+    client_host: _builtins.str
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]: ...
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        path: _builtins.str = ...,
+        query_string: _builtins.bytes = ...,
+        headers: _abc.Iterable[Global___HttpHeader] | None = ...,
+        body: _builtins.bytes = ...,
+        client_host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_host", b"client_host", "headers", b"headers", "method", b"method", "path", b"path", "query_string", b"query_string"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpRequest: _TypeAlias = HttpRequest  # noqa: Y015
+
+@_typing.final
+class HttpResponseStart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    input_id: _builtins.str
+    status: _builtins.int
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]: ...
+    def __init__(
+        self,
+        *,
+        input_id: _builtins.str = ...,
+        status: _builtins.int = ...,
+        headers: _abc.Iterable[Global___HttpHeader] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers", "input_id", b"input_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpResponseStart: _TypeAlias = HttpResponseStart  # noqa: Y015
+
+@_typing.final
+class HttpBodyChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    MORE_BODY_FIELD_NUMBER: _builtins.int
+    input_id: _builtins.str
+    data: _builtins.bytes
+    more_body: _builtins.bool
+    """False on the last chunk of the response."""
+    def __init__(
+        self,
+        *,
+        input_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        more_body: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "input_id", b"input_id", "more_body", b"more_body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpBodyChunk: _TypeAlias = HttpBodyChunk  # noqa: Y015
 
 @_typing.final
 class InputBatch(_message.Message):
