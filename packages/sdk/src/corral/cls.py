@@ -61,6 +61,9 @@ class _LocalSource:
             )
         return ResolvedClass(running.client, running.app_id, running.class_defs[self.name])
 
+    def forget(self) -> None:
+        return None
+
 
 class _RemoteSource:
     """A class looked up by name on the server, on first use."""
@@ -75,6 +78,10 @@ class _RemoteSource:
     @property
     def definition(self) -> None:
         return None
+
+    def forget(self) -> None:
+        with self._lock:
+            self._resolved = None
 
     def resolve(self) -> ResolvedClass:
         with self._lock:
@@ -219,6 +226,15 @@ class Obj:
                 self._service = (resolved, response.service_id)
             return self._service
 
+    def _rebind_after_redeploy(self, err: NotFoundError) -> bool:
+        """After a redeploy the bound service is retired: forget it so the next call binds the new version."""
+        if "is gone" not in str(err):
+            return False
+        with self._lock:
+            self._service = None
+        self._cls._source.forget()
+        return True
+
     def _local(self) -> Any:
         """A real in-process instance with its enter hooks run, for `.local()`."""
         definition = self._cls.definition
@@ -290,24 +306,45 @@ class Method:
         payload = _serialization.encode_args(args, kwargs)
         return resolved, control_pb2.InvokeRequest(service_id=service_id, method=self.name, args=payload, wait=wait)
 
+    def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any], wait: bool) -> tuple[ResolvedClass, control_pb2.InvokeResponse]:
+        resolved, request = self._request(args, kwargs, wait)
+        try:
+            return resolved, resolved.client.call(resolved.client.stub.Invoke, request)
+        except NotFoundError as err:
+            if not self._obj._rebind_after_redeploy(err):
+                raise
+        resolved, request = self._request(args, kwargs, wait)
+        return resolved, resolved.client.call(resolved.client.stub.Invoke, request)
+
+    async def _request_aio(self, args: tuple[Any, ...], kwargs: dict[str, Any], wait: bool) -> tuple[ResolvedClass, control_pb2.InvokeRequest]:
+        if self._obj._service is not None:  # already bound: no RPC, so no need to leave the event loop
+            return self._request(args, kwargs, wait)
+        return await asyncio.to_thread(self._request, args, kwargs, wait)
+
+    async def _invoke_aio(self, args: tuple[Any, ...], kwargs: dict[str, Any], wait: bool) -> tuple[ResolvedClass, control_pb2.InvokeResponse]:
+        resolved, request = await self._request_aio(args, kwargs, wait)
+        try:
+            return resolved, await resolved.client.call_aio("Invoke", request)
+        except NotFoundError as err:
+            if not self._obj._rebind_after_redeploy(err):
+                raise
+        resolved, request = await self._request_aio(args, kwargs, wait)
+        return resolved, await resolved.client.call_aio("Invoke", request)
+
     def _remote(self, *args: Any, **kwargs: Any) -> Any:
-        resolved, request = self._request(args, kwargs, wait=True)
-        response = resolved.client.call(resolved.client.stub.Invoke, request)
+        _, response = self._invoke(args, kwargs, wait=True)
         return _serialization.unwrap(response.result)
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
-        resolved, request = await asyncio.to_thread(self._request, args, kwargs, True)
-        response = await resolved.client.call_aio("Invoke", request)
+        _, response = await self._invoke_aio(args, kwargs, wait=True)
         return _serialization.unwrap(response.result)
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        resolved, request = self._request(args, kwargs, wait=False)
-        response = resolved.client.call(resolved.client.stub.Invoke, request)
+        resolved, response = self._invoke(args, kwargs, wait=False)
         return FunctionCall(response.call_id, resolved.client)
 
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        resolved, request = await asyncio.to_thread(self._request, args, kwargs, False)
-        response = await resolved.client.call_aio("Invoke", request)
+        resolved, response = await self._invoke_aio(args, kwargs, wait=False)
         return FunctionCall(response.call_id, resolved.client)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:
