@@ -53,6 +53,7 @@ async def run_cluster(
     stop: asyncio.Event,
     announce: Callable[[str, str, Path], None],
     advertise: bool,
+    with_node: bool = True,
 ) -> None:
     from corral_runtime.node import NodeDaemon
     from corral_scheduler.auth import load_or_create_token
@@ -61,8 +62,8 @@ async def run_cluster(
     token = load_or_create_token(home / TOKEN_FILE)
     server = await serve(home / "state", token, host, port)
     node = NodeDaemon(server.plane.control_url, token, home / "node", name=f"{socket.gethostname()}-local")
-    node_task = asyncio.create_task(node.run())
-    while not any(n.connected for n in server.plane.nodes.values()):
+    node_task = asyncio.create_task(node.run() if with_node else asyncio.sleep(0))
+    while with_node and not any(n.connected for n in server.plane.nodes.values()):
         if node_task.done():
             node_task.result()
         await asyncio.sleep(0.01)
@@ -84,7 +85,7 @@ async def run_cluster(
         await server.stop()
 
 
-def up(host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: Path | None = None) -> int:
+def up(host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: Path | None = None, with_node: bool = True) -> int:
     """`corral up`: run in the foreground until Ctrl-C or SIGTERM."""
     home = home or corral_home()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -102,7 +103,7 @@ def up(host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: Path | None = No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_cluster(home, host, port, stop, announce, advertise=True)
+        await run_cluster(home, host, port, stop, announce, advertise=True, with_node=with_node)
 
     try:
         asyncio.run(main())

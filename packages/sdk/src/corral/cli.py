@@ -86,7 +86,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ImportError:
         print("corral up needs the server side: pip install 'corral[local]'", file=sys.stderr)
         return 1
-    return up(args.host, args.port)
+    return up(args.host, args.port, with_node=not args.no_node)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run the control plane and a runtime node on this machine (foreground)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7470)
+    p.add_argument("--no-node", action="store_true", help="run only the control plane; nodes join with corral-node")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("run", help="run FILE's @app.local_entrypoint() with its app running")
