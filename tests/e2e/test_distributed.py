@@ -1,0 +1,62 @@
+"""Control plane and runtime node as separate processes, joined by URL and token."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import APPS, free_port, wait_for
+
+
+def test_a_node_joins_a_control_plane_started_without_one(tmp_path: Path) -> None:
+    home = tmp_path / "control"
+    port = free_port()
+    env = dict(os.environ, CORRAL_HOME=str(home), PYTHONPATH=str(APPS))
+    env.pop("CORRAL_SERVER_URL", None)
+    env.pop("CORRAL_TOKEN", None)
+    control = subprocess.Popen([sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--no-node"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node = None
+    try:
+        wait_for(lambda: (home / "server.json").exists(), message="control plane start")
+        token = (home / "token").read_text().strip()
+        url = f"grpc://127.0.0.1:{port}"
+        client_env = dict(env, CORRAL_SERVER_URL=url, CORRAL_TOKEN=token, CORRAL_HOME=str(tmp_path / "client-home"))
+        nodes = subprocess.run([sys.executable, "-m", "corral.cli", "node", "list"], env=client_env, capture_output=True, text=True)
+        assert nodes.returncode == 0 and "-local" not in nodes.stdout
+
+        node_env = dict(env, CORRAL_HOME=str(tmp_path / "node-home"))
+        node = subprocess.Popen(
+            [sys.executable, "-m", "corral_runtime.node", "--server", url, "--token", token, "--name", "worker-host",
+             "--work-dir", str(tmp_path / "node-work")],
+            env=node_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        wait_for(
+            lambda: "worker-host" in subprocess.run([sys.executable, "-m", "corral.cli", "node", "list"], env=client_env,
+                                                    capture_output=True, text=True).stdout,
+            message="node registration",
+        )
+        program = (
+            "import api_app\n"
+            "with api_app.app.run():\n"
+            "    print(api_app.Model(name='remote-node', scale=7).predict.remote(6)['y'])\n"
+        )
+        result = subprocess.run([sys.executable, "-c", program], env=client_env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "42"
+
+        bad = subprocess.run(
+            [sys.executable, "-m", "corral_runtime.node", "--server", url, "--token", "wrong", "--work-dir", str(tmp_path / "bad")],
+            env=node_env, capture_output=True, text=True, timeout=60,
+        )
+        assert bad.returncode != 0 and "refused this node" in bad.stderr
+    finally:
+        for process in (node, control):
+            if process is not None and process.poll() is None:
+                process.send_signal(2)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
