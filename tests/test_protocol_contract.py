@@ -1,0 +1,34 @@
+"""The corral.v1 wire contract stays lint-clean and its committed Python stubs match the protos.
+
+Both checks need the pinned dev tools that `tools/dev-install` brings (grpcio-tools, mypy-protobuf,
+and buf from npm). A missing tool is a broken dev environment, so these tests fail rather than skip.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "packages" / "protocol" / "proto"
+BUF = ROOT / "tools" / ".npm" / "node_modules" / ".bin" / "buf"
+
+
+def _run(*command: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in command], cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+def test_generated_stubs_match_the_protos() -> None:
+    result = _run(sys.executable, ROOT / "tools" / "gen_protos.py", "--check")
+    assert result.returncode == 0, (
+        "the generated stubs under packages/protocol/src/corral_protocol/v1 differ from what the protos give; "
+        "run `python tools/gen_protos.py` (with the tools from tools/dev-install) and commit the result\n"
+        f"{result.stdout}{result.stderr}"
+    )
+
+
+def test_buf_lint_is_clean() -> None:
+    assert BUF.exists(), f"buf is not installed at {BUF.relative_to(ROOT)}; run tools/dev-install"
+    result = _run(BUF, "lint", PROTO_ROOT.relative_to(ROOT))
+    assert result.returncode == 0, f"buf lint found problems in the corral.v1 protos:\n{result.stdout}{result.stderr}"
