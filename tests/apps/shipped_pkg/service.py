@@ -1,7 +1,6 @@
 """A class inside a package, importing a sibling module."""
 
 import corral
-
 from shipped_pkg.helpers import fail_here, shout
 
 app = corral.App("shipped")

@@ -25,6 +25,8 @@ def load_or_create_token(path: Path) -> str:
     try:
         token = path.read_text().strip()
         if token:
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)  # a hand-written token file stays readable by its owner only
             return token
     except FileNotFoundError:
         pass

@@ -8,7 +8,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler.autoscaler import AutoscalerConfig
 from corral_scheduler.placement import NodeCapacity

@@ -80,9 +80,9 @@ def _age(timestamp: float) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     try:
-        from corral._embedded import up
         import corral_runtime  # noqa: F401
         import corral_scheduler  # noqa: F401
+        from corral._embedded import up
     except ImportError:
         print("corral up needs the server side: pip install 'corral[local]'", file=sys.stderr)
         return 1
