@@ -187,3 +187,16 @@ class ErrorsOdd:
     @corral.method()
     def return_lock(self) -> object:
         return threading.Lock()
+
+
+@app.cls(timeout=2)
+class ErrorsHangingEnter:
+    @corral.enter()
+    def hang(self):
+        import time
+
+        time.sleep(60)
+
+    @corral.method()
+    def never(self) -> None:
+        return None

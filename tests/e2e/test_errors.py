@@ -514,3 +514,10 @@ def test_script_catches_its_own_exception_class(cluster: Cluster) -> None:
     done = cluster.python(str(script), timeout=150)
     assert "CAUGHT-OWN-TYPE __main__ main failure: x RemoteTraceback" in done.stdout, done.stdout + done.stderr
     assert "CAUGHT-BUILTIN main builtin failure" in done.stdout, done.stdout + done.stderr
+
+
+def test_an_enter_hook_that_hangs_past_the_timeout_fails_the_call_with_an_init_error(running: corral.App) -> None:
+    from errors_app import ErrorsHangingEnter
+
+    with pytest.raises(InitError, match="did not finish starting"):
+        ErrorsHangingEnter().never.remote()

@@ -425,7 +425,19 @@ class ControlPlane:
             control_url=self.control_url,
         )))
         log.info("starting container %s for %s on node %s", container.container_id, service.class_def.name, node.name)
+        startup_timeout = service.options.timeout_s or 300.0
+        asyncio.get_running_loop().call_later(startup_timeout, self._check_started, container.container_id, startup_timeout)
         return True
+
+    def _check_started(self, container_id: str, startup_timeout: float) -> None:
+        """A container whose start-up (import and @enter) outlasts the class's timeout is killed; it
+        then counts as an init failure, so callers are not left waiting on a hung hook."""
+        container = self.containers.get(container_id)
+        if container is not None and container.state in (ContainerState.PENDING, ContainerState.STARTING):
+            container.exit_reason = f"it did not finish starting (import and @enter hooks) within {startup_timeout:g} s"
+            node = self.nodes.get(container.node_id)
+            if node is not None:
+                node.send(node_pb2.NodeSessionResponse(stop_container=node_pb2.StopContainer(container_id=container_id, grace_s=0)))
 
     def _secret_env(self, service: Service) -> dict[str, str]:
         env: dict[str, str] = {}

@@ -46,7 +46,7 @@ def target_of(url: str) -> tuple[str, bool]:
 def translate_rpc_error(err: grpc.RpcError, url: str) -> exception.Error:
     code = err.code() if hasattr(err, "code") else None
     details = err.details() if hasattr(err, "details") else str(err)
-    if code == grpc.StatusCode.UNAUTHENTICATED:
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return exception.AuthError(f"the Corral server at {url} refused the token: {details}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return exception.VersionMismatchError(details or "incompatible protocol version")
