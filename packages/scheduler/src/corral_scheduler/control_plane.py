@@ -65,6 +65,11 @@ class ControlPlane:
     async def start(self) -> None:
         for deployed in self.store.deployed_apps():
             self._install_app(deployed.app_id, deployed.version, deployed.definition, deployed.created_at)
+        for app_id, name, version, created_at in self.store.stopped_apps():  # history for `corral app list --all`
+            self.apps.setdefault(app_id, AppRecord(
+                app_id=app_id, name=name, kind=control_pb2.APP_KIND_DEPLOYED, version=version, bundle_hash="",
+                class_defs={}, created_at=created_at, stopped=True,
+            ))
         self._ticker = asyncio.create_task(self._tick_forever(), name="corral-control-plane-tick")
 
     async def stop_all_containers(self, timeout: float = 60.0) -> None:
@@ -109,6 +114,8 @@ class ControlPlane:
         if request.kind == control_pb2.APP_KIND_DEPLOYED:
             if not request.name:
                 raise InvalidArgument("a deployed app needs a name")
+            if len(request.name) > 64 or not all(c.isalnum() or c in "-_." for c in request.name):
+                raise InvalidArgument(f"app name {request.name!r} must be 1-64 letters, digits, '-', '_' or '.'")
             app_id, version = self.store.deploy(ids.new_id("ap"), request)
             previous = self.apps.get(app_id)
             if previous is not None:

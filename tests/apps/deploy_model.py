@@ -1,0 +1,69 @@
+"""A deployable app for the deploy/CLI end-to-end tests (deployed under per-test names with --name)."""
+
+import os
+import time
+
+import corral
+
+app = corral.App("e2e-deploy")
+
+
+def record(path: str, line: str) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{line} pid={os.getpid()}\n")
+
+
+@app.cls(scaledown_window=1)
+class Model:
+    events: str = corral.parameter(default="")
+    tag: str = corral.parameter(default="a")
+
+    @corral.enter()
+    def setup(self):
+        record(self.events, f"enter tag={self.tag}")
+        self.count = 0
+
+    @corral.exit()
+    def teardown(self):
+        record(self.events, f"exit tag={self.tag}")
+
+    @corral.method()
+    def bump(self) -> int:
+        self.count += 1
+        return self.count
+
+    @corral.method()
+    def env(self, name: str) -> str | None:
+        return os.environ.get(name)
+
+    @corral.method()
+    def pid(self) -> int:
+        return os.getpid()
+
+    @corral.method()
+    def sleep(self, seconds: float) -> str:
+        time.sleep(seconds)
+        return "slept"
+
+
+@app.cls(scaledown_window=1)
+class SlowStart:
+    """Its enter hook takes `delay_ms` milliseconds, so a test can act while a container is starting."""
+
+    events: str = corral.parameter()
+    delay_ms: int = corral.parameter(default=2000)
+
+    @corral.enter()
+    def setup(self):
+        record(self.events, "enter:begin")
+        time.sleep(self.delay_ms / 1000)
+        record(self.events, "enter:end")
+
+    @corral.exit()
+    def teardown(self):
+        record(self.events, "exit")
+
+    @corral.method()
+    def ping(self) -> str:
+        return "pong"
