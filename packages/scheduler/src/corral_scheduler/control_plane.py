@@ -249,7 +249,7 @@ class ControlPlane:
         merged = common_pb2.AutoscalerSettings()
         merged.CopyFrom(service.autoscaler_override)
         merged.MergeFrom(settings)
-        service.autoscaler_override = merged
+        service.set_autoscaler_override(merged)
         config = service.autoscaler
         if config.max_containers is not None and config.min_containers > config.max_containers:
             raise InvalidArgument(f"min_containers ({config.min_containers}) is above max_containers ({config.max_containers})")

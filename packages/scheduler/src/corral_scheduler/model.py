@@ -103,8 +103,20 @@ class Service:
     autoscaler_override: common_pb2.AutoscalerSettings = field(default_factory=common_pb2.AutoscalerSettings)
     retired: bool = False
 
+    _autoscaler: AutoscalerConfig | None = None
+
+    def set_autoscaler_override(self, override: common_pb2.AutoscalerSettings) -> None:
+        self.autoscaler_override = override
+        self._autoscaler = None
+
     @property
     def autoscaler(self) -> AutoscalerConfig:
+        """The effective autoscaler settings, computed once per change (it is read on every dispatch)."""
+        if self._autoscaler is None:
+            self._autoscaler = self._compute_autoscaler()
+        return self._autoscaler
+
+    def _compute_autoscaler(self) -> AutoscalerConfig:
         settings = common_pb2.AutoscalerSettings()
         settings.CopyFrom(self.options.autoscaler)
         settings.MergeFrom(self.autoscaler_override)

@@ -117,6 +117,11 @@ class Client:
         except grpc.RpcError as err:
             raise translate_rpc_error(err, self.url) from None
 
+    @property
+    def is_embedded(self) -> bool:
+        """True when this client started its own background cluster (no server was configured)."""
+        return self._embedded is not None
+
     def close(self) -> None:
         self._channel.close()
         if self._embedded is not None:

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from corral._client import default_client
+from corral._home import corral_home
 from corral.app import App
 from corral.exception import Error, InvalidError
 from corral_protocol.v1 import control_pb2
@@ -120,6 +121,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     app = find_app(module, name)
     deployed = app.deploy(args.name)
     print(f"Deployed app {args.name or app.name!r} as {deployed.app_id}, version {deployed.version}.")
+    if deployed.client.is_embedded:
+        print(f"Note: no Corral server is running, so the app was stored in {corral_home()} and will serve once `corral up` starts.")
     for cls_name in deployed.class_defs:
         print(f"  {cls_name}: corral.Cls.from_name({(args.name or app.name)!r}, {cls_name!r})")
     for label, url in sorted(deployed.web_urls.items()):
