@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Iterable
 
+from corral_protocol.names import NAME_RULE, is_valid_name
 from corral_protocol.options import merge_options
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler import ids
@@ -114,8 +115,8 @@ class ControlPlane:
         if request.kind == control_pb2.APP_KIND_DEPLOYED:
             if not request.name:
                 raise InvalidArgument("a deployed app needs a name")
-            if len(request.name) > 64 or not all(c.isalnum() or c in "-_." for c in request.name):
-                raise InvalidArgument(f"app name {request.name!r} must be 1-64 letters, digits, '-', '_' or '.'")
+            if not is_valid_name(request.name):
+                raise InvalidArgument(f"app name {request.name!r} must be {NAME_RULE}")
             app_id, version = self.store.deploy(ids.new_id("ap"), request)
             previous = self.apps.get(app_id)
             if previous is not None:
@@ -387,14 +388,18 @@ class ControlPlane:
     def _scale(self, service: Service) -> None:
         if self._shutting_down:
             return
-        config = service.autoscaler
-        desired = 0 if service.retired else desired_containers(config, len(service.queue), service.running_count)
-        missing = desired - len(service.live_containers)
+        missing = self._desired(service) - len(service.live_containers)
         if missing <= 0 or time.monotonic() < service.next_start_at:
             return
         for _ in range(missing):
             if not self._start_container(service):
                 break
+
+    @staticmethod
+    def _desired(service: Service) -> int:
+        if service.retired:
+            return 0
+        return desired_containers(service.autoscaler, len(service.queue), service.running_count)
 
     def _start_container(self, service: Service) -> bool:
         capacities = [n.capacity for n in self.nodes.values() if n.connected]
@@ -441,10 +446,9 @@ class ControlPlane:
         then counts as an init failure, so callers are not left waiting on a hung hook."""
         container = self.containers.get(container_id)
         if container is not None and container.state in (ContainerState.PENDING, ContainerState.STARTING):
+            # Not _kill_container: the state must stay PENDING/STARTING so the exit counts as an init failure.
             container.exit_reason = f"it did not finish starting (import and @enter hooks) within {startup_timeout:g} s"
-            node = self.nodes.get(container.node_id)
-            if node is not None:
-                node.send(node_pb2.NodeSessionResponse(stop_container=node_pb2.StopContainer(container_id=container_id, grace_s=0)))
+            self._send_kill(container)
 
     def _secret_env(self, service: Service) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -481,6 +485,9 @@ class ControlPlane:
             return
         container.state = ContainerState.STOPPING
         container.exit_reason = container.exit_reason or reason
+        self._send_kill(container)
+
+    def _send_kill(self, container: Container) -> None:
         node = self.nodes.get(container.node_id)
         if node is not None:
             node.send(node_pb2.NodeSessionResponse(stop_container=node_pb2.StopContainer(container_id=container.container_id, grace_s=0)))
@@ -658,8 +665,7 @@ class ControlPlane:
                 continue
             config = service.autoscaler
             live = service.live_containers
-            desired = 0 if service.retired else desired_containers(config, len(service.queue), service.running_count)
-            excess = len(live) - desired
+            excess = len(live) - self._desired(service)
             if excess > 0:
                 idle = sorted(
                     (c for c in live if c.state == ContainerState.READY and not c.running and now - c.idle_since >= config.scaledown_window_s),

@@ -103,7 +103,7 @@ class Service:
     autoscaler_override: common_pb2.AutoscalerSettings = field(default_factory=common_pb2.AutoscalerSettings)
     retired: bool = False
 
-    _autoscaler: AutoscalerConfig | None = None
+    _autoscaler: AutoscalerConfig | None = field(default=None, init=False, repr=False, compare=False)
 
     def set_autoscaler_override(self, override: common_pb2.AutoscalerSettings) -> None:
         self.autoscaler_override = override

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from corral_protocol.names import NAME_RULE, is_valid_name
 from corral_protocol.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -143,8 +144,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def SetSecret(self, request: control_pb2.SetSecretRequest, context: Any) -> control_pb2.SetSecretResponse:
-        if not request.name or not all(c.isalnum() or c in "-_." for c in request.name):
-            raise InvalidArgument(f"secret name {request.name!r} must be letters, digits, '-', '_' or '.'")
+        if not is_valid_name(request.name):
+            raise InvalidArgument(f"secret name {request.name!r} must be {NAME_RULE}")
         for key in request.values:
             if not key.isidentifier():
                 raise InvalidArgument(f"secret key {key!r} is not a valid environment variable name")

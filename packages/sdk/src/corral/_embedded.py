@@ -61,12 +61,15 @@ async def run_cluster(
 
     token = load_or_create_token(home / TOKEN_FILE)
     server = await serve(home / "state", token, host, port)
-    node = NodeDaemon(server.plane.control_url, token, home / "node", name=f"{socket.gethostname()}-local")
-    node_task = asyncio.create_task(node.run() if with_node else asyncio.sleep(0))
-    while with_node and not any(n.connected for n in server.plane.nodes.values()):
-        if node_task.done():
-            node_task.result()
-        await asyncio.sleep(0.01)
+    node: NodeDaemon | None = None
+    node_task: asyncio.Task[None] | None = None
+    if with_node:
+        node = NodeDaemon(server.plane.control_url, token, home / "node", name=f"{socket.gethostname()}-local")
+        node_task = asyncio.create_task(node.run())
+        while not any(n.connected for n in server.plane.nodes.values()):
+            if node_task.done():
+                node_task.result()
+            await asyncio.sleep(0.01)
     server_file = home / SERVER_FILE
     if advertise:
         server_file.write_text(json.dumps({"url": server.url, "pid": os.getpid()}))
@@ -78,10 +81,11 @@ async def run_cluster(
             with contextlib.suppress(FileNotFoundError):
                 server_file.unlink()
         await server.plane.stop_all_containers(timeout=server.plane.STOP_GRACE_S + 5)
-        await node.shutdown(grace_s=5)
-        node_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SystemExit):
-            await node_task
+        if node is not None and node_task is not None:
+            await node.shutdown(grace_s=5)
+            node_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                await node_task
         await server.stop()
 
 

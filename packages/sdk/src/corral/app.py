@@ -18,6 +18,7 @@ from corral.exception import InvalidError
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
+from corral_protocol.names import NAME_RULE, is_valid_name
 from corral_protocol.options import merge_options
 from corral_protocol.v1 import common_pb2, control_pb2
 
@@ -55,8 +56,8 @@ class App:
     """
 
     def __init__(self, name: str | None = None, *, image: Image | None = None, secrets: Sequence[Secret] = ()) -> None:
-        if name is not None and (not isinstance(name, str) or not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name)):
-            raise InvalidError(f"app name {name!r} must be 1-64 letters, digits, '-', '_' or '.'")
+        if name is not None and not is_valid_name(name):
+            raise InvalidError(f"app name {name!r} must be {NAME_RULE}")
         self.name = name
         self._image = image
         self._secrets = list(secrets)
@@ -154,12 +155,7 @@ class App:
                     yield control_pb2.UploadBundleRequest(hash=bundle.hash if offset == 0 else "", data=bundle.data[offset:offset + _UPLOAD_CHUNK])
 
             client.call(client.stub.UploadBundle, chunks())
-        class_defs = []
-        for d in definitions:
-            assert d is not None
-            class_def = d.to_proto(bundle.module)
-            class_def.module_is_main = module.__name__ == "__main__"
-            class_defs.append(class_def)
+        class_defs = [d.to_proto(bundle.module) for d in definitions if d is not None]
         response = client.call(
             client.stub.CreateApp,
             control_pb2.CreateAppRequest(

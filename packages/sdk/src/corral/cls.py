@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 from collections import deque
@@ -36,9 +37,9 @@ class ResolvedClass:
     app_id: str
     class_def: common_pb2.ClassDef
 
-    @property
-    def method_names(self) -> list[str]:
-        return [m.name for m in self.class_def.methods]
+    @functools.cached_property
+    def method_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.class_def.methods)
 
 
 class _LocalSource:

@@ -688,14 +688,11 @@ class ClassDef(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     HAS_SNAP_HOOKS_FIELD_NUMBER: _builtins.int
-    MODULE_IS_MAIN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The class's qualified name inside its module."""
     module: _builtins.str
     """The module the container imports."""
     has_snap_hooks: _builtins.bool
-    module_is_main: _builtins.bool
-    """The client ran the module as a script (__main__); containers import it by its file name."""
     @_builtins.property
     def methods(self) -> _containers.RepeatedCompositeFieldContainer[Global___MethodDef]: ...
     @_builtins.property
@@ -711,11 +708,10 @@ class ClassDef(_message.Message):
         parameters: _abc.Iterable[Global___ParameterSpec] | None = ...,
         options: Global___ServiceOptions | None = ...,
         has_snap_hooks: _builtins.bool = ...,
-        module_is_main: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_snap_hooks", b"has_snap_hooks", "methods", b"methods", "module", b"module", "module_is_main", b"module_is_main", "name", b"name", "options", b"options", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_snap_hooks", b"has_snap_hooks", "methods", b"methods", "module", b"module", "name", b"name", "options", b"options", "parameters", b"parameters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
