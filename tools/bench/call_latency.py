@@ -478,16 +478,8 @@ def report(
                 f"{corral_cpu / echo_cpu:.1f}x",
             )
         )
-    if c.throughput_max1 is not None:
-        t = c.throughput_max1
-        rows.append(
-            (
-                f"throughput, {THREADS} threads, max_inputs=1 ({THREADS} containers)",
-                f"{e.throughput.per_s:,.0f}/s",
-                f"{t.per_s:,.0f}/s",
-                f"{t.per_s / e.throughput.per_s:.3f}x",
-            )
-        )
+    def add_throughput(label: str, t: Throughput) -> None:
+        rows.append((label, f"{e.throughput.per_s:,.0f}/s", f"{t.per_s:,.0f}/s", f"{t.per_s / e.throughput.per_s:.3f}x"))
         rows.append(
             (
                 "  latency p50 / p99 under that load",
@@ -496,23 +488,10 @@ def report(
                 "",
             )
         )
-    t = c.throughput_max16
-    rows.append(
-        (
-            f"throughput, {THREADS} threads, max_inputs={THREADS} (1 container)",
-            f"{e.throughput.per_s:,.0f}/s",
-            f"{t.per_s:,.0f}/s",
-            f"{t.per_s / e.throughput.per_s:.3f}x",
-        )
-    )
-    rows.append(
-        (
-            "  latency p50 / p99 under that load",
-            f"{ms(e.throughput.latency.p50)} / {ms(e.throughput.latency.p99)}",
-            f"{ms(t.latency.p50)} / {ms(t.latency.p99)}",
-            "",
-        )
-    )
+
+    if c.throughput_max1 is not None:
+        add_throughput(f"throughput, {THREADS} threads, max_inputs=1 ({THREADS} containers)", c.throughput_max1)
+    add_throughput(f"throughput, {THREADS} threads, max_inputs={THREADS} (1 container)", c.throughput_max16)
     cold = c.cold.latency
     rows.append((f"cold start median / p90 ({len(cold.samples)} samples)", "", f"{ms(cold.p50)} / {ms(cold.p90)}", ""))
     if c.cold.container_start_to_ready:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import sys
 from typing import Any
 
 from corral_protocol.v1 import common_pb2
@@ -76,7 +75,3 @@ def read_inventory(cpu: float | None = None, memory_mib: int | None = None) -> c
         driver_version=driver,
         snapshots=common_pb2.SnapshotSupport(available=False, reason="memory snapshots are not implemented in this runtime yet"),
     )
-
-
-def python_executable() -> str:
-    return sys.executable

@@ -18,7 +18,6 @@ _TYPES: dict[type, int] = {
     bool: common_pb2.PARAMETER_TYPE_BOOL,
     bytes: common_pb2.PARAMETER_TYPE_BYTES,
 }
-_TYPE_NAMES = {v: k.__name__ for k, v in _TYPES.items()}
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -158,7 +157,3 @@ def encode_parameters(bound: Mapping[str, Any]) -> list[common_pb2.NamedParamete
 
 def decode_parameters(params: typing.Iterable[common_pb2.NamedParameter]) -> dict[str, Any]:
     return {p.name: decode_value(p.value) for p in params}
-
-
-def type_name(code: int) -> str:
-    return _TYPE_NAMES.get(code, "unknown")

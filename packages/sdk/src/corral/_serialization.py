@@ -75,10 +75,6 @@ def user_error(exc: BaseException) -> common_pb2.Result:
     return result
 
 
-def failure(status: int, message: str, exception_type: str = "", traceback: str = "") -> common_pb2.Result:
-    return common_pb2.Result(status=status, message=message, exception_type=exception_type, traceback=traceback)
-
-
 def unwrap(result: common_pb2.Result) -> Any:
     """Return the value of a successful Result, or raise what the call raised."""
     if result.status == common_pb2.RESULT_STATUS_SUCCESS:

@@ -53,10 +53,6 @@ class FunctionTimeoutError(ExecutionError, TimeoutError):
     """The input ran longer than the class's `timeout`."""
 
 
-class OutputExpiredError(Error):
-    """The call's result is gone (the call is unknown to the server, or was already collected)."""
-
-
 class InputCancellation(Error):
     """The call was cancelled."""
 
