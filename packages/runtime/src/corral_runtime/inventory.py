@@ -1,4 +1,4 @@
-"""What a node offers: CPU cores, memory, and GPUs read through NVML."""
+"""What a node offers: CPU cores, memory, GPUs read through NVML, and whether it can take memory snapshots."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import platform
 from typing import Any
 
 from corral_protocol.v1 import common_pb2
+from corral_runtime import criu
 
 log = logging.getLogger("corral.runtime")
 
@@ -64,6 +65,13 @@ def read_gpus(nvml: Any = None) -> tuple[list[common_pb2.GpuDevice], str]:
             pass
 
 
+def read_snapshot_support() -> common_pb2.SnapshotSupport:
+    """CRIU's verdict for this node (runs `criu check`), logged once: nodes call this at start."""
+    support = criu.detect()
+    log.info("memory snapshots: %s%s", support.describe(), f" [{support.path}]" if support.path else "")
+    return common_pb2.SnapshotSupport(available=support.available, reason=support.reason, criu_version=support.version)
+
+
 def read_inventory(cpu: float | None = None, memory_mib: int | None = None) -> common_pb2.NodeInventory:
     gpus, driver = read_gpus()
     return common_pb2.NodeInventory(
@@ -73,5 +81,5 @@ def read_inventory(cpu: float | None = None, memory_mib: int | None = None) -> c
         python_version=platform.python_version(),
         kernel=platform.release(),
         driver_version=driver,
-        snapshots=common_pb2.SnapshotSupport(available=False, reason="memory snapshots are not implemented in this runtime yet"),
+        snapshots=read_snapshot_support(),
     )

@@ -163,15 +163,20 @@ def cmd_container_list(args: argparse.Namespace) -> int:
 def cmd_node_list(args: argparse.Namespace) -> int:
     client = default_client()
     nodes = client.call(client.stub.ListNodes, control_pb2.ListNodesRequest()).nodes
-    rows = []
+    rows = [
+        (n.node_id, n.name, f"{n.cpu_reserved:g}/{n.inventory.cpu:g}", f"{n.memory_reserved_mib}/{n.inventory.memory_mib} MiB",
+         ", ".join(g.model for g in n.inventory.gpus) or "none", n.containers)
+        for n in nodes
+    ]
+    print(table(("NODE ID", "NAME", "CPU", "MEMORY", "GPUS", "CONTAINERS"), rows))
+    # Memory snapshots, one line per node below the table: the reason can be long.
+    if nodes:
+        print()
     for n in nodes:
         snap = n.inventory.snapshots
-        rows.append((
-            n.node_id, n.name, f"{n.cpu_reserved:g}/{n.inventory.cpu:g}", f"{n.memory_reserved_mib}/{n.inventory.memory_mib} MiB",
-            ", ".join(g.model for g in n.inventory.gpus) or "none", n.containers,
-            "available" if snap.available else f"unavailable ({snap.reason})",
-        ))
-    print(table(("NODE ID", "NAME", "CPU", "MEMORY", "GPUS", "CONTAINERS", "SNAPSHOTS"), rows))
+        state = (f"available (criu {snap.criu_version})" if snap.available
+                 else f"unavailable ({snap.reason or 'not reported by this node'})")
+        print(f"{n.name} ({n.node_id}): snapshots: {state}")
     return 0
 
 
