@@ -49,6 +49,7 @@ class NodeDaemon:
         name: str | None = None,
         inventory: common_pb2.NodeInventory | None = None,
         log_stream: object = None,
+        advertise_host: str = "127.0.0.1",
     ) -> None:
         self.control_url = control_url
         self.target = control_url.split("://", 1)[-1]
@@ -64,6 +65,7 @@ class NodeDaemon:
         self._channel: grpc.aio.Channel | None = None
         self._log_stream = log_stream or sys.stderr
         self.registered = asyncio.Event()
+        self.advertise_host = advertise_host  # where this node's containers accept direct inputs
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting to the control plane when the connection drops."""
@@ -160,6 +162,7 @@ class NodeDaemon:
                 "CORRAL_CONTAINER_TOKEN": start.container_token,
                 "CORRAL_CONTROL_URL": self.control_url,
                 "CORRAL_BUNDLE_DIR": str(bundle),
+                "CORRAL_DIRECT_HOST": self.advertise_host,
                 "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in start.gpu_indices),
                 "PYTHONUNBUFFERED": "1",
             })
@@ -241,12 +244,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default=os.environ.get("CORRAL_TOKEN"), help="the control plane's token")
     parser.add_argument("--name", default=None, help="node name (default: hostname)")
     parser.add_argument("--work-dir", default=None, help="where bundles and container files live")
+    parser.add_argument(
+        "--advertise-host", default=os.environ.get("CORRAL_NODE_ADVERTISE_HOST", "127.0.0.1"),
+        help="address clients reach this node's containers on for direct calls (default 127.0.0.1)",
+    )
     args = parser.parse_args(argv)
     if not args.server or not args.token:
         parser.error("--server and --token (or CORRAL_SERVER_URL and CORRAL_TOKEN) are required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     work_dir = Path(args.work_dir or Path.home() / ".local" / "share" / "corral-node")
-    daemon = NodeDaemon(args.server, args.token, work_dir, name=args.name)
+    daemon = NodeDaemon(args.server, args.token, work_dir, name=args.name, advertise_host=args.advertise_host)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

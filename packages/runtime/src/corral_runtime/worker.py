@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import sys
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,12 +27,15 @@ from typing import Any
 
 import grpc
 
-from corral import _serialization
 from corral._definition import ClassDefinition
 from corral._parameters import decode_parameters
 from corral.cls import Cls
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from corral_runtime.batching import Batcher
+from corral_runtime.direct import DirectServer
+from corral_runtime.runner import InputRunner
+from corral_runtime.slots import SlotGate
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,20 @@ async def call_hook(function: Any) -> None:
         await result
 
 
+def batching_config(init: worker_pb2.ContainerInit) -> tuple[str, common_pb2.BatchingConfig] | None:
+    """The batched method and its config: `with_batching` on the service wins over `@corral.batched`."""
+    for method in init.class_def.methods:
+        if init.options.HasField("batching") and init.options.batching.max_batch_size:
+            return method.name, init.options.batching
+        if method.HasField("batching") and method.batching.max_batch_size:
+            return method.name, method.batching
+    return None
+
+
 class Worker:
+    LOAD_REPORT_S = 0.05
+    WATCHDOG_S = 0.2
+
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
         self.metadata = (
@@ -105,6 +122,10 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self.definition: ClassDefinition | None = None
         self.instance: Any = None
+        self.gate: SlotGate | None = None
+        self.runner: InputRunner | None = None
+        self.batcher: Batcher | None = None
+        self.direct: DirectServer | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -130,19 +151,57 @@ class Worker:
                 await stream.done_writing()
                 traceback.print_exception(type(exc), exc, exc.__traceback__)
                 return 1
-            slots = init.concurrency.max_inputs or 1
-            self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="corral-input")
-            await stream.write(worker_pb2.WorkerSessionRequest(ready=worker_pb2.WorkerReady(slots=slots)))
-            reader = asyncio.create_task(self._read(stream))
+            capacity = self._start_serving(init, loop)
+            address = self.direct.start() if self.direct is not None else ""
+            await stream.write(worker_pb2.WorkerSessionRequest(ready=worker_pb2.WorkerReady(slots=capacity, direct_address=address)))
+            background = [
+                asyncio.create_task(self._read(stream)),
+                asyncio.create_task(self._report_load(stream)),
+                asyncio.create_task(self._watch_direct_timeouts()),
+            ]
             await self.shutdown.wait()
-            reader.cancel()
-            if self.tasks:
-                await asyncio.wait(list(self.tasks.values()))
+            await self._drain()
+            for task in background:
+                task.cancel()
+            await self._report_load_once(stream, force=True)
             await self._exit_hooks()
             with contextlib.suppress(Exception):
                 await stream.done_writing()
+        assert self._executor is not None
         self._executor.shutdown(wait=False)
         return 0
+
+    def _start_serving(self, init: worker_pb2.ContainerInit, loop: asyncio.AbstractEventLoop) -> int:
+        """Slots, the thread pool, the batcher and the direct server; returns the container's capacity."""
+        assert self.definition is not None
+        max_inputs = init.options.concurrency.max_inputs or init.class_def.options.concurrency.max_inputs or 1
+        capacity = max_inputs
+        batched = batching_config(init)
+        if batched is not None:
+            name, config = batched
+            self.batcher = Batcher(getattr(self.instance, name), config.max_batch_size, config.wait_ms, loop, max_inputs)
+            # `max_inputs` batches run at once while one more fills.
+            capacity = config.max_batch_size * (max_inputs + 1)
+        self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="corral-input")
+        self.gate = SlotGate(capacity, loop)
+        self.runner = InputRunner(self.instance, set(self.definition.methods), loop, self._executor, self.batcher)
+        if init.direct_token:
+            host = os.environ.get("CORRAL_DIRECT_HOST", "127.0.0.1")
+            timeout = init.options.timeout_s or init.class_def.options.timeout_s or 300.0
+            self.direct = DirectServer(host, init.direct_token, self.gate, self.runner, timeout)
+        return capacity
+
+    async def _drain(self) -> None:
+        """Finish every accepted input (pushed and direct) before the exit hooks run."""
+        if self.direct is not None:
+            self.direct.drain()
+        while self.tasks or (self.direct is not None and self.direct.running):
+            if self.tasks:
+                await asyncio.wait(list(self.tasks.values()), timeout=0.05)
+            else:
+                await asyncio.sleep(0.01)
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.close)
 
     async def _initialize(self, init: worker_pb2.ContainerInit) -> None:
         try:
@@ -168,6 +227,10 @@ class Worker:
                 print(f"corral worker: @exit hook {hook.name} raised:", file=sys.stderr)
                 traceback.print_exc()
 
+    async def _send(self, stream: Any, message: worker_pb2.WorkerSessionRequest) -> None:
+        async with self._write_lock:
+            await stream.write(message)
+
     async def _read(self, stream: Any) -> None:
         try:
             while True:
@@ -190,38 +253,59 @@ class Worker:
             self.shutdown.set()
 
     async def _run_input(self, stream: Any, inp: worker_pb2.Input) -> None:
+        assert self.gate is not None and self.runner is not None
         try:
-            result = await self._execute(inp)
+            await self.gate.acquire()
+            try:
+                result = await self.runner.run_on_loop(inp)
+            finally:
+                self.gate.release()
         except asyncio.CancelledError:
             self.tasks.pop(inp.input_id, None)
             return
         try:
-            async with self._write_lock:
-                await stream.write(worker_pb2.WorkerSessionRequest(output=worker_pb2.Output(input_id=inp.input_id, result=result)))
+            await self._send(stream, worker_pb2.WorkerSessionRequest(output=worker_pb2.Output(input_id=inp.input_id, result=result)))
         except Exception as err:
             print(f"corral worker: could not send the output of {inp.input_id}: {err}", file=sys.stderr)
         finally:
             self.tasks.pop(inp.input_id, None)
 
-    async def _execute(self, inp: worker_pb2.Input) -> common_pb2.Result:
-        fmt = inp.args.format or _serialization.PICKLE
-        try:
-            args, kwargs = _serialization.decode_args(inp.args)
-            function = getattr(self.instance, inp.method)
-            if inspect.iscoroutinefunction(function):
-                value = await function(*args, **kwargs)
-            else:
-                loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            return _serialization.user_error(exc)
-        try:
-            return _serialization.success(value, fmt)
-        except Exception as exc:
-            wrapped = TypeError(f"the return value of {inp.method} could not be serialized: {exc}")
-            return _serialization.user_error(wrapped)
+    # Direct inputs: load reports for the autoscaler, and timeouts -----------------------------
+
+    _last_load: tuple[int, int] = (0, 0)
+
+    async def _report_load(self, stream: Any) -> None:
+        while True:
+            await asyncio.sleep(self.LOAD_REPORT_S)
+            await self._report_load_once(stream)
+
+    async def _report_load_once(self, stream: Any, force: bool = False) -> None:
+        if self.direct is None:
+            return
+        load = (len(self.direct.running), self.direct.served)
+        if load == self._last_load and not force:
+            return
+        self._last_load = load
+        with contextlib.suppress(Exception):
+            await self._send(stream, worker_pb2.WorkerSessionRequest(load=worker_pb2.WorkerLoad(direct_running=load[0], direct_served=load[1])))
+
+    async def _watch_direct_timeouts(self) -> None:
+        """A direct input past the class's timeout fails with a timeout, and the container exits:
+        a Python thread cannot be interrupted safely (the control plane does the same for pushed inputs)."""
+        while True:
+            await asyncio.sleep(self.WATCHDOG_S)
+            if self.direct is None:
+                continue
+            expired = self.direct.expired(time.monotonic())
+            if not expired:
+                continue
+            class_name = self.definition.name if self.definition else "the class"
+            for running in expired:
+                message = f"{class_name}.{running.method} timed out after {self.direct.timeout_s:g} s"
+                self.direct.answer(running, common_pb2.Result(status=common_pb2.RESULT_STATUS_TIMEOUT, message=message))
+                print(f"corral worker: input {running.input_id}: {message}; the container exits", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(3)
 
 
 def main() -> None:

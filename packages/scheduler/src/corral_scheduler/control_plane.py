@@ -45,8 +45,10 @@ class ControlPlane:
     STOP_GRACE_S = 30.0
     LOST_WORKER_GRACE_S = 3.0
     MAX_QUEUE_PER_SERVICE = 100_000
+    MIN_STARTUP_TIMEOUT_S = 5.0
 
-    def __init__(self, store: Store, admin_token: str) -> None:
+    def __init__(self, store: Store, admin_token: str, max_queue_per_service: int | None = None) -> None:
+        self.max_queue = max_queue_per_service or self.MAX_QUEUE_PER_SERVICE
         self.store = store
         self.admin_token = admin_token
         self.control_url = ""
@@ -213,6 +215,8 @@ class ControlPlane:
         if class_def is None:
             raise NotFound(f"class {class_name!r} not found in app {record.name!r}")
         bound = self._check_parameters(class_def, list(parameters))
+        if override.batching.max_batch_size and len(class_def.methods) != 1:
+            raise InvalidArgument(f"with_batching needs a class with exactly one method; {class_name} has {len(class_def.methods)}")
         service_id = ids.service_id(app_id, record.version, class_name, bound, override)
         if service_id not in self.services:
             for ref in override.secrets:
@@ -279,8 +283,11 @@ class ControlPlane:
         if not any(m.name == method for m in service.class_def.methods):
             names = ", ".join(m.name for m in service.class_def.methods)
             raise NotFound(f"class {service.class_def.name} has no method {method!r} (methods: {names})")
-        if len(service.queue) >= self.MAX_QUEUE_PER_SERVICE:
-            raise QueueFull(f"the queue of {service.class_def.name} is full ({self.MAX_QUEUE_PER_SERVICE} inputs waiting)")
+        if len(service.queue) >= self.max_queue:
+            raise QueueFull(
+                f"the queue of {service.class_def.name} is full ({self.max_queue} inputs waiting); "
+                "retry later, or raise max_containers so that it drains faster"
+            )
         inp = Input(
             call_id=ids.new_id("fc"), service_id=service_id, method=method, args=args,
             future=asyncio.get_running_loop().create_future(),
@@ -367,7 +374,7 @@ class ControlPlane:
         if service.queue:
             ready = [c for c in service.containers.values() if c.free_slots > 0]
             while service.queue and ready:
-                container = min(ready, key=lambda c: len(c.running))
+                container = min(ready, key=lambda c: c.load)
                 inp = service.queue.popleft()
                 if inp.done:
                     continue
@@ -395,6 +402,16 @@ class ControlPlane:
             if not self._start_container(service):
                 break
 
+    def _fair_order(self) -> list[Service]:
+        """Services ordered so that those holding the fewest containers get capacity first: a hot
+        service cannot keep every free slot of the cluster while another waits with none."""
+        return sorted(self.services.values(), key=lambda s: len(s.containers))
+
+    def _scale_fairly(self) -> None:
+        for service in self._fair_order():
+            if service.queue or service.autoscaler.min_containers:
+                self._scale(service)
+
     @staticmethod
     def _desired(service: Service) -> int:
         if service.retired:
@@ -421,6 +438,7 @@ class ControlPlane:
             container_id=ids.new_id("ct"), token=secrets.token_urlsafe(24), service_id=service.service_id,
             node_id=node.node_id, resources=resources, gpu_indices=placement.gpu_indices,
             slots=service.options.concurrency.max_inputs or 1,
+            direct_token=secrets.token_urlsafe(24) if service.direct_enabled else "",
         )
         node.capacity.cpu_reserved += resources.cpu
         node.capacity.memory_reserved_mib += resources.memory_mib
@@ -437,7 +455,8 @@ class ControlPlane:
             control_url=self.control_url,
         )))
         log.info("starting container %s for %s on node %s", container.container_id, service.class_def.name, node.name)
-        startup_timeout = service.options.timeout_s or 300.0
+        # A container's start (process, imports) is not shortened below a floor by a tiny input timeout.
+        startup_timeout = max(self.MIN_STARTUP_TIMEOUT_S, service.options.timeout_s or 300.0)
         asyncio.get_running_loop().call_later(startup_timeout, self._check_started, container.container_id, startup_timeout)
         return True
 
@@ -493,7 +512,7 @@ class ControlPlane:
             node.send(node_pb2.NodeSessionResponse(stop_container=node_pb2.StopContainer(container_id=container.container_id, grace_s=0)))
 
     def _mark_idle(self, container: Container) -> None:
-        if not container.running:
+        if not container.load:
             container.idle_since = time.monotonic()
 
     # Worker events --------------------------------------------------------------------------
@@ -513,16 +532,18 @@ class ControlPlane:
         options = service.options
         init = worker_pb2.ContainerInit(
             app_id=service.app_id, class_def=service.class_def, parameters=service.parameters,
-            concurrency=options.concurrency, batching=options.batching,
+            concurrency=options.concurrency, batching=options.batching, options=options,
+            direct_token=container.direct_token,
         )
         return container, init
 
-    def worker_ready(self, container: Container, slots: int) -> None:
+    def worker_ready(self, container: Container, ready: worker_pb2.WorkerReady) -> None:
         service = self.services[container.service_id]
         if container.state != ContainerState.STARTING:
             return
         container.state = ContainerState.READY
-        container.slots = max(1, slots)
+        container.slots = max(1, ready.slots)
+        container.direct_address = ready.direct_address
         container.idle_since = time.monotonic()
         service.init_failures = 0
         log.info("container %s ready (%s)", container.container_id, service.class_def.name)
@@ -554,6 +575,29 @@ class ControlPlane:
         else:
             self._fail_or_retry(inp, output.result, service)
         self._dispatch(service)
+
+    def worker_load(self, container: Container, load: worker_pb2.WorkerLoad) -> None:
+        """The worker's count of direct inputs changed: the autoscaler and dispatch see it."""
+        previous = container.direct_running
+        served = max(0, load.direct_served - container.direct_served)
+        container.direct_running = load.direct_running
+        container.direct_served = load.direct_served
+        container.inputs_served += served
+        if served or load.direct_running:
+            container.idle_since = time.monotonic()  # direct activity since the last report
+        if load.direct_running != previous:
+            self._dispatch(self.services[container.service_id])
+
+    def get_routes(self, service_id: str) -> control_pb2.GetRoutesResponse:
+        service = self._live_service(service_id)
+        if not service.direct_enabled:
+            return control_pb2.GetRoutesResponse(direct_enabled=False)
+        routes = [
+            control_pb2.ContainerRoute(container_id=c.container_id, address=c.direct_address, token=c.direct_token, slots=c.slots)
+            for c in service.containers.values()
+            if c.state == ContainerState.READY and c.direct_address
+        ]
+        return control_pb2.GetRoutesResponse(direct_enabled=True, routes=routes)
 
     def worker_disconnected(self, container: Container) -> None:
         container.outbox = None
@@ -639,6 +683,7 @@ class ControlPlane:
         if exit_code not in (None, 0) or previous_state != ContainerState.STOPPING:
             log.info("container %s exited%s: %s", container_id, code, why)
         self._dispatch(service)
+        self._scale_fairly()  # the freed capacity goes to the services with the fewest containers first
 
     # Periodic work --------------------------------------------------------------------------
 
@@ -659,7 +704,7 @@ class ControlPlane:
             ):
                 log.warning("ephemeral app %s lost its client; stopping it", record.app_id)
                 self.stop_app(record.app_id)
-        for service in list(self.services.values()):
+        for service in self._fair_order():
             if service.retired and not service.containers:
                 del self.services[service.service_id]
                 continue
@@ -668,7 +713,7 @@ class ControlPlane:
             excess = len(live) - self._desired(service)
             if excess > 0:
                 idle = sorted(
-                    (c for c in live if c.state == ContainerState.READY and not c.running and now - c.idle_since >= config.scaledown_window_s),
+                    (c for c in live if c.state == ContainerState.READY and not c.load and now - c.idle_since >= config.scaledown_window_s),
                     key=lambda c: c.idle_since,
                 )
                 for container in idle[:excess]:
@@ -693,7 +738,7 @@ class ControlPlane:
             infos.append(control_pb2.ContainerInfo(
                 container_id=container.container_id, app_id=app.app_id, app_name=app.name,
                 class_name=service.class_def.name, service_id=service.service_id, node_id=container.node_id,
-                state=int(container.state), running_inputs=len(container.running), max_inputs=container.slots,
+                state=int(container.state), running_inputs=container.load, max_inputs=container.slots,
                 started_at=container.started_at, inputs_served=container.inputs_served, parameters=service.parameters,
             ))
         return infos

@@ -76,10 +76,21 @@ class Container:
     pid: int = 0
     exit_reason: str = ""
     kill_timer: asyncio.TimerHandle | None = None
+    # The direct call path: the worker's address, the secret clients present, and the inputs it
+    # runs for direct callers (reported by the worker, at most LOAD_REPORT_S old).
+    direct_token: str = ""
+    direct_address: str = ""
+    direct_running: int = 0
+    direct_served: int = 0
+
+    @property
+    def load(self) -> int:
+        """Inputs running now: pushed by the control plane plus those of direct callers."""
+        return len(self.running) + self.direct_running
 
     @property
     def free_slots(self) -> int:
-        return self.slots - len(self.running) if self.state == ContainerState.READY else 0
+        return self.slots - self.load if self.state == ContainerState.READY else 0
 
     def send(self, message: worker_pb2.WorkerSessionResponse) -> None:
         if self.outbox is not None:
@@ -125,8 +136,31 @@ class Service:
             max_containers=settings.max_containers if settings.HasField("max_containers") else None,
             buffer_containers=settings.buffer_containers,
             scaledown_window_s=settings.scaledown_window_s if settings.HasField("scaledown_window_s") else 60.0,
-            target_inputs=self.options.concurrency.target_inputs or 1,
+            target_inputs=self.target_inputs,
         )
+
+    @property
+    def batching(self) -> common_pb2.BatchingConfig | None:
+        """`with_batching` on the service, else `@corral.batched` on its method."""
+        if self.options.batching.max_batch_size:
+            return self.options.batching
+        for method in self.class_def.methods:
+            if method.batching.max_batch_size:
+                return method.batching
+        return None
+
+    @property
+    def target_inputs(self) -> int:
+        """Inputs per container the autoscaler aims at; a batched container aims at full batches."""
+        target = self.options.concurrency.target_inputs or 1
+        batching = self.batching
+        return target * batching.max_batch_size if batching is not None else target
+
+    @property
+    def direct_enabled(self) -> bool:
+        """Whether clients may send inputs straight to containers. Retries need the control plane,
+        which owns an input across attempts and containers."""
+        return self.options.retries.max_retries == 0
 
     @property
     def live_containers(self) -> list[Container]:
@@ -134,7 +168,7 @@ class Service:
 
     @property
     def running_count(self) -> int:
-        return sum(len(c.running) for c in self.containers.values())
+        return sum(c.load for c in self.containers.values())
 
 
 @dataclass

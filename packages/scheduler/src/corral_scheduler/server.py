@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,10 @@ class RunningServer:
 async def serve(state_dir: Path, admin_token: str, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
     """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port)."""
     store = Store(state_dir)
-    plane = ControlPlane(store, admin_token)
+    max_queue = os.environ.get("CORRAL_MAX_QUEUE")
+    if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
+        raise ValueError(f"CORRAL_MAX_QUEUE must be a positive integer, got {max_queue!r}")
+    plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None)
     server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token)], options=SERVER_OPTIONS)
     control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(plane), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(plane), server)

@@ -114,6 +114,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         return control_pb2.InvokeResponse(call_id=inp.call_id, result=result)
 
     @api
+    async def GetRoutes(self, request: control_pb2.GetRoutesRequest, context: Any) -> control_pb2.GetRoutesResponse:
+        return self.plane.get_routes(request.service_id)
+
+    @api
     async def GetResult(self, request: control_pb2.GetResultRequest, context: Any) -> control_pb2.GetResultResponse:
         inp = self.plane.get_input(request.call_id)
         if not inp.future.done() and request.timeout_s > 0:
@@ -239,7 +243,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     if kind == "output":
                         plane.worker_output(container, message.output)
                     elif kind == "ready":
-                        plane.worker_ready(container, message.ready.slots)
+                        plane.worker_ready(container, message.ready)
+                    elif kind == "load":
+                        plane.worker_load(container, message.load)
                     elif kind == "init_failed":
                         plane.worker_init_failed(container, message.init_failed)
                     elif kind == "batch_output":

@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 from corral._calls import FunctionCall  # noqa: E402
 from corral._client import Client  # noqa: E402
 from corral._parameters import parameter  # noqa: E402
-from corral._partial import enter, exit, method  # noqa: E402
+from corral._partial import batched, concurrent, enter, exit, method  # noqa: E402
 from corral.app import App  # noqa: E402
 from corral.cls import Cls, Method, Obj  # noqa: E402
 from corral.image import Image  # noqa: E402
@@ -48,6 +48,8 @@ __all__ = [
     "Retries",
     "Secret",
     "__version__",
+    "batched",
+    "concurrent",
     "enter",
     "exit",
     "is_local",

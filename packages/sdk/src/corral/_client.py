@@ -11,7 +11,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -19,6 +19,9 @@ from corral import exception
 from corral._home import corral_home, read_server_record, read_token
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
 from corral_protocol.v1 import control_pb2_grpc
+
+if TYPE_CHECKING:
+    from corral._direct import DirectPath
 
 T = TypeVar("T")
 
@@ -89,6 +92,16 @@ class Client:
             weakref.WeakKeyDictionary()
         )
         self._embedded: EmbeddedCluster | None = None
+        self._direct: DirectPath | None = None
+
+    @property
+    def direct(self) -> DirectPath:
+        """The direct call path to this server's containers (made on first use)."""
+        if self._direct is None:
+            from corral._direct import DirectPath
+
+            self._direct = DirectPath(self)
+        return self._direct
 
     def call(self, rpc: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         """Make a unary call on the sync stub, turning gRPC errors into Corral errors."""

@@ -38,8 +38,15 @@ class MethodInfo:
     def is_generator(self) -> bool:
         return inspect.isgeneratorfunction(self.function) or inspect.isasyncgenfunction(self.function)
 
+    @property
+    def batching(self) -> common_pb2.BatchingConfig | None:
+        return self.partial.options.get("batching")
+
     def to_proto(self) -> common_pb2.MethodDef:
-        return common_pb2.MethodDef(name=self.name, is_async=self.is_async, is_generator=self.is_generator)
+        proto = common_pb2.MethodDef(name=self.name, is_async=self.is_async, is_generator=self.is_generator)
+        if self.batching is not None:
+            proto.batching.CopyFrom(self.batching)
+        return proto
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,19 @@ class ClassDefinition:
         for info in methods.values():
             if info.is_generator:
                 raise InvalidError(f"{user_cls.__qualname__}.{info.name} is a generator; generator methods are not supported yet")
+        batched = [info.name for info in methods.values() if info.batching is not None]
+        if batched and len(methods) > 1:
+            others = ", ".join(name for name in methods if name not in batched)
+            raise InvalidError(
+                f"{user_cls.__qualname__}.{batched[0]} is batched, so it must be the class's only method "
+                f"(it also has {others}); put the other methods in another class"
+            )
+        concurrency = getattr(user_cls, "__corral_concurrency__", None)
+        if concurrency is not None:
+            merged = common_pb2.ServiceOptions()
+            merged.CopyFrom(options)
+            merged.concurrency.CopyFrom(concurrency)
+            options = merged
         enter = [Hook(name, p.raw_f, p.snap) for name, p in partials.items() if p.role & Role.ENTER]
         exit_hooks = [Hook(name, p.raw_f) for name, p in partials.items() if p.role & Role.EXIT]
         if any(h.snap for h in enter) and not options.enable_memory_snapshot:

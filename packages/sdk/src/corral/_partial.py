@@ -1,4 +1,4 @@
-"""The decorators that mark a class's members: `method`, `enter`, `exit`.
+"""The decorators that mark a class's members: `method`, `batched`, `enter`, `exit`.
 
 Each decorator wraps the function in a `PartialFunction` that records flags; `@app.cls` reads the
 flags and puts the plain function back on the class. Misuse is refused here, at decoration time.
@@ -73,7 +73,71 @@ def method(_warn_parentheses_missing: Any = None) -> Callable[[Any], PartialFunc
     _refuse_bare_use("method", _warn_parentheses_missing)
 
     def wrap(f: Any) -> PartialFunction:
-        return _as_partial(f, "method").with_role(Role.METHOD)
+        partial = _as_partial(f, "method")
+        if "batching" in partial.options and not partial.role & (Role.ENTER | Role.EXIT):
+            return partial  # @corral.batched already made it a method
+        return partial.with_role(Role.METHOD)
+
+    return wrap
+
+
+def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable[[type], type]:
+    """Let one container run up to `max_inputs` inputs at once; the autoscaler aims at `target_inputs`
+    per container (default: max_inputs). Sync methods run on a thread pool, async ones on the
+    container's event loop. Goes below `@app.cls()`, as in Modal.
+
+    Example:
+        @app.cls()
+        @corral.concurrent(max_inputs=100, target_inputs=80)
+        class Server: ...
+    """
+    from corral._options import concurrency
+
+    config = concurrency(max_inputs, target_inputs)
+
+    def wrap(user_cls: type) -> type:
+        if not isinstance(user_cls, type):
+            raise InvalidError(
+                f"@corral.concurrent() decorates a class, below @app.cls(); got {user_cls!r}. "
+                "For an existing handle use Cls.with_concurrency(max_inputs=...)"
+            )
+        user_cls.__corral_concurrency__ = config  # type: ignore[attr-defined]
+        return user_cls
+
+    return wrap
+
+
+def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[Any], PartialFunction]:
+    """Make a method batched: single calls are grouped, and the method gets one list per argument.
+
+    A batch closes when it holds `max_batch_size` inputs (1-1000) or `wait_ms` after its first
+    input. The method returns a list with one result per input. It must be the class's only method.
+    Use it instead of, or stacked with, `@corral.method()`.
+
+    Example:
+        @corral.batched(max_batch_size=32, wait_ms=10)
+        def embed(self, texts: list[str]) -> list[list[float]]:
+            return self.model.encode(texts).tolist()
+    """
+    from corral._options import batching
+
+    config = batching(max_batch_size, wait_ms)
+
+    def wrap(f: Any) -> PartialFunction:
+        partial = _as_partial(f, "batched")
+        if "batching" in partial.options:
+            raise InvalidError(f"{partial.raw_f.__qualname__} is decorated with @corral.batched twice")
+        params = list(inspect.signature(partial.raw_f).parameters.values())[1:]
+        if not params or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            raise InvalidError(
+                f"batched method {partial.raw_f.__qualname__} must take named arguments after `self` "
+                "(each receives a list with one element per input)"
+            )
+        options = {**partial.options, "batching": config}
+        role = partial.role if partial.role & Role.METHOD else partial.role | Role.METHOD
+        if partial.role & (Role.ENTER | Role.EXIT):
+            raise InvalidError(f"{partial.raw_f.__qualname__} cannot be both a lifecycle hook and a batched method")
+        return replace(partial, role=role, options=options)
 
     return wrap
 

@@ -24,7 +24,26 @@ PICKLE = common_pb2.PAYLOAD_FORMAT_PICKLE
 JSON = common_pb2.PAYLOAD_FORMAT_JSON
 
 
+_PLAIN_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """True for builtin scalars and small containers of them, which the C pickler handles exactly
+    like cloudpickle does (cloudpickle's pure-Python hooks cost microseconds on every call)."""
+    if type(value) in _PLAIN_SCALARS:
+        return True
+    if depth > 3:
+        return False
+    if type(value) in (list, tuple):
+        return len(value) <= 64 and all(_is_plain(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return len(value) <= 64 and all(type(k) is str and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def dumps(value: Any) -> bytes:
+    if _is_plain(value):
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -56,6 +75,14 @@ def decode_value(payload: common_pb2.Payload) -> Any:
 
 def success(value: Any, fmt: int = PICKLE) -> common_pb2.Result:
     return common_pb2.Result(status=common_pb2.RESULT_STATUS_SUCCESS, value=encode_value(value, fmt))
+
+
+def encode_result(value: Any, fmt: int = PICKLE, method: str = "the method") -> common_pb2.Result:
+    """A success Result, or a clear user error when the value cannot be serialized."""
+    try:
+        return success(value, fmt)
+    except Exception as exc:
+        return user_error(TypeError(f"the return value of {method} could not be serialized: {exc}"))
 
 
 def user_error(exc: BaseException) -> common_pb2.Result:

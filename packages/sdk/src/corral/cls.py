@@ -172,7 +172,15 @@ class Cls:
 
         Example:
             BatchedModel = Model.with_batching(max_batch_size=32, wait_ms=100)
+
+        The class's single method then receives one list per argument and returns a list of the
+        same length (see `corral.batched`).
         """
+        definition = self._source.definition
+        if definition is not None and len(definition.methods) != 1:
+            raise InvalidError(
+                f"with_batching needs a class with exactly one method; {self.name} has {', '.join(definition.methods)}"
+            )
         return self._with(common_pb2.ServiceOptions(batching=_options.batching(max_batch_size, wait_ms)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Obj:
@@ -298,54 +306,64 @@ class Method:
         self.remote = SyncAndAio(self._remote, self._remote_aio, "Run the method in a container and return its result.")
         self.spawn = SyncAndAio(self._spawn, self._spawn_aio, "Start the method in a container; return a FunctionCall.")
 
-    def _request(self, args: tuple[Any, ...], kwargs: dict[str, Any], wait: bool) -> tuple[ResolvedClass, control_pb2.InvokeRequest]:
+    def _bound(self) -> tuple[ResolvedClass, str]:
         resolved, service_id = self._obj._bind()
         if self.name not in resolved.method_names:
             raise NotFoundError(
                 f"class {self._obj._cls.name} has no method {self.name!r} (methods: {', '.join(resolved.method_names) or 'none'})"
             )
-        payload = _serialization.encode_args(args, kwargs)
-        return resolved, control_pb2.InvokeRequest(service_id=service_id, method=self.name, args=payload, wait=wait)
+        return resolved, service_id
 
-    def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any], wait: bool) -> tuple[ResolvedClass, control_pb2.InvokeResponse]:
-        resolved, request = self._request(args, kwargs, wait)
-        try:
-            return resolved, resolved.client.call(resolved.client.stub.Invoke, request)
-        except NotFoundError as err:
-            if not self._obj._rebind_after_redeploy(err):
-                raise
-        resolved, request = self._request(args, kwargs, wait)
-        return resolved, resolved.client.call(resolved.client.stub.Invoke, request)
+    def _invoke(self, payload: common_pb2.Payload, wait: bool) -> tuple[ResolvedClass, control_pb2.InvokeResponse]:
+        """Send the input through the control plane's queue (rebinding once after a redeploy)."""
+        for attempt in (1, 2):
+            resolved, service_id = self._bound()
+            request = control_pb2.InvokeRequest(service_id=service_id, method=self.name, args=payload, wait=wait)
+            try:
+                return resolved, resolved.client.call(resolved.client.stub.Invoke, request)
+            except NotFoundError as err:
+                if attempt == 2 or not self._obj._rebind_after_redeploy(err):
+                    raise
+        raise AssertionError("unreachable")
 
-    async def _request_aio(self, args: tuple[Any, ...], kwargs: dict[str, Any], wait: bool) -> tuple[ResolvedClass, control_pb2.InvokeRequest]:
+    async def _bound_aio(self) -> tuple[ResolvedClass, str]:
         if self._obj._service is not None:  # already bound: no RPC, so no need to leave the event loop
-            return self._request(args, kwargs, wait)
-        return await asyncio.to_thread(self._request, args, kwargs, wait)
+            return self._bound()
+        return await asyncio.to_thread(self._bound)
 
-    async def _invoke_aio(self, args: tuple[Any, ...], kwargs: dict[str, Any], wait: bool) -> tuple[ResolvedClass, control_pb2.InvokeResponse]:
-        resolved, request = await self._request_aio(args, kwargs, wait)
-        try:
-            return resolved, await resolved.client.call_aio("Invoke", request)
-        except NotFoundError as err:
-            if not self._obj._rebind_after_redeploy(err):
-                raise
-        resolved, request = await self._request_aio(args, kwargs, wait)
-        return resolved, await resolved.client.call_aio("Invoke", request)
+    async def _invoke_aio(self, payload: common_pb2.Payload, wait: bool) -> tuple[ResolvedClass, control_pb2.InvokeResponse]:
+        for attempt in (1, 2):
+            resolved, service_id = await self._bound_aio()
+            request = control_pb2.InvokeRequest(service_id=service_id, method=self.name, args=payload, wait=wait)
+            try:
+                return resolved, await resolved.client.call_aio("Invoke", request)
+            except NotFoundError as err:
+                if attempt == 2 or not self._obj._rebind_after_redeploy(err):
+                    raise
+        raise AssertionError("unreachable")
 
     def _remote(self, *args: Any, **kwargs: Any) -> Any:
-        _, response = self._invoke(args, kwargs, wait=True)
-        return _serialization.unwrap(response.result)
+        payload = _serialization.encode_args(args, kwargs)
+        resolved, service_id = self._bound()
+        result = resolved.client.direct.call(service_id, self.name, payload)
+        if result is None:
+            result = self._invoke(payload, wait=True)[1].result
+        return _serialization.unwrap(result)
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
-        _, response = await self._invoke_aio(args, kwargs, wait=True)
-        return _serialization.unwrap(response.result)
+        payload = _serialization.encode_args(args, kwargs)
+        resolved, service_id = await self._bound_aio()
+        result = await resolved.client.direct.call_aio(service_id, self.name, payload)
+        if result is None:
+            result = (await self._invoke_aio(payload, wait=True))[1].result
+        return _serialization.unwrap(result)
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        resolved, response = self._invoke(args, kwargs, wait=False)
+        resolved, response = self._invoke(_serialization.encode_args(args, kwargs), wait=False)
         return FunctionCall(response.call_id, resolved.client)
 
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        resolved, response = await self._invoke_aio(args, kwargs, wait=False)
+        resolved, response = await self._invoke_aio(_serialization.encode_args(args, kwargs), wait=False)
         return FunctionCall(response.call_id, resolved.client)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:

@@ -546,6 +546,79 @@ class InvokeResponse(_message.Message):
 Global___InvokeResponse: _TypeAlias = InvokeResponse  # noqa: Y015
 
 @_typing.final
+class GetRoutesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutesRequest: _TypeAlias = GetRoutesRequest  # noqa: Y015
+
+@_typing.final
+class ContainerRoute(_message.Message):
+    """One container that accepts direct inputs: connect to `address`, send a DirectHello with `token`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    address: _builtins.str
+    token: _builtins.str
+    slots: _builtins.int
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        token: _builtins.str = ...,
+        slots: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "container_id", b"container_id", "slots", b"slots", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerRoute: _TypeAlias = ContainerRoute  # noqa: Y015
+
+@_typing.final
+class GetRoutesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECT_ENABLED_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    direct_enabled: _builtins.bool
+    """False when the service's inputs must go through the control plane (e.g. it has a retry policy)."""
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContainerRoute]: ...
+    def __init__(
+        self,
+        *,
+        direct_enabled: _builtins.bool = ...,
+        routes: _abc.Iterable[Global___ContainerRoute] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_enabled", b"direct_enabled", "routes", b"routes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutesResponse: _TypeAlias = GetRoutesResponse  # noqa: Y015
+
+@_typing.final
 class GetResultRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

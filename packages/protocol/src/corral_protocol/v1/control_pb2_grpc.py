@@ -80,6 +80,11 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.InvokeResponse.FromString,
                 _registered_method=True)
+        self.GetRoutes = channel.unary_unary(
+                '/corral.v1.ControlService/GetRoutes',
+                request_serializer=corral_dot_v1_dot_control__pb2.GetRoutesRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.GetRoutesResponse.FromString,
+                _registered_method=True)
         self.GetResult = channel.unary_unary(
                 '/corral.v1.ControlService/GetResult',
                 request_serializer=corral_dot_v1_dot_control__pb2.GetResultRequest.SerializeToString,
@@ -175,6 +180,13 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRoutes(self, request, context):
+        """The READY containers a client may send a service's inputs to directly (the direct call path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetResult(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -264,6 +276,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Invoke,
                     request_deserializer=corral_dot_v1_dot_control__pb2.InvokeRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.InvokeResponse.SerializeToString,
+            ),
+            'GetRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoutes,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.GetRoutesRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.GetRoutesResponse.SerializeToString,
             ),
             'GetResult': grpc.unary_unary_rpc_method_handler(
                     servicer.GetResult,
@@ -545,6 +562,33 @@ class ControlService:
             '/corral.v1.ControlService/Invoke',
             corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/GetRoutes',
+            corral_dot_v1_dot_control__pb2.GetRoutesRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.GetRoutesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ class ControlServiceStub:
     LookupClass: _grpc.UnaryUnaryMultiCallable[_control_pb2.LookupClassRequest, _control_pb2.LookupClassResponse]
     BindService: _grpc.UnaryUnaryMultiCallable[_control_pb2.BindServiceRequest, _control_pb2.BindServiceResponse]
     Invoke: _grpc.UnaryUnaryMultiCallable[_control_pb2.InvokeRequest, _control_pb2.InvokeResponse]
+    GetRoutes: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]
+    """The READY containers a client may send a service's inputs to directly (the direct call path)."""
     GetResult: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetResultRequest, _control_pb2.GetResultResponse]
     CancelCall: _grpc.UnaryUnaryMultiCallable[_control_pb2.CancelCallRequest, _control_pb2.CancelCallResponse]
     UpdateAutoscaler: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateAutoscalerRequest, _control_pb2.UpdateAutoscalerResponse]
@@ -64,6 +66,8 @@ class ControlServiceAsyncStub(ControlServiceStub):
     LookupClass: _aio.UnaryUnaryMultiCallable[_control_pb2.LookupClassRequest, _control_pb2.LookupClassResponse]  # type: ignore[assignment]
     BindService: _aio.UnaryUnaryMultiCallable[_control_pb2.BindServiceRequest, _control_pb2.BindServiceResponse]  # type: ignore[assignment]
     Invoke: _aio.UnaryUnaryMultiCallable[_control_pb2.InvokeRequest, _control_pb2.InvokeResponse]  # type: ignore[assignment]
+    GetRoutes: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]  # type: ignore[assignment]
+    """The READY containers a client may send a service's inputs to directly (the direct call path)."""
     GetResult: _aio.UnaryUnaryMultiCallable[_control_pb2.GetResultRequest, _control_pb2.GetResultResponse]  # type: ignore[assignment]
     CancelCall: _aio.UnaryUnaryMultiCallable[_control_pb2.CancelCallRequest, _control_pb2.CancelCallResponse]  # type: ignore[assignment]
     UpdateAutoscaler: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateAutoscalerRequest, _control_pb2.UpdateAutoscalerResponse]  # type: ignore[assignment]
@@ -137,6 +141,14 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.InvokeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.InvokeResponse, _abc.Awaitable[_control_pb2.InvokeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetRoutes(
+        self,
+        request: _control_pb2.GetRoutesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GetRoutesResponse, _abc.Awaitable[_control_pb2.GetRoutesResponse]]:
+        """The READY containers a client may send a service's inputs to directly (the direct call path)."""
 
     @_abc_1.abstractmethod
     def GetResult(

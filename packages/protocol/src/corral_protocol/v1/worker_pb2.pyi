@@ -8,6 +8,7 @@ from corral_protocol.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,31 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DirectRejectReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DirectRejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DirectRejectReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DIRECT_REJECT_REASON_UNSPECIFIED: _DirectRejectReason.ValueType  # 0
+    DIRECT_REJECT_REASON_BUSY: _DirectRejectReason.ValueType  # 1
+    """Every concurrency slot is taken; send the input through the control plane's queue."""
+    DIRECT_REJECT_REASON_DRAINING: _DirectRejectReason.ValueType  # 2
+    """The container is stopping; forget this route."""
+    DIRECT_REJECT_REASON_REFUSED: _DirectRejectReason.ValueType  # 3
+    """The hello's token or protocol version was refused."""
+
+class DirectRejectReason(_DirectRejectReason, metaclass=_DirectRejectReasonEnumTypeWrapper): ...
+
+DIRECT_REJECT_REASON_UNSPECIFIED: DirectRejectReason.ValueType  # 0
+DIRECT_REJECT_REASON_BUSY: DirectRejectReason.ValueType  # 1
+"""Every concurrency slot is taken; send the input through the control plane's queue."""
+DIRECT_REJECT_REASON_DRAINING: DirectRejectReason.ValueType  # 2
+"""The container is stopping; forget this route."""
+DIRECT_REJECT_REASON_REFUSED: DirectRejectReason.ValueType  # 3
+"""The hello's token or protocol version was refused."""
+Global___DirectRejectReason: _TypeAlias = DirectRejectReason  # noqa: Y015
 
 @_typing.final
 class WorkerSessionRequest(_message.Message):
@@ -32,6 +58,7 @@ class WorkerSessionRequest(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     HTTP_RESPONSE_START_FIELD_NUMBER: _builtins.int
     HTTP_BODY_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___WorkerHello: ...
     @_builtins.property
@@ -50,6 +77,8 @@ class WorkerSessionRequest(_message.Message):
     def http_response_start(self) -> Global___HttpResponseStart: ...
     @_builtins.property
     def http_body(self) -> Global___HttpBodyChunk: ...
+    @_builtins.property
+    def load(self) -> Global___WorkerLoad: ...
     def __init__(
         self,
         *,
@@ -62,12 +91,13 @@ class WorkerSessionRequest(_message.Message):
         draining: Global___WorkerDraining | None = ...,
         http_response_start: Global___HttpResponseStart | None = ...,
         http_body: Global___HttpBodyChunk | None = ...,
+        load: Global___WorkerLoad | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "init_failed", "ready", "output", "batch_output", "snapshot_ready", "draining", "http_response_start", "http_body"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "init_failed", "ready", "output", "batch_output", "snapshot_ready", "draining", "http_response_start", "http_body", "load"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -126,20 +156,48 @@ class WorkerReady(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SLOTS_FIELD_NUMBER: _builtins.int
+    DIRECT_ADDRESS_FIELD_NUMBER: _builtins.int
     slots: _builtins.int
     """How many inputs the container runs at once."""
+    direct_address: _builtins.str
+    """host:port where the container accepts direct inputs (DirectRequest frames); empty when it does not."""
     def __init__(
         self,
         *,
         slots: _builtins.int = ...,
+        direct_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_address", b"direct_address", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerReady: _TypeAlias = WorkerReady  # noqa: Y015
+
+@_typing.final
+class WorkerLoad(_message.Message):
+    """Sent when the number of inputs a container runs for direct callers changes (rate-limited)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECT_RUNNING_FIELD_NUMBER: _builtins.int
+    DIRECT_SERVED_FIELD_NUMBER: _builtins.int
+    direct_running: _builtins.int
+    direct_served: _builtins.int
+    def __init__(
+        self,
+        *,
+        direct_running: _builtins.int = ...,
+        direct_served: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_running", b"direct_running", "direct_served", b"direct_served"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerLoad: _TypeAlias = WorkerLoad  # noqa: Y015
 
 @_typing.final
 class Output(_message.Message):
@@ -264,9 +322,13 @@ class ContainerInit(_message.Message):
     CONCURRENCY_FIELD_NUMBER: _builtins.int
     BATCHING_FIELD_NUMBER: _builtins.int
     TAKE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    DIRECT_TOKEN_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     take_snapshot: _builtins.bool
     """Run the snap=True hooks, then send SnapshotReady and wait for the snapshot."""
+    direct_token: _builtins.str
+    """The secret that direct callers present in DirectHello."""
     @_builtins.property
     def class_def(self) -> _common_pb2.ClassDef: ...
     @_builtins.property
@@ -275,6 +337,10 @@ class ContainerInit(_message.Message):
     def concurrency(self) -> _common_pb2.ConcurrencyConfig: ...
     @_builtins.property
     def batching(self) -> _common_pb2.BatchingConfig: ...
+    @_builtins.property
+    def options(self) -> _common_pb2.ServiceOptions:
+        """The service's effective options (class options merged with with_options/with_concurrency/with_batching)."""
+
     def __init__(
         self,
         *,
@@ -284,10 +350,12 @@ class ContainerInit(_message.Message):
         concurrency: _common_pb2.ConcurrencyConfig | None = ...,
         batching: _common_pb2.BatchingConfig | None = ...,
         take_snapshot: _builtins.bool = ...,
+        direct_token: _builtins.str = ...,
+        options: _common_pb2.ServiceOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "class_def", b"class_def", "concurrency", b"concurrency"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "class_def", b"class_def", "concurrency", b"concurrency", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "batching", b"batching", "class_def", b"class_def", "concurrency", b"concurrency", "parameters", b"parameters", "take_snapshot", b"take_snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "batching", b"batching", "class_def", b"class_def", "concurrency", b"concurrency", "direct_token", b"direct_token", "options", b"options", "parameters", b"parameters", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -492,3 +560,107 @@ class CancelInput(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelInput: _TypeAlias = CancelInput  # noqa: Y015
+
+@_typing.final
+class DirectRequest(_message.Message):
+    """The direct call path: a client sends inputs straight to a READY container over TCP.
+    Each frame is a 4-byte little-endian length followed by one message. One connection carries
+    one input at a time: DirectHello once, then Input -> DirectResponse, repeated.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELLO_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hello(self) -> Global___DirectHello: ...
+    @_builtins.property
+    def input(self) -> Global___Input: ...
+    def __init__(
+        self,
+        *,
+        hello: Global___DirectHello | None = ...,
+        input: Global___Input | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello", "input", b"input", "message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello", "input", b"input", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "input"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___DirectRequest: _TypeAlias = DirectRequest  # noqa: Y015
+
+@_typing.final
+class DirectHello(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    protocol_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        protocol_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["protocol_version", b"protocol_version", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectHello: _TypeAlias = DirectHello  # noqa: Y015
+
+@_typing.final
+class DirectRejected(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    input_id: _builtins.str
+    reason: Global___DirectRejectReason.ValueType
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        input_id: _builtins.str = ...,
+        reason: Global___DirectRejectReason.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_id", b"input_id", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectRejected: _TypeAlias = DirectRejected  # noqa: Y015
+
+@_typing.final
+class DirectResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def output(self) -> Global___Output: ...
+    @_builtins.property
+    def rejected(self) -> Global___DirectRejected: ...
+    def __init__(
+        self,
+        *,
+        output: Global___Output | None = ...,
+        rejected: Global___DirectRejected | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["output", "rejected"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___DirectResponse: _TypeAlias = DirectResponse  # noqa: Y015

@@ -1,0 +1,391 @@
+"""The client's side of the direct call path.
+
+`.remote()` sends an input straight to a READY container that has a free slot, instead of through
+the control plane: one network hop and two processes instead of two hops and three. The control
+plane stays in charge: it hands out routes (`GetRoutes`: container address + token), sees each
+container's direct load in its reports, and scales on it. Whenever the direct path cannot take an
+input (no route yet, every known container busy or stopping, the service has a retry policy), the
+call goes through the control plane's queue as before. An input is only ever sent to one place.
+
+Connections carry one input at a time; idle ones are pooled per container (blocking sockets for
+sync callers, asyncio transports per event loop for `.aio` callers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from corral.exception import ContainerExitedError
+from corral_protocol import PROTOCOL_VERSION
+from corral_protocol.framing import FrameBuffer, FrameError, encode, read_frame
+from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
+
+if TYPE_CHECKING:
+    from corral._client import Client
+
+W = worker_pb2
+REFRESH_S = 1.0  # how old a route table may get while it has routes
+REFRESH_EMPTY_S = 0.25  # ... and while it has none (a scale-up from zero is under way)
+REFRESH_DISABLED_S = 30.0
+MAX_IDLE_PER_ROUTE = 256
+
+_input_ids = itertools.count()
+_id_prefix = os.urandom(4).hex()
+
+
+def _new_input_id() -> str:
+    return f"di-{_id_prefix}-{next(_input_ids)}"
+
+
+class _NotSent(Exception):
+    """The input never left this process; the control plane may take it."""
+
+
+@dataclass(eq=False)
+class _Route:
+    container_id: str
+    host: str
+    port: int
+    hello: bytes
+    slots: int
+    inflight: int = 0
+    dead: bool = False
+    idle: list[socket.socket] = field(default_factory=list)
+    aio_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_AioConnection]] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+
+    @classmethod
+    def from_proto(cls, route: control_pb2.ContainerRoute) -> _Route:
+        host, _, port = route.address.rpartition(":")
+        hello = W.DirectRequest(hello=W.DirectHello(token=route.token, protocol_version=PROTOCOL_VERSION))
+        return cls(route.container_id, host.strip("[]"), int(port), encode(hello.SerializeToString()), max(1, route.slots))
+
+    def close(self) -> None:
+        self.dead = True
+        for sock in self.idle:
+            sock.close()
+        self.idle.clear()
+        for conns in list(self.aio_idle.values()):
+            for conn in conns:
+                conn.close()
+
+
+@dataclass(eq=False)
+class _Table:
+    enabled: bool = True
+    routes: dict[str, _Route] = field(default_factory=dict)
+    fetched_at: float = float("-inf")
+    refreshing: bool = False
+    turn: int = 0
+
+    def stale(self, now: float) -> bool:
+        if not self.enabled:
+            return now - self.fetched_at > REFRESH_DISABLED_S
+        return now - self.fetched_at > (REFRESH_S if self.routes else REFRESH_EMPTY_S)
+
+
+class DirectPath:
+    """Route tables per service and connection pools per container, for one `Client`."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._tables: dict[str, _Table] = {}
+
+    # Routes -----------------------------------------------------------------------------------
+
+    def _table(self, service_id: str) -> _Table:
+        table = self._tables.get(service_id)
+        if table is None:
+            table = self._tables.setdefault(service_id, _Table())
+        return table
+
+    def _claim_refresh(self, table: _Table) -> bool:
+        with self._lock:
+            if table.refreshing or not table.stale(time.monotonic()):
+                return False
+            table.refreshing = True
+            return True
+
+    def _install(self, table: _Table, response: control_pb2.GetRoutesResponse | None) -> None:
+        with self._lock:
+            table.refreshing = False
+            table.fetched_at = time.monotonic()
+            if response is None:  # the service is gone or the server failed: the control plane path will say why
+                fresh: dict[str, _Route] = {}
+                table.enabled = True
+            else:
+                table.enabled = response.direct_enabled
+                fresh = {}
+                for proto in response.routes:
+                    existing = table.routes.get(proto.container_id)
+                    fresh[proto.container_id] = existing if existing is not None and not existing.dead else _Route.from_proto(proto)
+            for container_id, route in table.routes.items():
+                if container_id not in fresh:
+                    route.close()
+            table.routes = fresh
+
+    def _refresh(self, service_id: str, table: _Table) -> None:
+        if not self._claim_refresh(table):
+            return
+        response = None
+        try:
+            response = self._client.call(self._client.stub.GetRoutes, control_pb2.GetRoutesRequest(service_id=service_id), timeout=10)
+        except Exception:
+            pass
+        self._install(table, response)
+
+    async def _refresh_aio(self, service_id: str, table: _Table) -> None:
+        if not self._claim_refresh(table):
+            return
+        response = None
+        try:
+            response = await self._client.call_aio("GetRoutes", control_pb2.GetRoutesRequest(service_id=service_id), timeout=10)
+        except Exception:
+            pass
+        self._install(table, response)
+
+    def _pick(self, table: _Table) -> _Route | None:
+        """The known container with the fewest of this client's inputs in flight and a free slot."""
+        with self._lock:
+            best: _Route | None = None
+            routes = list(table.routes.values())
+            table.turn += 1
+            count = len(routes)
+            for i in range(count):
+                route = routes[(table.turn + i) % count]
+                if route.dead or route.inflight >= route.slots:
+                    continue
+                if best is None or route.inflight < best.inflight:
+                    best = route
+            if best is not None:
+                best.inflight += 1
+            return best
+
+    def _done(self, table: _Table, route: _Route, response: worker_pb2.DirectResponse | None) -> common_pb2.Result | None:
+        with self._lock:
+            route.inflight -= 1
+        if response is None:
+            return None
+        if response.WhichOneof("message") == "output":
+            return response.output.result
+        if response.rejected.reason != W.DIRECT_REJECT_REASON_BUSY:
+            self._forget(table, route)
+        return None
+
+    def _forget(self, table: _Table, route: _Route) -> None:
+        with self._lock:
+            if table.routes.get(route.container_id) is route:
+                del table.routes[route.container_id]
+            table.fetched_at = float("-inf")  # the next call asks the control plane again
+        route.close()
+
+    @staticmethod
+    def _request(method: str, args: common_pb2.Payload) -> bytes:
+        inp = W.Input(input_id=_new_input_id(), method=method, args=args)
+        return encode(W.DirectRequest(input=inp).SerializeToString())
+
+    # Sync callers ------------------------------------------------------------------------------
+
+    def call(self, service_id: str, method: str, args: common_pb2.Payload) -> common_pb2.Result | None:
+        """The input's Result, or None when the direct path did not take it (use the control plane)."""
+        table = self._table(service_id)
+        if table.stale(time.monotonic()):
+            self._refresh(service_id, table)
+        if not table.enabled or not table.routes:
+            return None
+        route = self._pick(table)
+        if route is None:
+            return None
+        response = None
+        try:
+            response = self._exchange(route, self._request(method, args))
+        except _NotSent:
+            self._forget(table, route)
+        except (OSError, FrameError) as err:
+            self._forget(table, route)
+            with self._lock:
+                route.inflight -= 1
+            raise ContainerExitedError(
+                f"the container running {method} ({route.container_id}) closed the connection before answering: {err or 'EOF'}"
+            ) from None
+        except BaseException:
+            with self._lock:
+                route.inflight -= 1
+            raise
+        return self._done(table, route, response)
+
+    def _exchange(self, route: _Route, request: bytes) -> worker_pb2.DirectResponse:
+        sock = self._checkout(route)
+        if sock is None:
+            try:
+                sock = socket.create_connection((route.host, route.port), timeout=5)
+                sock.settimeout(None)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as err:
+                raise _NotSent(str(err)) from None
+            request = route.hello + request
+        try:
+            sock.sendall(request)
+        except OSError as err:
+            sock.close()
+            raise _NotSent(str(err)) from None
+        try:
+            frame = read_frame(sock)
+            if frame is None:
+                raise FrameError("the container closed the connection")
+        except BaseException:
+            sock.close()
+            raise
+        response = W.DirectResponse.FromString(frame)
+        if response.WhichOneof("message") == "output" or response.rejected.reason == W.DIRECT_REJECT_REASON_BUSY:
+            self._checkin(route, sock)
+        else:
+            sock.close()
+        return response
+
+    def _checkout(self, route: _Route) -> socket.socket | None:
+        while True:
+            try:
+                sock = route.idle.pop()
+            except IndexError:
+                return None
+            try:
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return sock  # nothing to read: the idle connection is still open
+            except OSError:
+                pass
+            sock.close()  # closed by the container (it stopped), or out of step: never reuse
+
+    @staticmethod
+    def _checkin(route: _Route, sock: socket.socket) -> None:
+        if route.dead or len(route.idle) >= MAX_IDLE_PER_ROUTE:
+            sock.close()
+        else:
+            route.idle.append(sock)
+
+    # Asyncio callers ---------------------------------------------------------------------------
+
+    async def call_aio(self, service_id: str, method: str, args: common_pb2.Payload) -> common_pb2.Result | None:
+        table = self._table(service_id)
+        if table.stale(time.monotonic()):
+            await self._refresh_aio(service_id, table)
+        if not table.enabled or not table.routes:
+            return None
+        route = self._pick(table)
+        if route is None:
+            return None
+        response = None
+        try:
+            response = await self._exchange_aio(route, self._request(method, args))
+        except _NotSent:
+            self._forget(table, route)
+        except (OSError, FrameError) as err:
+            self._forget(table, route)
+            with self._lock:
+                route.inflight -= 1
+            raise ContainerExitedError(
+                f"the container running {method} ({route.container_id}) closed the connection before answering: {err or 'EOF'}"
+            ) from None
+        except BaseException:
+            with self._lock:
+                route.inflight -= 1
+            raise
+        return self._done(table, route, response)
+
+    async def _exchange_aio(self, route: _Route, request: bytes) -> worker_pb2.DirectResponse:
+        loop = asyncio.get_running_loop()
+        pool = route.aio_idle.get(loop)
+        if pool is None:
+            pool = route.aio_idle.setdefault(loop, [])
+        conn = None
+        while pool:
+            candidate = pool.pop()
+            if not candidate.closed:
+                conn = candidate
+                break
+        if conn is None:
+            try:
+                _, conn = await loop.create_connection(_AioConnection, route.host, route.port)
+            except OSError as err:
+                raise _NotSent(str(err)) from None
+            request = route.hello + request
+        try:
+            frame = await conn.exchange(request)
+        except BaseException:
+            conn.close()  # a reply may still be on its way: never reuse this connection
+            raise
+        response = W.DirectResponse.FromString(frame)
+        if (response.WhichOneof("message") == "output" or response.rejected.reason == W.DIRECT_REJECT_REASON_BUSY) and not route.dead:
+            if len(pool) < MAX_IDLE_PER_ROUTE:
+                pool.append(conn)
+            else:
+                conn.close()
+        else:
+            conn.close()
+        return response
+
+
+class _AioConnection(asyncio.Protocol):
+    """One asyncio connection to a container, one input at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._frames = FrameBuffer()
+        self._waiter: asyncio.Future[bytes] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._frames.feed(data)
+        except FrameError as err:
+            self._fail(err)
+            return
+        for frame in frames:
+            waiter, self._waiter = self._waiter, None
+            if waiter is None or waiter.done():
+                self._fail(FrameError("the container sent a frame nobody asked for"))
+                return
+            waiter.set_result(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc or FrameError("the container closed the connection"))
+
+    def _fail(self, err: Exception) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(err)
+        self.close()
+
+    async def exchange(self, request: bytes) -> bytes:
+        if self.closed or self.transport is None:
+            raise FrameError("the connection is closed")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self.transport.write(request)
+        return await waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
