@@ -37,12 +37,14 @@ def test_app_list_container_list_and_stop(cluster: Cluster, events: Path) -> Non
 
     ctrs = cluster.corral("container", "list")
     assert ctrs.returncode == 0, ctrs.stderr
-    rows = [row for row in table_rows(ctrs.stdout) if row[1] == name]
+    rows = [row for row in table_rows(ctrs.stdout) if row[0] == name]
     assert len(rows) == 1, ctrs.stdout
-    assert rows[0][2] == "Model"
-    assert rows[0][3] == "ready"
-    assert rows[0][5] == "1"  # inputs served
-    assert str(events) in rows[0][6]  # parameters
+    assert rows[0][1] == "Model"
+    assert rows[0][2].startswith("sv-")  # the service
+    assert rows[0][4] == "ready"
+    assert rows[0][5] == "0/1"  # load: running/max inputs
+    assert rows[0][6] == "1"  # inputs served
+    assert str(events) in rows[0][7]  # parameters
 
     stopped = cluster.corral("app", "stop", name)
     assert stopped.returncode == 0, stopped.stderr

@@ -150,13 +150,15 @@ def cmd_container_list(args: argparse.Namespace) -> int:
     client = default_client()
     containers = client.call(client.stub.ListContainers, control_pb2.ListContainersRequest()).containers
     states = {v: k.removeprefix("CONTAINER_STATE_").lower() for k, v in control_pb2.ContainerState.items()}
+    # Grouped by service (one class bound to one parameter set and options); LOAD is running/max inputs.
     rows = [
-        (c.container_id, c.app_name, c.class_name, states.get(c.state, "?"), f"{c.running_inputs}/{c.max_inputs}", c.inputs_served,
+        (c.app_name, c.class_name, c.service_id, c.container_id, states.get(c.state, "?"), f"{c.running_inputs}/{c.max_inputs}",
+         c.inputs_served,
          ",".join(f"{p.name}={getattr(p.value, p.value.WhichOneof('kind') or 'string_value')!r}" for p in c.parameters) or "-",
          c.node_id, _age(c.started_at))
-        for c in containers
+        for c in sorted(containers, key=lambda c: (c.app_name, c.class_name, c.service_id, c.started_at))
     ]
-    print(table(("CONTAINER ID", "APP", "CLASS", "STATE", "LOAD", "SERVED", "PARAMETERS", "NODE", "AGE"), rows))
+    print(table(("APP", "CLASS", "SERVICE", "CONTAINER ID", "STATE", "LOAD", "SERVED", "PARAMETERS", "NODE", "AGE"), rows))
     return 0
 
 

@@ -212,7 +212,9 @@ class Obj:
         definition = self._cls.definition
         if definition is not None and name not in definition.methods:
             raise AttributeError(f"{self._cls.name} has no @corral.method named {name!r}")
-        return Method(self, name)
+        method = Method(self, name)
+        self.__dict__[name] = method  # later lookups skip __getattr__ (it is on every call's path)
+        return method
 
     def _bind(self) -> tuple[ResolvedClass, str]:
         """Resolve the class and bind the service for this parameter set, once."""
