@@ -139,3 +139,22 @@ def test_warm_pool_comes_back_after_a_restart(fresh_cluster: Cluster) -> None:
         client.close()
     finally:
         assert restarted.stop() == 0, restarted.logs()
+
+
+def test_update_autoscaler_lasts_until_a_redeploy_restores_the_static_config(cluster: Cluster, events: Path) -> None:
+    name = "e2e-scaling-override"
+    deploy(cluster, "deploy_model.py", name)
+    client = client_for(cluster)
+    model = corral.Cls.from_name(name, "Model", client=client)(events=str(events))
+    model.update_autoscaler(min_containers=2, scaledown_window=600)
+    # Applies at once, with no call: two warm containers of this parameter set.
+    wait_for(lambda: [c.state for c in containers(client, name, "Model")] == [READY, READY], message="two warm containers")
+    time.sleep(2)  # past the class's static scaledown_window=1: the override keeps them
+    assert len(containers(client, name, "Model")) == 2
+    deploy(cluster, "deploy_model.py", name)  # a redeploy: the old version's service drains and goes away
+    wait_for(lambda: not containers(client, name, "Model"), message="the old version's warm containers to stop")
+    fresh = corral.Cls.from_name(name, "Model", client=client)(events=str(events))
+    assert fresh.bump.remote() == 1
+    # The static config is back: min_containers=0 and scaledown_window=1, so the container goes idle away.
+    wait_for(lambda: not containers(client, name, "Model"), message="the static scaledown after the redeploy")
+    assert cluster.corral("app", "stop", name).returncode == 0
