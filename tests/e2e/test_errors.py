@@ -521,3 +521,9 @@ def test_an_enter_hook_that_hangs_past_the_timeout_fails_the_call_with_an_init_e
 
     with pytest.raises(InitError, match="did not finish starting"):
         ErrorsHangingEnter().never.remote()
+
+
+def test_module_level_app_run_fails_in_the_container_instead_of_starting_clusters(cluster: Cluster) -> None:
+    script = Path(errors_app.__file__).with_name("module_level_run.py")
+    done = cluster.python(str(script), timeout=120)
+    assert "INIT-ERROR" in done.stdout and 'if __name__ == "__main__":' in done.stdout, done.stdout + done.stderr

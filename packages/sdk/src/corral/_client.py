@@ -156,6 +156,15 @@ class Client:
         token = read_token(home)
         if record is not None and record.is_alive() and token:
             return cls(record.url, token)
+        if "CORRAL_CONTAINER_ID" in os.environ:
+            # Inside a container, a call with no server configured is almost always module-level code
+            # (`with app.run():` outside `if __name__ == "__main__":`) running again on import. Starting
+            # a cluster here would start containers that import the module again, without end.
+            raise exception.InvalidError(
+                "code running inside a Corral container tried to connect to a Corral server, but containers have "
+                "no server configured. This usually means the module runs `app.run()` or calls `.remote()` at import "
+                "time: move that code under `if __name__ == \"__main__\":` or into an @app.local_entrypoint()"
+            )
         embedded = EmbeddedCluster.start(home)
         client = cls(embedded.url, embedded.token)
         client._embedded = embedded
