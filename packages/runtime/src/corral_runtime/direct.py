@@ -155,5 +155,6 @@ class DirectServer:
         finally:
             self.gate.release()
             self.running.pop(inp.input_id, None)
-            self.served += 1
+            with self._lock:  # `+=` from many threads could lose counts
+                self.served += 1
         connection.send(W.DirectResponse(output=W.Output(input_id=inp.input_id, result=result)), inp.input_id)
