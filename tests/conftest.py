@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -37,6 +38,11 @@ class Cluster:
     @property
     def url(self) -> str:
         return f"grpc://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The web gateway's base URL (its port is picked by the server)."""
+        return str(json.loads((self.home / "server.json").read_text())["http_url"])
 
     @property
     def token(self) -> str:
@@ -84,7 +90,7 @@ def start_cluster(home: Path, port: int | None = None) -> Cluster:
     env.pop("CORRAL_TOKEN", None)
     log = open(log_path, "a")
     process = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--http-port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     cluster = Cluster(home, port, process, log_path)
     deadline = time.monotonic() + 30

@@ -16,7 +16,7 @@ def test_a_node_joins_a_control_plane_started_without_one(tmp_path: Path) -> Non
     env = dict(os.environ, CORRAL_HOME=str(home), PYTHONPATH=str(APPS))
     env.pop("CORRAL_SERVER_URL", None)
     env.pop("CORRAL_TOKEN", None)
-    control = subprocess.Popen([sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--no-node"], env=env,
+    control = subprocess.Popen([sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--http-port", "0", "--no-node"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     node = None
     try:

@@ -32,10 +32,12 @@ from corral._parameters import decode_parameters
 from corral.cls import Cls
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from corral_runtime.asgi import build_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.direct import DirectServer
 from corral_runtime.runner import InputRunner
 from corral_runtime.slots import SlotGate
+from corral_runtime.web import HttpInputs
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class Worker:
         self.runner: InputRunner | None = None
         self.batcher: Batcher | None = None
         self.direct: DirectServer | None = None
+        self.asgi_apps: dict[str, Any] = {}
+        self.http: HttpInputs | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -184,7 +188,9 @@ class Worker:
             capacity = config.max_batch_size * (max_inputs + 1)
         self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="corral-input")
         self.gate = SlotGate(capacity, loop)
-        self.runner = InputRunner(self.instance, set(self.definition.methods), loop, self._executor, self.batcher)
+        callable_methods = {name for name, info in self.definition.methods.items() if not info.is_asgi_app}
+        self.runner = InputRunner(self.instance, callable_methods, loop, self._executor, self.batcher)
+        self.http = HttpInputs(self.definition, self.runner, self.asgi_apps, dev_mode=os.environ.get("CORRAL_APP_KIND") == "ephemeral")
         if init.direct_token:
             host = os.environ.get("CORRAL_DIRECT_HOST", "127.0.0.1")
             timeout = init.options.timeout_s or init.class_def.options.timeout_s or 300.0
@@ -215,6 +221,7 @@ class Worker:
             self.instance = self.definition.new_instance(decode_parameters(init.parameters))
             for hook in self.definition.enter_hooks:
                 await call_hook(getattr(self.instance, hook.name))
+            self.asgi_apps = await build_asgi_apps(self.definition, self.instance)
         except Exception as exc:
             raise InitFailure(exc) from exc
 
@@ -253,14 +260,22 @@ class Worker:
             self.shutdown.set()
 
     async def _run_input(self, stream: Any, inp: worker_pb2.Input) -> None:
-        assert self.gate is not None and self.runner is not None
+        assert self.gate is not None and self.runner is not None and self.http is not None
         try:
             await self.gate.acquire()
             try:
+                if inp.HasField("http_request"):  # answered with a streamed HTTP response, not an Output
+                    await self.http.serve(inp, lambda message: self._send(stream, message))
+                    self.tasks.pop(inp.input_id, None)
+                    return
                 result = await self.runner.run_on_loop(inp)
             finally:
                 self.gate.release()
         except asyncio.CancelledError:
+            self.tasks.pop(inp.input_id, None)
+            return
+        except Exception as err:  # the stream broke while answering an HTTP input
+            print(f"corral worker: could not answer {inp.input_id}: {err}", file=sys.stderr)
             self.tasks.pop(inp.input_id, None)
             return
         try:

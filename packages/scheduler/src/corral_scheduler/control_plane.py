@@ -21,6 +21,7 @@ from corral_scheduler.errors import InvalidArgument, NotFound, PermissionDenied,
 from corral_scheduler.model import AppRecord, Container, ContainerState, Input, Node, Service
 from corral_scheduler.placement import NodeCapacity, Unplaceable, choose_node
 from corral_scheduler.store import Store
+from corral_scheduler.web_routes import check_labels, web_urls
 
 log = logging.getLogger("corral.scheduler")
 
@@ -52,6 +53,7 @@ class ControlPlane:
         self.store = store
         self.admin_token = admin_token
         self.control_url = ""
+        self.http_url = ""  # the web gateway's base URL, when it runs
         self.apps: dict[str, AppRecord] = {}
         self.deployed: dict[str, str] = {}
         self.services: dict[str, Service] = {}
@@ -108,6 +110,7 @@ class ControlPlane:
             raise InvalidArgument(f"class names in an app must be unique, got {names}")
         if not request.bundle_hash or not self.store.has_bundle(request.bundle_hash):
             raise InvalidArgument(f"code bundle {request.bundle_hash!r} was not uploaded")
+        check_labels(request.classes)
         for class_def in request.classes:
             if not class_def.methods:
                 raise InvalidArgument(f"class {class_def.name} has no methods")
@@ -130,7 +133,7 @@ class ControlPlane:
             raise InvalidArgument("app kind must be EPHEMERAL or DEPLOYED")
         self._install_app(app_id, version, request, created_at)
         log.info("app %s (%s) version %d: %s", request.name, app_id, version, ", ".join(names))
-        return control_pb2.CreateAppResponse(app_id=app_id, version=version)
+        return control_pb2.CreateAppResponse(app_id=app_id, version=version, web_urls=web_urls(self.apps[app_id], self.http_url))
 
     def _install_app(self, app_id: str, version: int, request: control_pb2.CreateAppRequest, created_at: float) -> None:
         record = AppRecord(
@@ -278,7 +281,9 @@ class ControlPlane:
 
     # Calls ----------------------------------------------------------------------------------
 
-    def invoke(self, service_id: str, method: str, args: common_pb2.Payload) -> Input:
+    def invoke(
+        self, service_id: str, method: str, args: common_pb2.Payload, http_request: worker_pb2.HttpRequest | None = None,
+    ) -> Input:
         service = self._live_service(service_id)
         if not any(m.name == method for m in service.class_def.methods):
             names = ", ".join(m.name for m in service.class_def.methods)
@@ -292,6 +297,8 @@ class ControlPlane:
             call_id=ids.new_id("fc"), service_id=service_id, method=method, args=args,
             future=asyncio.get_running_loop().create_future(),
         )
+        if http_request is not None:
+            inp.http_request, inp.http_events = http_request, asyncio.Queue()
         self.inputs[inp.call_id] = inp
         service.queue.append(inp)
         self._dispatch(service)
@@ -387,7 +394,9 @@ class ControlPlane:
         inp.attempts += 1
         inp.container_id = container.container_id
         container.running[inp.call_id] = inp
-        container.send(worker_pb2.WorkerSessionResponse(input=worker_pb2.Input(input_id=inp.call_id, method=inp.method, args=inp.args)))
+        container.send(worker_pb2.WorkerSessionResponse(input=worker_pb2.Input(
+            input_id=inp.call_id, method=inp.method, args=inp.args, http_request=inp.http_request,
+        )))
         inp.timer = asyncio.get_running_loop().call_later(
             service.options.timeout_s or 300.0, self._on_timeout, inp.call_id, container.container_id, inp.attempts
         )
@@ -448,7 +457,8 @@ class ControlPlane:
         self.containers[container.container_id] = container
         self.container_tokens[container.token] = container.container_id
         app = self.apps[service.app_id]
-        env.update({"CORRAL_APP_ID": app.app_id, "CORRAL_APP_NAME": app.name})
+        kind = "deployed" if app.kind == control_pb2.APP_KIND_DEPLOYED else "ephemeral"
+        env.update({"CORRAL_APP_ID": app.app_id, "CORRAL_APP_NAME": app.name, "CORRAL_APP_KIND": kind})
         node.send(node_pb2.NodeSessionResponse(start_container=node_pb2.StartContainer(
             container_id=container.container_id, container_token=container.token, app_id=app.app_id,
             bundle_hash=app.bundle_hash, env=env, resources=resources, gpu_indices=list(placement.gpu_indices),
@@ -575,6 +585,16 @@ class ControlPlane:
         else:
             self._fail_or_retry(inp, output.result, service)
         self._dispatch(service)
+
+    def worker_http(self, container: Container, message: worker_pb2.HttpResponseStart | worker_pb2.HttpBodyChunk) -> None:
+        """Part of an HTTP input's streamed response; its last body chunk completes the input."""
+        inp = container.running.get(message.input_id)
+        if inp is None or inp.http_events is None:
+            return
+        inp.http_events.put_nowait(message)
+        if isinstance(message, worker_pb2.HttpBodyChunk) and not message.more_body:
+            success = common_pb2.Result(status=S.RESULT_STATUS_SUCCESS)
+            self.worker_output(container, worker_pb2.Output(input_id=message.input_id, result=success))
 
     def worker_load(self, container: Container, load: worker_pb2.WorkerLoad) -> None:
         """The worker's count of direct inputs changed: the autoscaler and dispatch see it."""

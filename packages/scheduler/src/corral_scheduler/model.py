@@ -52,6 +52,10 @@ class Input:
     container_id: str | None = None
     timer: asyncio.TimerHandle | None = None
     done_at: float | None = None
+    # An HTTP request from the web gateway: the worker streams the response back as
+    # HttpResponseStart and HttpBodyChunk messages, which go to `http_events`.
+    http_request: worker_pb2.HttpRequest | None = None
+    http_events: asyncio.Queue[worker_pb2.HttpResponseStart | worker_pb2.HttpBodyChunk] | None = None
 
     @property
     def done(self) -> bool:

@@ -11,6 +11,7 @@ import grpc
 from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
+from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
 from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
 from corral_scheduler.store import Store
 
@@ -31,19 +32,32 @@ class RunningServer:
     plane: ControlPlane
     port: int
     host: str
+    gateway: HttpGateway | None = None
+
+    @property
+    def http_url(self) -> str:
+        """The web gateway's base URL; empty when it does not run."""
+        return self.gateway.url if self.gateway is not None else ""
 
     @property
     def url(self) -> str:
         return f"grpc://{self.host}:{self.port}"
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop()
         await self.plane.close()
         await self.server.stop(grace)
         self.plane.store.close()
 
 
-async def serve(state_dir: Path, admin_token: str, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
-    """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port)."""
+async def serve(
+    state_dir: Path, admin_token: str, host: str = "127.0.0.1", port: int = 0, http_port: int | None = None,
+) -> RunningServer:
+    """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port),
+    and the web gateway on host:http_port (None: no gateway; 0 picks a port).
+
+    CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies."""
     store = Store(state_dir)
     max_queue = os.environ.get("CORRAL_MAX_QUEUE")
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
@@ -58,6 +72,12 @@ async def serve(state_dir: Path, admin_token: str, host: str = "127.0.0.1", port
         raise OSError(f"cannot listen on {host}:{port} (is the port in use?)")
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     plane.control_url = f"grpc://{connect_host}:{bound}"
+    gateway = None
+    if http_port is not None:
+        max_body = os.environ.get("CORRAL_HTTP_MAX_BODY", str(DEFAULT_MAX_BODY_BYTES))
+        if not max_body.isdigit() or int(max_body) < 1:
+            raise ValueError(f"CORRAL_HTTP_MAX_BODY must be a positive number of bytes, got {max_body!r}")
+        gateway = await start_gateway(plane, host, http_port, int(max_body))
     await server.start()
     await plane.start()
-    return RunningServer(server, plane, bound, connect_host)
+    return RunningServer(server, plane, bound, connect_host, gateway)

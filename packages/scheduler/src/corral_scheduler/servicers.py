@@ -160,6 +160,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def ListSecrets(self, request: control_pb2.ListSecretsRequest, context: Any) -> control_pb2.ListSecretsResponse:
         return control_pb2.ListSecretsResponse(names=self.plane.store.secret_names())
 
+    @api
+    async def CreateProxyToken(self, request: control_pb2.CreateProxyTokenRequest, context: Any) -> control_pb2.CreateProxyTokenResponse:
+        token_id, secret = self.plane.store.create_proxy_token(request.name)
+        return control_pb2.CreateProxyTokenResponse(token_id=token_id, token_secret=secret)
+
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     HEARTBEAT_INTERVAL_S = 5.0
@@ -244,6 +249,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         plane.worker_output(container, message.output)
                     elif kind == "ready":
                         plane.worker_ready(container, message.ready)
+                    elif kind == "http_response_start":
+                        plane.worker_http(container, message.http_response_start)
+                    elif kind == "http_body":
+                        plane.worker_http(container, message.http_body)
                     elif kind == "load":
                         plane.worker_load(container, message.load)
                     elif kind == "init_failed":

@@ -7,8 +7,10 @@ SQLite (WAL) holds the records; bundles are content-addressed files beside it. L
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -32,6 +34,12 @@ CREATE TABLE IF NOT EXISTS app_versions (
     definition BLOB NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (app_id, version)
+);
+CREATE TABLE IF NOT EXISTS proxy_tokens (
+    token_id TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
@@ -139,3 +147,23 @@ class Store:
 
     def secret_names(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT name FROM secrets ORDER BY name")]
+
+    # Proxy tokens (web endpoints with requires_proxy_auth) ------------------------------------
+
+    def create_proxy_token(self, name: str) -> tuple[str, str]:
+        """A new (token id, secret). Only the secret's sha256 is stored: the secret is random, so a
+        fast hash is enough (no password stretching needed)."""
+        token_id = "ck-" + secrets.token_urlsafe(16)
+        secret = "cs-" + secrets.token_urlsafe(32)
+        with self._db:
+            self._db.execute(
+                "INSERT INTO proxy_tokens (token_id, secret_sha256, name, created_at) VALUES (?, ?, ?, ?)",
+                (token_id, hashlib.sha256(secret.encode()).hexdigest(), name, time.time()),
+            )
+        return token_id, secret
+
+    def check_proxy_token(self, token_id: str, secret: str) -> bool:
+        row = self._db.execute("SELECT secret_sha256 FROM proxy_tokens WHERE token_id = ?", (token_id,)).fetchone()
+        if row is None:
+            return False
+        return hmac.compare_digest(row[0], hashlib.sha256(secret.encode()).hexdigest())

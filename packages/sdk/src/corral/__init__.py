@@ -25,6 +25,7 @@ from corral._calls import FunctionCall  # noqa: E402
 from corral._client import Client  # noqa: E402
 from corral._parameters import parameter  # noqa: E402
 from corral._partial import batched, concurrent, enter, exit, method  # noqa: E402
+from corral._web import asgi_app, fastapi_endpoint, web_endpoint  # noqa: E402
 from corral.app import App  # noqa: E402
 from corral.cls import Cls, Method, Obj  # noqa: E402
 from corral.image import Image  # noqa: E402
@@ -48,11 +49,14 @@ __all__ = [
     "Retries",
     "Secret",
     "__version__",
+    "asgi_app",
     "batched",
     "concurrent",
     "enter",
     "exit",
+    "fastapi_endpoint",
     "is_local",
     "method",
     "parameter",
+    "web_endpoint",
 ]

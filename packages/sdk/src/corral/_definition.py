@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral import _web
 from corral._parameters import ParameterField, collect_parameters
 from corral._partial import PartialFunction, Role
 from corral.exception import InvalidError
@@ -42,10 +43,20 @@ class MethodInfo:
     def batching(self) -> common_pb2.BatchingConfig | None:
         return self.partial.options.get("batching")
 
+    @property
+    def web_endpoint(self) -> common_pb2.WebEndpoint | None:
+        return self.partial.options.get("web_endpoint")
+
+    @property
+    def is_asgi_app(self) -> bool:
+        return self.web_endpoint is not None and self.web_endpoint.kind == common_pb2.WEB_ENDPOINT_KIND_ASGI_APP
+
     def to_proto(self) -> common_pb2.MethodDef:
         proto = common_pb2.MethodDef(name=self.name, is_async=self.is_async, is_generator=self.is_generator)
         if self.batching is not None:
             proto.batching.CopyFrom(self.batching)
+        if self.web_endpoint is not None:
+            proto.web_endpoint.CopyFrom(self.web_endpoint)
         return proto
 
 
@@ -91,6 +102,11 @@ class ClassDefinition:
                 f"{user_cls.__qualname__}.{batched[0]} is batched, so it must be the class's only method "
                 f"(it also has {others}); put the other methods in another class"
             )
+        parameters = collect_parameters(user_cls)
+        _web.check_class(
+            user_cls.__qualname__, [(m.name, m.function, m.web_endpoint, m.batching is not None) for m in methods.values()],
+            [p.name for p in parameters],
+        )
         concurrency = getattr(user_cls, "__corral_concurrency__", None)
         if concurrency is not None:
             merged = common_pb2.ServiceOptions()
@@ -108,7 +124,7 @@ class ClassDefinition:
         enter.sort(key=lambda h: not h.snap)
         for name, p in partials.items():
             setattr(user_cls, name, p.raw_f)
-        return cls(user_cls, methods, enter, exit_hooks, collect_parameters(user_cls), options)
+        return cls(user_cls, methods, enter, exit_hooks, parameters, options)
 
     def to_proto(self, module: str | None = None) -> common_pb2.ClassDef:
         return common_pb2.ClassDef(

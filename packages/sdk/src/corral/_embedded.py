@@ -26,6 +26,7 @@ from typing import IO
 from corral._home import SERVER_FILE, TOKEN_FILE, corral_home
 
 DEFAULT_PORT = 7470
+DEFAULT_HTTP_PORT = 7471
 LOCK_FILE = "server.lock"
 
 
@@ -51,16 +52,17 @@ async def run_cluster(
     host: str,
     port: int,
     stop: asyncio.Event,
-    announce: Callable[[str, str, Path], None],
+    announce: Callable[[str, str, str, Path], None],
     advertise: bool,
     with_node: bool = True,
+    http_port: int | None = 0,
 ) -> None:
     from corral_runtime.node import NodeDaemon
     from corral_scheduler.auth import load_or_create_token
     from corral_scheduler.server import serve
 
     token = load_or_create_token(home / TOKEN_FILE)
-    server = await serve(home / "state", token, host, port)
+    server = await serve(home / "state", token, host, port, http_port=http_port)
     node: NodeDaemon | None = None
     node_task: asyncio.Task[None] | None = None
     if with_node:
@@ -72,9 +74,9 @@ async def run_cluster(
             await asyncio.sleep(0.01)
     server_file = home / SERVER_FILE
     if advertise:
-        server_file.write_text(json.dumps({"url": server.url, "pid": os.getpid()}))
+        server_file.write_text(json.dumps({"url": server.url, "http_url": server.http_url, "pid": os.getpid()}))
     try:
-        announce(server.url, token, home)
+        announce(server.url, server.http_url, token, home)
         await stop.wait()
     finally:
         if advertise:
@@ -89,7 +91,10 @@ async def run_cluster(
         await server.stop()
 
 
-def up(host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: Path | None = None, with_node: bool = True) -> int:
+def up(
+    host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: Path | None = None, with_node: bool = True,
+    http_port: int = DEFAULT_HTTP_PORT,
+) -> int:
     """`corral up`: run in the foreground until Ctrl-C or SIGTERM."""
     home = home or corral_home()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -99,15 +104,18 @@ def up(host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: Path | None = No
         print(f"corral up: {err}", file=sys.stderr)
         return 1
 
-    def announce(url: str, token: str, state: Path) -> None:
-        print(f"Corral is running at {url}\n  state: {state}\n  token: {state / TOKEN_FILE}\nPress Ctrl-C to stop.", flush=True)
+    def announce(url: str, http_url: str, token: str, state: Path) -> None:
+        print(
+            f"Corral is running at {url}\n  web endpoints: {http_url}\n  state: {state}\n  token: {state / TOKEN_FILE}\n"
+            "Press Ctrl-C to stop.", flush=True,
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_cluster(home, host, port, stop, announce, advertise=True, with_node=with_node)
+        await run_cluster(home, host, port, stop, announce, advertise=True, with_node=with_node, http_port=http_port)
 
     try:
         asyncio.run(main())
@@ -133,8 +141,8 @@ def background(home: Path) -> int:
         home = Path(temporary.name)
         lock = lock_home(home)
 
-    def announce(url: str, token: str, state: Path) -> None:
-        announce_to.write(json.dumps({"url": url, "token": token, "home": str(state)}) + "\n")
+    def announce(url: str, http_url: str, token: str, state: Path) -> None:
+        announce_to.write(json.dumps({"url": url, "http_url": http_url, "token": token, "home": str(state)}) + "\n")
         announce_to.flush()
         announce_to.close()
 
@@ -167,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--background", action="store_true")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     args = parser.parse_args(argv)
     if args.background:
         return background(args.home or corral_home())
-    return up(args.host, args.port, args.home)
+    return up(args.host, args.port, args.home, http_port=args.http_port)
 
 
 if __name__ == "__main__":

@@ -74,8 +74,8 @@ def method(_warn_parentheses_missing: Any = None) -> Callable[[Any], PartialFunc
 
     def wrap(f: Any) -> PartialFunction:
         partial = _as_partial(f, "method")
-        if "batching" in partial.options and not partial.role & (Role.ENTER | Role.EXIT):
-            return partial  # @corral.batched already made it a method
+        if partial.role & Role.METHOD and ("batching" in partial.options or "web_endpoint" in partial.options):
+            return partial  # @corral.batched or a web decorator already made it a method
         return partial.with_role(Role.METHOD)
 
     return wrap

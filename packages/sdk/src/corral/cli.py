@@ -87,7 +87,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ImportError:
         print("corral up needs the server side: pip install 'corral[local]'", file=sys.stderr)
         return 1
-    return up(args.host, args.port, with_node=not args.no_node)
+    return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -202,6 +202,14 @@ def cmd_secret_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_create(args: argparse.Namespace) -> int:
+    client = default_client()
+    token = client.call(client.stub.CreateProxyToken, control_pb2.CreateProxyTokenRequest(name=args.name))
+    print(f"Token ID: {token.token_id}\nToken secret: {token.token_secret}\n(the secret is shown only now)")
+    print(f"Send them to web endpoints with requires_proxy_auth as headers:\n  Corral-Key: {token.token_id}\n  Corral-Secret: {token.token_secret}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral", description="Self-hosted serverless for Python.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7470)
     p.add_argument("--no-node", action="store_true", help="run only the control plane; nodes join with corral-node")
+    p.add_argument("--http-port", type=int, default=7471, help="port of the web endpoint gateway (0 picks a free one)")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("run", help="run FILE's @app.local_entrypoint() with its app running")
@@ -242,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("values", nargs="+", metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_secret_create)
     secret.add_parser("list", help="list secret names").set_defaults(handler=cmd_secret_list)
+
+    token = sub.add_parser("token", help="manage proxy tokens for web endpoints").add_subparsers(dest="token_command", required=True)
+    p = token.add_parser("create", help="create a proxy token for web endpoints with requires_proxy_auth")
+    p.add_argument("--name", default="", help="a note to recognise the token by")
+    p.set_defaults(handler=cmd_token_create)
     return parser
 
 

@@ -120,6 +120,11 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
                 _registered_method=True)
+        self.CreateProxyToken = channel.unary_unary(
+                '/corral.v1.ControlService/CreateProxyToken',
+                request_serializer=corral_dot_v1_dot_control__pb2.CreateProxyTokenRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.CreateProxyTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -229,6 +234,13 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateProxyToken(self, request, context):
+        """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -316,6 +328,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListSecrets,
                     request_deserializer=corral_dot_v1_dot_control__pb2.ListSecretsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'CreateProxyToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateProxyToken,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.CreateProxyTokenRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.CreateProxyTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -778,6 +795,33 @@ class ControlService:
             '/corral.v1.ControlService/ListSecrets',
             corral_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateProxyToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/CreateProxyToken',
+            corral_dot_v1_dot_control__pb2.CreateProxyTokenRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.CreateProxyTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

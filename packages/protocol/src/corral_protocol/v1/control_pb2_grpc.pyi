@@ -51,6 +51,8 @@ class ControlServiceStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]
     SetSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetSecretRequest, _control_pb2.SetSecretResponse]
     ListSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
+    CreateProxyToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateProxyTokenRequest, _control_pb2.CreateProxyTokenResponse]
+    """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -75,6 +77,8 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]  # type: ignore[assignment]
     SetSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.SetSecretRequest, _control_pb2.SetSecretResponse]  # type: ignore[assignment]
     ListSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    CreateProxyToken: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateProxyTokenRequest, _control_pb2.CreateProxyTokenResponse]  # type: ignore[assignment]
+    """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API that SDKs and third-party clients use."""
@@ -198,5 +202,13 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.ListSecretsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListSecretsResponse, _abc.Awaitable[_control_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateProxyToken(
+        self,
+        request: _control_pb2.CreateProxyTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CreateProxyTokenResponse, _abc.Awaitable[_control_pb2.CreateProxyTokenResponse]]:
+        """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -427,11 +427,14 @@ class HttpRequest(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     CLIENT_HOST_FIELD_NUMBER: _builtins.int
+    ROOT_PATH_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     path: _builtins.str
     query_string: _builtins.bytes
     body: _builtins.bytes
     client_host: _builtins.str
+    root_path: _builtins.str
+    """The URL prefix the app is served under (ASGI's root_path); `path` includes it."""
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]: ...
     def __init__(
@@ -443,10 +446,11 @@ class HttpRequest(_message.Message):
         headers: _abc.Iterable[Global___HttpHeader] | None = ...,
         body: _builtins.bytes = ...,
         client_host: _builtins.str = ...,
+        root_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_host", b"client_host", "headers", b"headers", "method", b"method", "path", b"path", "query_string", b"query_string"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_host", b"client_host", "headers", b"headers", "method", b"method", "path", b"path", "query_string", b"query_string", "root_path", b"root_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
