@@ -20,7 +20,7 @@ class Item(pydantic.BaseModel):
     price: float
 
 
-@app.cls(cpu=0.01, scaledown_window=30)
+@app.cls(cpu=0.01, max_containers=2, scaledown_window=30)
 class API:
     @corral.method()
     @corral.web_endpoint()
