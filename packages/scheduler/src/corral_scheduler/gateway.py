@@ -182,8 +182,9 @@ class WebGateway:
             while True:
                 event = await events.get()
                 if isinstance(event, worker_pb2.HttpResponseStart):
-                    if started:
-                        break  # a retry after the response began: the client keeps what it got
+                    if started:  # a retry after the response began: the client keeps what it got
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        return
                     started = True
                     headers = [(h.name.lower().encode("latin-1"), h.value) for h in event.headers]
                     await send({"type": "http.response.start", "status": event.status,
