@@ -295,7 +295,7 @@ class CorralUp:
         env.pop("CORRAL_TOKEN", None)
         self._log = open(self.log_path, "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "corral.cli", "up", "--port", str(self.port)],
+            [sys.executable, "-m", "corral.cli", "up", "--port", str(self.port), "--http-port", "0"],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
