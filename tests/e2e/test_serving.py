@@ -175,9 +175,12 @@ def test_direct_calls_reach_containers_without_the_control_plane_queue(running: 
     )
     before = sum(c.inputs_served for c in containers(running, "serving", "SyncSlots"))
     table = running.direct._tables[service_id]
+    obj.nap.remote(0)
+    (route,) = table.routes.values()
+    pooled = len(route.idle)
     for _ in range(20):
         obj.nap.remote(0)
     assert list(table.routes) == [c.container_id for c in containers(running, "serving", "SyncSlots")]
-    assert len(table.routes[next(iter(table.routes))].idle) == 1  # one pooled connection served all 20
+    assert len(route.idle) == pooled  # sequential calls reuse one pooled connection
     # Direct inputs are counted from the container's load reports.
     wait_for(lambda: sum(c.inputs_served for c in containers(running, "serving", "SyncSlots")) >= before + 20, message="20 more")

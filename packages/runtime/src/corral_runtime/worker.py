@@ -315,6 +315,7 @@ class Worker:
             if not expired:
                 continue
             class_name = self.definition.name if self.definition else "the class"
+            self.direct.drain()  # no new connections or inputs while the container goes away
             for running in expired:
                 message = f"{class_name}.{running.method} timed out after {self.direct.timeout_s:g} s"
                 self.direct.answer(running, common_pb2.Result(status=common_pb2.RESULT_STATUS_TIMEOUT, message=message))

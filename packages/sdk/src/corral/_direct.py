@@ -177,6 +177,8 @@ class DirectPath:
         if response is None:
             return None
         if response.WhichOneof("message") == "output":
+            if response.output.result.status == common_pb2.RESULT_STATUS_TIMEOUT:
+                self._forget(table, route)  # a container that timed out an input exits right after answering
             return response.output.result
         if response.rejected.reason != W.DIRECT_REJECT_REASON_BUSY:
             self._forget(table, route)
