@@ -8,7 +8,9 @@ import corral
 
 app = corral.App("snapshots")
 
-SECRET_VALUE = "corral-test-secret-7d1f0c9a"
+# The tests create this secret with a random value, so the value is nowhere in this module's code.
+SECRET_NAME = "snapshot-test-secret"
+STATE_MARKER = "corral-snapshot-state-marker-41b7"
 
 
 def record(path: str, line: str) -> None:
@@ -17,7 +19,7 @@ def record(path: str, line: str) -> None:
 
 
 @app.cls(enable_memory_snapshot=True, scaledown_window=600, max_containers=4,
-         secrets=[corral.Secret.from_dict({"SNAP_TEST_SECRET": SECRET_VALUE})])
+         secrets=[corral.Secret.from_name(SECRET_NAME)])
 class Snappy:
     events: str = corral.parameter()
 
@@ -26,6 +28,7 @@ class Snappy:
         record(self.events, f"snap secret={os.environ.get('SNAP_TEST_SECRET', '-')}")
         self.table = {i: str(i) * 3 for i in range(50_000)}
         self.loaded_in = os.environ.get("CORRAL_CONTAINER_ID")
+        self.marker = "-".join([STATE_MARKER, "built"])  # a string made at run time, in the heap
 
     @corral.enter()
     def setup(self):

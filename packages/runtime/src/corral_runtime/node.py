@@ -25,7 +25,16 @@ from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc
 from corral_runtime import criu, namespaces
 from corral_runtime.inventory import read_inventory
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
-from corral_runtime.snapshots import PIDFILE, RESTORE_LOG, CriuError, Image, SnapshotStore, criu_log_errors, write_identity
+from corral_runtime.snapshots import (
+    PIDFILE,
+    RESTORE_LOG,
+    RESTORE_TIMEOUT_S,
+    CriuError,
+    Image,
+    SnapshotStore,
+    criu_log_errors,
+    write_identity,
+)
 
 log = logging.getLogger("corral.runtime")
 
@@ -286,6 +295,7 @@ class NodeDaemon:
         """Restore `image` as this container: criu restores the worker at its snapshot point, with
         new pipes as its stdio; the node then hands it its identity."""
         assert self.snapshots is not None
+        self.snapshots.check(image)
         loop = asyncio.get_running_loop()
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
@@ -308,11 +318,19 @@ class NodeDaemon:
         process.stderr = await _reader(loop, stderr_r)
         container = ContainerProcess(start.container_id, process, in_namespace=True, stdin_fd=stdin_w)
         pidfile = workdir / PIDFILE
-        while not pidfile.exists():
-            if process.returncode is not None:
-                os.close(stdin_w)
-                raise CriuError(f"criu restore failed: {criu_log_errors(workdir / RESTORE_LOG) or f'exit status {process.returncode}'}")
-            await asyncio.sleep(0.005)
+        deadline = loop.time() + RESTORE_TIMEOUT_S
+        try:
+            while not pidfile.exists():
+                if process.returncode is not None:
+                    raise CriuError(f"criu restore failed: {criu_log_errors(workdir / RESTORE_LOG) or f'exit status {process.returncode}'}")
+                if loop.time() > deadline:
+                    raise CriuError(f"criu restore did not finish in {RESTORE_TIMEOUT_S:g} s")
+                await asyncio.sleep(0.005)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # criu and whatever it restored so far
+            os.close(stdin_w)
+            raise
         container.worker_pid = int(pidfile.read_text().strip() or 0)
         self.snapshots.count_restore(start.snapshot_key)
         self._hand_identity(container, {"env": container_env, "workdir": str(workdir), "restored": True}, workdir)

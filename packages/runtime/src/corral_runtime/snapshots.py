@@ -30,6 +30,8 @@ log = logging.getLogger("corral.runtime.snapshots")
 
 META_FILE = "corral-meta.json"
 DUMP_TIMEOUT_S = 300.0
+# A restore of a sound image takes about a second per GB; a damaged one can make criu spin forever.
+RESTORE_TIMEOUT_S = 60.0
 RESTORE_LOG = "criu-restore.log"
 PIDFILE = "criu-restore.pid"
 GPU_CHECKPOINT_MIN_DRIVER = 570
@@ -141,6 +143,8 @@ class SnapshotStore:
             if named or stale:
                 self.remove(image.path)
                 deleted += 1
+                with contextlib.suppress(OSError):
+                    image.path.parent.rmdir()  # the app's folder, once empty
         return deleted
 
     def remove(self, path: Path) -> None:
@@ -168,10 +172,12 @@ class SnapshotStore:
         try:
             started = time.monotonic()
             await run_criu([self.criu, "dump", "-t", str(pid), "-D", str(staging), "--leave-running", "-o", "dump.log"], staging, "dump.log")
-            size = sum(f.stat().st_size for f in staging.iterdir() if f.is_file())
+            files = {f.name: f.stat().st_size for f in staging.iterdir() if f.is_file() and f.name.endswith(".img")}
+            size = sum(files.values())
             meta = {
                 **meta, "snapshot_key": snapshot_key, "app_id": app_id, "fingerprint": self.fingerprint,
-                "stdio": stdio, "size_bytes": size, "created_at": time.time(), "dump_s": time.monotonic() - started,
+                "stdio": stdio, "size_bytes": size, "files": files, "created_at": time.time(),
+                "dump_s": time.monotonic() - started,
             }
             (staging / META_FILE).write_text(json.dumps(meta))
             if final.exists():
@@ -182,6 +188,18 @@ class SnapshotStore:
             raise
         log.info("dumped pid %d as snapshot %s (%.0f MB in %.2f s)", pid, snapshot_key[:12], size / 1e6, meta["dump_s"])
         return Image(final, meta)
+
+    def check(self, image: Image) -> None:
+        """Cheap sanity check before a restore: every image file is there, with its size at dump
+        time (criu can hang on a truncated pages file instead of failing)."""
+        files: dict[str, int] = image.meta.get("files", {})  # type: ignore[assignment]
+        for name, size in files.items():
+            try:
+                actual = (image.path / name).stat().st_size
+            except OSError:
+                raise CriuError(f"the image lacks {name}") from None
+            if actual != size:
+                raise CriuError(f"the image's {name} has {actual} bytes, {size} when it was dumped")
 
     def restore_argv(self, image: Image, workdir: Path, stdio_fds: tuple[int, int, int]) -> list[str]:
         """`criu restore` of `image`, its stdio connected to `stdio_fds` (stdin's read end, stdout's
