@@ -318,7 +318,8 @@ class NodeDaemon:
         process.stderr = await _reader(loop, stderr_r)
         container = ContainerProcess(start.container_id, process, in_namespace=True, stdin_fd=stdin_w)
         pidfile = workdir / PIDFILE
-        deadline = loop.time() + RESTORE_TIMEOUT_S
+        began = loop.time()
+        deadline = began + RESTORE_TIMEOUT_S
         try:
             while not pidfile.exists():
                 if process.returncode is not None:
@@ -333,6 +334,8 @@ class NodeDaemon:
             raise
         container.worker_pid = int(pidfile.read_text().strip() or 0)
         self.snapshots.count_restore(start.snapshot_key)
+        log.info("container %s restored from snapshot %s in %.3f s (%d MB image)", start.container_id,
+                 start.snapshot_key[:12], loop.time() - began, int(image.meta.get("size_bytes", 0)) // 1_000_000)  # type: ignore[call-overload]
         self._hand_identity(container, {"env": container_env, "workdir": str(workdir), "restored": True}, workdir)
         return container
 
