@@ -72,7 +72,7 @@ class Cluster:
         env.pop("CORRAL_SERVER_URL", None)
         env.pop("CORRAL_TOKEN", None)
         self._log = open(self.log_path, "a")
-        self.process = subprocess.Popen([sys.executable, "-m", "corral.cli", "up", "--port", str(self.port)],
+        self.process = subprocess.Popen([sys.executable, "-m", "corral.cli", "up", "--port", str(self.port), "--http-port", "0"],
                                         env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while not (self.home / "server.json").exists():

@@ -39,8 +39,8 @@ from corral_runtime.batching import Batcher
 from corral_runtime.direct import DirectServer
 from corral_runtime.runner import InputRunner
 from corral_runtime.slots import SlotGate
-from corral_runtime.web import HttpInputs
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE, SnapshotPointError, apply_environment, wait_for_identity
+from corral_runtime.web import HttpInputs
 
 # Worker._session's code for "the snap hooks ran and no connection is open: dump me now".
 SNAPSHOT_POINT = -1
