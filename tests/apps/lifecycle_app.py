@@ -10,7 +10,8 @@ app = corral.App("lifecycle")
 
 def record(path: str, line: str) -> None:
     with open(path, "a") as f:
-        f.write(f"{line} pid={os.getpid()}\n")
+        # Not the pid: a snapshot-enabled container is pid 1 of its own pid namespace.
+        f.write(f"{line} ct={os.environ['CORRAL_CONTAINER_ID']}\n")
 
 
 class Base:
@@ -43,8 +44,8 @@ class Tracker(Base):
         return self.count
 
     @corral.method()
-    def pid(self) -> int:
-        return os.getpid()
+    def container(self) -> str:
+        return os.environ["CORRAL_CONTAINER_ID"]
 
 
 @app.cls(scaledown_window=1)

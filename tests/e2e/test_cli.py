@@ -167,6 +167,6 @@ def test_embedded_cluster_runs_exit_hooks_at_program_exit(tmp_path: Path, events
     result = subprocess.run([sys.executable, "-c", script], env=_embedded_env(home), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "count 1 2" in result.stdout
-    lines = [e.split(" pid=")[0] for e in read_events(events)]
+    lines = [e.split(" ct=")[0] for e in read_events(events)]
     assert lines == ["enter:snap", "enter:base", "enter:setup tag=a", "exit tag=a"]
     wait_for(lambda: not pids_with(str(home)), timeout=30, message="the embedded cluster and its containers to exit")

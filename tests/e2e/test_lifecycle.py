@@ -14,12 +14,12 @@ from e2e_helpers import client_for, containers, deploy, parameter
 ENTER_ORDER = ["enter:snap", "enter:base", "enter:setup"]
 
 
-def by_pid(events: Path) -> dict[str, list[str]]:
-    """Event lines grouped by the container pid that wrote them (the `tag=` detail dropped)."""
+def by_container(events: Path) -> dict[str, list[str]]:
+    """Event lines grouped by the container that wrote them (the `tag=` detail dropped)."""
     grouped: dict[str, list[str]] = {}
     for line in read_events(events):
         words = line.split()
-        grouped.setdefault(words[-1].removeprefix("pid="), []).append(words[0])
+        grouped.setdefault(words[-1].removeprefix("ct="), []).append(words[0])
     return grouped
 
 
@@ -31,17 +31,17 @@ def test_parameter_sets_state_and_enter_order(cluster: Cluster, events: Path) ->
         assert [a.bump.remote() for _ in range(3)] == [1, 2, 3]  # instance state persists in one container
         assert b.bump.remote() == 1  # another parameter set: another container, its own state
         assert a.bump.remote() == 4
-        pid_a, pid_b = a.pid.remote(), b.pid.remote()
-        assert pid_a != pid_b
-        assert Tracker(events=str(events), tag="a").pid.remote() == pid_a  # the same parameters, the same service
+        ct_a, ct_b = a.container.remote(), b.container.remote()
+        assert ct_a != ct_b
+        assert Tracker(events=str(events), tag="a").container.remote() == ct_a  # the same parameters, the same service
         assert len(containers(client, "lifecycle", "Tracker")) == 2
         # Enter hooks ran once per container: snap=True first, then definition order with bases first.
-        grouped = by_pid(events)
-        assert grouped == {str(pid_a): ENTER_ORDER, str(pid_b): ENTER_ORDER}
-        assert f"enter:setup tag=b pid={pid_b}" in read_events(events)
+        grouped = by_container(events)
+        assert grouped == {str(ct_a): ENTER_ORDER, str(ct_b): ENTER_ORDER}
+        assert f"enter:setup tag=b ct={ct_b}" in read_events(events)
     # Leaving `app.run()` stops the ephemeral app: both containers run their exit hooks.
-    wait_for(lambda: all(lines[-1] == "exit" for lines in by_pid(events).values()), message="exit hooks at app exit")
-    assert by_pid(events) == {str(pid_a): [*ENTER_ORDER, "exit"], str(pid_b): [*ENTER_ORDER, "exit"]}
+    wait_for(lambda: all(lines[-1] == "exit" for lines in by_container(events).values()), message="exit hooks at app exit")
+    assert by_container(events) == {str(ct_a): [*ENTER_ORDER, "exit"], str(ct_b): [*ENTER_ORDER, "exit"]}
 
 
 def test_async_hooks_and_methods(cluster: Cluster, events: Path) -> None:
@@ -62,15 +62,15 @@ def test_scale_down_runs_exit_hooks(cluster: Cluster, events: Path) -> None:
     with lifecycle_app.app.run(client=client):
         tracker = lifecycle_app.Tracker(events=str(events), tag="idle")  # scaledown_window=1
         assert tracker.bump.remote() == 1
-        pid = tracker.pid.remote()
-        wait_for(lambda: f"exit tag=idle pid={pid}" in read_events(events), message="the exit hook after scale-down")
+        ct = tracker.container.remote()
+        wait_for(lambda: f"exit tag=idle ct={ct}" in read_events(events), message="the exit hook after scale-down")
         wait_for(
             lambda: not any(parameter(c, "events") == str(events) for c in containers(client, "lifecycle", "Tracker", live_only=False)),
             message="the stopped container to leave the list",
         )
         # A call after the scale-down gets a new container with fresh state.
         assert tracker.bump.remote() == 1
-        assert tracker.pid.remote() != pid
+        assert tracker.container.remote() != ct
 
 
 def test_app_stop_runs_exit_hooks(cluster: Cluster, events: Path) -> None:
@@ -82,10 +82,10 @@ def test_app_stop_runs_exit_hooks(cluster: Cluster, events: Path) -> None:
     tracker = Tracker(events=str(events), tag="deployed")
     assert tracker.bump.remote() == 1
     assert AsyncTracker(events=str(events)).add.remote("z") == ["z"]
-    pid = tracker.pid.remote()
+    ct = tracker.container.remote()
     result = cluster.corral("app", "stop", name)
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: f"exit tag=deployed pid={pid}" in read_events(events), message="the exit hook after `corral app stop`")
+    wait_for(lambda: f"exit tag=deployed ct={ct}" in read_events(events), message="the exit hook after `corral app stop`")
     wait_for(lambda: any(e.startswith("exit:async") for e in read_events(events)), message="the async exit hook after `corral app stop`")
     wait_for(lambda: not containers(client, name, live_only=False), message="the stopped app's containers to go")
 
@@ -95,7 +95,7 @@ def test_corral_up_shutdown_runs_exit_hooks(fresh_cluster: Cluster, events: Path
     deploy(fresh_cluster, "lifecycle_app.py", name)
     client = client_for(fresh_cluster)
     Tracker = corral.Cls.from_name(name, "Tracker", client=client).with_options(scaledown_window=600)
-    pids = {tag: Tracker(events=str(events), tag=tag).pid.remote() for tag in ("one", "two")}
+    cts = {tag: Tracker(events=str(events), tag=tag).container.remote() for tag in ("one", "two")}
     AsyncTracker = corral.Cls.from_name(name, "AsyncTracker", client=client).with_options(scaledown_window=600)
     assert AsyncTracker(events=str(events)).add.remote("q") == ["q"]
     assert not any(e.startswith("exit") for e in read_events(events))
@@ -103,8 +103,8 @@ def test_corral_up_shutdown_runs_exit_hooks(fresh_cluster: Cluster, events: Path
     assert fresh_cluster.stop() == 0, fresh_cluster.logs()
     # By the time `corral up` has exited, every container ran its exit hooks.
     lines = read_events(events)
-    for tag, pid in pids.items():
-        assert f"exit tag={tag} pid={pid}" in lines, lines
+    for tag, ct in cts.items():
+        assert f"exit tag={tag} ct={ct}" in lines, lines
     assert any(e.startswith("exit:async") for e in lines), lines
     assert "Corral stopped." in fresh_cluster.logs()
 
@@ -114,8 +114,8 @@ def test_redeploy_stops_old_containers_gracefully(cluster: Cluster, events: Path
     deploy(cluster, "lifecycle_app.py", name)
     client = client_for(cluster)
     tracker = corral.Cls.from_name(name, "Tracker", client=client).with_options(scaledown_window=600)(events=str(events), tag="v1")
-    old_pid = tracker.pid.remote()
+    old_ct = tracker.container.remote()
     deploy(cluster, "lifecycle_app.py", name)
-    wait_for(lambda: f"exit tag=v1 pid={old_pid}" in read_events(events), message="the old version's exit hook")
-    assert tracker.pid.remote() != old_pid  # the same handle now serves from the new version
+    wait_for(lambda: f"exit tag=v1 ct={old_ct}" in read_events(events), message="the old version's exit hook")
+    assert tracker.container.remote() != old_ct  # the same handle now serves from the new version
     assert cluster.corral("app", "stop", name).returncode == 0

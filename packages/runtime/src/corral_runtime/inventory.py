@@ -8,7 +8,8 @@ import platform
 from typing import Any
 
 from corral_protocol.v1 import common_pb2
-from corral_runtime import criu
+from corral_runtime import criu, namespaces
+from corral_runtime.snapshots import gpu_checkpoint_supported
 
 log = logging.getLogger("corral.runtime")
 
@@ -65,11 +66,17 @@ def read_gpus(nvml: Any = None) -> tuple[list[common_pb2.GpuDevice], str]:
             pass
 
 
-def read_snapshot_support() -> common_pb2.SnapshotSupport:
+def read_snapshot_support(driver_version: str = "") -> common_pb2.SnapshotSupport:
     """CRIU's verdict for this node (runs `criu check`), logged once: nodes call this at start."""
     support = criu.detect()
     log.info("memory snapshots: %s%s", support.describe(), f" [{support.path}]" if support.path else "")
-    return common_pb2.SnapshotSupport(available=support.available, reason=support.reason, criu_version=support.version)
+    if support.available and not namespaces.available():
+        support = criu.CriuSupport(False, "unshare and setsid (util-linux) are needed to run workers in pid namespaces", support.version, support.path)
+        log.warning("memory snapshots: %s", support.describe())
+    return common_pb2.SnapshotSupport(
+        available=support.available, reason=support.reason, criu_version=support.version,
+        gpu_checkpoint=support.available and gpu_checkpoint_supported(driver_version),
+    )
 
 
 def read_inventory(cpu: float | None = None, memory_mib: int | None = None) -> common_pb2.NodeInventory:
@@ -81,5 +88,5 @@ def read_inventory(cpu: float | None = None, memory_mib: int | None = None) -> c
         python_version=platform.python_version(),
         kernel=platform.release(),
         driver_version=driver,
-        snapshots=read_snapshot_support(),
+        snapshots=read_snapshot_support(driver),
     )

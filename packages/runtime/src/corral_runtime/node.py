@@ -22,7 +22,19 @@ import grpc
 
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
 from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc
+from corral_runtime import criu, namespaces
 from corral_runtime.inventory import read_inventory
+from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
+from corral_runtime.snapshots import (
+    PIDFILE,
+    RESTORE_LOG,
+    RESTORE_TIMEOUT_S,
+    CriuError,
+    Image,
+    SnapshotStore,
+    criu_log_errors,
+    write_identity,
+)
 
 log = logging.getLogger("corral.runtime")
 
@@ -37,6 +49,21 @@ class ContainerProcess:
     process: asyncio.subprocess.Process
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=_STDERR_TAIL_LINES))
     kill_reason: str = ""
+    # Snapshot-enabled containers: the worker runs under `unshare` or `criu restore` (process), in
+    # its own pid namespace; worker_pid is its host pid, the one to signal.
+    in_namespace: bool = False
+    worker_pid: int = 0
+    # Set while the node owes the worker its identity at the snapshot point (after the dump).
+    start: node_pb2.StartContainer | None = None
+    identity: dict[str, object] = field(default_factory=dict)
+    stdin_fd: int = -1
+
+    def signal_pid(self) -> int | None:
+        if not self.in_namespace:
+            return None
+        if not self.worker_pid:
+            self.worker_pid = namespaces.child_pid(self.process.pid) or 0
+        return self.worker_pid or None
 
 
 class NodeDaemon:
@@ -66,6 +93,14 @@ class NodeDaemon:
         self._log_stream = log_stream or sys.stderr
         self.registered = asyncio.Event()
         self.advertise_host = advertise_host  # where this node's containers accept direct inputs
+        self.snapshots: SnapshotStore | None = None
+        criu_path = criu.find_criu() if self.inventory.snapshots.available else None
+        if criu_path is not None:
+            self.snapshots = SnapshotStore(work_dir / "snapshots", criu_path, self.inventory.snapshots.criu_version)
+            removed = self.snapshots.collect_garbage()
+            if removed:
+                log.info("removed %d snapshot image(s) this host can no longer restore", removed)
+        self._dump_locks: dict[str, asyncio.Lock] = {}
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting to the control plane when the connection drops."""
@@ -98,14 +133,12 @@ class NodeDaemon:
         self._events = asyncio.Queue()
 
         async def events() -> object:
-            yield node_pb2.NodeSessionRequest(node_id=self.node_id, heartbeat=node_pb2.NodeHeartbeat())
+            yield node_pb2.NodeSessionRequest(node_id=self.node_id, heartbeat=self._heartbeat())
             while True:
                 try:
                     event = await asyncio.wait_for(self._events.get(), timeout=interval)
                 except asyncio.TimeoutError:
-                    event = node_pb2.NodeSessionRequest(
-                        heartbeat=node_pb2.NodeHeartbeat(running_containers=list(self.containers))
-                    )
+                    event = node_pb2.NodeSessionRequest(heartbeat=self._heartbeat())
                 event.node_id = self.node_id
                 yield event
 
@@ -119,6 +152,16 @@ class NodeDaemon:
             elif kind == "stop_container":
                 stop = command.stop_container
                 self._spawn_task(self._stop(stop.container_id, stop.grace_s))
+            elif kind == "delete_snapshots" and self.snapshots is not None:
+                delete = command.delete_snapshots
+                deleted = self.snapshots.delete(list(delete.snapshot_keys), delete.app_id, delete.keep_bundle_hash)
+                if deleted:
+                    log.info("deleted %d snapshot image(s)", deleted)
+                self._emit(heartbeat=self._heartbeat())
+
+    def _heartbeat(self) -> node_pb2.NodeHeartbeat:
+        images = [image.to_proto() for image in self.snapshots.images()] if self.snapshots is not None else []
+        return node_pb2.NodeHeartbeat(running_containers=list(self.containers), snapshots=images)
 
     def _spawn_task(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -149,46 +192,189 @@ class NodeDaemon:
             archive.unlink()
         return target
 
+    def _container_env(self, start: node_pb2.StartContainer, bundle: Path) -> dict[str, str]:
+        """What a container's environment adds to the node's: its identity, secrets and GPUs."""
+        env = dict(start.env)
+        env.update({
+            "CORRAL_CONTAINER_ID": start.container_id,
+            "CORRAL_CONTAINER_TOKEN": start.container_token,
+            "CORRAL_CONTROL_URL": self.control_url,
+            "CORRAL_BUNDLE_DIR": str(bundle),
+            "CORRAL_DIRECT_HOST": self.advertise_host,
+            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in start.gpu_indices),
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
     async def _start(self, start: node_pb2.StartContainer) -> None:
         container_id = start.container_id
+        snapshot_error = ""
         try:
             bundle = await self._bundle_dir(start.bundle_hash)
             workdir = self.work_dir / "containers" / container_id
             workdir.mkdir(parents=True, exist_ok=True)
-            env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-            env.update(start.env)
-            env.update({
-                "CORRAL_CONTAINER_ID": container_id,
-                "CORRAL_CONTAINER_TOKEN": start.container_token,
-                "CORRAL_CONTROL_URL": self.control_url,
-                "CORRAL_BUNDLE_DIR": str(bundle),
-                "CORRAL_DIRECT_HOST": self.advertise_host,
-                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in start.gpu_indices),
-                "PYTHONUNBUFFERED": "1",
-            })
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "corral_runtime.worker",
-                cwd=workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )
+            container_env = self._container_env(start, bundle)
+            image = None
+            if start.snapshot_key and not start.take_snapshot and self.snapshots is not None:
+                image = self.snapshots.find(start.app_id, start.snapshot_key)
+                if image is None:
+                    snapshot_error = "this node holds no image for the key"
+            container = None
+            if image is not None:
+                try:
+                    container = await self._restore(start, image, workdir, container_env)
+                except (CriuError, OSError) as err:
+                    snapshot_error = str(err)
+                    log.warning("container %s: restore of snapshot %s failed, starting cold instead: %s",
+                                container_id, start.snapshot_key[:12], err)
+                    assert self.snapshots is not None
+                    self.snapshots.remove(image.path)  # corrupt or unusable here; the next start takes a new one
+            if container is None:
+                container = await self._spawn(start, workdir, container_env)
         except Exception as err:
             log.exception("cannot start container %s", container_id)
             self._emit(container_exited=node_pb2.ContainerExited(container_id=container_id, exit_code=-1, reason=f"the node could not start it: {err}"))
             return
-        container = ContainerProcess(container_id, process)
+        restored = image is not None and not snapshot_error
         self.containers[container_id] = container
-        self._emit(container_started=node_pb2.ContainerStarted(container_id=container_id, pid=process.pid))
+        self._emit(container_started=node_pb2.ContainerStarted(
+            container_id=container_id, pid=container.signal_pid() or container.process.pid,
+            restored_from_snapshot=restored, snapshot_error=snapshot_error,
+        ))
+        process = container.process
         assert process.stdout is not None and process.stderr is not None
         await asyncio.gather(
             self._pump(container, process.stdout, None),
             self._pump(container, process.stderr, container.stderr_tail),
         )
         code = await process.wait()
+        if container.stdin_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(container.stdin_fd)
         self.containers.pop(container_id, None)
         reason = container.kill_reason or ("it exited" if code == 0 else f"it was killed by signal {-code}" if code < 0 else "it exited with an error")
         self._emit(container_exited=node_pb2.ContainerExited(
             container_id=container_id, exit_code=code, reason=reason, stderr_tail="".join(container.stderr_tail),
         ))
+
+    async def _spawn(self, start: node_pb2.StartContainer, workdir: Path, container_env: dict[str, str]) -> ContainerProcess:
+        """A cold start. When it is to take a snapshot, the worker runs as pid 1 of its own pid
+        namespace, without secrets, its real token or GPUs; those come with its identity after the dump."""
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        argv = [sys.executable, "-m", "corral_runtime.worker"]
+        take = start.take_snapshot and self.snapshots is not None
+        cwd = workdir
+        if take:
+            cwd = self.work_dir / "snapshot-cwd"  # outlives this container: restored copies start there
+            cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
+            gpu_visible = self.inventory.snapshots.gpu_checkpoint
+            env.update({
+                "CORRAL_CONTAINER_ID": start.container_id,
+                "CORRAL_CONTAINER_TOKEN": start.pre_snapshot_token,
+                "CORRAL_CONTROL_URL": self.control_url,
+                "CORRAL_BUNDLE_DIR": container_env["CORRAL_BUNDLE_DIR"],
+                "CUDA_VISIBLE_DEVICES": container_env["CUDA_VISIBLE_DEVICES"] if gpu_visible else "",
+                "PYTHONUNBUFFERED": "1",
+            })
+            argv = namespaces.command(argv)
+        else:
+            env.update(container_env)
+        process = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE if take else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        container = ContainerProcess(start.container_id, process, in_namespace=take)
+        if take:
+            container.start = start
+            container.identity = {"env": container_env, "workdir": str(workdir), "restored": False}
+        return container
+
+    async def _restore(
+        self, start: node_pb2.StartContainer, image: Image, workdir: Path, container_env: dict[str, str],
+    ) -> ContainerProcess:
+        """Restore `image` as this container: criu restores the worker at its snapshot point, with
+        new pipes as its stdio; the node then hands it its identity."""
+        assert self.snapshots is not None
+        self.snapshots.check(image)
+        loop = asyncio.get_running_loop()
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        child_fds = (stdin_r, stdout_w, stderr_w)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.snapshots.restore_argv(image, workdir, child_fds), pass_fds=child_fds,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            for fd in (stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w):
+                os.close(fd)
+            raise
+        for fd in child_fds:
+            os.close(fd)
+        # criu's process stands in for the worker: the node reads the worker's pipes through it.
+        process.stdout = await _reader(loop, stdout_r)
+        process.stderr = await _reader(loop, stderr_r)
+        container = ContainerProcess(start.container_id, process, in_namespace=True, stdin_fd=stdin_w)
+        pidfile = workdir / PIDFILE
+        began = loop.time()
+        deadline = began + RESTORE_TIMEOUT_S
+        try:
+            while not pidfile.exists():
+                if process.returncode is not None:
+                    raise CriuError(f"criu restore failed: {criu_log_errors(workdir / RESTORE_LOG) or f'exit status {process.returncode}'}")
+                if loop.time() > deadline:
+                    raise CriuError(f"criu restore did not finish in {RESTORE_TIMEOUT_S:g} s")
+                await asyncio.sleep(0.005)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # criu and whatever it restored so far
+            os.close(stdin_w)
+            raise
+        container.worker_pid = int(pidfile.read_text().strip() or 0)
+        self.snapshots.count_restore(start.snapshot_key)
+        log.info("container %s restored from snapshot %s in %.3f s (%d MB image)", start.container_id,
+                 start.snapshot_key[:12], loop.time() - began, int(image.meta.get("size_bytes", 0)) // 1_000_000)  # type: ignore[call-overload]
+        self._hand_identity(container, {"env": container_env, "workdir": str(workdir), "restored": True}, workdir)
+        return container
+
+    def _hand_identity(self, container: ContainerProcess, identity: dict[str, object], workdir: Path) -> None:
+        path = write_identity(workdir, identity)
+        line = f"{path}\n".encode()
+        if container.stdin_fd >= 0:
+            os.write(container.stdin_fd, line)
+        else:
+            stdin = container.process.stdin
+            assert stdin is not None
+            stdin.write(line)
+
+    async def _take_snapshot(self, container: ContainerProcess) -> None:
+        """The worker reached its snapshot point: dump it (left running), then hand it its identity."""
+        start = container.start
+        assert start is not None and self.snapshots is not None
+        container.start = None
+        workdir = Path(str(container.identity["workdir"]))
+        lock = self._dump_locks.setdefault(start.snapshot_key, asyncio.Lock())
+        result = node_pb2.SnapshotResult(container_id=container.container_id, snapshot_key=start.snapshot_key)
+        async with lock:  # one dump per key at a time, whatever the control plane asks
+            pid = container.signal_pid()
+            try:
+                if pid is None:
+                    raise CriuError("the worker's pid is unknown")
+                image = await self.snapshots.dump(pid, start.app_id, start.snapshot_key, {
+                    "bundle_hash": start.bundle_hash, "class_name": start.class_name,
+                })
+                result.ok = True
+                result.image.CopyFrom(image.to_proto())
+            except (CriuError, OSError) as err:
+                result.error = str(err)
+                log.warning("container %s: snapshot %s failed, it goes on without one: %s", container.container_id, start.snapshot_key[:12], err)
+        if container.container_id in self.containers:
+            with contextlib.suppress(OSError, RuntimeError):
+                self._hand_identity(container, container.identity, workdir)
+        container.identity = {}
+        self._emit(snapshot_result=result)
 
     async def _pump(self, container: ContainerProcess, stream: asyncio.StreamReader, tail: deque[str] | None) -> None:
         prefix = f"[{container.container_id}] "
@@ -197,6 +383,9 @@ class NodeDaemon:
             if not line:
                 return
             text = line.decode(errors="replace")
+            if container.start is not None and tail is None and text.rstrip("\n") == SNAPSHOT_POINT_LINE:
+                self._spawn_task(self._take_snapshot(container))
+                continue
             if tail is not None:
                 tail.append(text)
             try:
@@ -209,6 +398,12 @@ class NodeDaemon:
         container = self.containers.get(container_id)
         if container is None:
             return
+        worker_pid = container.signal_pid()
+        if worker_pid is not None:  # pid 1 of its namespace: SIGKILL ends the whole namespace
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(worker_pid, sig)
+            if sig != signal.SIGKILL:
+                return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(container.process.pid, sig)
 
@@ -236,6 +431,13 @@ class NodeDaemon:
         await asyncio.gather(*(self._stop(cid, grace_s) for cid in list(self.containers)))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+
+
+async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    await loop.connect_read_pipe(lambda: protocol, os.fdopen(fd, "rb", buffering=0))
+    return reader
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,9 @@ CORRAL_CONTROL_URL, CORRAL_CONTAINER_ID, CORRAL_CONTAINER_TOKEN and CORRAL_BUNDL
 
 Life: connect -> ContainerInit -> import -> @enter(snap=True) -> @enter -> Ready -> inputs
 -> Shutdown (or SIGTERM) -> drain -> @exit -> exit 0. A failed import or enter reports InitFailed
-and exits 1 without running exit hooks.
+and exits 1 without running exit hooks. With ContainerInit.take_snapshot the worker stops after the
+snap hooks: SnapshotReady, close the connection, wait at the snapshot point (snapshot_point.py) for
+a new identity, reconnect, then the other @enter hooks (a restored copy resumes there too).
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ from corral_runtime.batching import Batcher
 from corral_runtime.direct import DirectServer
 from corral_runtime.runner import InputRunner
 from corral_runtime.slots import SlotGate
+from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE, SnapshotPointError, apply_environment, wait_for_identity
 from corral_runtime.web import HttpInputs
+
+# Worker._session's code for "the snap hooks ran and no connection is open: dump me now".
+SNAPSHOT_POINT = -1
 
 
 @dataclass(frozen=True)
@@ -114,10 +120,7 @@ class Worker:
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
-        self.metadata = (
-            (AUTHORIZATION_METADATA_KEY, f"Bearer {identity.token}"),
-            (VERSION_METADATA_KEY, str(PROTOCOL_VERSION)),
-        )
+        self.metadata = self._metadata(identity)
         self.shutdown = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._write_lock = asyncio.Lock()
@@ -135,10 +138,34 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.shutdown.set)
+        code = await self._session(loop, restored=False)
+        while code == SNAPSHOT_POINT:
+            # No connection is open: the node dumps this process now, or this is a restored copy.
+            try:
+                identity = wait_for_identity()
+            except SnapshotPointError as err:
+                print(f"corral worker: {err}", file=sys.stderr)
+                return 1
+            apply_environment(identity)
+            self.identity = Identity.from_env()
+            self.metadata = self._metadata(self.identity)
+            code = await self._session(loop, restored=bool(identity.get("restored")))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        return code
+
+    @staticmethod
+    def _metadata(identity: Identity) -> tuple[tuple[str, str], ...]:
+        return ((AUTHORIZATION_METADATA_KEY, f"Bearer {identity.token}"), (VERSION_METADATA_KEY, str(PROTOCOL_VERSION)))
+
+    async def _session(self, loop: asyncio.AbstractEventLoop, restored: bool) -> int:
+        """One connection to the control plane: init, hooks, serve. Returns the exit code, or
+        SNAPSHOT_POINT when the snap hooks ran and the node is to dump this process."""
         target = self.identity.control_url.split("://", 1)[-1]
         async with grpc.aio.insecure_channel(target) as channel:
             stream = worker_pb2_grpc.WorkerServiceStub(channel).WorkerSession(metadata=self.metadata)
-            await stream.write(worker_pb2.WorkerSessionRequest(hello=worker_pb2.WorkerHello(container_id=self.identity.container_id)))
+            hello = worker_pb2.WorkerHello(container_id=self.identity.container_id, restored=restored)
+            await stream.write(worker_pb2.WorkerSessionRequest(hello=hello))
             first = await stream.read()
             if first is grpc.aio.EOF or first.WhichOneof("message") != "init":
                 print("corral worker: the control plane closed the session before sending ContainerInit", file=sys.stderr)
@@ -155,25 +182,36 @@ class Worker:
                 await stream.done_writing()
                 traceback.print_exception(type(exc), exc, exc.__traceback__)
                 return 1
-            capacity = self._start_serving(init, loop)
-            address = self.direct.start() if self.direct is not None else ""
-            await stream.write(worker_pb2.WorkerSessionRequest(ready=worker_pb2.WorkerReady(slots=capacity, direct_address=address)))
-            background = [
-                asyncio.create_task(self._read(stream)),
-                asyncio.create_task(self._report_load(stream)),
-                asyncio.create_task(self._watch_direct_timeouts()),
-            ]
-            await self.shutdown.wait()
-            await self._drain()
-            for task in background:
-                task.cancel()
-            await self._report_load_once(stream, force=True)
-            await self._exit_hooks()
-            with contextlib.suppress(Exception):
+            if init.take_snapshot:
+                await stream.write(worker_pb2.WorkerSessionRequest(snapshot_ready=worker_pb2.SnapshotReady()))
                 await stream.done_writing()
-        assert self._executor is not None
-        self._executor.shutdown(wait=False)
-        return 0
+                while await stream.read() is not grpc.aio.EOF:  # the control plane ends the session
+                    pass
+            else:
+                await self._serve(loop, stream, init)
+                return 0
+        # The channel is closed: tell the node (on stdout, which it reads) to dump this process.
+        print(SNAPSHOT_POINT_LINE, flush=True)
+        return SNAPSHOT_POINT
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, stream: Any, init: worker_pb2.ContainerInit) -> None:
+        """Ready, then inputs until shutdown; drain and run the exit hooks."""
+        capacity = self._start_serving(init, loop)
+        address = self.direct.start() if self.direct is not None else ""
+        await stream.write(worker_pb2.WorkerSessionRequest(ready=worker_pb2.WorkerReady(slots=capacity, direct_address=address)))
+        background = [
+            asyncio.create_task(self._read(stream)),
+            asyncio.create_task(self._report_load(stream)),
+            asyncio.create_task(self._watch_direct_timeouts()),
+        ]
+        await self.shutdown.wait()
+        await self._drain()
+        for task in background:
+            task.cancel()
+        await self._report_load_once(stream, force=True)
+        await self._exit_hooks()
+        with contextlib.suppress(Exception):
+            await stream.done_writing()
 
     def _start_serving(self, init: worker_pb2.ContainerInit, loop: asyncio.AbstractEventLoop) -> int:
         """Slots, the thread pool, the batcher and the direct server; returns the container's capacity."""
@@ -210,17 +248,26 @@ class Worker:
             await asyncio.to_thread(self.batcher.close)
 
     async def _initialize(self, init: worker_pb2.ContainerInit) -> None:
+        """Import the class and run its @enter hooks. The snap=True hooks run once per process
+        image: a worker past its snapshot point (dumped, or restored from the dump) has run them."""
         try:
-            missing = missing_requirements(init.class_def.options.image)
-            if missing:
-                raise ModuleNotFoundError(
-                    f"the class's image needs {', '.join(missing)}, which this node's Python environment lacks; "
-                    "install them on the node"
-                )
-            self.definition = load_definition(init.class_def, self.identity.bundle_dir)
-            self.instance = self.definition.new_instance(decode_parameters(init.parameters))
+            if self.definition is None:
+                missing = missing_requirements(init.class_def.options.image)
+                if missing:
+                    raise ModuleNotFoundError(
+                        f"the class's image needs {', '.join(missing)}, which this node's Python environment lacks; "
+                        "install them on the node"
+                    )
+                self.definition = load_definition(init.class_def, self.identity.bundle_dir)
+                self.instance = self.definition.new_instance(decode_parameters(init.parameters))
+                for hook in self.definition.enter_hooks:
+                    if hook.snap:
+                        await call_hook(getattr(self.instance, hook.name))
+            if init.take_snapshot:
+                return
             for hook in self.definition.enter_hooks:
-                await call_hook(getattr(self.instance, hook.name))
+                if not hook.snap:
+                    await call_hook(getattr(self.instance, hook.name))
             self.asgi_apps = await build_asgi_apps(self.definition, self.instance)
         except Exception as exc:
             raise InitFailure(exc) from exc

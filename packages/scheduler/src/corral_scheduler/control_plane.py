@@ -20,6 +20,7 @@ from corral_scheduler.autoscaler import desired_containers, init_backoff_s, retr
 from corral_scheduler.errors import InvalidArgument, NotFound, PermissionDenied, QueueFull
 from corral_scheduler.model import AppRecord, Container, ContainerState, Input, Node, Service
 from corral_scheduler.placement import NodeCapacity, Unplaceable, choose_node
+from corral_scheduler.snapshot_keys import SnapshotBook, StartMode, snapshot_key
 from corral_scheduler.store import Store
 from corral_scheduler.web_routes import check_labels, web_urls
 
@@ -64,6 +65,8 @@ class ControlPlane:
         self._ticker: asyncio.Task[None] | None = None
         self._last_sweep = time.monotonic()
         self._shutting_down = False
+        self.snapshots = SnapshotBook()
+        self._snapshot_keys: dict[str, str] = {}  # by service id
 
     # Life -----------------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class ControlPlane:
             previous = self.apps.get(app_id)
             if previous is not None:
                 self._retire_services(app_id, "the app was redeployed")
+                self._delete_snapshots(node_pb2.DeleteSnapshots(app_id=app_id, keep_bundle_hash=request.bundle_hash))
             created_at = previous.created_at if previous else time.time()
         elif request.kind == control_pb2.APP_KIND_EPHEMERAL:
             app_id, version, created_at = ids.new_id("ap"), 1, time.time()
@@ -160,6 +164,7 @@ class ControlPlane:
         record = self.find_app(ref)
         record.stopped = True
         self._retire_services(record.app_id, f"app {record.name!r} was stopped")
+        self._delete_snapshots(node_pb2.DeleteSnapshots(app_id=record.app_id))
         if record.kind == control_pb2.APP_KIND_DEPLOYED:
             self.store.mark_stopped(record.app_id)
             self.deployed.pop(record.name, None)
@@ -429,8 +434,9 @@ class ControlPlane:
 
     def _start_container(self, service: Service) -> bool:
         capacities = [n.capacity for n in self.nodes.values() if n.connected]
+        key = self._snapshot_key(service)
         try:
-            placement = choose_node(capacities, service.options.resources)
+            placement = choose_node(capacities, service.options.resources, key)
         except Unplaceable as err:
             self._fail_queue(service, _failure(S.RESULT_STATUS_INTERNAL_ERROR, f"cannot start {service.class_def.name}: {err}"))
             return False
@@ -449,6 +455,12 @@ class ControlPlane:
             slots=service.options.concurrency.max_inputs or 1,
             direct_token=secrets.token_urlsafe(24) if service.direct_enabled else "",
         )
+        start = node_pb2.StartContainer(
+            container_id=container.container_id, container_token=container.token, app_id=service.app_id,
+            bundle_hash=self.apps[service.app_id].bundle_hash, env=env, resources=resources,
+            gpu_indices=list(placement.gpu_indices), control_url=self.control_url, class_name=service.class_def.name,
+        )
+        self._plan_snapshot(service, node, container, start, key)
         node.capacity.cpu_reserved += resources.cpu
         node.capacity.memory_reserved_mib += resources.memory_mib
         node.capacity.gpus_in_use.update(placement.gpu_indices)
@@ -458,17 +470,102 @@ class ControlPlane:
         self.container_tokens[container.token] = container.container_id
         app = self.apps[service.app_id]
         kind = "deployed" if app.kind == control_pb2.APP_KIND_DEPLOYED else "ephemeral"
-        env.update({"CORRAL_APP_ID": app.app_id, "CORRAL_APP_NAME": app.name, "CORRAL_APP_KIND": kind})
-        node.send(node_pb2.NodeSessionResponse(start_container=node_pb2.StartContainer(
-            container_id=container.container_id, container_token=container.token, app_id=app.app_id,
-            bundle_hash=app.bundle_hash, env=env, resources=resources, gpu_indices=list(placement.gpu_indices),
-            control_url=self.control_url,
-        )))
+        start.env.update({"CORRAL_APP_ID": app.app_id, "CORRAL_APP_NAME": app.name, "CORRAL_APP_KIND": kind})
+        node.send(node_pb2.NodeSessionResponse(start_container=start))
         log.info("starting container %s for %s on node %s", container.container_id, service.class_def.name, node.name)
         # A container's start (process, imports) is not shortened below a floor by a tiny input timeout.
         startup_timeout = max(self.MIN_STARTUP_TIMEOUT_S, service.options.timeout_s or 300.0)
         asyncio.get_running_loop().call_later(startup_timeout, self._check_started, container.container_id, startup_timeout)
         return True
+
+    # Memory snapshots -------------------------------------------------------------------------
+
+    def _snapshot_key(self, service: Service) -> str:
+        if not service.options.enable_memory_snapshot:
+            return ""
+        key = self._snapshot_keys.get(service.service_id)
+        if key is None:
+            app = self.apps[service.app_id]
+            key = snapshot_key(service.app_id, app.bundle_hash, service.class_def, service.parameters, service.options)
+            self._snapshot_keys[service.service_id] = key
+        return key
+
+    def _plan_snapshot(self, service: Service, node: Node, container: Container, start: node_pb2.StartContainer, key: str) -> None:
+        """Take, restore or start cold: one container per (node, key) dumps at a time; a broken key
+        or a node without CRIU starts cold (with one warning)."""
+        if not key:
+            return
+        if not node.inventory.snapshots.available:
+            self.snapshots.warn_unsupported(node.name, service.class_def.name, node.inventory.snapshots.reason)
+            return
+        mode = self.snapshots.mode_for(node.node_id, key)
+        container.snapshot_key = key
+        container.snapshot_mode = mode.value
+        if mode == StartMode.COLD:
+            return
+        start.snapshot_key = key
+        if mode == StartMode.TAKE:
+            start.take_snapshot = True
+            container.pre_snapshot_token = secrets.token_urlsafe(24)
+            start.pre_snapshot_token = container.pre_snapshot_token
+            self.container_tokens[container.pre_snapshot_token] = container.container_id
+            self.snapshots.taking[(node.node_id, key)] = container.container_id
+
+    def _delete_snapshots(self, delete: node_pb2.DeleteSnapshots) -> None:
+        for node in self.nodes.values():
+            if node.connected:
+                node.send(node_pb2.NodeSessionResponse(delete_snapshots=delete))
+
+    def worker_snapshot_ready(self, container: Container) -> None:
+        """The snap hooks ran; the worker closes its connection and the node dumps it. Its
+        pre-snapshot token dies here: the image must hold no live credential."""
+        self.container_tokens.pop(container.pre_snapshot_token, None)
+        container.at_snapshot_point = True
+        outbox, container.outbox = container.outbox, None
+        if outbox is not None:
+            outbox.put_nowait(None)
+
+    def _snapshot_result(self, node: Node, result: node_pb2.SnapshotResult) -> None:
+        self.snapshots.taking.pop((node.node_id, result.snapshot_key), None)
+        if result.ok:
+            self.snapshots.image_taken(node.node_id, result.image)
+            node.capacity.snapshot_keys = self.snapshots.held_keys(node.node_id)
+            log.info("node %s took snapshot %s", node.name, result.snapshot_key[:12])
+        else:
+            self.snapshots.failed(result.snapshot_key, result.error)
+
+    def list_snapshots(self) -> list[control_pb2.SnapshotInfo]:
+        infos = []
+        for node_id, images in self.snapshots.images.items():
+            node = self.nodes.get(node_id)
+            for image in images:
+                app = self.apps.get(image.app_id)
+                infos.append(control_pb2.SnapshotInfo(
+                    image=image, node_id=node_id, node_name=node.name if node else "",
+                    app_name=app.name if app else "", broken=image.snapshot_key in self.snapshots.broken,
+                ))
+        return infos
+
+    def delete_snapshots(self, request: control_pb2.DeleteSnapshotsRequest) -> int:
+        """Delete images by key (or unique key prefix), by app, or all; returns how many."""
+        held = {(image.snapshot_key, image.app_id) for images in self.snapshots.images.values() for image in images}
+        chosen: set[str] = set()
+        if request.all:
+            chosen = {key for key, _ in held}
+        if request.app:
+            app_id = self.find_app(request.app).app_id if request.app in self.deployed or request.app in self.apps else request.app
+            chosen |= {key for key, owner in held if owner == app_id}
+        for prefix in request.snapshot_keys:
+            matches = {key for key, _ in held if key.startswith(prefix)}
+            if len(matches) != 1:
+                raise NotFound(f"no snapshot key starts with {prefix!r}" if not matches else f"{prefix!r} matches several snapshots; give more of the key")
+            chosen |= matches
+        if chosen:
+            self._delete_snapshots(node_pb2.DeleteSnapshots(snapshot_keys=sorted(chosen)))
+            self.snapshots.forget(chosen)
+            for node in self.nodes.values():
+                node.capacity.snapshot_keys = self.snapshots.held_keys(node.node_id)
+        return len(chosen)
 
     def _check_started(self, container_id: str, startup_timeout: float) -> None:
         """A container whose start-up (import and @enter) outlasts the class's timeout is killed; it
@@ -540,10 +637,16 @@ class ControlPlane:
             container.send(worker_pb2.WorkerSessionResponse(shutdown=worker_pb2.Shutdown()))
         service = self.services[container.service_id]
         options = service.options
+        take = container.snapshot_mode == StartMode.TAKE.value and not container.at_snapshot_point
+        if container.at_snapshot_point:  # reconnected after its dump, with its real token
+            container.at_snapshot_point = False
+        elif container.snapshot_mode == StartMode.RESTORE.value:
+            container.restored = True
         init = worker_pb2.ContainerInit(
             app_id=service.app_id, class_def=service.class_def, parameters=service.parameters,
             concurrency=options.concurrency, batching=options.batching, options=options,
-            direct_token=container.direct_token,
+            # Nothing a later caller could use enters an image: no direct token before the dump.
+            direct_token="" if take else container.direct_token, take_snapshot=take,
         )
         return container, init
 
@@ -658,7 +761,18 @@ class ControlPlane:
         if kind == "container_started":
             container = self.containers.get(event.container_started.container_id)
             if container is not None:
-                container.pid = event.container_started.pid
+                started = event.container_started
+                container.pid = started.pid
+                if started.snapshot_error and container.snapshot_mode == StartMode.RESTORE.value:
+                    container.snapshot_mode = StartMode.COLD.value  # the node fell back to a cold start
+                    self.snapshots.failed(container.snapshot_key, f"restore on node {node.name}: {started.snapshot_error}")
+                    self.snapshots.forget_image(node.node_id, container.snapshot_key)
+                    node.capacity.snapshot_keys = self.snapshots.held_keys(node.node_id)
+        elif kind == "snapshot_result":
+            self._snapshot_result(node, event.snapshot_result)
+        elif kind == "heartbeat":
+            self.snapshots.node_images(node.node_id, event.heartbeat.snapshots)
+            node.capacity.snapshot_keys = self.snapshots.held_keys(node.node_id)
         elif kind == "container_exited":
             exited = event.container_exited
             self._container_gone(exited.container_id, exited.exit_code, exited.reason, exited.stderr_tail)
@@ -668,6 +782,7 @@ class ControlPlane:
         if node is None:
             return
         node.connected = False
+        self.snapshots.forget_node(node_id)
         for container_id in list(node.containers):
             self._container_gone(container_id, None, f"its node {node.name} disconnected", "")
 
@@ -678,6 +793,9 @@ class ControlPlane:
         if container.kill_timer is not None:
             container.kill_timer.cancel()
         self.container_tokens.pop(container.token, None)
+        self.container_tokens.pop(container.pre_snapshot_token, None)
+        if self.snapshots.taking.get((container.node_id, container.snapshot_key)) == container_id:
+            del self.snapshots.taking[(container.node_id, container.snapshot_key)]
         if container.outbox is not None:
             container.outbox.put_nowait(None)
         node = self.nodes.get(container.node_id)
@@ -693,7 +811,11 @@ class ControlPlane:
         code = f" (exit code {exit_code})" if exit_code is not None else ""
         why = container.exit_reason or reason
         detail = f"\n\nLast lines of the container's stderr:\n{stderr_tail}" if stderr_tail else ""
-        if previous_state in (ContainerState.PENDING, ContainerState.STARTING) and not self._shutting_down and not service.retired:
+        starting = previous_state in (ContainerState.PENDING, ContainerState.STARTING) and not self._shutting_down and not service.retired
+        if starting and container.snapshot_mode and not container.exit_reason:
+            # A dump or restore gone wrong is never a failed call: count it, start another container.
+            self.snapshots.failed(container.snapshot_key, f"{container.snapshot_mode} container exited before it was ready{code}: {reason}")
+        elif starting:
             message = f"{service.class_def.name}'s container exited before it was ready{code}: {why}"
             self._init_failure(service, _failure(S.RESULT_STATUS_INIT_ERROR, message + detail, stderr_tail))
         for inp in list(container.running.values()):
@@ -760,5 +882,6 @@ class ControlPlane:
                 class_name=service.class_def.name, service_id=service.service_id, node_id=container.node_id,
                 state=int(container.state), running_inputs=container.load, max_inputs=container.slots,
                 started_at=container.started_at, inputs_served=container.inputs_served, parameters=service.parameters,
+                restored_from_snapshot=container.restored,
             ))
         return infos

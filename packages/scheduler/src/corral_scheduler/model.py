@@ -86,6 +86,13 @@ class Container:
     direct_address: str = ""
     direct_running: int = 0
     direct_served: int = 0
+    # Memory snapshots: the key, how the container started ("take", "restore" or cold ""), the
+    # token it uses before its dump, and whether it is at its snapshot point (disconnected on purpose).
+    snapshot_key: str = ""
+    snapshot_mode: str = ""
+    pre_snapshot_token: str = ""
+    at_snapshot_point: bool = False
+    restored: bool = False
 
     @property
     def load(self) -> int:

@@ -165,6 +165,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         token_id, secret = self.plane.store.create_proxy_token(request.name)
         return control_pb2.CreateProxyTokenResponse(token_id=token_id, token_secret=secret)
 
+    @api
+    async def ListSnapshots(self, request: control_pb2.ListSnapshotsRequest, context: Any) -> control_pb2.ListSnapshotsResponse:
+        return control_pb2.ListSnapshotsResponse(snapshots=self.plane.list_snapshots())
+
+    @api
+    async def DeleteSnapshots(self, request: control_pb2.DeleteSnapshotsRequest, context: Any) -> control_pb2.DeleteSnapshotsResponse:
+        return control_pb2.DeleteSnapshotsResponse(deleted=self.plane.delete_snapshots(request))
+
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     HEARTBEAT_INTERVAL_S = 5.0
@@ -257,6 +265,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         plane.worker_load(container, message.load)
                     elif kind == "init_failed":
                         plane.worker_init_failed(container, message.init_failed)
+                    elif kind == "snapshot_ready":
+                        plane.worker_snapshot_ready(container)
                     elif kind == "batch_output":
                         for output in message.batch_output.outputs:
                             plane.worker_output(container, output)

@@ -91,8 +91,8 @@ class App:
         - timeout: seconds an input may run (default 300) before it fails with `FunctionTimeoutError`.
         - retries: an int or `Retries`; failed inputs run again.
         - min_containers, max_containers, buffer_containers, scaledown_window (default 60 s): autoscaling.
-        - enable_memory_snapshot: restore containers from a CRIU snapshot taken after `@enter(snap=True)`
-          hooks (made effective by the snapshot work; until then snap hooks simply run first).
+        - enable_memory_snapshot: restore containers from a CRIU snapshot taken after the
+          `@enter(snap=True)` hooks; secrets reach the container only after the snapshot point.
 
         Example:
             @app.cls(gpu="A100", timeout=600)

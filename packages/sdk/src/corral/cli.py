@@ -182,6 +182,28 @@ def cmd_node_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot_list(args: argparse.Namespace) -> int:
+    client = default_client()
+    snapshots = client.call(client.stub.ListSnapshots, control_pb2.ListSnapshotsRequest()).snapshots
+    rows = [
+        (s.image.snapshot_key[:16], s.app_name or s.image.app_id, s.image.class_name, s.node_name or s.node_id,
+         f"{s.image.size_bytes / 1e6:.0f} MB", s.image.restores, "broken" if s.broken else "ok", _age(s.image.created_at))
+        for s in snapshots
+    ]
+    print(table(("KEY", "APP", "CLASS", "NODE", "SIZE", "RESTORES", "STATE", "AGE"), rows))
+    return 0
+
+
+def cmd_snapshot_rm(args: argparse.Namespace) -> int:
+    if not (args.keys or args.app or args.all):
+        raise InvalidError("name snapshot keys (or unique prefixes), or use --app APP or --all")
+    client = default_client()
+    request = control_pb2.DeleteSnapshotsRequest(snapshot_keys=args.keys, app=args.app or "", all=args.all)
+    deleted = client.call(client.stub.DeleteSnapshots, request).deleted
+    print(f"Deleted {deleted} snapshot key(s); their containers will take fresh snapshots.")
+    return 0
+
+
 def cmd_secret_create(args: argparse.Namespace) -> int:
     values = {}
     for pair in args.values:
@@ -256,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = token.add_parser("create", help="create a proxy token for web endpoints with requires_proxy_auth")
     p.add_argument("--name", default="", help="a note to recognise the token by")
     p.set_defaults(handler=cmd_token_create)
+
+    snapshot = sub.add_parser("snapshot", help="manage memory snapshot images").add_subparsers(dest="snapshot_command", required=True)
+    snapshot.add_parser("list", help="list snapshot images on every node").set_defaults(handler=cmd_snapshot_list)
+    p = snapshot.add_parser("rm", help="delete snapshot images (by key prefix, app, or all)")
+    p.add_argument("keys", nargs="*", metavar="KEY")
+    p.add_argument("--app", help="every image of this app (name or id)")
+    p.add_argument("--all", action="store_true", help="every image")
+    p.set_defaults(handler=cmd_snapshot_rm)
     return parser
 
 

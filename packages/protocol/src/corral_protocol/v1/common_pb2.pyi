@@ -793,23 +793,68 @@ class SnapshotSupport(_message.Message):
     AVAILABLE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CRIU_VERSION_FIELD_NUMBER: _builtins.int
+    GPU_CHECKPOINT_FIELD_NUMBER: _builtins.int
     available: _builtins.bool
     reason: _builtins.str
     criu_version: _builtins.str
+    gpu_checkpoint: _builtins.bool
+    """cuda-checkpoint and a driver >= 570 are present: snap hooks may see GPUs (unverified path)."""
     def __init__(
         self,
         *,
         available: _builtins.bool = ...,
         reason: _builtins.str = ...,
         criu_version: _builtins.str = ...,
+        gpu_checkpoint: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "criu_version", b"criu_version", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "criu_version", b"criu_version", "gpu_checkpoint", b"gpu_checkpoint", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SnapshotSupport: _TypeAlias = SnapshotSupport  # noqa: Y015
+
+@_typing.final
+class SnapshotImage(_message.Message):
+    """A memory snapshot image held by a node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_KEY_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    BUNDLE_HASH_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    RESTORES_FIELD_NUMBER: _builtins.int
+    snapshot_key: _builtins.str
+    """The control plane's key for the service state (code, image, class, parameters, options)."""
+    app_id: _builtins.str
+    class_name: _builtins.str
+    bundle_hash: _builtins.str
+    size_bytes: _builtins.int
+    created_at: _builtins.float
+    restores: _builtins.int
+    """How many containers were restored from it on this node."""
+    def __init__(
+        self,
+        *,
+        snapshot_key: _builtins.str = ...,
+        app_id: _builtins.str = ...,
+        class_name: _builtins.str = ...,
+        bundle_hash: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        created_at: _builtins.float = ...,
+        restores: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "bundle_hash", b"bundle_hash", "class_name", b"class_name", "created_at", b"created_at", "restores", b"restores", "size_bytes", b"size_bytes", "snapshot_key", b"snapshot_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotImage: _TypeAlias = SnapshotImage  # noqa: Y015
 
 @_typing.final
 class NodeInventory(_message.Message):

@@ -125,6 +125,16 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.CreateProxyTokenRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.CreateProxyTokenResponse.FromString,
                 _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/corral.v1.ControlService/ListSnapshots',
+                request_serializer=corral_dot_v1_dot_control__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshots = channel.unary_unary(
+                '/corral.v1.ControlService/DeleteSnapshots',
+                request_serializer=corral_dot_v1_dot_control__pb2.DeleteSnapshotsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.DeleteSnapshotsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -241,6 +251,18 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSnapshots(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshots(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -333,6 +355,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.CreateProxyToken,
                     request_deserializer=corral_dot_v1_dot_control__pb2.CreateProxyTokenRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.CreateProxyTokenResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshots,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.DeleteSnapshotsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.DeleteSnapshotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -822,6 +854,60 @@ class ControlService:
             '/corral.v1.ControlService/CreateProxyToken',
             corral_dot_v1_dot_control__pb2.CreateProxyTokenRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.CreateProxyTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/ListSnapshots',
+            corral_dot_v1_dot_control__pb2.ListSnapshotsRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/DeleteSnapshots',
+            corral_dot_v1_dot_control__pb2.DeleteSnapshotsRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.DeleteSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,8 @@ class ControlServiceStub:
     ListSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
     CreateProxyToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateProxyTokenRequest, _control_pb2.CreateProxyTokenResponse]
     """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSnapshotsRequest, _control_pb2.ListSnapshotsResponse]
+    DeleteSnapshots: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeleteSnapshotsRequest, _control_pb2.DeleteSnapshotsResponse]
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -79,6 +81,8 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ListSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
     CreateProxyToken: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateProxyTokenRequest, _control_pb2.CreateProxyTokenResponse]  # type: ignore[assignment]
     """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSnapshotsRequest, _control_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    DeleteSnapshots: _aio.UnaryUnaryMultiCallable[_control_pb2.DeleteSnapshotsRequest, _control_pb2.DeleteSnapshotsResponse]  # type: ignore[assignment]
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API that SDKs and third-party clients use."""
@@ -210,5 +214,19 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.CreateProxyTokenResponse, _abc.Awaitable[_control_pb2.CreateProxyTokenResponse]]:
         """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _control_pb2.ListSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListSnapshotsResponse, _abc.Awaitable[_control_pb2.ListSnapshotsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSnapshots(
+        self,
+        request: _control_pb2.DeleteSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DeleteSnapshotsResponse, _abc.Awaitable[_control_pb2.DeleteSnapshotsResponse]]: ...
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

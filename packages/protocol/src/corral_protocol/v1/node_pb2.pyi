@@ -109,16 +109,22 @@ class NodeHeartbeat(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNNING_CONTAINERS_FIELD_NUMBER: _builtins.int
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def running_containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SnapshotImage]:
+        """Every memory snapshot image this node holds that it can restore (its own host fingerprint)."""
+
     def __init__(
         self,
         *,
         running_containers: _abc.Iterable[_builtins.str] | None = ...,
+        snapshots: _abc.Iterable[_common_pb2.SnapshotImage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["running_containers", b"running_containers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["running_containers", b"running_containers", "snapshots", b"snapshots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,19 +137,23 @@ class ContainerStarted(_message.Message):
     CONTAINER_ID_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     RESTORED_FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ERROR_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     pid: _builtins.int
     restored_from_snapshot: _builtins.bool
+    snapshot_error: _builtins.str
+    """Why a requested restore did not happen (the container then started cold); empty otherwise."""
     def __init__(
         self,
         *,
         container_id: _builtins.str = ...,
         pid: _builtins.int = ...,
         restored_from_snapshot: _builtins.bool = ...,
+        snapshot_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "pid", b"pid", "restored_from_snapshot", b"restored_from_snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "pid", b"pid", "restored_from_snapshot", b"restored_from_snapshot", "snapshot_error", b"snapshot_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -186,10 +196,15 @@ class SnapshotResult(_message.Message):
     SNAPSHOT_KEY_FIELD_NUMBER: _builtins.int
     OK_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     snapshot_key: _builtins.str
     ok: _builtins.bool
     error: _builtins.str
+    @_builtins.property
+    def image(self) -> _common_pb2.SnapshotImage:
+        """The image written, when ok."""
+
     def __init__(
         self,
         *,
@@ -197,10 +212,11 @@ class SnapshotResult(_message.Message):
         snapshot_key: _builtins.str = ...,
         ok: _builtins.bool = ...,
         error: _builtins.str = ...,
+        image: _common_pb2.SnapshotImage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "error", b"error", "ok", b"ok", "snapshot_key", b"snapshot_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "error", b"error", "image", b"image", "ok", b"ok", "snapshot_key", b"snapshot_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -213,24 +229,30 @@ class NodeSessionResponse(_message.Message):
     START_CONTAINER_FIELD_NUMBER: _builtins.int
     STOP_CONTAINER_FIELD_NUMBER: _builtins.int
     TAKE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    DELETE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start_container(self) -> Global___StartContainer: ...
     @_builtins.property
     def stop_container(self) -> Global___StopContainer: ...
     @_builtins.property
-    def take_snapshot(self) -> Global___TakeSnapshot: ...
+    def take_snapshot(self) -> Global___TakeSnapshot:
+        """Reserved for a control-plane-initiated dump; v0 dumps when the worker reaches its snapshot point."""
+
+    @_builtins.property
+    def delete_snapshots(self) -> Global___DeleteSnapshots: ...
     def __init__(
         self,
         *,
         start_container: Global___StartContainer | None = ...,
         stop_container: Global___StopContainer | None = ...,
         take_snapshot: Global___TakeSnapshot | None = ...,
+        delete_snapshots: Global___DeleteSnapshots | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete_snapshots", b"delete_snapshots", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete_snapshots", b"delete_snapshots", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["start_container", "stop_container", "take_snapshot"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["start_container", "stop_container", "take_snapshot", "delete_snapshots"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -269,6 +291,9 @@ class StartContainer(_message.Message):
     GPU_INDICES_FIELD_NUMBER: _builtins.int
     SNAPSHOT_KEY_FIELD_NUMBER: _builtins.int
     CONTROL_URL_FIELD_NUMBER: _builtins.int
+    TAKE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    PRE_SNAPSHOT_TOKEN_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     container_token: _builtins.str
     """The bearer token that lets this container reach only its own inputs."""
@@ -277,6 +302,14 @@ class StartContainer(_message.Message):
     snapshot_key: _builtins.str
     """When set, restore this snapshot instead of a cold start (falling back to cold on failure)."""
     control_url: _builtins.str
+    take_snapshot: _builtins.bool
+    """Start cold, run the snap=True hooks and let the node dump the worker under snapshot_key."""
+    pre_snapshot_token: _builtins.str
+    """When taking a snapshot: the token the worker uses before the dump, revoked at SnapshotReady, so
+    that no live credential enters the image. `container_token` and `env` reach the worker only after.
+    """
+    class_name: _builtins.str
+    """The class's name, recorded with a snapshot image."""
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -295,10 +328,13 @@ class StartContainer(_message.Message):
         gpu_indices: _abc.Iterable[_builtins.int] | None = ...,
         snapshot_key: _builtins.str = ...,
         control_url: _builtins.str = ...,
+        take_snapshot: _builtins.bool = ...,
+        pre_snapshot_token: _builtins.str = ...,
+        class_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "bundle_hash", b"bundle_hash", "container_id", b"container_id", "container_token", b"container_token", "control_url", b"control_url", "env", b"env", "gpu_indices", b"gpu_indices", "resources", b"resources", "snapshot_key", b"snapshot_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "bundle_hash", b"bundle_hash", "class_name", b"class_name", "container_id", b"container_id", "container_token", b"container_token", "control_url", b"control_url", "env", b"env", "gpu_indices", b"gpu_indices", "pre_snapshot_token", b"pre_snapshot_token", "resources", b"resources", "snapshot_key", b"snapshot_key", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -348,6 +384,36 @@ class TakeSnapshot(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TakeSnapshot: _TypeAlias = TakeSnapshot  # noqa: Y015
+
+@_typing.final
+class DeleteSnapshots(_message.Message):
+    """Delete this node's snapshot images: those named, and those of `app_id` (when set) whose code
+    bundle is not `keep_bundle_hash` (all of the app's images when it is empty).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_KEYS_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
+    KEEP_BUNDLE_HASH_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    keep_bundle_hash: _builtins.str
+    @_builtins.property
+    def snapshot_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        snapshot_keys: _abc.Iterable[_builtins.str] | None = ...,
+        app_id: _builtins.str = ...,
+        keep_bundle_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "keep_bundle_hash", b"keep_bundle_hash", "snapshot_keys", b"snapshot_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSnapshots: _TypeAlias = DeleteSnapshots  # noqa: Y015
 
 @_typing.final
 class GetBundleRequest(_message.Message):
