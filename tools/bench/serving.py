@@ -26,8 +26,10 @@ b. Throughput with 64 concurrent callers: 64 asyncio tasks in this one process, 
    `await handle.echo.remote(x)` on 1 replica with `max_ongoing_requests=64`. [Corral >= 5x Ray]
 c. Batching a vectorised numpy method, 256 concurrent asyncio callers for a fixed time: weights W
    float32 (4096, 1024) built once per container/replica; unbatched `float((W @ x).sum())` for x a
-   1024-float32 vector (a 16 MB memory-bound pass per call); batched, the method takes a list of
-   vectors, stacks them and does one matmul. One container/replica each (Corral `max_containers=1`;
+   1024-float32 vector; batched, the method takes a list of vectors, stacks them and does one matmul.
+   W is 16 MB: it fits a 32 MB L3 cache, so on this machine one call is ~0.4-0.5 ms of compute and
+   doing 32 at once gains only ~2-3x from compute alone; the run measures and prints that ceiling
+   (`compute_ceiling`: the bodies alone in this process). One container/replica each (Corral `max_containers=1`;
    unbatched at max_inputs=1 against Ray at `max_ongoing_requests=1`). Corral batched is
    `BatchedPredictor.with_batching(max_batch_size=32, wait_ms=5)` (its container admits
    32 x (max_inputs 1 + 1) = 64 inputs: one batch runs while the next fills; the rest wait in the
@@ -250,6 +252,24 @@ def check_predictions(results: list[float], xs: list[Any]) -> None:
         want = predict_one(weights, x)
         if abs(got - want) > 1e-3 * max(1.0, abs(want)):
             raise AssertionError(f"prediction {got!r} differs from the local {want!r}")
+
+
+def compute_ceiling(seconds: float = 0.5) -> dict[str, float]:
+    """(c)'s method bodies alone in this process (no serving at all): calls/s one input at a time and
+    BATCH_SIZE at a time. Their ratio bounds what batching can gain from compute on this machine."""
+    weights, xs = make_weights(), make_inputs(BATCH_SIZE)
+
+    def rate(run: Callable[[], Any], inputs: int) -> float:
+        run()
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            run()
+            count += 1
+        return count * inputs / elapsed
+
+    one = rate(lambda: predict_one(weights, xs[0]), 1)
+    batched = rate(lambda: predict_many(weights, xs), BATCH_SIZE)
+    return {"unbatched_per_s": one, "batched_per_s": batched, "ratio": batched / one}
 
 
 def latency_summary(latency: Latency) -> dict[str, Any]:
@@ -548,6 +568,7 @@ def report(
     settings: Settings,
     quick: bool,
     machine: dict[str, Any],
+    reference: dict[str, float] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
@@ -758,11 +779,25 @@ def report(
         "  ".join("-" * w for w in widths),
     ]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    if reference:
+        notes.append(
+            f"(c) reference: the method bodies alone in one process (1 BLAS thread, no serving): {reference['unbatched_per_s']:,.0f}/s "
+            f"one input at a time, {reference['batched_per_s']:,.0f}/s {BATCH_SIZE} at a time: compute alone gains "
+            f"{reference['ratio']:.1f}x from batching here"
+        )
     if notes:
         lines += ["", *(f"note: {n}" for n in notes)]
     lines.append("")
     lines += [f"{goal}: {figure} -> {result}" for goal, figure, result in goals]
-    data = {"machine": machine, "quick": quick, "settings": settings.__dict__, "ray": ray, "corral": corral, "goals": goal_data}
+    data = {
+        "machine": machine,
+        "quick": quick,
+        "settings": settings.__dict__,
+        "ray": ray,
+        "corral": corral,
+        "compute_reference": reference,
+        "goals": goal_data,
+    }
     return "\n".join(lines), data
 
 
@@ -815,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
             versions = ray.get("versions", {})
             machine.update({"ray": versions.get("ray"), "numpy_ray": versions.get("numpy"), "grpcio_ray": versions.get("grpcio")})
 
+    reference = compute_ceiling() if "c" in only else None
     machine["load_at_corral"] = load_average()
     root = Path(tempfile.mkdtemp(prefix="corral-serving-"))
     cluster = CorralUp(root)
@@ -830,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
-    text, data = report(ray, corral, keys, settings, args.quick, machine)
+    text, data = report(ray, corral, keys, settings, args.quick, machine, reference)
     print(text)
     print(f"\n(total benchmark time {time.perf_counter() - began:.0f} s)")
     if args.keep:
