@@ -31,12 +31,10 @@ c. Batching a vectorised numpy method, 256 concurrent asyncio callers for a fixe
    doing 32 at once gains only ~2-3x from compute alone; the run measures and prints that ceiling
    (`compute_ceiling`: the bodies alone in this process). One container/replica each (Corral `max_containers=1`;
    unbatched at max_inputs=1 against Ray at `max_ongoing_requests=1`). Corral batched is
-   `BatchedPredictor.with_batching(max_batch_size=32, wait_ms=5)` (its container admits
-   32 x (max_inputs 1 + 1) = 64 inputs: one batch runs while the next fills; the rest wait in the
-   control plane's queue); Ray batched is `@serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)`
-   with `max_ongoing_requests=256`: every caller's request is admitted to the replica (with 64, as
-   Corral, the rest wait in the handle's router, which retries a full replica with backoff; 256
-   measured a little faster for Ray here, so Ray gets it). Ray's unbatched figure
+   `BatchedPredictor.with_batching(max_batch_size=32, wait_ms=5).with_concurrency(max_inputs=256)`
+   (its container admits all 256 callers' inputs: one batch runs while the next fills); Ray batched
+   is `@serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)` with `max_ongoing_requests=256`:
+   the same admission on both sides. Ray's unbatched figure
    (`max_ongoing_requests=1`) is printed for reference. [Corral batched >= 10x Corral unbatched, and
    ahead of Ray's batched]
 d. Burst from zero: 200 concurrent calls of a method that sleeps 100 ms, on a service at zero
@@ -501,7 +499,8 @@ def bench_corral(cluster: CorralUp, keys: list[str], settings: Settings) -> dict
             return predictor_load(serving_apps.Predictor())
 
         def batched() -> dict[str, Any]:
-            return predictor_load(serving_apps.BatchedPredictor.with_batching(max_batch_size=BATCH_SIZE, wait_ms=BATCH_WAIT_MS)())
+            batched_cls = serving_apps.BatchedPredictor.with_batching(max_batch_size=BATCH_SIZE, wait_ms=BATCH_WAIT_MS)
+            return predictor_load(batched_cls.with_concurrency(max_inputs=BATCH_CALLERS)())
 
         def burst_from_zero() -> dict[str, Any]:
             samples = []

@@ -12,7 +12,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,6 @@ class Batcher:
         max_batch_size: int,
         wait_ms: int,
         loop: asyncio.AbstractEventLoop,
-        concurrent_batches: int = 1,
     ) -> None:
         self.function = function
         self.name = getattr(function, "__name__", "method")
@@ -52,8 +51,6 @@ class Batcher:
         self._first_at = 0.0
         self._cond = threading.Condition()
         self._closed = False
-        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrent_batches), thread_name_prefix="corral-batch")
-        self._running = threading.Semaphore(max(1, concurrent_batches))
         self._thread = threading.Thread(target=self._collect, name="corral-batcher", daemon=True)
         self._thread.start()
 
@@ -80,8 +77,7 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(timeout=5)
-        self._pool.shutdown(wait=True)
+        self._thread.join(timeout=60)
 
     def _collect(self) -> None:
         while True:
@@ -99,14 +95,8 @@ class Batcher:
                 del self._pending[: self.max_batch_size]
                 if self._pending:
                     self._first_at = time.monotonic()
-            self._running.acquire()  # at most `concurrent_batches` batches run at once
-            self._pool.submit(self._run, batch)
-
-    def _run(self, batch: list[_Pending]) -> None:
-        try:
+            # One batch at a time, on this thread; the next one fills meanwhile.
             self._deliver(batch, self._call(batch))
-        finally:
-            self._running.release()
 
     def _call(self, batch: list[_Pending]) -> list[Any] | common_pb2.Result:
         columns = {name: [p.arguments[name] for p in batch] for name in self._parameters}

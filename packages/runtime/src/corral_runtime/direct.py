@@ -150,11 +150,29 @@ class DirectServer:
             connection.send(W.DirectResponse(rejected=W.DirectRejected(input_id=inp.input_id, reason=W.DIRECT_REJECT_REASON_BUSY)))
             return
         self.running[inp.input_id] = RunningInput(inp.input_id, inp.method, time.monotonic() + self.timeout_s, connection)
+        batcher = self.runner.batcher
+        if batcher is not None:
+            # The batcher's thread answers when the batch is done; this thread goes back to reading,
+            # so a batch of N costs no N thread wake-ups.
+            future = batcher.submit(inp)
+            future.add_done_callback(lambda done: self._finish(connection, inp.input_id, done.result()))
+            return
         try:
             result = self.runner.run_in_thread(inp)
-        finally:
-            self.gate.release()
-            self.running.pop(inp.input_id, None)
-            with self._lock:  # `+=` from many threads could lose counts
-                self.served += 1
-        connection.send(W.DirectResponse(output=W.Output(input_id=inp.input_id, result=result)), inp.input_id)
+        except BaseException:
+            self._release(inp.input_id)
+            raise
+        self._finish(connection, inp.input_id, result)
+
+    def _release(self, input_id: str) -> None:
+        self.gate.release()
+        self.running.pop(input_id, None)
+        with self._lock:  # `+=` from many threads could lose counts
+            self.served += 1
+
+    def _finish(self, connection: _Connection, input_id: str, result: common_pb2.Result) -> None:
+        self._release(input_id)
+        try:
+            connection.send(W.DirectResponse(output=W.Output(input_id=input_id, result=result)), input_id)
+        except OSError:
+            pass  # the caller went away; its connection thread notices and closes

@@ -114,6 +114,11 @@ def batching_config(init: worker_pb2.ContainerInit) -> tuple[str, common_pb2.Bat
     return None
 
 
+def batched_capacity(max_inputs: int, max_batch_size: int) -> int:
+    """Inputs a batched container holds at once (running and waiting for the next batch)."""
+    return max(max_inputs, 2 * max_batch_size)
+
+
 class Worker:
     LOAD_REPORT_S = 0.05
     WATCHDOG_S = 0.2
@@ -221,10 +226,10 @@ class Worker:
         batched = batching_config(init)
         if batched is not None:
             name, config = batched
-            self.batcher = Batcher(getattr(self.instance, name), config.max_batch_size, config.wait_ms, loop, max_inputs)
-            # `max_inputs` batches run at once while one more fills.
-            capacity = config.max_batch_size * (max_inputs + 1)
-        self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="corral-input")
+            self.batcher = Batcher(getattr(self.instance, name), config.max_batch_size, config.wait_ms, loop)
+            # One batch runs while the next fills; `max_inputs` may let the container hold more.
+            capacity = batched_capacity(max_inputs, config.max_batch_size)
+        self._executor = ThreadPoolExecutor(max_workers=min(capacity, 256), thread_name_prefix="corral-input")
         self.gate = SlotGate(capacity, loop)
         callable_methods = {name for name, info in self.definition.methods.items() if not info.is_asgi_app}
         self.runner = InputRunner(self.instance, callable_methods, loop, self._executor, self.batcher)

@@ -101,7 +101,10 @@ class Container:
 
     @property
     def free_slots(self) -> int:
-        return self.slots - self.load if self.state == ContainerState.READY else 0
+        """Slots the control plane may push into. Direct inputs are not subtracted: a pushed input
+        that finds the container busy waits there in order, and while it waits the container turns
+        direct callers away (they queue here), so a backlog drains first come, first served."""
+        return self.slots - len(self.running) if self.state == ContainerState.READY else 0
 
     def send(self, message: worker_pb2.WorkerSessionResponse) -> None:
         if self.outbox is not None:
@@ -165,7 +168,7 @@ class Service:
         """Inputs per container the autoscaler aims at; a batched container aims at full batches."""
         target = self.options.concurrency.target_inputs or 1
         batching = self.batching
-        return target * batching.max_batch_size if batching is not None else target
+        return max(target, batching.max_batch_size) if batching is not None else target
 
     @property
     def direct_enabled(self) -> bool:
