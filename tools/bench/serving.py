@@ -46,6 +46,15 @@ d. Burst from zero: 200 concurrent calls of a method that sleeps 100 ms, on a se
    handicapped by its defaults (a 30 s upscale delay, 10 s metric pushes), `upscale_delay_s=0`,
    `metrics_interval_s=0.1`, `look_back_period_s=0.5` and
    RAY_SERVE_{HANDLE,REPLICA}_AUTOSCALING_METRIC_PUSH_INTERVAL_S=0.1. [Corral < Ray]
+e. HTTP: a trivial GET endpoint answering {"x": x} for a query parameter x, Corral's web gateway
+   (`WebEcho`, `@corral.web_endpoint(method="GET")`, `@corral.concurrent(max_inputs=64)`,
+   `max_containers=1`) against Ray Serve's HTTP proxy (a deployment at route /echo, 1 replica,
+   `max_ongoing_requests=64`; serving_ray.py restarts Serve with its proxy on a free port after (a)-(d)
+   and waits while this process measures). One load generator for both (`measure_http`, httpx, run in
+   this process): p50/p99 of sequential requests over one keep-alive client (counts of (a)), then 64
+   asyncio tasks sharing one AsyncClient for the time of (b). Its CPU per request is printed: with 64
+   connections httpx costs several ms per request on this machine, so it bounds both throughputs.
+   [Corral p50 < Ray, Corral requests/s > Ray]
 
 Fairness: the method bodies are the same functions (defined in this file, imported by
 serving_apps.py and serving_ray.py); the same machine, callers, concurrency limits and measuring code
@@ -93,8 +102,9 @@ RAY_REQUIREMENTS = (f"ray[serve]=={RAY_VERSION}", f"numpy=={NUMPY_VERSION}")
 CORRAL_NUMPY_DIR = CACHE / f"corral-numpy-{NUMPY_VERSION}"
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-MEASURES = ("a", "b", "c", "d")
+MEASURES = ("a", "b", "c", "d", "e")
 LOAD_CALLERS = 64  # (b)
+HTTP_CALLERS = 64  # (e): concurrent requests, and the concurrency limit of the container/replica
 BATCH_CALLERS = 256  # (c)
 BATCH_SIZE = 32
 BATCH_WAIT_MS = 5
@@ -110,6 +120,8 @@ GOAL_B_MIN_RATIO = 5.0  # Corral / Ray calls per second
 GOAL_C_MIN_SPEEDUP = 10.0  # Corral batched / Corral unbatched
 GOAL_C_MIN_RATIO = 1.0  # Corral batched / Ray batched, strictly above
 GOAL_D_MAX_RATIO = 1.0  # Corral burst time / Ray burst time, strictly below
+GOAL_E_MAX_P50_RATIO = 1.0  # Corral HTTP p50 / Ray HTTP p50, strictly below
+GOAL_E_MIN_RATIO = 1.0  # Corral / Ray HTTP requests per second, strictly above
 
 
 @dataclass(frozen=True)
@@ -157,6 +169,11 @@ def predict_many(weights: Any, xs: list[Any]) -> list[float]:
 def sleep_then_return(x: Any) -> Any:
     time.sleep(SLEEP_S)
     return x
+
+
+def echo_json(x: str) -> dict[str, str]:
+    """(e)'s GET endpoint: the query parameter x, answered as JSON."""
+    return {"x": x}
 
 
 # Measuring (shared with serving_ray.py) ------------------------------------------------------------
@@ -241,6 +258,60 @@ async def burst(
         stop.set()
         await asyncio.to_thread(poller.join)
     return BurstResult(max(answered), Latency(list(answered)), ready)
+
+
+def _check_echo(response: Any, x: str) -> None:
+    if response.status_code != 200 or response.json() != {"x": x}:
+        raise AssertionError(f"GET {response.url} answered {response.status_code}: {response.text[:200]!r}")
+
+
+def measure_http(url: str, settings: Settings) -> dict[str, Any]:
+    """(e), the one HTTP load generator for both sides, run in serving.py's process against Corral's
+    gateway and Ray Serve's proxy alike: `GET url?x=...`, each answer checked to be {"x": x}.
+    Latency: sequential requests over one keep-alive httpx.Client (as (a)). Throughput: HTTP_CALLERS
+    asyncio tasks sharing one httpx.AsyncClient (a pool of up to HTTP_CALLERS keep-alive connections),
+    each requesting back to back (`measure_load`, as (b)). Also records this process's CPU time per
+    request (the generator's own cost, the same for both sides)."""
+    import httpx
+
+    with httpx.Client(timeout=60) as client:
+
+        def call() -> None:
+            _check_echo(client.get(url, params={"x": "hello"}), "hello")
+
+        cpu = time.process_time()
+        latency = measure_latency(call, settings.latency_calls, settings.latency_warmup)
+        latency_cpu = (time.process_time() - cpu) / (settings.latency_calls + settings.latency_warmup)
+
+    requests = 0
+
+    async def load() -> Throughput:
+        limits = httpx.Limits(max_connections=HTTP_CALLERS, max_keepalive_connections=HTTP_CALLERS)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as aclient:
+
+            async def call(index: int) -> None:
+                nonlocal requests
+                x = str(index)
+                _check_echo(await aclient.get(url, params={"x": x}), x)
+                requests += 1
+
+            await call(0)
+            await closed_loop(call, HTTP_CALLERS, settings.load_warmup_s)  # opens the connections
+            return await closed_loop(call, HTTP_CALLERS, settings.load_s)
+
+    cpu = time.process_time()
+    throughput = asyncio.run(load())
+    return {
+        "url": url,
+        **latency_summary(latency),
+        "load_calls": throughput.calls,
+        "load_seconds": throughput.seconds,
+        "calls_per_s": throughput.per_s,
+        "load_p50_s": throughput.latency.p50,
+        "load_p99_s": throughput.latency.p99,
+        "client_cpu_per_call_s": latency_cpu,
+        "client_cpu_per_load_call_s": (time.process_time() - cpu) / max(1, requests),  # warm-up included
+    }
 
 
 def check_predictions(results: list[float], xs: list[Any]) -> None:
@@ -388,6 +459,7 @@ def ensure_corral_numpy() -> str:
 
 
 PROBE_TIMEOUT_WARNING = "Failed to get queue length"  # Ray's handle router, when a replica answers its probe late
+HTTP_READY = "SERVING_HTTP_URL "  # serving_ray.py's line for (e): Serve's proxy serves the route at this URL
 
 
 class RayOutputRelay(threading.Thread):
@@ -398,10 +470,22 @@ class RayOutputRelay(threading.Thread):
         super().__init__(name="ray-output", daemon=True)
         self.stream = stream
         self.probe_timeouts: dict[str, int] = {}
+        self.http_url: str | None = None
+        self.http_ready = threading.Event()  # set when (e)'s URL is known, or the output has ended
 
     def run(self) -> None:
+        try:
+            self._relay()
+        finally:
+            self.http_ready.set()
+
+    def _relay(self) -> None:
         measure = "setup"
         for line in self.stream:
+            if line.startswith(HTTP_READY):
+                self.http_url = line[len(HTTP_READY) :].strip()
+                self.http_ready.set()
+                continue
             if line.startswith("[ray] ") and ": " in line and " " not in line[6 : line.index(": ")]:
                 measure = line[6 : line.index(": ")]
             if PROBE_TIMEOUT_WARNING in line:
@@ -412,17 +496,43 @@ class RayOutputRelay(threading.Thread):
             sys.stderr.write(line)
 
 
-def run_ray_side(python: Path, keys: list[str], quick: bool, keep_logs: bool) -> dict[str, Any]:
+def run_ray_side(python: Path, keys: list[str], quick: bool, keep_logs: bool, settings: Settings) -> dict[str, Any]:
+    """Runs serving_ray.py. For (e) it serves an HTTP route and waits; this process then drives the load
+    (`measure_http`, the generator the Corral side uses too) and tells it to go on by a line on stdin."""
     out = Path(tempfile.mkdtemp(prefix="serving-ray-")) / "ray.json"
     command = [str(python), str(HERE / "serving_ray.py"), "--out", str(out), "--only", ",".join(keys)]
     command += ["--quick"] if quick else []
     command += ["--keep-logs"] if keep_logs else []
     process = subprocess.Popen(
-        command, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        command,
+        cwd=str(REPO),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     relay = RayOutputRelay(process.stdout)
     relay.start()
+    http: dict[str, Any] | None = None
     try:
+        if "e" in keys:
+            relay.http_ready.wait(timeout=1800)
+            if relay.http_url:
+                http = {}
+                guarded(
+                    http,
+                    "e",
+                    "ray",
+                    f"HTTP GET through Serve's proxy ({relay.http_url}), sequential, then {HTTP_CALLERS} concurrent",
+                    lambda: measure_http(relay.http_url or "", settings),
+                )
+        assert process.stdin is not None
+        try:
+            process.stdin.write("done\n")
+            process.stdin.close()
+        except OSError:
+            pass  # it has exited already
         code = process.wait(timeout=1800)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, 9)
@@ -442,6 +552,8 @@ def run_ray_side(python: Path, keys: list[str], quick: bool, keep_logs: bool) ->
         shutil.rmtree(out.parent, ignore_errors=True)
     if code != 0:
         data.setdefault("error", f"the Ray side exited with code {code}")
+    if http is not None:
+        data["e"] = http["e"]
     data["router_probe_timeouts"] = relay.probe_timeouts
     return data
 
@@ -523,6 +635,10 @@ def bench_corral(cluster: CorralUp, keys: list[str], settings: Settings) -> dict
                     time.sleep(0.2)
             return burst_summary(samples)
 
+        def http() -> dict[str, Any]:
+            url = app.running.web_urls["WebEcho.echo"]
+            return measure_http(url, settings)
+
         measures = {
             "a": ("warm latency, sequential .remote()", warm_latency),
             "b": (f"throughput, {LOAD_CALLERS} async callers, max_inputs={LOAD_CALLERS}", load),
@@ -532,6 +648,7 @@ def bench_corral(cluster: CorralUp, keys: list[str], settings: Settings) -> dict
                 f"burst of {settings.burst_calls} x {SLEEP_S * 1000:.0f} ms from zero, max {BURST_MAX_CONTAINERS}",
                 burst_from_zero,
             ),
+            "e": (f"HTTP GET through the gateway, sequential, then {HTTP_CALLERS} concurrent", http),
         }
         for key in keys:
             label, measure = measures[key]
@@ -745,6 +862,56 @@ def report(
         )
         goals.append(("goal d: burst from zero answered sooner than Ray Serve", x(rd), result))
         goal_data["d"] = result
+    if "e" in keys:
+        r50, r99, rt = ratio("e", "p50_s"), ratio("e", "p99_s"), ratio("e", "calls_per_s")
+        fast = verdict(r50, lambda v: v < GOAL_E_MAX_P50_RATIO)
+        more = verdict(rt, lambda v: v > GOAL_E_MIN_RATIO)
+        rows.append(
+            (
+                "(e) HTTP GET latency p50, sequential, 1 keep-alive connection",
+                cell(ray, "e", "p50_s", ms),
+                cell(corral, "e", "p50_s", ms),
+                x(r50),
+                f"< {GOAL_E_MAX_P50_RATIO:g}x",
+                fast,
+            )
+        )
+        rows.append(("(e) HTTP GET latency p99", cell(ray, "e", "p99_s", ms), cell(corral, "e", "p99_s", ms), x(r99), "", ""))
+        rows.append(
+            (
+                f"(e) HTTP throughput, {HTTP_CALLERS} concurrent requests, 1 replica/container",
+                cell(ray, "e", "calls_per_s", per_s),
+                cell(corral, "e", "calls_per_s", per_s),
+                x(rt),
+                f"> {GOAL_E_MIN_RATIO:g}x",
+                more,
+            )
+        )
+        rows.append(
+            (
+                "  latency p50 / p99 under that load",
+                f"{cell(ray, 'e', 'load_p50_s', ms)} / {cell(ray, 'e', 'load_p99_s', ms)}",
+                f"{cell(corral, 'e', 'load_p50_s', ms)} / {cell(corral, 'e', 'load_p99_s', ms)}",
+                "",
+                "",
+                "",
+            )
+        )
+        us = lambda v: f"{v * 1e6:.0f} us"  # noqa: E731
+        rows.append(
+            (
+                "  load generator CPU per request, sequential / concurrent",
+                f"{cell(ray, 'e', 'client_cpu_per_call_s', us)} / {cell(ray, 'e', 'client_cpu_per_load_call_s', us)}",
+                f"{cell(corral, 'e', 'client_cpu_per_call_s', us)} / {cell(corral, 'e', 'client_cpu_per_load_call_s', us)}",
+                "",
+                "",
+                "",
+            )
+        )
+        goals.append(("goal e: HTTP GET p50 below Ray Serve's proxy", x(r50), fast))
+        goals.append((f"goal e: HTTP throughput with {HTTP_CALLERS} concurrent requests above Ray Serve's", x(rt), more))
+        goal_data["e_p50"] = fast
+        goal_data["e_throughput"] = more
 
     if ray and (timeouts := ray.get("router_probe_timeouts")):
         counts = ", ".join(f"{count} in {key}" for key, count in timeouts.items())
@@ -772,7 +939,8 @@ def report(
         + (f"{machine['load_at_ray']:.2f} when the Ray side started, " if machine.get("load_at_ray") is not None else "")
         + f"{machine['load_at_corral']:.2f} when the Corral side started",
         f"settings: (a) {settings.latency_calls} sequential calls after {settings.latency_warmup}; (b, c) {settings.load_s:g} s "
-        f"after {settings.load_warmup_s:g} s warm-up; (d) {settings.burst_samples} burst(s) of {settings.burst_calls} calls",
+        f"after {settings.load_warmup_s:g} s warm-up; (d) {settings.burst_samples} burst(s) of {settings.burst_calls} calls; "
+        f"(e) as (a) and (b), over HTTP with httpx {machine.get('httpx') or 'n/a'}",
         "",
         "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
         "  ".join("-" * w for w in widths),
@@ -800,6 +968,14 @@ def report(
     return "\n".join(lines), data
 
 
+def httpx_version() -> str | None:
+    try:
+        import httpx
+    except ImportError:
+        return None
+    return str(httpx.__version__)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -814,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, for smoke runs")
     parser.add_argument("--skip-ray", action="store_true", help="Corral only; ratios shown as n/a")
-    parser.add_argument("--only", default=",".join(MEASURES), help="measures to run, e.g. a,c (default: a,b,c,d)")
+    parser.add_argument("--only", default=",".join(MEASURES), help="measures to run, e.g. a,c (default: a,b,c,d,e)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary CORRAL_HOME, the corral up log and Ray's logs")
     args = parser.parse_args(argv)
@@ -830,6 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_model(),
         "python": platform.python_version(),
         "grpcio": grpc_version(),
+        "httpx": httpx_version(),
         "load_at_start": load_average(),
     }
     if machine["load_at_start"] > 0.5:
@@ -845,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
         python = ensure_ray_venv()
         if python is not None:
             machine["load_at_ray"] = load_average()
-            ray = run_ray_side(python, keys, args.quick, args.keep)
+            ray = run_ray_side(python, keys, args.quick, args.keep, settings)
             versions = ray.get("versions", {})
             machine.update({"ray": versions.get("ray"), "numpy_ray": versions.get("numpy"), "grpcio_ray": versions.get("grpcio")})
 

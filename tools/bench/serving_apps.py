@@ -5,7 +5,7 @@ class reserves a tiny CPU share (`cpu=0.01`) so that all of the benchmark's cont
 2-core node at once; reservations only steer placement, they do not change how fast a container runs.
 """
 
-from serving import BURST_MAX_CONTAINERS, make_weights, predict_many, predict_one, sleep_then_return
+from serving import BURST_MAX_CONTAINERS, HTTP_CALLERS, echo_json, make_weights, predict_many, predict_one, sleep_then_return
 
 import corral
 
@@ -57,3 +57,15 @@ class Sleeper:
     @corral.method()
     def sleep(self, x):
         return sleep_then_return(x)
+
+
+@app.cls(cpu=0.01, max_containers=1)
+@corral.concurrent(max_inputs=HTTP_CALLERS)
+class WebEcho:
+    """(e) a trivial GET endpoint through the control plane's HTTP gateway: `GET .../WebEcho-echo?x=...`
+    answers {"x": x}. One container admitting HTTP_CALLERS requests at once (Ray: max_ongoing_requests)."""
+
+    @corral.method()
+    @corral.web_endpoint(method="GET")
+    def echo(self, x: str) -> dict[str, str]:
+        return echo_json(x)

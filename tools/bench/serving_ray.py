@@ -1,13 +1,17 @@
 """The Ray Serve side of the serving benchmark (tools/bench/serving.py), run with the benchmark's Ray venv.
 
-    .bench-cache/ray-venv/bin/python tools/bench/serving_ray.py --out ray.json [--quick] [--only a,b,c_unbatched,c_batched,d]
+    .bench-cache/ray-venv/bin/python tools/bench/serving_ray.py --out ray.json [--quick] [--only a,b,c_unbatched,c_batched,d,e]
 
 serving.py makes that venv and runs this script; it can also be run alone as above. It starts a local
-Ray cluster (`ray.init(num_cpus=2, include_dashboard=False)`, Serve with HTTP proxies disabled: the
-benchmark calls through deployment handles only), measures what serving.py measures for Corral with
-the same workload functions and measuring code (both imported from serving.py), and writes the
-figures as JSON to --out (and prints them). The deployments' settings, and why, are in serving.py's
-docstring.
+Ray cluster (`ray.init(num_cpus=2, include_dashboard=False)`, Serve with HTTP proxies disabled: (a)-(d)
+call through deployment handles), measures what serving.py measures for Corral with the same
+workload functions and measuring code (both imported from serving.py), and writes the figures as
+JSON to --out (and prints them). The deployments' settings, and why, are in serving.py's docstring.
+
+(e) is measured by serving.py's process, with the HTTP load generator the Corral side uses: after the
+other measures this script restarts Serve with its HTTP proxy on a free port of 127.0.0.1, deploys
+`WebEcho` at route /echo, prints `SERVING_HTTP_URL <url>` once the route answers, and waits for a line
+(or end of file) on stdin before it deletes the application and shuts Ray down.
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ import os
 import shutil
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-from call_latency import Throughput, load_average, measure_latency
+from call_latency import Throughput, free_port, load_average, measure_latency
 from serving import (
     BATCH_CALLERS,
     BATCH_SIZE,
     BATCH_WAIT_MS,
     BURST_MAX_CONTAINERS,
     FULL,
+    HTTP_CALLERS,
+    HTTP_READY,
     LOAD_CALLERS,
     QUICK,
     RAY_BATCHED_MAX_ONGOING,
@@ -39,6 +46,7 @@ from serving import (
     burst,
     burst_summary,
     check_predictions,
+    echo_json,
     guarded,
     latency_summary,
     make_inputs,
@@ -52,7 +60,7 @@ from serving import (
 )
 
 HERE = Path(__file__).resolve().parent
-KEYS = ("a", "b", "c_unbatched", "c_batched", "d")
+KEYS = ("a", "b", "c_unbatched", "c_batched", "d", "e")
 
 # Read by Ray Serve when it is imported, so set before `import ray`; inherited by the raylet and so by
 # every replica. The metric pushes are what a burst from zero waits on (10 s by default).
@@ -113,6 +121,15 @@ class BatchedPredictor:
 class Sleeper:
     def sleep(self, x):
         return sleep_then_return(x)
+
+
+@serve.deployment(ray_actor_options=NO_CPU, logging_config=QUIET, max_ongoing_requests=HTTP_CALLERS)
+class WebEcho:
+    """(e) a trivial GET route behind Serve's HTTP proxy: `GET /echo?x=...` answers {"x": x} (a dict
+    is answered as JSON). A sync method, so it runs on the replica's thread pool as Corral's does."""
+
+    def __call__(self, request: Any) -> dict[str, str]:
+        return echo_json(request.query_params["x"])
 
 
 def running_replicas(app_name: str, deployment: str) -> int:
@@ -191,6 +208,42 @@ def bench_ray(keys: list[str], settings: Settings) -> dict[str, Any]:
     return results
 
 
+def serve_http(settings: Settings) -> dict[str, Any]:
+    """(e): Serve with its HTTP proxy (started here; the caller has shut down any earlier Serve
+    instance) and WebEcho at /echo; serving.py drives the load, then writes a line on our stdin."""
+    results: dict[str, Any] = {}
+
+    def serve_and_wait() -> dict[str, Any]:
+        port = free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port}, logging_config=QUIET)
+        serve.run(WebEcho.bind(), name="e", route_prefix="/echo")
+        url = f"http://127.0.0.1:{port}/echo"
+        deadline = time.monotonic() + 120
+        while True:  # the proxy learns the route a moment after serve.run returns
+            try:
+                with urllib.request.urlopen(f"{url}?x=ready", timeout=10) as response:
+                    if json.loads(response.read()) == {"x": "ready"}:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Serve's proxy did not answer {url} within 120 s")
+            time.sleep(0.2)
+        print(HTTP_READY + url, flush=True)
+        sys.stdin.readline()  # serving.py has measured
+        serve.delete("e")
+        return {"url": url}
+
+    guarded(
+        results,
+        "e",
+        "ray",
+        f"HTTP proxy with WebEcho (max_ongoing_requests={HTTP_CALLERS}); serving.py drives the load",
+        serve_and_wait,
+    )
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -218,9 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 * 1024)
     try:
-        serve.start(proxy_location="Disabled", logging_config=QUIET)
-        data["start_s"] = time.perf_counter() - began
-        data.update(bench_ray(keys, settings))
+        handle_keys = [k for k in keys if k != "e"]
+        if handle_keys:
+            serve.start(proxy_location="Disabled", logging_config=QUIET)
+            data["start_s"] = time.perf_counter() - began
+            data.update(bench_ray(handle_keys, settings))
+        if "e" in keys:
+            if handle_keys:
+                serve.shutdown()  # (e) needs the HTTP proxy, which (a)-(d) run without
+            data.update(serve_http(settings))
     except Exception as exc:  # noqa: BLE001 - the parent reports it
         data["error"] = f"{type(exc).__name__}: {exc}"
     finally:
