@@ -244,7 +244,9 @@ class HttpGateway:
 async def start_gateway(plane: ControlPlane, host: str, port: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> HttpGateway:
     """Serve web endpoints on host:port (0 picks a free port) and record the URL on the plane."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so. Without it a response's
+    # body write waits for the client's delayed ACK (~40 ms on every keep-alive request).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
