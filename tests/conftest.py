@@ -81,11 +81,12 @@ class Cluster:
         return subprocess.run([sys.executable, *args], env=self.env(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def start_cluster(home: Path, port: int | None = None) -> Cluster:
+def start_cluster(home: Path, port: int | None = None, extra_env: dict[str, str] | None = None) -> Cluster:
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
     log_path = home.parent / f"{home.name}-corral-up.log"
     env = dict(os.environ, CORRAL_HOME=str(home), PYTHONPATH=os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]))
+    env.update(extra_env or {})
     env.pop("CORRAL_SERVER_URL", None)
     env.pop("CORRAL_TOKEN", None)
     log = open(log_path, "a")

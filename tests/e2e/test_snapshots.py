@@ -1,5 +1,7 @@
-"""Memory snapshots with the real CRIU: taken once, restored side by side, secrets kept out of the
-image, fallback to a cold start when an image is corrupt, a new image when the code changes.
+"""Memory snapshots with the real CRIU: taken once, restored side by side (with lazy pages where the
+kernel has them, their daemons gone with the containers), secrets kept out of the image, fallback to
+an eager restore when a lazy one fails and to a cold start when an image is corrupt, a new image when
+the code changes.
 
 Needs root and a working criu (tools/install-criu); skips otherwise, except under CI (the CI
 variable set), where that is a failure. Assertions are on behaviour and counts, never on timings.
@@ -17,7 +19,7 @@ import pytest
 
 import corral
 import snapshot_app
-from conftest import Cluster, read_events, wait_for
+from conftest import Cluster, read_events, start_cluster, wait_for
 from corral_protocol.v1 import control_pb2
 from corral_runtime import criu
 from e2e_helpers import client_for, containers
@@ -49,6 +51,24 @@ def image_dirs(cluster: Cluster, app_id: str) -> list[Path]:
 def snapshots(client: corral.Client, app_name: str) -> list[control_pb2.SnapshotInfo]:
     listed = client.call(client.stub.ListSnapshots, control_pb2.ListSnapshotsRequest()).snapshots
     return [s for s in listed if s.app_name == app_name]
+
+
+def lazy_pages_here() -> bool:
+    path = criu.find_criu()
+    return path is not None and criu.lazy_pages_supported(path)[0]
+
+
+def lazy_daemons(cluster: Cluster) -> list[int]:
+    """Pids of `criu lazy-pages` daemons serving this cluster's images."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"lazy-pages" in argv and any(str(cluster.home).encode() in arg for arg in argv):
+            found.append(int(proc.name))
+    return found
 
 
 def lines(events: Path, kind: str) -> list[str]:
@@ -89,6 +109,9 @@ def test_snapshot_taken_once_and_restored_side_by_side(cluster: Cluster, events:
         assert len(lines(events, "enter")) == 1 + len(restored)
         # Each restored copy reseeded its random generator.
         assert len({r["random"] for r in results}) == len(results)
+        if lazy_pages_here():  # the default: restores fault their pages in through a lazy-pages daemon
+            assert ", lazy pages)" in cluster.logs()
+            assert "restoring it eagerly instead" not in cluster.logs()
 
         [listed] = snapshots(client, "snapshots")
         assert listed.image.class_name == "Snappy" and not listed.broken
@@ -99,8 +122,40 @@ def test_snapshot_taken_once_and_restored_side_by_side(cluster: Cluster, events:
         contents = b"".join(f.read_bytes() for f in image.iterdir() if f.is_file())
         assert f"{snapshot_app.STATE_MARKER}-built".encode() in contents
         assert secret_value.encode() not in contents
-    # Stopping the ephemeral app deletes its images.
+    # Stopping the ephemeral app deletes its images; no lazy-pages daemon outlives its container.
     wait_for(lambda: not image_dirs(cluster, app_id), message="images deleted with their app")
+    wait_for(lambda: not containers(client, "snapshots", "Snappy"), message="the app's containers gone")
+    wait_for(lambda: not lazy_daemons(cluster), message="no criu lazy-pages daemon left behind")
+
+
+def test_failed_lazy_restore_falls_back_to_an_eager_one(tmp_path: Path, events: Path) -> None:
+    """A `criu lazy-pages` that cannot start (here a wrapper fails it) costs the lazy path only:
+    the container is restored eagerly from the same image, and no call fails."""
+    if not lazy_pages_here():
+        pytest.skip("this kernel or criu has no lazy pages")
+    real = criu.find_criu()
+    wrapper = tmp_path / "bin" / "criu"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\n[ "$1" = lazy-pages ] && {{ echo "Error (test): lazy pages disabled" >&2; exit 1; }}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    cluster = start_cluster(tmp_path / "home", extra_env={"PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}",
+                                                          "CORRAL_SNAPSHOT_LAZY_PAGES": "on"})
+    try:
+        created = cluster.corral("secret", "create", snapshot_app.SECRET_NAME, "SNAP_TEST_SECRET=x")
+        assert created.returncode == 0, created.stderr
+        client = client_for(cluster)
+        with snapshot_app.app.run(client=client):
+            snappy = snapshot_app.Snappy(events=str(events))
+            first = snappy.describe.remote()
+            results = burst(snappy, 2, hold_s=2.0)
+            assert all(r["table"] == 50_000 and r["loaded_in"] == first["container"] for r in results)
+            restored = [c for c in containers(client, "snapshots", "Snappy") if c.restored_from_snapshot]
+            assert restored, results
+            logs = cluster.logs()
+            assert "restoring it eagerly instead" in logs and "starting cold instead" not in logs, logs[-3000:]
+            assert len(lines(events, "snap")) == 1  # nothing started cold
+    finally:
+        cluster.stop()
 
 
 def test_corrupt_image_falls_back_to_a_cold_start(cluster: Cluster, events: Path, secret_value: str) -> None:

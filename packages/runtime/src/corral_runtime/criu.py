@@ -107,3 +107,30 @@ def detect(criu: str | None = None, *, is_root: bool | None = None) -> CriuSuppo
         return CriuSupport(False, f"cannot run {path} check: {err}", version, path)
     passed, reason = parse_check(checked.returncode, checked.stdout + checked.stderr)
     return CriuSupport(passed, reason, version, path)
+
+
+def lazy_pages_supported(criu: str) -> tuple[bool, str]:
+    """(supported, reason): can `criu restore --lazy-pages` with a `criu lazy-pages` daemon work
+    here? It needs non-cooperative userfaultfd (fork, mremap and unmap events), which
+    `criu check --feature uffd-noncoop` tests on this kernel."""
+    try:
+        checked = _run([criu, "check", "--feature", "uffd-noncoop"])
+    except (OSError, subprocess.SubprocessError) as err:
+        return False, f"cannot run {criu} check: {err}"
+    output = (checked.stdout + checked.stderr).strip()
+    if checked.returncode == 0 and "is supported" in output:
+        return True, ""
+    return False, f"criu check --feature uffd-noncoop: {output.splitlines()[-1] if output else f'exit status {checked.returncode}'}"
+
+
+LAZY_PAGES_SETTINGS = ("auto", "on", "off")
+
+
+def parse_lazy_pages_setting(value: str | None) -> str:
+    """The node's lazy-pages switch: auto (the default), on or off; 1/true/yes and 0/false/no too."""
+    text = (value or "auto").strip().lower()
+    aliases = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off", "": "auto"}
+    text = aliases.get(text, text)
+    if text not in LAZY_PAGES_SETTINGS:
+        raise ValueError(f"lazy pages must be one of auto, on, off (not {value!r})")
+    return text

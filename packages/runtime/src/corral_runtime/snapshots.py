@@ -34,6 +34,9 @@ DUMP_TIMEOUT_S = 300.0
 RESTORE_TIMEOUT_S = 60.0
 RESTORE_LOG = "criu-restore.log"
 PIDFILE = "criu-restore.pid"
+# Lazy restores: the `criu lazy-pages` daemon's log, and the socket it listens on in the work dir.
+LAZY_PAGES_LOG = "criu-lazy-pages.log"
+LAZY_PAGES_SOCKET = "lazy-pages.socket"
 GPU_CHECKPOINT_MIN_DRIVER = 570
 
 
@@ -201,14 +204,25 @@ class SnapshotStore:
             if actual != size:
                 raise CriuError(f"the image's {name} has {actual} bytes, {size} when it was dumped")
 
-    def restore_argv(self, image: Image, workdir: Path, stdio_fds: tuple[int, int, int]) -> list[str]:
+    def restore_argv(self, image: Image, workdir: Path, stdio_fds: tuple[int, int, int], *, lazy: bool = False) -> list[str]:
         """`criu restore` of `image`, its stdio connected to `stdio_fds` (stdin's read end, stdout's
         and stderr's write ends), without --shell-job; its log and pidfile go to `workdir`. criu stays
-        the restored tree's parent and exits when it does."""
+        the restored tree's parent and exits when it does. `lazy`: anonymous memory is left empty,
+        registered with userfaultfd and handed to the `lazy_pages_argv` daemon of the same `workdir`."""
         argv = [self.criu, "restore", "-D", str(image.path), "-W", str(workdir), "-o", RESTORE_LOG, "--pidfile", PIDFILE]
+        if lazy:
+            argv.append("--lazy-pages")
         for fd, inode in zip(stdio_fds, image.meta["stdio"]):  # type: ignore[call-overload]
             argv += ["--inherit-fd", f"fd[{fd}]:{inode}"]
         return argv
+
+    def lazy_pages_argv(self, image: Image, workdir: Path, status_fd: int) -> list[str]:
+        """`criu lazy-pages`: serves `image`'s pages to the lazy restore run with the same `workdir`
+        (it listens on `workdir`/lazy-pages.socket), on page faults and in the background, then exits
+        once every page arrived or the restored tree is gone. It writes one byte on `status_fd` when
+        it is listening."""
+        return [self.criu, "lazy-pages", "-D", str(image.path), "-W", str(workdir), "-o", LAZY_PAGES_LOG,
+                "--status-fd", str(status_fd)]
 
     def count_restore(self, snapshot_key: str) -> None:
         self.restores[snapshot_key] = self.restores.get(snapshot_key, 0) + 1
