@@ -18,6 +18,8 @@ times `.remote()` from the call to its result:
    forks a child per sample; the time from the request to the child's answer.
 
 The node's own restore time (criu restore, from its log) is reported against the image size.
+Restores use CRIU lazy pages where the node supports them; CORRAL_SNAPSHOT_LAZY_PAGES=off measures
+eager restores (every page copied before the worker runs).
 Goals: restored >= 10x faster than cold; restore <= 1.2 s per GB of image + 100 ms.
 """
 
@@ -211,6 +213,9 @@ def main() -> None:
     print(f"fork-server baseline        {summary(fork)}")
     print(f"node restore (criu), 1      {summary(restore_s)}")
     print(f"node restore (criu), 4      {summary(restore4_s)}")
+    lazy = len(re.findall(r"restored from snapshot \S+ in [0-9.]+ s \(\d+ MB image, lazy pages\)", log))
+    print(f"restores with lazy pages    {lazy} of {len(restore_s) + len(restore4_s)} "
+          f"(CORRAL_SNAPSHOT_LAZY_PAGES={os.environ.get('CORRAL_SNAPSHOT_LAZY_PAGES', 'auto')})")
     speedup = statistics.median(cold) / statistics.median(restored1)
     budget = 1.2 * image_gb + 0.1
     print(f"goal: restored >= 10x faster than cold: {speedup:.1f}x -> {'met' if speedup >= 10 else 'NOT met'}")

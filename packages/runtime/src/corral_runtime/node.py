@@ -290,6 +290,8 @@ class NodeDaemon:
         if container.lazy_pages is not None:  # the restored tree is gone: nothing left to serve
             daemon, container.lazy_pages = container.lazy_pages, None
             await _end_lazy_pages(daemon)
+            with contextlib.suppress(OSError):
+                (self.work_dir / "containers" / container_id / LAZY_PAGES_SOCKET).unlink()
         if container.stdin_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(container.stdin_fd)
