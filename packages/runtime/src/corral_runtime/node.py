@@ -126,19 +126,19 @@ class NodeDaemon:
         try:
             mode = criu.parse_lazy_pages_setting(setting)
         except ValueError as err:
-            log.warning("memory snapshots: %s; lazy pages are off", err)
+            log.warning("snapshot restores: %s; lazy pages are off", err)
             return False
         if mode == "off":
-            log.info("memory snapshots: lazy pages off (%s=off)", LAZY_PAGES_ENV)
+            log.info("snapshot restores: lazy pages off (%s=off)", LAZY_PAGES_ENV)
             return False
         supported, reason = criu.lazy_pages_supported(self.snapshots.criu)
         if not supported:
-            log.warning("memory snapshots: lazy pages unavailable, restores copy every page up front: %s", reason)
+            log.warning("snapshot restores: lazy pages unavailable, restores copy every page up front: %s", reason)
             return False
         if mode == "auto" and self.inventory.snapshots.gpu_checkpoint:
-            log.info("memory snapshots: lazy pages off with GPU checkpointing (set %s=on to try them)", LAZY_PAGES_ENV)
+            log.info("snapshot restores: lazy pages off with GPU checkpointing (set %s=on to try them)", LAZY_PAGES_ENV)
             return False
-        log.info("memory snapshots: restores use lazy pages (userfaultfd)")
+        log.info("snapshot restores: lazy pages (userfaultfd)")
         return True
 
     async def run(self) -> None:
@@ -350,7 +350,7 @@ class NodeDaemon:
                             start.container_id, start.snapshot_key[:12], err)
                 if self._lazy_failures >= LAZY_PAGES_MAX_FAILURES and self.lazy_pages:
                     self.lazy_pages = False
-                    log.warning("memory snapshots: %d lazy restores failed; this node restores eagerly from now on", self._lazy_failures)
+                    log.warning("snapshot restores: %d lazy restores failed; this node restores eagerly from now on", self._lazy_failures)
                 for name in (PIDFILE, LAZY_PAGES_SOCKET):
                     with contextlib.suppress(OSError):
                         (workdir / name).unlink()
