@@ -207,7 +207,7 @@ class Worker:
         background = [
             asyncio.create_task(self._read(stream)),
             asyncio.create_task(self._report_load(stream)),
-            asyncio.create_task(self._watch_direct_timeouts()),
+            asyncio.create_task(self._watch_direct_timeouts(stream)),
         ]
         await self.shutdown.wait()
         await self._drain()
@@ -356,7 +356,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await self._send(stream, worker_pb2.WorkerSessionRequest(load=worker_pb2.WorkerLoad(direct_running=load[0], direct_served=load[1])))
 
-    async def _watch_direct_timeouts(self) -> None:
+    async def _watch_direct_timeouts(self, stream: Any) -> None:
         """A direct input past the class's timeout fails with a timeout, and the container exits:
         a Python thread cannot be interrupted safely (the control plane does the same for pushed inputs)."""
         while True:
@@ -373,6 +373,12 @@ class Worker:
                 self.direct.answer(running, common_pb2.Result(status=common_pb2.RESULT_STATUS_TIMEOUT, message=message))
                 print(f"corral worker: input {running.input_id}: {message}; the container exits", file=sys.stderr)
             sys.stderr.flush()
+            # The control plane stops pushing inputs here and has the node kill this process, as for a
+            # pushed input's timeout; exit anyway if it cannot be told or does not act.
+            reason = f"input {expired[0].input_id} ran past the class's timeout ({self.direct.timeout_s:g} s)"
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._send(stream, worker_pb2.WorkerSessionRequest(draining=worker_pb2.WorkerDraining(reason=reason))), 1)
+                await asyncio.sleep(5)
             os._exit(3)
 
 

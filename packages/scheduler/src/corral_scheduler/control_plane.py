@@ -711,6 +711,11 @@ class ControlPlane:
         if load.direct_running != previous:
             self._dispatch(self.services[container.service_id])
 
+    def worker_draining(self, container: Container, reason: str) -> None:
+        """The worker gives up (a direct input ran past its timeout): no more inputs; kill it now,
+        as the control plane does when a pushed input times out."""
+        self._kill_container(container, reason or "the container asked to be stopped")
+
     def get_routes(self, service_id: str) -> control_pb2.GetRoutesResponse:
         service = self._live_service(service_id)
         if not service.direct_enabled:

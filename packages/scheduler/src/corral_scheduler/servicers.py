@@ -263,6 +263,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         plane.worker_http(container, message.http_body)
                     elif kind == "load":
                         plane.worker_load(container, message.load)
+                    elif kind == "draining":
+                        plane.worker_draining(container, message.draining.reason)
                     elif kind == "init_failed":
                         plane.worker_init_failed(container, message.init_failed)
                     elif kind == "snapshot_ready":

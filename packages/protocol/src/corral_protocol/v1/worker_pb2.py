@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from corral_protocol.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/worker.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"\xec\x03\n\x14WorkerSessionRequest\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.corral.v1.WorkerHelloH\x00\x12,\n\x0binit_failed\x18\x02 \x01(\x0b\x32\x15.corral.v1.InitFailedH\x00\x12\'\n\x05ready\x18\x03 \x01(\x0b\x32\x16.corral.v1.WorkerReadyH\x00\x12#\n\x06output\x18\x04 \x01(\x0b\x32\x11.corral.v1.OutputH\x00\x12.\n\x0c\x62\x61tch_output\x18\x05 \x01(\x0b\x32\x16.corral.v1.BatchOutputH\x00\x12\x32\n\x0esnapshot_ready\x18\x06 \x01(\x0b\x32\x18.corral.v1.SnapshotReadyH\x00\x12-\n\x08\x64raining\x18\x07 \x01(\x0b\x32\x19.corral.v1.WorkerDrainingH\x00\x12;\n\x13http_response_start\x18\x08 \x01(\x0b\x32\x1c.corral.v1.HttpResponseStartH\x00\x12-\n\thttp_body\x18\t \x01(\x0b\x32\x18.corral.v1.HttpBodyChunkH\x00\x12%\n\x04load\x18\n \x01(\x0b\x32\x15.corral.v1.WorkerLoadH\x00\x42\t\n\x07message\"5\n\x0bWorkerHello\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x10\n\x08restored\x18\x02 \x01(\x08\"H\n\nInitFailed\x12\x16\n\x0e\x65xception_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"4\n\x0bWorkerReady\x12\r\n\x05slots\x18\x01 \x01(\r\x12\x16\n\x0e\x64irect_address\x18\x02 \x01(\t\";\n\nWorkerLoad\x12\x16\n\x0e\x64irect_running\x18\x01 \x01(\r\x12\x15\n\rdirect_served\x18\x02 \x01(\x04\"=\n\x06Output\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12!\n\x06result\x18\x02 \x01(\x0b\x32\x11.corral.v1.Result\"1\n\x0b\x42\x61tchOutput\x12\"\n\x07outputs\x18\x01 \x03(\x0b\x32\x11.corral.v1.Output\"\x0f\n\rSnapshotReady\"\x10\n\x0eWorkerDraining\"\xea\x01\n\x15WorkerSessionResponse\x12(\n\x04init\x18\x01 \x01(\x0b\x32\x18.corral.v1.ContainerInitH\x00\x12!\n\x05input\x18\x02 \x01(\x0b\x32\x10.corral.v1.InputH\x00\x12&\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x15.corral.v1.InputBatchH\x00\x12\'\n\x08shutdown\x18\x04 \x01(\x0b\x32\x13.corral.v1.ShutdownH\x00\x12(\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x16.corral.v1.CancelInputH\x00\x42\t\n\x07message\"\xaf\x02\n\rContainerInit\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12&\n\tclass_def\x18\x02 \x01(\x0b\x32\x13.corral.v1.ClassDef\x12-\n\nparameters\x18\x03 \x03(\x0b\x32\x19.corral.v1.NamedParameter\x12\x31\n\x0b\x63oncurrency\x18\x04 \x01(\x0b\x32\x1c.corral.v1.ConcurrencyConfig\x12+\n\x08\x62\x61tching\x18\x05 \x01(\x0b\x32\x19.corral.v1.BatchingConfig\x12\x15\n\rtake_snapshot\x18\x06 \x01(\x08\x12\x14\n\x0c\x64irect_token\x18\x07 \x01(\t\x12*\n\x07options\x18\x08 \x01(\x0b\x32\x19.corral.v1.ServiceOptions\"y\n\x05Input\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12 \n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x12.corral.v1.Payload\x12,\n\x0chttp_request\x18\x04 \x01(\x0b\x32\x16.corral.v1.HttpRequest\")\n\nHttpHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x9f\x01\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x14\n\x0cquery_string\x18\x03 \x01(\x0c\x12&\n\x07headers\x18\x04 \x03(\x0b\x32\x15.corral.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x13\n\x0b\x63lient_host\x18\x06 \x01(\t\x12\x11\n\troot_path\x18\x07 \x01(\t\"]\n\x11HttpResponseStart\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\r\x12&\n\x07headers\x18\x03 \x03(\x0b\x32\x15.corral.v1.HttpHeader\"B\n\rHttpBodyChunk\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tmore_body\x18\x03 \x01(\x08\">\n\nInputBatch\x12\x0e\n\x06method\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.corral.v1.Input\"\n\n\x08Shutdown\"\x1f\n\x0b\x43\x61ncelInput\x12\x10\n\x08input_id\x18\x01 \x01(\t\"f\n\rDirectRequest\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.corral.v1.DirectHelloH\x00\x12!\n\x05input\x18\x02 \x01(\x0b\x32\x10.corral.v1.InputH\x00\x42\t\n\x07message\"6\n\x0b\x44irectHello\x12\r\n\x05token\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\"b\n\x0e\x44irectRejected\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12-\n\x06reason\x18\x02 \x01(\x0e\x32\x1d.corral.v1.DirectRejectReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"o\n\x0e\x44irectResponse\x12#\n\x06output\x18\x01 \x01(\x0b\x32\x11.corral.v1.OutputH\x00\x12-\n\x08rejected\x18\x02 \x01(\x0b\x32\x19.corral.v1.DirectRejectedH\x00\x42\t\n\x07message*\x9e\x01\n\x12\x44irectRejectReason\x12$\n DIRECT_REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44IRECT_REJECT_REASON_BUSY\x10\x01\x12!\n\x1d\x44IRECT_REJECT_REASON_DRAINING\x10\x02\x12 \n\x1c\x44IRECT_REJECT_REASON_REFUSED\x10\x03\x32g\n\rWorkerService\x12V\n\rWorkerSession\x12\x1f.corral.v1.WorkerSessionRequest\x1a .corral.v1.WorkerSessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/worker.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"\xec\x03\n\x14WorkerSessionRequest\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.corral.v1.WorkerHelloH\x00\x12,\n\x0binit_failed\x18\x02 \x01(\x0b\x32\x15.corral.v1.InitFailedH\x00\x12\'\n\x05ready\x18\x03 \x01(\x0b\x32\x16.corral.v1.WorkerReadyH\x00\x12#\n\x06output\x18\x04 \x01(\x0b\x32\x11.corral.v1.OutputH\x00\x12.\n\x0c\x62\x61tch_output\x18\x05 \x01(\x0b\x32\x16.corral.v1.BatchOutputH\x00\x12\x32\n\x0esnapshot_ready\x18\x06 \x01(\x0b\x32\x18.corral.v1.SnapshotReadyH\x00\x12-\n\x08\x64raining\x18\x07 \x01(\x0b\x32\x19.corral.v1.WorkerDrainingH\x00\x12;\n\x13http_response_start\x18\x08 \x01(\x0b\x32\x1c.corral.v1.HttpResponseStartH\x00\x12-\n\thttp_body\x18\t \x01(\x0b\x32\x18.corral.v1.HttpBodyChunkH\x00\x12%\n\x04load\x18\n \x01(\x0b\x32\x15.corral.v1.WorkerLoadH\x00\x42\t\n\x07message\"5\n\x0bWorkerHello\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x10\n\x08restored\x18\x02 \x01(\x08\"H\n\nInitFailed\x12\x16\n\x0e\x65xception_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"4\n\x0bWorkerReady\x12\r\n\x05slots\x18\x01 \x01(\r\x12\x16\n\x0e\x64irect_address\x18\x02 \x01(\t\";\n\nWorkerLoad\x12\x16\n\x0e\x64irect_running\x18\x01 \x01(\r\x12\x15\n\rdirect_served\x18\x02 \x01(\x04\"=\n\x06Output\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12!\n\x06result\x18\x02 \x01(\x0b\x32\x11.corral.v1.Result\"1\n\x0b\x42\x61tchOutput\x12\"\n\x07outputs\x18\x01 \x03(\x0b\x32\x11.corral.v1.Output\"\x0f\n\rSnapshotReady\" \n\x0eWorkerDraining\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xea\x01\n\x15WorkerSessionResponse\x12(\n\x04init\x18\x01 \x01(\x0b\x32\x18.corral.v1.ContainerInitH\x00\x12!\n\x05input\x18\x02 \x01(\x0b\x32\x10.corral.v1.InputH\x00\x12&\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x15.corral.v1.InputBatchH\x00\x12\'\n\x08shutdown\x18\x04 \x01(\x0b\x32\x13.corral.v1.ShutdownH\x00\x12(\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x16.corral.v1.CancelInputH\x00\x42\t\n\x07message\"\xaf\x02\n\rContainerInit\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12&\n\tclass_def\x18\x02 \x01(\x0b\x32\x13.corral.v1.ClassDef\x12-\n\nparameters\x18\x03 \x03(\x0b\x32\x19.corral.v1.NamedParameter\x12\x31\n\x0b\x63oncurrency\x18\x04 \x01(\x0b\x32\x1c.corral.v1.ConcurrencyConfig\x12+\n\x08\x62\x61tching\x18\x05 \x01(\x0b\x32\x19.corral.v1.BatchingConfig\x12\x15\n\rtake_snapshot\x18\x06 \x01(\x08\x12\x14\n\x0c\x64irect_token\x18\x07 \x01(\t\x12*\n\x07options\x18\x08 \x01(\x0b\x32\x19.corral.v1.ServiceOptions\"y\n\x05Input\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12 \n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x12.corral.v1.Payload\x12,\n\x0chttp_request\x18\x04 \x01(\x0b\x32\x16.corral.v1.HttpRequest\")\n\nHttpHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x9f\x01\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x14\n\x0cquery_string\x18\x03 \x01(\x0c\x12&\n\x07headers\x18\x04 \x03(\x0b\x32\x15.corral.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x13\n\x0b\x63lient_host\x18\x06 \x01(\t\x12\x11\n\troot_path\x18\x07 \x01(\t\"]\n\x11HttpResponseStart\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\r\x12&\n\x07headers\x18\x03 \x03(\x0b\x32\x15.corral.v1.HttpHeader\"B\n\rHttpBodyChunk\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tmore_body\x18\x03 \x01(\x08\">\n\nInputBatch\x12\x0e\n\x06method\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.corral.v1.Input\"\n\n\x08Shutdown\"\x1f\n\x0b\x43\x61ncelInput\x12\x10\n\x08input_id\x18\x01 \x01(\t\"f\n\rDirectRequest\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.corral.v1.DirectHelloH\x00\x12!\n\x05input\x18\x02 \x01(\x0b\x32\x10.corral.v1.InputH\x00\x42\t\n\x07message\"6\n\x0b\x44irectHello\x12\r\n\x05token\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\"b\n\x0e\x44irectRejected\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12-\n\x06reason\x18\x02 \x01(\x0e\x32\x1d.corral.v1.DirectRejectReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"o\n\x0e\x44irectResponse\x12#\n\x06output\x18\x01 \x01(\x0b\x32\x11.corral.v1.OutputH\x00\x12-\n\x08rejected\x18\x02 \x01(\x0b\x32\x19.corral.v1.DirectRejectedH\x00\x42\t\n\x07message*\x9e\x01\n\x12\x44irectRejectReason\x12$\n DIRECT_REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44IRECT_REJECT_REASON_BUSY\x10\x01\x12!\n\x1d\x44IRECT_REJECT_REASON_DRAINING\x10\x02\x12 \n\x1c\x44IRECT_REJECT_REASON_REFUSED\x10\x03\x32g\n\rWorkerService\x12V\n\rWorkerSession\x12\x1f.corral.v1.WorkerSessionRequest\x1a .corral.v1.WorkerSessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral_protocol.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTREJECTREASON']._serialized_start=2466
-  _globals['_DIRECTREJECTREASON']._serialized_end=2624
+  _globals['_DIRECTREJECTREASON']._serialized_start=2482
+  _globals['_DIRECTREJECTREASON']._serialized_end=2640
   _globals['_WORKERSESSIONREQUEST']._serialized_start=62
   _globals['_WORKERSESSIONREQUEST']._serialized_end=554
   _globals['_WORKERHELLO']._serialized_start=556
@@ -51,35 +51,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTREADY']._serialized_start=914
   _globals['_SNAPSHOTREADY']._serialized_end=929
   _globals['_WORKERDRAINING']._serialized_start=931
-  _globals['_WORKERDRAINING']._serialized_end=947
-  _globals['_WORKERSESSIONRESPONSE']._serialized_start=950
-  _globals['_WORKERSESSIONRESPONSE']._serialized_end=1184
-  _globals['_CONTAINERINIT']._serialized_start=1187
-  _globals['_CONTAINERINIT']._serialized_end=1490
-  _globals['_INPUT']._serialized_start=1492
-  _globals['_INPUT']._serialized_end=1613
-  _globals['_HTTPHEADER']._serialized_start=1615
-  _globals['_HTTPHEADER']._serialized_end=1656
-  _globals['_HTTPREQUEST']._serialized_start=1659
-  _globals['_HTTPREQUEST']._serialized_end=1818
-  _globals['_HTTPRESPONSESTART']._serialized_start=1820
-  _globals['_HTTPRESPONSESTART']._serialized_end=1913
-  _globals['_HTTPBODYCHUNK']._serialized_start=1915
-  _globals['_HTTPBODYCHUNK']._serialized_end=1981
-  _globals['_INPUTBATCH']._serialized_start=1983
-  _globals['_INPUTBATCH']._serialized_end=2045
-  _globals['_SHUTDOWN']._serialized_start=2047
-  _globals['_SHUTDOWN']._serialized_end=2057
-  _globals['_CANCELINPUT']._serialized_start=2059
-  _globals['_CANCELINPUT']._serialized_end=2090
-  _globals['_DIRECTREQUEST']._serialized_start=2092
-  _globals['_DIRECTREQUEST']._serialized_end=2194
-  _globals['_DIRECTHELLO']._serialized_start=2196
-  _globals['_DIRECTHELLO']._serialized_end=2250
-  _globals['_DIRECTREJECTED']._serialized_start=2252
-  _globals['_DIRECTREJECTED']._serialized_end=2350
-  _globals['_DIRECTRESPONSE']._serialized_start=2352
-  _globals['_DIRECTRESPONSE']._serialized_end=2463
-  _globals['_WORKERSERVICE']._serialized_start=2626
-  _globals['_WORKERSERVICE']._serialized_end=2729
+  _globals['_WORKERDRAINING']._serialized_end=963
+  _globals['_WORKERSESSIONRESPONSE']._serialized_start=966
+  _globals['_WORKERSESSIONRESPONSE']._serialized_end=1200
+  _globals['_CONTAINERINIT']._serialized_start=1203
+  _globals['_CONTAINERINIT']._serialized_end=1506
+  _globals['_INPUT']._serialized_start=1508
+  _globals['_INPUT']._serialized_end=1629
+  _globals['_HTTPHEADER']._serialized_start=1631
+  _globals['_HTTPHEADER']._serialized_end=1672
+  _globals['_HTTPREQUEST']._serialized_start=1675
+  _globals['_HTTPREQUEST']._serialized_end=1834
+  _globals['_HTTPRESPONSESTART']._serialized_start=1836
+  _globals['_HTTPRESPONSESTART']._serialized_end=1929
+  _globals['_HTTPBODYCHUNK']._serialized_start=1931
+  _globals['_HTTPBODYCHUNK']._serialized_end=1997
+  _globals['_INPUTBATCH']._serialized_start=1999
+  _globals['_INPUTBATCH']._serialized_end=2061
+  _globals['_SHUTDOWN']._serialized_start=2063
+  _globals['_SHUTDOWN']._serialized_end=2073
+  _globals['_CANCELINPUT']._serialized_start=2075
+  _globals['_CANCELINPUT']._serialized_end=2106
+  _globals['_DIRECTREQUEST']._serialized_start=2108
+  _globals['_DIRECTREQUEST']._serialized_end=2210
+  _globals['_DIRECTHELLO']._serialized_start=2212
+  _globals['_DIRECTHELLO']._serialized_end=2266
+  _globals['_DIRECTREJECTED']._serialized_start=2268
+  _globals['_DIRECTREJECTED']._serialized_end=2366
+  _globals['_DIRECTRESPONSE']._serialized_start=2368
+  _globals['_DIRECTRESPONSE']._serialized_end=2479
+  _globals['_WORKERSERVICE']._serialized_start=2642
+  _globals['_WORKERSERVICE']._serialized_end=2745
 # @@protoc_insertion_point(module_scope)
