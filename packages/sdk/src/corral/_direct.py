@@ -184,6 +184,19 @@ class DirectPath:
             self._forget(table, route)
         return None
 
+    def _failed(self, table: _Table, route: _Route, method: str, err: BaseException) -> ContainerExitedError | None:
+        """Account for an exchange that broke after the input was sent. A broken connection means the
+        container went away mid-call (the error to raise); anything else (e.g. the caller was
+        cancelled) is re-raised as it is (None)."""
+        with self._lock:
+            route.inflight -= 1
+        if not isinstance(err, (OSError, FrameError)):
+            return None
+        self._forget(table, route)
+        return ContainerExitedError(
+            f"the container running {method} ({route.container_id}) closed the connection before answering: {err or 'EOF'}"
+        )
+
     def _forget(self, table: _Table, route: _Route) -> None:
         with self._lock:
             if table.routes.get(route.container_id) is route:
@@ -213,17 +226,11 @@ class DirectPath:
             response = self._exchange(route, self._request(method, args))
         except _NotSent:
             self._forget(table, route)
-        except (OSError, FrameError) as err:
-            self._forget(table, route)
-            with self._lock:
-                route.inflight -= 1
-            raise ContainerExitedError(
-                f"the container running {method} ({route.container_id}) closed the connection before answering: {err or 'EOF'}"
-            ) from None
-        except BaseException:
-            with self._lock:
-                route.inflight -= 1
-            raise
+        except BaseException as err:
+            lost = self._failed(table, route, method, err)
+            if lost is None:
+                raise
+            raise lost from None
         return self._done(table, route, response)
 
     def _exchange(self, route: _Route, request: bytes) -> worker_pb2.DirectResponse:
@@ -292,17 +299,11 @@ class DirectPath:
             response = await self._exchange_aio(route, self._request(method, args))
         except _NotSent:
             self._forget(table, route)
-        except (OSError, FrameError) as err:
-            self._forget(table, route)
-            with self._lock:
-                route.inflight -= 1
-            raise ContainerExitedError(
-                f"the container running {method} ({route.container_id}) closed the connection before answering: {err or 'EOF'}"
-            ) from None
-        except BaseException:
-            with self._lock:
-                route.inflight -= 1
-            raise
+        except BaseException as err:
+            lost = self._failed(table, route, method, err)
+            if lost is None:
+                raise
+            raise lost from None
         return self._done(table, route, response)
 
     async def _exchange_aio(self, route: _Route, request: bytes) -> worker_pb2.DirectResponse:
