@@ -75,6 +75,22 @@ class Greeter:
         return {"message": text.upper() if self.shout else text, "pid": os.getpid()}
 
 
+@app.cls(cpu=0.01, scaledown_window=30)
+class Catalog:
+    """Endpoints with docs=True: /docs and /openapi.json under each endpoint's URL."""
+
+    region: str = corral.parameter(default="eu")
+
+    @corral.web_endpoint(docs=True)
+    def search(self, q: str, limit: int = 10, tags: list[str] | None = None) -> dict[str, object]:
+        """Search the catalog."""
+        return {"q": q, "limit": limit, "tags": tags or [], "region": self.region}
+
+    @corral.web_endpoint(method="POST", docs=True)
+    def add(self, item: Item) -> Item:
+        return item
+
+
 @app.cls(cpu=0.01, timeout=2, scaledown_window=30)
 class Slow:
     @corral.web_endpoint()

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 import web_app
-from conftest import APPS, Cluster
+import web_lifespan_app
+from conftest import APPS, Cluster, wait_for
 from corral_protocol.v1 import common_pb2
 from e2e_helpers import client_for, containers
 
@@ -38,7 +39,7 @@ def test_deployed_urls_are_reported_and_serve(running, cluster: Cluster, http: h
     assert urls["API.health"] == f"{cluster.http_url}/web-dev/API-health"
     assert urls["API.greet"] == f"{cluster.http_url}/web-dev/greet"
     assert urls["Site.web"] == f"{cluster.http_url}/web-dev/site"
-    assert len(urls) == 15  # every endpoint of the app, ASGI apps included
+    assert len(urls) == 17  # every endpoint of the app, ASGI apps included
     response = httpx.get(urls["API.health"], timeout=60)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
@@ -117,6 +118,42 @@ def test_a_body_over_the_limit_is_413(running, http: httpx.Client) -> None:  # t
     assert http.post("/web-dev/API-process", json={"ok": 1}).json() == {"result": {"ok": 1}}
 
 
+def test_docs_true_serves_openapi_json_and_swagger_ui_without_a_container(running, cluster: Cluster, http: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    page = http.get("/web-dev/Catalog-search/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "swagger-ui" in page.text and "/web-dev/Catalog-search/openapi.json" in page.text
+    spec = http.get("/web-dev/Catalog-search/openapi.json")
+    assert spec.status_code == 200 and spec.headers["content-type"] == "application/json"
+    document = spec.json()
+    assert document["openapi"].startswith("3.")
+    operation = document["paths"]["/web-dev/Catalog-search"]["get"]
+    assert operation["description"] == "Search the catalog."
+    parameters = {p["name"]: p for p in operation["parameters"]}
+    assert list(parameters) == ["q", "limit", "tags", "region"]  # the method's arguments, then the class's parameters
+    assert parameters["q"]["required"] and parameters["q"]["schema"]["type"] == "string"
+    assert parameters["limit"]["schema"] == {"type": "integer", "default": 10}
+    assert parameters["region"]["schema"] == {"type": "string", "default": "eu"}
+    # A POST endpoint: its JSON body (one pydantic argument is the whole body); /docs is a GET regardless.
+    post = http.get("/web-dev/Catalog-add/openapi.json").json()
+    body = post["paths"]["/web-dev/Catalog-add"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/Item"}
+    assert set(post["components"]["schemas"]["Item"]["properties"]) == {"name", "price"}
+    assert http.get("/web-dev/Catalog-add/docs").status_code == 200
+    assert http.post("/web-dev/Catalog-search/docs").status_code == 405
+    # The gateway answered from the definition: no container was started for it.
+    assert containers(client_for(cluster), "web", "Catalog") == []
+    # The endpoints themselves work as always.
+    assert http.get("/web-dev/Catalog-search", params=[("q", "pen"), ("tags", "a"), ("tags", "b"), ("region", "us")]).json() == {
+        "q": "pen", "limit": 10, "tags": ["a", "b"], "region": "us",
+    }
+    assert http.post("/web-dev/Catalog-add", json={"name": "pen", "price": 1.5}).json() == {"name": "pen", "price": 1.5}
+
+
+def test_without_docs_the_docs_paths_are_404(running, http: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    for path in ("/web-dev/API-health/docs", "/web-dev/API-health/openapi.json", "/web-dev/greet/docs"):
+        assert http.get(path).status_code == 404, path
+
+
 def test_timeout_is_504_and_the_next_request_is_served(running, http: httpx.Client) -> None:  # type: ignore[no-untyped-def]
     response = http.get("/web-dev/Slow-nap", params={"seconds": 30})
     assert response.status_code == 504 and "timed out" in response.json()["error"]
@@ -148,6 +185,25 @@ def test_asgi_app_serves_its_routes_under_the_class_prefix(running, http: httpx.
     assert http.get("/web-dev/site/missing").status_code == 404  # the app's own 404
     assert http.get("/web-dev/site/boom").status_code == 500
     assert http.get("/web-dev/site/hello/cy").json()["message"] == "hi cy"
+
+
+def test_asgi_lifespan_runs_at_start_and_at_a_graceful_stop(cluster: Cluster, http: httpx.Client, tmp_path: Path) -> None:
+    marker = tmp_path / "lifespan.log"
+    with web_lifespan_app.app.run(client=client_for(cluster)):
+        state = http.get("/web-lifespan-dev/life/state", params={"marker": str(marker)})
+        assert state.status_code == 200, state.text
+        assert state.json()["pool"] == "ready"  # the state the lifespan yielded, in the request's scope
+        assert state.json()["started"] == f"started by {state.json()['pid']}"  # set by the startup, read by a route
+        assert marker.read_text().splitlines() == ["enter", "build", "lifespan-startup"]
+        # A startup that fails is the container's init failure, with the app's message.
+        broken = http.get("/web-lifespan-dev/broken/")
+        assert broken.status_code == 500 and "the database is not there" in broken.json()["error"]
+        # An app that raises on the lifespan scope does not support it, and is served without it.
+        bare = http.get("/web-lifespan-dev/bare/")
+        assert bare.status_code == 200 and bare.text == "bare ok"
+    # Leaving `app.run()` stops the containers gracefully: lifespan shutdown, then the @exit hooks.
+    wait_for(lambda: "exit" in marker.read_text().splitlines(), timeout=60, message="the exit hook")
+    assert marker.read_text().splitlines() == ["enter", "build", "lifespan-startup", "lifespan-shutdown", "exit"]
 
 
 def test_asgi_streaming_response_passes_through(running, http: httpx.Client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

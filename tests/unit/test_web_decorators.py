@@ -3,14 +3,22 @@ of class parameters from the query string; route resolution."""
 
 from __future__ import annotations
 
+import json
+
+import pydantic
 import pytest
 
 import corral
 from corral.exception import InvalidError
 from corral_protocol.v1 import common_pb2, control_pb2
-from corral_scheduler.gateway import HttpError, parameter_values
+from corral_scheduler.gateway import HttpError, openapi_document, parameter_values, swagger_ui_html
 from corral_scheduler.model import AppRecord
-from corral_scheduler.web_routes import RouteTable
+from corral_scheduler.web_routes import RouteTable, WebRoute
+
+
+class Item(pydantic.BaseModel):
+    name: str
+    price: float
 
 
 def endpoints(cls: corral.Cls) -> dict[str, common_pb2.WebEndpoint]:
@@ -133,3 +141,87 @@ def test_routes_resolve_deployed_names_and_the_newest_dev_run() -> None:
         assert table.resolve(missing) is None
     apps["deployed"].stopped = True
     assert table.resolve("/shop/API-health") is None
+
+
+def test_docs_true_ships_an_openapi_description_built_from_the_signature() -> None:
+    app = corral.App("unit")
+
+    @app.cls()
+    class Shop:
+        region: str = corral.parameter(default="eu")
+        shards: int = corral.parameter()
+
+        @corral.web_endpoint(docs=True)
+        def search(self, q: str, limit: int = 10, tags: list[str] | None = None, exact: bool = False) -> list[Item]:
+            """Find items."""
+            return []
+
+        @corral.web_endpoint(method="POST", docs=True, requires_proxy_auth=True)
+        def create(self, item: Item) -> Item:
+            return item
+
+        @corral.web_endpoint(method="PUT", docs=True)
+        def rename(self, old: str, new: str | None = None) -> dict[str, str]:
+            return {}
+
+        @corral.web_endpoint()
+        def quiet(self, q: str) -> str:
+            return q
+
+    found = endpoints(Shop)
+    assert found["quiet"].openapi_json == ""
+    search = json.loads(found["search"].openapi_json)
+    assert search["openapi"].startswith("3.")
+    operation = search["paths"]["/"]["get"]
+    assert operation["description"] == "Find items."
+    params = {p["name"]: p for p in operation["parameters"]}
+    assert list(params) == ["q", "limit", "tags", "exact", "region", "shards"]
+    assert all(p["in"] == "query" for p in params.values())
+    assert params["q"]["required"] and params["q"]["schema"] == {"type": "string"}
+    assert not params["limit"]["required"] and params["limit"]["schema"] == {"type": "integer", "default": 10}
+    assert {"type": "array", "items": {"type": "string"}} in params["tags"]["schema"]["anyOf"]
+    assert params["exact"]["schema"]["type"] == "boolean"
+    assert params["region"]["schema"] == {"type": "string", "default": "eu"} and not params["region"]["required"]
+    assert params["shards"]["schema"] == {"type": "integer"} and params["shards"]["required"]
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "type": "array", "items": {"$ref": "#/components/schemas/Item"},
+    }
+    assert search["components"]["schemas"]["Item"]["required"] == ["name", "price"]
+
+    # One pydantic argument: it is the whole body. Proxy auth: the token headers as security schemes.
+    create = json.loads(found["create"].openapi_json)
+    operation = create["paths"]["/"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Item"}
+    assert {p["name"] for p in operation["parameters"]} == {"region", "shards"}
+    assert {s["name"] for s in create["components"]["securitySchemes"].values()} == {"Corral-Key", "Corral-Secret"}
+    assert "401" in operation["responses"]
+
+    # Several arguments: a JSON object of keyword arguments.
+    rename = json.loads(found["rename"].openapi_json)
+    body = rename["paths"]["/"]["put"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["old"] and body["properties"]["old"] == {"type": "string"}
+    assert body["properties"]["new"]["default"] is None
+
+    # The gateway serves it under the endpoint's real path.
+    route = WebRoute("app-id", Shop.definition.to_proto(), "search", found["search"], "/shop-dev/Shop-search")  # type: ignore[union-attr]
+    served = json.loads(openapi_document(route))
+    assert list(served["paths"]) == ["/shop-dev/Shop-search"] and served["paths"]["/shop-dev/Shop-search"]["get"]
+    page = swagger_ui_html("Shop.search", "/shop-dev/Shop-search/openapi.json")
+    assert "SwaggerUIBundle" in page and '"/shop-dev/Shop-search/openapi.json"' in page
+
+
+def test_an_unrepresentable_annotation_does_not_break_the_description() -> None:
+    app = corral.App("unit")
+
+    class Opaque:
+        pass
+
+    @app.cls()
+    class Odd:
+        @corral.web_endpoint(method="POST", docs=True)
+        def take(self, thing: Opaque, other: NoSuchName) -> None:  # type: ignore[name-defined]  # noqa: F821
+            return None
+
+    document = json.loads(endpoints(Odd)["take"].openapi_json)
+    body = document["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"] == {"thing": {}, "other": {}} and body["required"] == ["thing", "other"]

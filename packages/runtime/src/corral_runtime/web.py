@@ -17,6 +17,7 @@ import inspect
 import json
 import sys
 import traceback
+import types
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,7 +26,7 @@ from urllib.parse import parse_qsl
 from corral import _serialization
 from corral._definition import ClassDefinition, MethodInfo
 from corral_protocol.v1 import common_pb2, worker_pb2
-from corral_runtime.asgi import run_asgi
+from corral_runtime.asgi import AsgiApp, run_asgi
 from corral_runtime.runner import InputRunner
 
 SendMessage = Callable[[worker_pb2.WorkerSessionRequest], Awaitable[None]]
@@ -56,7 +57,7 @@ def _json_default(value: Any) -> Any:
 
 def _unwrap_optional(annotation: Any) -> Any:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:  # Optional[X], X | None
         return args[0]
     return annotation
 
@@ -85,7 +86,7 @@ def _takes_whole_body(annotation: Any) -> bool:
 
 
 class HttpInputs:
-    def __init__(self, definition: ClassDefinition, runner: InputRunner, asgi_apps: dict[str, Any], dev_mode: bool) -> None:
+    def __init__(self, definition: ClassDefinition, runner: InputRunner, asgi_apps: dict[str, AsgiApp], dev_mode: bool) -> None:
         self.definition = definition
         self.runner = runner
         self.asgi_apps = asgi_apps
@@ -112,10 +113,10 @@ class HttpInputs:
         if info is None or info.web_endpoint is None:
             await respond(404, {"error": f"{self.definition.name}.{inp.method} is not a web endpoint"})
             return
-        app = self.asgi_apps.get(inp.method)
-        if app is not None:
+        served = self.asgi_apps.get(inp.method)
+        if served is not None:
             try:
-                await run_asgi(app, inp.http_request, start, body)
+                await run_asgi(served.app, inp.http_request, start, body, served.lifespan.state)
             except Exception as exc:
                 await respond(500, self._error_body(type(exc).__name__, str(exc), _format(exc)))
             return

@@ -34,7 +34,7 @@ from corral._parameters import decode_parameters
 from corral.cls import Cls
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from corral_runtime.asgi import build_asgi_apps
+from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.direct import DirectServer
 from corral_runtime.runner import InputRunner
@@ -136,7 +136,7 @@ class Worker:
         self.runner: InputRunner | None = None
         self.batcher: Batcher | None = None
         self.direct: DirectServer | None = None
-        self.asgi_apps: dict[str, Any] = {}
+        self.asgi_apps: dict[str, AsgiApp] = {}
         self.http: HttpInputs | None = None
 
     async def run(self) -> int:
@@ -214,6 +214,7 @@ class Worker:
         for task in background:
             task.cancel()
         await self._report_load_once(stream, force=True)
+        await shutdown_asgi_apps(self.asgi_apps)  # ASGI lifespan shutdown, before the @exit hooks
         await self._exit_hooks()
         with contextlib.suppress(Exception):
             await stream.done_writing()

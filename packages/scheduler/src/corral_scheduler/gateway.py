@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
+import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -19,7 +21,7 @@ from urllib.parse import parse_qsl
 
 import uvicorn
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 from corral_scheduler.control_plane import ControlPlane
@@ -44,6 +46,11 @@ _EMPTY_ARGS = common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON, data=b"{
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 S = common_pb2
+DOCS_PATH = "/docs"
+OPENAPI_PATH = "/openapi.json"
+# Swagger UI from a CDN, as FastAPI's default docs page does.
+SWAGGER_JS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
+SWAGGER_CSS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
 
 
 class HttpError(Exception):
@@ -106,6 +113,9 @@ class WebGateway:
         if found is None:
             raise HttpError(404, f"no web endpoint at {path}")
         route, rest = found
+        if not route.is_asgi and rest in (DOCS_PATH, OPENAPI_PATH) and route.endpoint.docs and route.endpoint.openapi_json:
+            await self._docs(route, rest, request)(request.scope, receive, send)
+            return
         if not route.is_asgi:
             if rest not in ("", "/"):
                 raise HttpError(404, f"no web endpoint at {path} (the endpoint is {route.prefix})")
@@ -138,6 +148,17 @@ class WebGateway:
         except ApiError as err:
             raise HttpError(500, err.message) from None
         await self._relay(route, inp.call_id, inp.future, inp.http_events, request, receive, send)
+
+    def _docs(self, route: WebRoute, rest: str, request: Request) -> Response:
+        """`<endpoint>/openapi.json` and `<endpoint>/docs` of a `docs=True` endpoint, from the description
+        the SDK built at definition time: no container is asked."""
+        if request.method not in ("GET", "HEAD"):
+            raise HttpError(405, f"{route.prefix}{rest} accepts GET, not {request.method}", {"allow": "GET"})
+        if route.endpoint.requires_proxy_auth:
+            self._check_proxy_auth(request)
+        if rest == OPENAPI_PATH:
+            return Response(openapi_document(route), media_type="application/json")
+        return HTMLResponse(swagger_ui_html(f"{route.class_def.name}.{route.method}", route.prefix + OPENAPI_PATH))
 
     def _check_proxy_auth(self, request: Request) -> None:
         key, secret = request.headers.get(KEY_HEADER, ""), request.headers.get(SECRET_HEADER, "")
@@ -217,6 +238,43 @@ class WebGateway:
         if result.traceback and app is not None and app.kind == control_pb2.APP_KIND_EPHEMERAL:
             extra["traceback"] = result.traceback  # dev mode (`corral run`, `app.run()`)
         return HttpError(status, message).response(extra)
+
+
+def openapi_document(route: WebRoute) -> bytes:
+    """The endpoint's OpenAPI description with its path (`/` in what the SDK built) made the route's."""
+    document = json.loads(route.endpoint.openapi_json)
+    operations: dict[str, Any] = next(iter((document.get("paths") or {}).values()), {})
+    document["paths"] = {route.prefix: operations}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def swagger_ui_html(title: str, openapi_url: str) -> str:
+    url = json.dumps(openapi_url).replace("<", "\\u003c")  # a JS string that cannot close the script
+    return f"""<!DOCTYPE html>
+<html>
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link type="text/css" rel="stylesheet" href="{SWAGGER_CSS}">
+<title>{html.escape(title)} - Swagger UI</title>
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{SWAGGER_JS}"></script>
+<script>
+const ui = SwaggerUIBundle({{
+    url: {url},
+    dom_id: "#swagger-ui",
+    layout: "BaseLayout",
+    deepLinking: true,
+    showExtensions: true,
+    showCommonExtensions: true,
+    presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+}})
+</script>
+</body>
+</html>
+"""
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from corral import _web
+from corral import _openapi, _web
 from corral._parameters import ParameterField, collect_parameters
 from corral._partial import PartialFunction, Role
 from corral.exception import InvalidError
@@ -30,6 +30,8 @@ class MethodInfo:
     name: str
     function: Callable[..., Any]
     partial: PartialFunction
+    # The OpenAPI description of a `web_endpoint(docs=True)` method (set by ClassDefinition.from_class).
+    openapi_json: str = ""
 
     @property
     def is_async(self) -> bool:
@@ -57,6 +59,8 @@ class MethodInfo:
             proto.batching.CopyFrom(self.batching)
         if self.web_endpoint is not None:
             proto.web_endpoint.CopyFrom(self.web_endpoint)
+            if self.openapi_json:
+                proto.web_endpoint.openapi_json = self.openapi_json
         return proto
 
 
@@ -107,6 +111,11 @@ class ClassDefinition:
             user_cls.__qualname__, [(m.name, m.function, m.web_endpoint, m.batching is not None) for m in methods.values()],
             [p.name for p in parameters],
         )
+        for name, info in methods.items():
+            endpoint = info.web_endpoint
+            if endpoint is not None and endpoint.docs and endpoint.kind == common_pb2.WEB_ENDPOINT_KIND_FUNCTION:
+                document = _openapi.openapi_json(user_cls.__qualname__, name, info.function, endpoint, parameters)
+                methods[name] = replace(info, openapi_json=document)
         concurrency = getattr(user_cls, "__corral_concurrency__", None)
         if concurrency is not None:
             merged = common_pb2.ServiceOptions()

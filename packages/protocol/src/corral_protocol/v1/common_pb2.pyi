@@ -616,11 +616,17 @@ class WebEndpoint(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     DOCS_FIELD_NUMBER: _builtins.int
     REQUIRES_PROXY_AUTH_FIELD_NUMBER: _builtins.int
+    OPENAPI_JSON_FIELD_NUMBER: _builtins.int
     kind: Global___WebEndpointKind.ValueType
     http_method: _builtins.str
     label: _builtins.str
     docs: _builtins.bool
     requires_proxy_auth: _builtins.bool
+    openapi_json: _builtins.str
+    """With docs = true on a function endpoint: its OpenAPI 3 description (JSON), built by the SDK at
+    definition time from the method's signature and the class's parameters. The gateway serves it
+    at <endpoint>/openapi.json (with the endpoint's path filled in) and Swagger UI at <endpoint>/docs.
+    """
     def __init__(
         self,
         *,
@@ -629,10 +635,11 @@ class WebEndpoint(_message.Message):
         label: _builtins.str = ...,
         docs: _builtins.bool = ...,
         requires_proxy_auth: _builtins.bool = ...,
+        openapi_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["docs", b"docs", "http_method", b"http_method", "kind", b"kind", "label", b"label", "requires_proxy_auth", b"requires_proxy_auth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["docs", b"docs", "http_method", b"http_method", "kind", b"kind", "label", b"label", "openapi_json", b"openapi_json", "requires_proxy_auth", b"requires_proxy_auth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
