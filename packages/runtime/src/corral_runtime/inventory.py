@@ -36,9 +36,10 @@ def read_gpus(nvml: Any = None) -> tuple[list[common_pb2.GpuDevice], str]:
     """
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml
         except ImportError:
             return [], ""
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except Exception as err:

@@ -15,8 +15,10 @@ import socket
 import sys
 import zipfile
 from collections import deque
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
 
 import grpc
 
@@ -86,7 +88,7 @@ class NodeDaemon:
         *,
         name: str | None = None,
         inventory: common_pb2.NodeInventory | None = None,
-        log_stream: object = None,
+        log_stream: TextIO | None = None,
         advertise_host: str = "127.0.0.1",
         lazy_pages: str | None = None,
     ) -> None:
@@ -163,7 +165,7 @@ class NodeDaemon:
         finally:
             await self._channel.close()
 
-    async def _session(self, stub: node_pb2_grpc.NodeServiceStub) -> None:
+    async def _session(self, stub: node_pb2_grpc.NodeServiceAsyncStub) -> None:
         response = await stub.RegisterNode(
             node_pb2.RegisterNodeRequest(name=self.name, inventory=self.inventory), metadata=self.metadata
         )
@@ -171,7 +173,7 @@ class NodeDaemon:
         interval = response.heartbeat_interval_s or 5.0
         self._events = asyncio.Queue()
 
-        async def events() -> object:
+        async def events() -> AsyncIterator[node_pb2.NodeSessionRequest]:
             yield node_pb2.NodeSessionRequest(node_id=self.node_id, heartbeat=self._heartbeat())
             while True:
                 try:
@@ -202,8 +204,8 @@ class NodeDaemon:
         images = [image.to_proto() for image in self.snapshots.images()] if self.snapshots is not None else []
         return node_pb2.NodeHeartbeat(running_containers=list(self.containers), snapshots=images)
 
-    def _spawn_task(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -523,8 +525,8 @@ class NodeDaemon:
             if tail is not None:
                 tail.append(text)
             try:
-                self._log_stream.write(prefix + text)  # type: ignore[attr-defined]
-                self._log_stream.flush()  # type: ignore[attr-defined]
+                self._log_stream.write(prefix + text)
+                self._log_stream.flush()
             except (OSError, ValueError):
                 pass
 

@@ -25,7 +25,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -171,7 +171,8 @@ class Worker:
             stream = worker_pb2_grpc.WorkerServiceStub(channel).WorkerSession(metadata=self.metadata)
             hello = worker_pb2.WorkerHello(container_id=self.identity.container_id, restored=restored)
             await stream.write(worker_pb2.WorkerSessionRequest(hello=hello))
-            first = await stream.read()
+            # The aio stubs type read() as `object | response` (EOF is a plain object); EOF is checked below.
+            first = cast(worker_pb2.WorkerSessionResponse, await stream.read())
             if first is grpc.aio.EOF or first.WhichOneof("message") != "init":
                 print("corral worker: the control plane closed the session before sending ContainerInit", file=sys.stderr)
                 return 1

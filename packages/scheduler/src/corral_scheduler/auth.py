@@ -75,16 +75,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None:
             return handler
         metadata = details.invocation_metadata
         version = next((v for k, v in metadata or () if k == VERSION_METADATA_KEY), None)
         if version != str(PROTOCOL_VERSION):
-            told = f"protocol version {version}" if version else "no protocol version"
+            told = f"protocol version {version!s}" if version else "no protocol version"
             return _abort_handler(
                 handler,
                 grpc.StatusCode.FAILED_PRECONDITION,

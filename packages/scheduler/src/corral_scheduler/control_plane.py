@@ -36,7 +36,7 @@ _PARAM_KINDS = {
 }
 
 
-def _failure(status: int, message: str, traceback: str = "") -> common_pb2.Result:
+def _failure(status: common_pb2.ResultStatus.ValueType, message: str, traceback: str = "") -> common_pb2.Result:
     return common_pb2.Result(status=status, message=message, traceback=traceback)
 
 
@@ -192,7 +192,7 @@ class ControlPlane:
                 1 for c in self.containers.values() if self.services[c.service_id].app_id == record.app_id and c.state.is_live
             )
             infos.append(control_pb2.AppInfo(
-                app_id=record.app_id, name=record.name, kind=record.kind, state=state, version=record.version,
+                app_id=record.app_id, name=record.name, kind=control_pb2.AppKind.ValueType(record.kind), state=state, version=record.version,
                 created_at=record.created_at, classes=list(record.class_defs), containers=containers,
             ))
         return infos
@@ -885,7 +885,7 @@ class ControlPlane:
             infos.append(control_pb2.ContainerInfo(
                 container_id=container.container_id, app_id=app.app_id, app_name=app.name,
                 class_name=service.class_def.name, service_id=service.service_id, node_id=container.node_id,
-                state=int(container.state), running_inputs=container.load, max_inputs=container.slots,
+                state=control_pb2.ContainerState.ValueType(container.state), running_inputs=container.load, max_inputs=container.slots,
                 started_at=container.started_at, inputs_served=container.inputs_served, parameters=service.parameters,
                 restored_from_snapshot=container.restored,
             ))

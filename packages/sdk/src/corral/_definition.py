@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from corral import _openapi, _web
 from corral._parameters import ParameterField, collect_parameters
@@ -147,7 +147,8 @@ class ClassDefinition:
 
     def new_instance(self, parameters: dict[str, Any]) -> Any:
         """A real instance of the user class with its parameters set; no hooks run."""
-        instance = self.user_cls.__new__(self.user_cls)
+        # `type` in the stubs resolves `__new__` to the metaclass overloads; this is the class's own.
+        instance = cast(Any, self.user_cls).__new__(self.user_cls)
         for name, value in parameters.items():
             setattr(instance, name, value)
         return instance

@@ -12,7 +12,7 @@ from corral_protocol.v1 import common_pb2
 
 _MISSING: Any = object()
 
-_TYPES: dict[type, int] = {
+_TYPES: dict[type, common_pb2.ParameterType.ValueType] = {
     str: common_pb2.PARAMETER_TYPE_STRING,
     int: common_pb2.PARAMETER_TYPE_INT,
     bool: common_pb2.PARAMETER_TYPE_BOOL,

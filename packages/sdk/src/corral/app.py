@@ -131,7 +131,7 @@ class App:
 
         return wrap
 
-    def _publish(self, client: Client, kind: int, name: str) -> RunningApp:
+    def _publish(self, client: Client, kind: control_pb2.AppKind.ValueType, name: str) -> RunningApp:
         if not self.registered_classes:
             raise InvalidError(f"app {name!r} has no classes; decorate one with @app.cls()")
         definitions = [c.definition for c in self.registered_classes.values()]
