@@ -177,26 +177,6 @@ class ControlPlane:
             raise NotFound(f"app {app_id!r} is not running")
         record.last_heartbeat = time.monotonic()
 
-    def list_apps(self, include_stopped: bool) -> list[control_pb2.AppInfo]:
-        infos = []
-        for record in self.apps.values():
-            if record.stopped and not include_stopped:
-                continue
-            if record.stopped:
-                state = control_pb2.APP_STATE_STOPPED
-            elif record.kind == control_pb2.APP_KIND_DEPLOYED:
-                state = control_pb2.APP_STATE_DEPLOYED
-            else:
-                state = control_pb2.APP_STATE_RUNNING
-            containers = sum(
-                1 for c in self.containers.values() if self.services[c.service_id].app_id == record.app_id and c.state.is_live
-            )
-            infos.append(control_pb2.AppInfo(
-                app_id=record.app_id, name=record.name, kind=control_pb2.AppKind.ValueType(record.kind), state=state, version=record.version,
-                created_at=record.created_at, classes=list(record.class_defs), containers=containers,
-            ))
-        return infos
-
     def lookup_class(self, app_name: str, class_name: str) -> tuple[str, common_pb2.ClassDef]:
         app_id = self.deployed.get(app_name)
         if app_id is None:
@@ -534,18 +514,6 @@ class ControlPlane:
         else:
             self.snapshots.failed(result.snapshot_key, result.error)
 
-    def list_snapshots(self) -> list[control_pb2.SnapshotInfo]:
-        infos = []
-        for node_id, images in self.snapshots.images.items():
-            node = self.nodes.get(node_id)
-            for image in images:
-                app = self.apps.get(image.app_id)
-                infos.append(control_pb2.SnapshotInfo(
-                    image=image, node_id=node_id, node_name=node.name if node else "",
-                    app_name=app.name if app else "", broken=image.snapshot_key in self.snapshots.broken,
-                ))
-        return infos
-
     def delete_snapshots(self, request: control_pb2.DeleteSnapshotsRequest) -> int:
         """Delete images by key (or unique key prefix), by app, or all; returns how many."""
         held = {(image.snapshot_key, image.app_id) for images in self.snapshots.images.values() for image in images}
@@ -872,21 +840,3 @@ class ControlPlane:
             expired = [k for k, i in self.inputs.items() if i.done_at is not None and now - i.done_at > self.RESULT_TTL_S]
             for key in expired:
                 del self.inputs[key]
-
-    # Views ----------------------------------------------------------------------------------
-
-    def list_containers(self, app_id: str = "") -> list[control_pb2.ContainerInfo]:
-        infos = []
-        for container in self.containers.values():
-            service = self.services[container.service_id]
-            if app_id and service.app_id != app_id:
-                continue
-            app = self.apps[service.app_id]
-            infos.append(control_pb2.ContainerInfo(
-                container_id=container.container_id, app_id=app.app_id, app_name=app.name,
-                class_name=service.class_def.name, service_id=service.service_id, node_id=container.node_id,
-                state=control_pb2.ContainerState.ValueType(container.state), running_inputs=container.load, max_inputs=container.slots,
-                started_at=container.started_at, inputs_served=container.inputs_served, parameters=service.parameters,
-                restored_from_snapshot=container.restored,
-            ))
-        return infos

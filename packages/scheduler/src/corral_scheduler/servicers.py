@@ -19,6 +19,7 @@ from corral_protocol.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from corral_scheduler import views
 from corral_scheduler.auth import bearer_token
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument
@@ -87,7 +88,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def ListApps(self, request: control_pb2.ListAppsRequest, context: Any) -> control_pb2.ListAppsResponse:
-        return control_pb2.ListAppsResponse(apps=self.plane.list_apps(request.include_stopped))
+        return control_pb2.ListAppsResponse(apps=views.app_infos(self.plane, request.include_stopped))
 
     @api
     async def LookupClass(self, request: control_pb2.LookupClassRequest, context: Any) -> control_pb2.LookupClassResponse:
@@ -140,11 +141,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def ListContainers(self, request: control_pb2.ListContainersRequest, context: Any) -> control_pb2.ListContainersResponse:
-        return control_pb2.ListContainersResponse(containers=self.plane.list_containers(request.app_id))
+        return control_pb2.ListContainersResponse(containers=views.container_infos(self.plane, request.app_id))
 
     @api
     async def ListNodes(self, request: control_pb2.ListNodesRequest, context: Any) -> control_pb2.ListNodesResponse:
-        return control_pb2.ListNodesResponse(nodes=[n.info() for n in self.plane.nodes.values() if n.connected])
+        return control_pb2.ListNodesResponse(nodes=views.node_infos(self.plane))
 
     @api
     async def SetSecret(self, request: control_pb2.SetSecretRequest, context: Any) -> control_pb2.SetSecretResponse:
@@ -167,7 +168,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def ListSnapshots(self, request: control_pb2.ListSnapshotsRequest, context: Any) -> control_pb2.ListSnapshotsResponse:
-        return control_pb2.ListSnapshotsResponse(snapshots=self.plane.list_snapshots())
+        return control_pb2.ListSnapshotsResponse(snapshots=views.snapshot_infos(self.plane))
 
     @api
     async def DeleteSnapshots(self, request: control_pb2.DeleteSnapshotsRequest, context: Any) -> control_pb2.DeleteSnapshotsResponse:

@@ -1,0 +1,73 @@
+"""Read-only views of the control plane's live state, as the `List*` RPCs answer them.
+
+Functions, not `ControlPlane` methods: they only read its state and never change it, so the state
+machine in `control_plane.py` stays about transitions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from corral_protocol.v1 import control_pb2
+
+if TYPE_CHECKING:
+    from corral_scheduler.control_plane import ControlPlane
+
+
+def app_infos(plane: ControlPlane, include_stopped: bool) -> list[control_pb2.AppInfo]:
+    """Every app (stopped ones only with `include_stopped`), with its count of live containers."""
+    infos = []
+    for record in plane.apps.values():
+        if record.stopped and not include_stopped:
+            continue
+        if record.stopped:
+            state = control_pb2.APP_STATE_STOPPED
+        elif record.kind == control_pb2.APP_KIND_DEPLOYED:
+            state = control_pb2.APP_STATE_DEPLOYED
+        else:
+            state = control_pb2.APP_STATE_RUNNING
+        containers = sum(
+            1 for c in plane.containers.values() if plane.services[c.service_id].app_id == record.app_id and c.state.is_live
+        )
+        infos.append(control_pb2.AppInfo(
+            app_id=record.app_id, name=record.name, kind=control_pb2.AppKind.ValueType(record.kind), state=state, version=record.version,
+            created_at=record.created_at, classes=list(record.class_defs), containers=containers,
+        ))
+    return infos
+
+
+def container_infos(plane: ControlPlane, app_id: str = "") -> list[control_pb2.ContainerInfo]:
+    """Every container the control plane knows, or only those of `app_id`."""
+    infos = []
+    for container in plane.containers.values():
+        service = plane.services[container.service_id]
+        if app_id and service.app_id != app_id:
+            continue
+        app = plane.apps[service.app_id]
+        infos.append(control_pb2.ContainerInfo(
+            container_id=container.container_id, app_id=app.app_id, app_name=app.name,
+            class_name=service.class_def.name, service_id=service.service_id, node_id=container.node_id,
+            state=control_pb2.ContainerState.ValueType(container.state), running_inputs=container.load, max_inputs=container.slots,
+            started_at=container.started_at, inputs_served=container.inputs_served, parameters=service.parameters,
+            restored_from_snapshot=container.restored,
+        ))
+    return infos
+
+
+def node_infos(plane: ControlPlane) -> list[control_pb2.NodeInfo]:
+    """The connected nodes."""
+    return [node.info() for node in plane.nodes.values() if node.connected]
+
+
+def snapshot_infos(plane: ControlPlane) -> list[control_pb2.SnapshotInfo]:
+    """Every snapshot image the nodes reported, with its node's and app's names."""
+    infos = []
+    for node_id, images in plane.snapshots.images.items():
+        node = plane.nodes.get(node_id)
+        for image in images:
+            app = plane.apps.get(image.app_id)
+            infos.append(control_pb2.SnapshotInfo(
+                image=image, node_id=node_id, node_name=node.name if node else "",
+                app_name=app.name if app else "", broken=image.snapshot_key in plane.snapshots.broken,
+            ))
+    return infos
