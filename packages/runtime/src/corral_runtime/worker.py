@@ -231,7 +231,9 @@ class Worker:
             self.batcher = Batcher(getattr(self.instance, name), config.max_batch_size, config.wait_ms, loop)
             # One batch runs while the next fills; `max_inputs` may let the container hold more.
             capacity = batched_capacity(max_inputs, config.max_batch_size)
-        self._executor = ThreadPoolExecutor(max_workers=min(capacity, 256), thread_name_prefix="corral-input")
+        # Sync methods pushed by the control plane run here, up to max_inputs at once (a batched
+        # method runs on the batcher's thread instead).
+        self._executor = ThreadPoolExecutor(max_workers=max_inputs, thread_name_prefix="corral-input")
         self.gate = SlotGate(capacity, loop)
         callable_methods = {name for name, info in self.definition.methods.items() if not info.is_asgi_app}
         self.runner = InputRunner(self.instance, callable_methods, loop, self._executor, self.batcher)

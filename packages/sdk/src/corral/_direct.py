@@ -74,9 +74,20 @@ class _Route:
         for sock in self.idle:
             sock.close()
         self.idle.clear()
-        for conns in list(self.aio_idle.values()):
-            for conn in conns:
-                conn.close()
+        for loop, conns in list(self.aio_idle.items()):
+            idle, conns[:] = list(conns), []
+            for conn in idle:
+                # A transport belongs to its event loop's thread; this may run on another one.
+                if loop.is_closed():
+                    continue
+                try:
+                    running = asyncio.get_running_loop()
+                except RuntimeError:
+                    running = None
+                if running is loop:
+                    conn.close()
+                else:
+                    loop.call_soon_threadsafe(conn.close)
 
 
 @dataclass(eq=False)
