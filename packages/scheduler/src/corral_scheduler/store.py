@@ -1,7 +1,8 @@
 """Durable state: deployed apps and their versions, secrets, and code bundles.
 
 SQLite (WAL) holds the records; bundles are content-addressed files beside it. Live state
-(queues, containers, nodes) is in memory and rebuilt after a restart.
+(queues, containers, nodes) is in memory and rebuilt after a restart. Secret values are sealed
+with the key in `secret_key_file` (see `secret_box.py`) before they reach SQLite.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral_protocol.v1 import control_pb2
+from corral_scheduler.secret_box import SecretBox, SecretKeyError
+
+log = logging.getLogger("corral.scheduler")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -47,6 +52,10 @@ CREATE TABLE IF NOT EXISTS secrets (
     updated_at REAL NOT NULL
 );
 """
+# Secrets written by this version: `sealed` holds the Fernet token of {"name", "values"} and
+# `values_json` is empty. A row with `sealed` NULL is plaintext from an earlier version; the store
+# seals those when it opens.
+_SECRETS_SEALED_COLUMN = "ALTER TABLE secrets ADD COLUMN sealed BLOB"
 
 
 @dataclass(frozen=True)
@@ -59,14 +68,33 @@ class DeployedApp:
 
 
 class Store:
-    def __init__(self, directory: Path) -> None:
+    """The control plane's durable state in `directory` (SQLite and bundles).
+
+    `secret_key_file` (default: `secrets.key` beside `directory`, i.e. `$CORRAL_HOME/secrets.key`
+    for `corral up`) holds the key that seals secret values; it is created, mode 0600, when the
+    first secret is stored. Opening refuses (SecretKeyError) a key file that others can read, a
+    corrupted one, one that does not open the stored secrets, and a missing one while sealed
+    secrets exist: a new key would make them unreadable. Plaintext secrets of an earlier version
+    are sealed here.
+    """
+
+    def __init__(self, directory: Path, secret_key_file: Path | None = None) -> None:
         self.directory = directory
         self.bundle_dir = directory / "bundles"
         self.bundle_dir.mkdir(parents=True, exist_ok=True)
+        self.secret_key_file = secret_key_file or directory.parent / "secrets.key"
         self._db = sqlite3.connect(directory / "state.db", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Deleted and overwritten rows are zeroed, so a secret's old plaintext or token does not
+        # linger in free pages.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
+        try:
+            self._box = self._open_secrets()
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -133,17 +161,72 @@ class Store:
 
     # Secrets -------------------------------------------------------------------------------
 
+    def _open_secrets(self) -> SecretBox | None:
+        """Load the key, check it against the stored secrets, and seal any plaintext rows."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(secrets)")}
+        if "sealed" not in columns:
+            self._db.execute(_SECRETS_SEALED_COLUMN)
+        box = SecretBox.load(self.secret_key_file)
+        sample = self._db.execute("SELECT name, sealed FROM secrets WHERE sealed IS NOT NULL LIMIT 1").fetchone()
+        if sample is not None:
+            if box is None:
+                raise SecretKeyError(
+                    f"the state database in {self.directory} holds encrypted secrets but their key file "
+                    f"{self.secret_key_file} is missing; restore it from a backup (a new key could not read them)"
+                )
+            self._unseal(box, sample[0], sample[1])
+        plaintext = self._db.execute("SELECT name, values_json FROM secrets WHERE sealed IS NULL").fetchall()
+        if plaintext:
+            box = box or SecretBox.create(self.secret_key_file)
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for name, values_json in plaintext:
+                    self._db.execute(
+                        "UPDATE secrets SET values_json = '', sealed = ? WHERE name = ?",
+                        (self._seal(box, name, dict(json.loads(values_json))), name),
+                    )
+            # Rewrite the file and empty the WAL: no page or frame keeps the old plaintext.
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.info("encrypted %d secret(s) stored in plaintext by an earlier version", len(plaintext))
+        return box
+
+    @staticmethod
+    def _seal(box: SecretBox, name: str, values: dict[str, str]) -> bytes:
+        # The name is sealed with the values, so a token copied onto another row is refused.
+        return box.seal(json.dumps({"name": name, "values": values}).encode())
+
+    @staticmethod
+    def _unseal(box: SecretBox, name: str, sealed: bytes) -> dict[str, str]:
+        record = json.loads(box.open(sealed))
+        if record.get("name") != name:
+            raise SecretKeyError(f"the stored secret {name!r} holds another secret's values: the database was altered")
+        return dict(record["values"])
+
     def set_secret(self, name: str, values: dict[str, str]) -> None:
+        """Create or replace a secret; its values are sealed before they are written."""
+        if self._box is None:
+            self._box = SecretBox.create(self.secret_key_file)
+        sealed = self._seal(self._box, name, values)
         with self._db:
             self._db.execute(
-                "INSERT INTO secrets (name, values_json, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET values_json = excluded.values_json, updated_at = excluded.updated_at",
-                (name, json.dumps(values), time.time()),
+                "INSERT INTO secrets (name, values_json, sealed, updated_at) VALUES (?, '', ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET values_json = '', sealed = excluded.sealed, updated_at = excluded.updated_at",
+                (name, sealed, time.time()),
             )
 
     def get_secret(self, name: str) -> dict[str, str] | None:
-        row = self._db.execute("SELECT values_json FROM secrets WHERE name = ?", (name,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        row = self._db.execute("SELECT sealed FROM secrets WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        assert self._box is not None and row[0] is not None  # opening sealed every row, with a key
+        return self._unseal(self._box, name, row[0])
+
+    def delete_secret(self, name: str) -> bool:
+        """Delete a secret; False when there was none of that name."""
+        with self._db:
+            deleted = self._db.execute("DELETE FROM secrets WHERE name = ?", (name,)).rowcount
+        return deleted > 0
 
     def secret_names(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT name FROM secrets ORDER BY name")]
