@@ -26,6 +26,7 @@ from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc
 from corral_runtime import criu, namespaces
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import read_inventory
+from corral_runtime.redaction import SECRET_KEYS_ENV, Redactor, secret_keys
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
 from corral_runtime.snapshots import CriuError, SnapshotStore
 from corral_runtime.snapshotter import LAZY_PAGES_ENV, Snapshotter, release_lazy_pages
@@ -184,6 +185,7 @@ class NodeDaemon:
             "CORRAL_DIRECT_HOST": self.advertise_host,
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in start.gpu_indices),
             "PYTHONUNBUFFERED": "1",
+            SECRET_KEYS_ENV: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
         })
         return env
 
@@ -225,9 +227,10 @@ class NodeDaemon:
         ))
         process = container.process
         assert process.stdout is not None and process.stderr is not None
+        redactor = Redactor.from_container_env(start.env)
         await asyncio.gather(
-            self._pump(container, process.stdout, None),
-            self._pump(container, process.stderr, container.stderr_tail),
+            self._pump(container, process.stdout, None, redactor),
+            self._pump(container, process.stderr, container.stderr_tail, redactor),
         )
         code = await process.wait()
         await release_lazy_pages(container, self.work_dir / "containers" / container_id)
@@ -278,13 +281,15 @@ class NodeDaemon:
         result = await self.snapshotter.take(container, lambda: container.container_id in self.containers)
         self._emit(snapshot_result=result)
 
-    async def _pump(self, container: ContainerProcess, stream: asyncio.StreamReader, tail: deque[str] | None) -> None:
+    async def _pump(self, container: ContainerProcess, stream: asyncio.StreamReader, tail: deque[str] | None, redactor: Redactor) -> None:
+        """Forward a container's output to the node's log line by line, its secret values masked
+        (user code may print its environment); stderr also feeds the tail reported at exit."""
         prefix = f"[{container.container_id}] "
         while True:
             line = await stream.readline()
             if not line:
                 return
-            text = line.decode(errors="replace")
+            text = redactor.text(line.decode(errors="replace"))
             if container.start is not None and tail is None and text.rstrip("\n") == SNAPSHOT_POINT_LINE:
                 self._spawn_task(self._take_snapshot(container))
                 continue
