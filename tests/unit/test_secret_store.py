@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from corral_protocol.v1 import common_pb2, control_pb2
+from corral_scheduler import store as store_module
 from corral_scheduler.secret_box import SecretKeyError
 from corral_scheduler.store import Store
 
@@ -136,3 +138,38 @@ def test_a_sealed_value_moved_to_another_row_is_refused(tmp_path: Path) -> None:
     assert reopened.get_secret("a") == {"K": "value-a"}
     with pytest.raises(SecretKeyError, match="another secret's values"):
         reopened.get_secret("b")
+
+
+def inline_definition(name: str) -> control_pb2.CreateAppRequest:
+    options = common_pb2.ServiceOptions(secrets=[common_pb2.SecretRef(inline=common_pb2.InlineSecret(values={"API_KEY": VALUE}))])
+    return control_pb2.CreateAppRequest(name=name, classes=[common_pb2.ClassDef(name="Model", options=options)])
+
+
+def test_definitions_with_inline_secret_values_are_sealed(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.deploy("ap-1", inline_definition("inline"))
+    store.deploy("ap-2", control_pb2.CreateAppRequest(name="plain", classes=[common_pb2.ClassDef(name="Model")]))
+    store.close()
+    assert VALUE.encode() not in db_bytes(tmp_path / "state")
+    reopened = open_store(tmp_path)
+    apps = {app.name: app.definition for app in reopened.deployed_apps()}
+    assert apps["inline"] == inline_definition("inline")
+    assert apps["plain"].classes[0].name == "Model"
+    reopened.close()
+
+
+def test_definitions_of_the_previous_version_with_inline_values_are_migrated(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / "state.db", isolation_level=None)
+    db.executescript(store_module._SCHEMA)  # the apps tables are as the previous version made them
+    db.execute("INSERT INTO apps VALUES ('ap-1', 'inline', 'deployed', 1, 0, 0)")
+    db.execute("INSERT INTO app_versions VALUES ('ap-1', 1, ?, 0)", (inline_definition("inline").SerializeToString(),))
+    db.close()
+    store = open_store(tmp_path)
+    assert [app.definition for app in store.deployed_apps()] == [inline_definition("inline")]
+    store.close()
+    assert VALUE.encode() not in db_bytes(state)
+    (tmp_path / "secrets.key").unlink()
+    with pytest.raises(SecretKeyError, match="is missing"):
+        open_store(tmp_path)
