@@ -58,3 +58,20 @@ class LeakyEnter:
     @corral.method()
     def ping(self) -> str:
         return "pong"
+
+
+SNAP_SECRET_NAME = "e2e-leaky-snap"
+
+
+@app.cls(enable_memory_snapshot=True, secrets=[corral.Secret.from_name(SNAP_SECRET_NAME)], scaledown_window=600)
+class LeakySnap:
+    """Its worker gets its secrets with its identity, after the snapshot point."""
+
+    @corral.enter(snap=True)
+    def build(self) -> None:
+        self.built = True
+
+    @corral.method()
+    def leak(self) -> None:
+        print(f"snap stdout {dict(os.environ)}", flush=True)
+        raise RuntimeError(f"restored environment: {dict(os.environ)}")

@@ -17,19 +17,22 @@ import pytest
 
 import corral
 import secrets_app
-from conftest import start_cluster, wait_for
+from conftest import Cluster, start_cluster, wait_for
+from corral_protocol.v1 import control_pb2
+from corral_runtime import criu
 from e2e_helpers import client_for, deploy
 
 APP = "e2e-secrets"
 
 
-def write_previous_version_state(home: Path, name: str, values: dict[str, str]) -> None:
-    """The secrets table as the version before encryption wrote it: plaintext JSON."""
+def write_previous_version_state(home: Path, name: str, values: dict[str, str], create: bool = True) -> None:
+    """A secret as the version before encryption stored it: plaintext JSON."""
     state = home / "state"
-    state.mkdir(parents=True)
+    state.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(state / "state.db", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE secrets (name TEXT PRIMARY KEY, values_json TEXT NOT NULL, updated_at REAL NOT NULL)")
+    if create:
+        db.execute("CREATE TABLE secrets (name TEXT PRIMARY KEY, values_json TEXT NOT NULL, updated_at REAL NOT NULL)")
     db.execute("INSERT INTO secrets VALUES (?, ?, ?)", (name, json.dumps(values), time.time()))
     db.close()
 
@@ -48,6 +51,7 @@ def test_secret_values_stay_out_of_errors_logs_outputs_and_the_database(tmp_path
     value = f"corral-e2e-secret-{secrets.token_hex(12)}"
     home = tmp_path / "home"
     write_previous_version_state(home, secrets_app.SECRET_NAME, {secrets_app.SECRET_KEY: value})
+    write_previous_version_state(home, secrets_app.SNAP_SECRET_NAME, {"UNUSED": "x"}, create=False)
     assert value.encode() in state_bytes(home)
 
     cluster = start_cluster(home)
@@ -94,7 +98,7 @@ def test_secret_values_stay_out_of_errors_logs_outputs_and_the_database(tmp_path
         missing = cluster.corral("secret", "delete", secrets_app.SECRET_NAME)
         assert missing.returncode != 0 and "NotFoundError" in missing.stderr and secrets_app.SECRET_NAME in missing.stderr
         cli_outputs += [deleted.stdout + deleted.stderr, missing.stdout + missing.stderr]
-        assert secrets_app.SECRET_NAME not in cluster.corral("secret", "list").stdout
+        assert cluster.corral("secret", "list").stdout.split() == [secrets_app.SNAP_SECRET_NAME]
         assert leaky.has_secret.remote(value) is True
         with pytest.raises(corral.exception.InitError, match=f"secret '{secrets_app.SECRET_NAME}' not found"):
             Leaky(tag="b").has_secret.remote(value)
@@ -135,3 +139,33 @@ def test_corral_up_refuses_an_unusable_key_file(tmp_path: Path) -> None:
         assert cluster.corral("secret", "list").stdout.split() == ["kept"]
     finally:
         cluster.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_snapshot_workers_secrets_are_masked_too(cluster: Cluster) -> None:
+    """A snapshot-enabled worker gets its secrets after the dump, with its identity; its errors and
+    output are masked all the same."""
+    support = criu.detect()
+    if not support.available:
+        if os.environ.get("CI"):
+            pytest.fail(f"memory snapshots are unavailable in CI: {support.reason}")
+        pytest.skip(f"memory snapshots are unavailable here: {support.reason}")
+    value = f"corral-e2e-snap-secret-{secrets.token_hex(12)}"
+    for name, pair in ((secrets_app.SNAP_SECRET_NAME, f"SNAP_LEAKY={value}"), (secrets_app.SECRET_NAME, "UNUSED=x")):
+        created = cluster.corral("secret", "create", name, pair)
+        assert created.returncode == 0, created.stderr
+    deploy(cluster, "secrets_app.py", "e2e-secrets-snap")
+    client = client_for(cluster)
+    LeakySnap = corral.Cls.from_name("e2e-secrets-snap", "LeakySnap", client=client)
+    with pytest.raises(RuntimeError) as raised:
+        LeakySnap().leak.remote()
+
+    def dumped() -> bool:  # this worker was dumped: it got its secrets after, with its identity
+        listed = client.call(client.stub.ListSnapshots, control_pb2.ListSnapshotsRequest()).snapshots
+        return any(s.app_name == "e2e-secrets-snap" for s in listed)
+
+    wait_for(dumped, message="the snapshot of LeakySnap")
+    text = full_text(raised.value)
+    assert "<secret SNAP_LEAKY>" in text and value not in text
+    wait_for(lambda: "snap stdout" in cluster.logs(), message="the container's output in the server log")
+    assert value not in cluster.logs()
