@@ -28,7 +28,7 @@ from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import read_inventory
 from corral_runtime.redaction import SECRET_KEYS_ENV, Redactor, secret_keys
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
-from corral_runtime.snapshots import CriuError, SnapshotStore
+from corral_runtime.snapshots import IDENTITY_FILE, CriuError, SnapshotStore
 from corral_runtime.snapshotter import LAZY_PAGES_ENV, Snapshotter, release_lazy_pages
 
 __all__ = ["LAZY_PAGES_ENV", "ContainerProcess", "NodeDaemon", "main"]
@@ -234,6 +234,8 @@ class NodeDaemon:
         )
         code = await process.wait()
         await release_lazy_pages(container, self.work_dir / "containers" / container_id)
+        with contextlib.suppress(OSError):  # a worker that died before reading its identity leaves its secrets there
+            (self.work_dir / "containers" / container_id / IDENTITY_FILE).unlink()
         if container.stdin_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(container.stdin_fd)
