@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pickle
 
-from corral import _serialization
+from corral import _serialization  # the SDK side of Results: what a caller decodes
 from corral.exception import RemoteError
+from corral_protocol import env
 from corral_protocol.v1 import common_pb2
-from corral_runtime.redaction import SECRET_KEYS_ENV, Redactor, secret_keys
+from corral_runtime.redaction import Redactor, secret_keys
 
 VALUE = "sk-9f8e7d6c5b4a"
 QUOTED = 'it\'s "quoted" \\ and é'
@@ -42,10 +43,10 @@ def test_text_forms() -> None:
 
 
 def test_keys_from_the_container_env_and_the_worker_env() -> None:
-    start_env = {"API_KEY": VALUE, "CORRAL_APP_NAME": "my-app", "CORRAL_APP_ID": "ap-123456"}
+    start_env = {"API_KEY": VALUE, env.CORRAL_APP_NAME: "my-app", env.CORRAL_APP_ID: "ap-123456"}
     assert secret_keys(start_env) == ["API_KEY"]
     assert Redactor.from_container_env(start_env).text("my-app ap-123456") == "my-app ap-123456"
-    environ = {SECRET_KEYS_ENV: "API_KEY", "API_KEY": VALUE, "HOME": "/home/someone"}
+    environ = {env.CORRAL_SECRET_KEYS: "API_KEY", "API_KEY": VALUE, "HOME": "/home/someone"}
     redactor = Redactor.from_environ(environ)
     assert redactor.text(f"{VALUE} /home/someone") == "<secret API_KEY> /home/someone"
 

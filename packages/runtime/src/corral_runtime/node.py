@@ -22,11 +22,12 @@ from typing import Any, TextIO
 import grpc
 
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
-from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc
+from corral_protocol import env as corral_env
+from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import read_inventory
-from corral_runtime.redaction import SECRET_KEYS_ENV, Redactor, secret_keys
+from corral_runtime.redaction import Redactor, secret_keys
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
 from corral_runtime.snapshots import IDENTITY_FILE, CriuError, SnapshotStore
 from corral_runtime.snapshotter import LAZY_PAGES_ENV, Snapshotter, release_lazy_pages
@@ -36,7 +37,7 @@ __all__ = ["LAZY_PAGES_ENV", "ContainerProcess", "NodeDaemon", "main"]
 log = logging.getLogger("corral.runtime")
 
 # Credentials of the node or the user never reach a container: it gets only its own token.
-_SCRUBBED_ENV = ("CORRAL_TOKEN", "CORRAL_SERVER_URL", "CORRAL_HOME")
+_SCRUBBED_ENV = corral_env.NODE_CREDENTIALS
 
 
 class NodeDaemon:
@@ -178,14 +179,14 @@ class NodeDaemon:
         """What a container's environment adds to the node's: its identity, secrets and GPUs."""
         env = dict(start.env)
         env.update({
-            "CORRAL_CONTAINER_ID": start.container_id,
-            "CORRAL_CONTAINER_TOKEN": start.container_token,
-            "CORRAL_CONTROL_URL": self.control_url,
-            "CORRAL_BUNDLE_DIR": str(bundle),
-            "CORRAL_DIRECT_HOST": self.advertise_host,
+            corral_env.CORRAL_CONTAINER_ID: start.container_id,
+            corral_env.CORRAL_CONTAINER_TOKEN: start.container_token,
+            corral_env.CORRAL_CONTROL_URL: self.control_url,
+            corral_env.CORRAL_BUNDLE_DIR: str(bundle),
+            corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in start.gpu_indices),
             "PYTHONUNBUFFERED": "1",
-            SECRET_KEYS_ENV: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
+            corral_env.CORRAL_SECRET_KEYS: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
         })
         return env
 
@@ -257,10 +258,10 @@ class NodeDaemon:
             cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
             gpu_visible = self.inventory.snapshots.gpu_checkpoint
             env.update({
-                "CORRAL_CONTAINER_ID": start.container_id,
-                "CORRAL_CONTAINER_TOKEN": start.pre_snapshot_token,
-                "CORRAL_CONTROL_URL": self.control_url,
-                "CORRAL_BUNDLE_DIR": container_env["CORRAL_BUNDLE_DIR"],
+                corral_env.CORRAL_CONTAINER_ID: start.container_id,
+                corral_env.CORRAL_CONTAINER_TOKEN: start.pre_snapshot_token,
+                corral_env.CORRAL_CONTROL_URL: self.control_url,
+                corral_env.CORRAL_BUNDLE_DIR: container_env[corral_env.CORRAL_BUNDLE_DIR],
                 "CUDA_VISIBLE_DEVICES": container_env["CUDA_VISIBLE_DEVICES"] if gpu_visible else "",
                 "PYTHONUNBUFFERED": "1",
             })
@@ -274,7 +275,7 @@ class NodeDaemon:
         container = ContainerProcess(start.container_id, process, in_namespace=take)
         if take:
             container.start = start
-            container.identity = {"env": container_env, "workdir": str(workdir), "restored": False}
+            container.identity = worker_pb2.SnapshotIdentity(env=container_env, workdir=str(workdir), restored=False)
         return container
 
     async def _take_snapshot(self, container: ContainerProcess) -> None:
@@ -336,12 +337,12 @@ class NodeDaemon:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corral-node", description="Run a Corral runtime node.")
-    parser.add_argument("--server", default=os.environ.get("CORRAL_SERVER_URL"), help="control plane URL, grpc://host:port")
-    parser.add_argument("--token", default=os.environ.get("CORRAL_TOKEN"), help="the control plane's token")
+    parser.add_argument("--server", default=os.environ.get(corral_env.CORRAL_SERVER_URL), help="control plane URL, grpc://host:port")
+    parser.add_argument("--token", default=os.environ.get(corral_env.CORRAL_TOKEN), help="the control plane's token")
     parser.add_argument("--name", default=None, help="node name (default: hostname)")
     parser.add_argument("--work-dir", default=None, help="where bundles and container files live")
     parser.add_argument(
-        "--advertise-host", default=os.environ.get("CORRAL_NODE_ADVERTISE_HOST", "127.0.0.1"),
+        "--advertise-host", default=os.environ.get(corral_env.CORRAL_NODE_ADVERTISE_HOST, "127.0.0.1"),
         help="address clients reach this node's containers on for direct calls (default 127.0.0.1)",
     )
     parser.add_argument(

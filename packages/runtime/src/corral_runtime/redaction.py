@@ -10,8 +10,8 @@ with `<secret KEY>` before it leaves the container's side:
   the stderr tail it reports when a container dies.
 
 Which variables are secrets: every key of `StartContainer.env` except the `CORRAL_*` ones the
-control plane adds (app id, name, kind). The node lists them, names only, in CORRAL_SECRET_KEYS
-for the worker. Values shorter than MIN_LENGTH characters are not masked: they would garble every
+control plane adds (app id, name, kind). The node lists them, names only, in
+`env.CORRAL_SECRET_KEYS` for the worker. Values shorter than MIN_LENGTH characters are not masked: they would garble every
 message ("1", "true") and redaction could not hide them anyway.
 
 Example:
@@ -24,21 +24,23 @@ from __future__ import annotations
 import copy
 import json
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from corral import _serialization
+from corral import container_api as sdk
+from corral_protocol import env
 from corral_protocol.v1 import common_pb2
 
-SECRET_KEYS_ENV = "CORRAL_SECRET_KEYS"
 MIN_LENGTH = 4
+# The prefix of the control plane's own variables in a StartContainer.env (app id, name, kind);
+# every other variable there comes from a secret.
+_PLATFORM_PREFIX = "CORRAL_"
 
 
 def secret_keys(container_env: Mapping[str, str]) -> list[str]:
     """The keys of a `StartContainer.env` that come from the class's secrets."""
-    return sorted(key for key in container_env if not key.startswith("CORRAL_"))
+    return sorted(key for key in container_env if not key.startswith(_PLATFORM_PREFIX))
 
 
 class Redactor:
@@ -66,7 +68,7 @@ class Redactor:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Redactor:
         """The worker's: the variables the node named in CORRAL_SECRET_KEYS."""
-        keys = [key for key in environ.get(SECRET_KEYS_ENV, "").split(",") if key]
+        keys = [key for key in environ.get(env.CORRAL_SECRET_KEYS, "").split(",") if key]
         return cls({key: environ[key] for key in keys if key in environ})
 
     def __bool__(self) -> bool:
@@ -123,10 +125,10 @@ class Redactor:
         if result.HasField("exception") and self.found_in(result.exception.data):
             masked.ClearField("exception")
             try:
-                data = _serialization.dumps(self.exception(pickle.loads(result.exception.data)))
-                pickle.loads(data)
+                # user_error pickles the masked copy and checks that it loads back.
+                rebuilt = sdk.user_error(self.exception(sdk.decode_value(result.exception)))
             except Exception:
                 return masked
-            if not self.found_in(data):
-                masked.exception.CopyFrom(common_pb2.Payload(format=result.exception.format, data=data))
+            if rebuilt.HasField("exception") and not self.found_in(rebuilt.exception.data):
+                masked.exception.CopyFrom(rebuilt.exception)
         return masked

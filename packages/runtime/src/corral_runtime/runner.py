@@ -13,7 +13,7 @@ import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from corral import _serialization
+from corral import container_api as sdk
 from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_runtime.batching import Batcher
 from corral_runtime.redaction import Redactor
@@ -51,25 +51,25 @@ class InputRunner:
         """Run a direct input on the calling (non-loop) thread."""
         if self.batcher is not None:
             return self.redactor.result(self.batcher.submit(inp).result())
-        fmt = inp.args.format or _serialization.PICKLE
+        fmt = inp.args.format or sdk.PICKLE
         try:
-            args, kwargs = _serialization.decode_args(inp.args)
+            args, kwargs = sdk.decode_args(inp.args)
             function, is_async = self._function(inp.method)
             if is_async:
                 value = asyncio.run_coroutine_threadsafe(function(*args, **kwargs), self.loop).result()
             else:
                 value = function(*args, **kwargs)
         except Exception as exc:
-            return self.redactor.result(_serialization.user_error(exc))
-        return self.redactor.result(_serialization.encode_result(value, fmt, inp.method))
+            return self.redactor.result(sdk.user_error(exc))
+        return self.redactor.result(sdk.encode_result(value, fmt, inp.method))
 
     async def run_on_loop(self, inp: worker_pb2.Input) -> common_pb2.Result:
         """Run a pushed input from the event loop."""
         if self.batcher is not None:
             return self.redactor.result(await asyncio.wrap_future(self.batcher.submit(inp)))
-        fmt = inp.args.format or _serialization.PICKLE
+        fmt = inp.args.format or sdk.PICKLE
         try:
-            args, kwargs = _serialization.decode_args(inp.args)
+            args, kwargs = sdk.decode_args(inp.args)
             function, is_async = self._function(inp.method)
             if is_async:
                 value = await function(*args, **kwargs)
@@ -78,5 +78,5 @@ class InputRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return self.redactor.result(_serialization.user_error(exc))
-        return self.redactor.result(_serialization.encode_result(value, fmt, inp.method))
+            return self.redactor.result(sdk.user_error(exc))
+        return self.redactor.result(sdk.encode_result(value, fmt, inp.method))

@@ -9,11 +9,13 @@ only this way, after the dump, so they never enter an image.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
-from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from corral_protocol.v1 import worker_pb2
 
 # The line a worker prints on stdout at its snapshot point; the node dumps it when it reads it.
 SNAPSHOT_POINT_LINE = "\x00corral-snapshot-point"
@@ -23,7 +25,7 @@ class SnapshotPointError(Exception):
     """The node closed the worker's stdin or sent an unreadable identity."""
 
 
-def wait_for_identity() -> dict[str, Any]:
+def wait_for_identity() -> worker_pb2.SnapshotIdentity:
     """Block until the node sends this process its identity; returns it.
 
     Blocking the event loop is deliberate: nothing may run between the dump and the new identity.
@@ -32,10 +34,11 @@ def wait_for_identity() -> dict[str, Any]:
     if not line.strip():
         raise SnapshotPointError("the node closed stdin at the snapshot point")
     path = line.decode().strip()
+    identity = worker_pb2.SnapshotIdentity()
     try:
-        with open(path) as f:
-            identity: dict[str, Any] = json.load(f)
-    except (OSError, ValueError) as err:
+        with open(path, "rb") as f:
+            identity.ParseFromString(f.read())
+    except (OSError, DecodeError) as err:
         raise SnapshotPointError(f"cannot read the identity file {path}: {err}") from err
     try:
         os.unlink(path)
@@ -44,12 +47,11 @@ def wait_for_identity() -> dict[str, Any]:
     return identity
 
 
-def apply_environment(identity: dict[str, Any]) -> None:
+def apply_environment(identity: worker_pb2.SnapshotIdentity) -> None:
     """The container's environment (secrets included) and working directory, then fresh RNG seeds."""
-    os.environ.update(identity.get("env", {}))
-    workdir = identity.get("workdir")
-    if workdir:
-        os.chdir(workdir)
+    os.environ.update(identity.env)
+    if identity.workdir:
+        os.chdir(identity.workdir)
     reseed()
 
 

@@ -12,12 +12,14 @@ import secrets
 import time
 from collections.abc import Iterable
 
+from corral_protocol.env import APP_KIND_DEPLOYED, APP_KIND_EPHEMERAL, CORRAL_APP_ID, CORRAL_APP_KIND, CORRAL_APP_NAME
 from corral_protocol.names import NAME_RULE, is_valid_name
-from corral_protocol.options import merge_options
+from corral_protocol.options import batching_violation, effective_max_inputs, effective_timeout_s, merge_options
+from corral_protocol.parameters import matches as parameter_matches
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler import ids
 from corral_scheduler.autoscaler import desired_containers, init_backoff_s, retry_delay_s
-from corral_scheduler.errors import InvalidArgument, NotFound, PermissionDenied, QueueFull
+from corral_scheduler.errors import InvalidArgument, NotFound, PermissionDenied, QueueFull, ServiceGone
 from corral_scheduler.model import AppRecord, Container, ContainerState, Input, Node, Service
 from corral_scheduler.placement import NodeCapacity, Unplaceable, choose_node
 from corral_scheduler.snapshot_keys import SnapshotBook, StartMode, snapshot_key
@@ -28,12 +30,6 @@ log = logging.getLogger("corral.scheduler")
 
 S = common_pb2
 _RETRYABLE = (S.RESULT_STATUS_USER_ERROR, S.RESULT_STATUS_TIMEOUT, S.RESULT_STATUS_INTERNAL_ERROR)
-_PARAM_KINDS = {
-    S.PARAMETER_TYPE_STRING: "string_value",
-    S.PARAMETER_TYPE_INT: "int_value",
-    S.PARAMETER_TYPE_BOOL: "bool_value",
-    S.PARAMETER_TYPE_BYTES: "bytes_value",
-}
 
 
 def _failure(status: common_pb2.ResultStatus.ValueType, message: str, traceback: str = "") -> common_pb2.Result:
@@ -203,8 +199,9 @@ class ControlPlane:
         if class_def is None:
             raise NotFound(f"class {class_name!r} not found in app {record.name!r}")
         bound = self._check_parameters(class_def, list(parameters))
-        if override.batching.max_batch_size and len(class_def.methods) != 1:
-            raise InvalidArgument(f"with_batching needs a class with exactly one method; {class_name} has {len(class_def.methods)}")
+        violation = batching_violation(class_name, [m.name for m in class_def.methods], with_batching=bool(override.batching.max_batch_size))
+        if violation:
+            raise InvalidArgument(violation)
         service_id = ids.service_id(app_id, record.version, class_name, bound, override)
         if service_id not in self.services:
             for ref in override.secrets:
@@ -232,7 +229,7 @@ class ControlPlane:
             value = by_name[name].value if name in by_name else (spec.default if spec.has_default else None)
             if value is None:
                 raise InvalidArgument(f"{class_def.name} is missing required parameter {name!r}")
-            if value.WhichOneof("kind") != _PARAM_KINDS.get(spec.type):
+            if not parameter_matches(spec.type, value):
                 raise InvalidArgument(f"parameter {name!r} of {class_def.name} has the wrong type")
             bound.append(common_pb2.NamedParameter(name=name, value=value))
         return sorted(bound, key=lambda p: p.name)
@@ -251,7 +248,7 @@ class ControlPlane:
     def _live_service(self, service_id: str) -> Service:
         service = self.services.get(service_id)
         if service is None or service.retired:
-            raise NotFound(f"service {service_id!r} is gone (its app was stopped or redeployed); bind the class again")
+            raise ServiceGone(f"service {service_id!r} is gone (its app was stopped or redeployed); bind the class again")
         return service
 
     def _retire_services(self, app_id: str, reason: str) -> None:
@@ -383,7 +380,7 @@ class ControlPlane:
             input_id=inp.call_id, method=inp.method, args=inp.args, http_request=inp.http_request,
         )))
         inp.timer = asyncio.get_running_loop().call_later(
-            service.options.timeout_s or 300.0, self._on_timeout, inp.call_id, container.container_id, inp.attempts
+            effective_timeout_s(service.options), self._on_timeout, inp.call_id, container.container_id, inp.attempts
         )
 
     def _scale(self, service: Service) -> None:
@@ -432,7 +429,7 @@ class ControlPlane:
         container = Container(
             container_id=ids.new_id("ct"), token=secrets.token_urlsafe(24), service_id=service.service_id,
             node_id=node.node_id, resources=resources, gpu_indices=placement.gpu_indices,
-            slots=service.options.concurrency.max_inputs or 1,
+            slots=effective_max_inputs(service.options),
             direct_token=secrets.token_urlsafe(24) if service.direct_enabled else "",
         )
         start = node_pb2.StartContainer(
@@ -449,12 +446,12 @@ class ControlPlane:
         self.containers[container.container_id] = container
         self.container_tokens[container.token] = container.container_id
         app = self.apps[service.app_id]
-        kind = "deployed" if app.kind == control_pb2.APP_KIND_DEPLOYED else "ephemeral"
-        start.env.update({"CORRAL_APP_ID": app.app_id, "CORRAL_APP_NAME": app.name, "CORRAL_APP_KIND": kind})
+        kind = APP_KIND_DEPLOYED if app.kind == control_pb2.APP_KIND_DEPLOYED else APP_KIND_EPHEMERAL
+        start.env.update({CORRAL_APP_ID: app.app_id, CORRAL_APP_NAME: app.name, CORRAL_APP_KIND: kind})
         node.send(node_pb2.NodeSessionResponse(start_container=start))
         log.info("starting container %s for %s on node %s", container.container_id, service.class_def.name, node.name)
         # A container's start (process, imports) is not shortened below a floor by a tiny input timeout.
-        startup_timeout = max(self.MIN_STARTUP_TIMEOUT_S, service.options.timeout_s or 300.0)
+        startup_timeout = max(self.MIN_STARTUP_TIMEOUT_S, effective_timeout_s(service.options))
         asyncio.get_running_loop().call_later(startup_timeout, self._check_started, container.container_id, startup_timeout)
         return True
 

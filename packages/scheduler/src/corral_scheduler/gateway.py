@@ -23,6 +23,7 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from corral_protocol.parameters import parse_parameter
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, QueueFull
@@ -43,8 +44,6 @@ KEY_HEADER = "corral-key"
 SECRET_HEADER = "corral-secret"
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 _EMPTY_ARGS = common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON, data=b"{}")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 S = common_pb2
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
@@ -71,20 +70,10 @@ def parameter_values(class_def: common_pb2.ClassDef, query: list[tuple[str, str]
     for spec in class_def.parameters:
         if spec.name not in given:
             continue
-        raw = given[spec.name]
-        if spec.type == S.PARAMETER_TYPE_INT:
-            try:
-                value = common_pb2.ParameterValue(int_value=int(raw))
-            except (ValueError, OverflowError):
-                raise HttpError(400, f"parameter {spec.name!r} must be an integer, got {raw!r}") from None
-        elif spec.type == S.PARAMETER_TYPE_BOOL:
-            if raw.lower() not in _TRUE | _FALSE:
-                raise HttpError(400, f"parameter {spec.name!r} must be true or false, got {raw!r}")
-            value = common_pb2.ParameterValue(bool_value=raw.lower() in _TRUE)
-        elif spec.type == S.PARAMETER_TYPE_BYTES:
-            value = common_pb2.ParameterValue(bytes_value=raw.encode())
-        else:
-            value = common_pb2.ParameterValue(string_value=raw)
+        try:
+            value = parse_parameter(spec.type, given[spec.name])
+        except ValueError as err:
+            raise HttpError(400, f"parameter {spec.name!r} {err}") from None
         values.append(common_pb2.NamedParameter(name=spec.name, value=value))
     return values
 

@@ -8,6 +8,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from corral_protocol.options import batched_method
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler.autoscaler import AutoscalerConfig
 from corral_scheduler.placement import NodeCapacity
@@ -156,12 +157,8 @@ class Service:
     @property
     def batching(self) -> common_pb2.BatchingConfig | None:
         """`with_batching` on the service, else `@corral.batched` on its method."""
-        if self.options.batching.max_batch_size:
-            return self.options.batching
-        for method in self.class_def.methods:
-            if method.batching.max_batch_size:
-                return method.batching
-        return None
+        batched = batched_method(self.class_def, self.options)
+        return batched[1] if batched is not None else None
 
     @property
     def target_inputs(self) -> int:

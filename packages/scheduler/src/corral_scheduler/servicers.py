@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from corral_protocol.errors import reason_metadata
 from corral_protocol.names import NAME_RULE, is_valid_name
 from corral_protocol.v1 import (
     control_pb2,
@@ -38,7 +39,7 @@ def api(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         try:
             return await method(self, request, context)
         except ApiError as err:
-            await context.abort(err.code, err.message)
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
             raise  # unreachable: abort raises
 
     wrapper.__name__ = method.__name__

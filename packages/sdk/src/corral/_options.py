@@ -10,11 +10,11 @@ from corral.exception import InvalidError
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
+from corral_protocol.options import DEFAULT_TIMEOUT_S
 from corral_protocol.v1 import common_pb2
 
 DEFAULT_CPU = 0.125
 DEFAULT_MEMORY_MIB = 128
-DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_SCALEDOWN_WINDOW_S = 60.0
 MAX_TIMEOUT_S = 24 * 3600.0
 

@@ -114,6 +114,31 @@ RESULT_STATUS_INTERNAL_ERROR: ResultStatus.ValueType  # 5
 RESULT_STATUS_CANCELLED: ResultStatus.ValueType  # 6
 Global___ResultStatus: _TypeAlias = ResultStatus  # noqa: Y015
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    ERROR_REASON_SERVICE_GONE: _ErrorReason.ValueType  # 1
+    """NOT_FOUND: the bound service was retired (its app was redeployed or stopped). Bind the class
+    again (BindService) to reach its current version.
+    """
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """Why a control-plane RPC failed, beyond its gRPC status code. The server names the reason (the
+    value's name, e.g. `ERROR_REASON_SERVICE_GONE`) in the `corral-error-reason` trailing metadata
+    key, so clients act on it without matching the message text.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+ERROR_REASON_SERVICE_GONE: ErrorReason.ValueType  # 1
+"""NOT_FOUND: the bound service was retired (its app was redeployed or stopped). Bind the class
+again (BindService) to reach its current version.
+"""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 @_typing.final
 class Payload(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
