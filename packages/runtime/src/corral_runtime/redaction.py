@@ -11,8 +11,8 @@ with `<secret KEY>` before it leaves the container's side:
 
 Which variables are secrets: every key of `StartContainer.env` except the `CORRAL_*` ones the
 control plane adds (app id, name, kind). The node lists them, names only, in
-`env.CORRAL_SECRET_KEYS` for the worker. Values shorter than MIN_LENGTH characters are not masked: they would garble every
-message ("1", "true") and redaction could not hide them anyway.
+`env.CORRAL_SECRET_KEYS` for the worker. Values shorter than MIN_LENGTH characters are not
+masked: they would garble every message ("1", "true") and redaction could not hide them anyway.
 
 Example:
     redactor = Redactor({"API_KEY": "sk-123456"})
