@@ -30,6 +30,9 @@ CORRAL_BUNDLE_DIR = "CORRAL_BUNDLE_DIR"
 """The folder holding the app's code bundle, put first on the worker's `sys.path`."""
 CORRAL_DIRECT_HOST = "CORRAL_DIRECT_HOST"
 """The host the worker's direct server listens on (the node's advertised host)."""
+CORRAL_SECRET_KEYS = "CORRAL_SECRET_KEYS"
+"""Comma-separated names (never values) of the container's variables that come from secrets: the
+worker masks their values in what it reports (`corral_runtime.redaction`)."""
 
 # What the control plane adds to a container's environment.
 CORRAL_APP_ID = "CORRAL_APP_ID"

@@ -27,8 +27,9 @@ from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import read_inventory
+from corral_runtime.redaction import Redactor, secret_keys
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
-from corral_runtime.snapshots import CriuError, SnapshotStore
+from corral_runtime.snapshots import IDENTITY_FILE, CriuError, SnapshotStore
 from corral_runtime.snapshotter import LAZY_PAGES_ENV, Snapshotter, release_lazy_pages
 
 __all__ = ["LAZY_PAGES_ENV", "ContainerProcess", "NodeDaemon", "main"]
@@ -185,6 +186,7 @@ class NodeDaemon:
             corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in start.gpu_indices),
             "PYTHONUNBUFFERED": "1",
+            corral_env.CORRAL_SECRET_KEYS: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
         })
         return env
 
@@ -226,12 +228,15 @@ class NodeDaemon:
         ))
         process = container.process
         assert process.stdout is not None and process.stderr is not None
+        redactor = Redactor.from_container_env(start.env)
         await asyncio.gather(
-            self._pump(container, process.stdout, None),
-            self._pump(container, process.stderr, container.stderr_tail),
+            self._pump(container, process.stdout, None, redactor),
+            self._pump(container, process.stderr, container.stderr_tail, redactor),
         )
         code = await process.wait()
         await release_lazy_pages(container, self.work_dir / "containers" / container_id)
+        with contextlib.suppress(OSError):  # a worker that died before reading its identity leaves its secrets there
+            (self.work_dir / "containers" / container_id / IDENTITY_FILE).unlink()
         if container.stdin_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(container.stdin_fd)
@@ -279,13 +284,15 @@ class NodeDaemon:
         result = await self.snapshotter.take(container, lambda: container.container_id in self.containers)
         self._emit(snapshot_result=result)
 
-    async def _pump(self, container: ContainerProcess, stream: asyncio.StreamReader, tail: deque[str] | None) -> None:
+    async def _pump(self, container: ContainerProcess, stream: asyncio.StreamReader, tail: deque[str] | None, redactor: Redactor) -> None:
+        """Forward a container's output to the node's log line by line, its secret values masked
+        (user code may print its environment); stderr also feeds the tail reported at exit."""
         prefix = f"[{container.container_id}] "
         while True:
             line = await stream.readline()
             if not line:
                 return
-            text = line.decode(errors="replace")
+            text = redactor.text(line.decode(errors="replace"))
             if container.start is not None and tail is None and text.rstrip("\n") == SNAPSHOT_POINT_LINE:
                 self._spawn_task(self._take_snapshot(container))
                 continue

@@ -114,7 +114,8 @@ class HttpInputs:
             try:
                 await run_asgi(served.app, inp.http_request, start, body, served.lifespan.state)
             except Exception as exc:
-                await respond(500, self._error_body(type(exc).__name__, str(exc), _format(exc)))
+                masked = self.runner.redactor
+                await respond(500, self._error_body(type(exc).__name__, masked.text(str(exc)), masked.text(_format(exc))))
             return
         try:
             kwargs = self._arguments(info, inp.http_request)

@@ -36,6 +36,7 @@ from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.direct import DirectServer
+from corral_runtime.redaction import Redactor
 from corral_runtime.runner import InputRunner
 from corral_runtime.slots import SlotGate
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE, SnapshotPointError, apply_environment, wait_for_identity
@@ -115,6 +116,7 @@ class Worker:
         self.direct: DirectServer | None = None
         self.asgi_apps: dict[str, AsgiApp] = {}
         self.http: HttpInputs | None = None
+        self.redactor = Redactor({})
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -144,6 +146,8 @@ class Worker:
         """One connection to the control plane: init, hooks, serve. Returns the exit code, or
         SNAPSHOT_POINT when the snap hooks ran and the node is to dump this process."""
         target = self.identity.control_url.split("://", 1)[-1]
+        # Secrets arrive with the identity (after the dump, for a snapshot's worker): read them now.
+        self.redactor = Redactor.from_environ()
         async with grpc.aio.insecure_channel(target) as channel:
             stream = worker_pb2_grpc.WorkerServiceStub(channel).WorkerSession(metadata=self.metadata)
             hello = worker_pb2.WorkerHello(container_id=self.identity.container_id, restored=restored)
@@ -158,12 +162,12 @@ class Worker:
                 await self._initialize(init)
             except InitFailure as failure:
                 exc = failure.exc
+                formatted = self.redactor.text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
                 await stream.write(worker_pb2.WorkerSessionRequest(init_failed=worker_pb2.InitFailed(
-                    exception_type=type(exc).__name__, message=str(exc),
-                    traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                    exception_type=type(exc).__name__, message=self.redactor.text(str(exc)), traceback=formatted,
                 )))
                 await stream.done_writing()
-                traceback.print_exception(type(exc), exc, exc.__traceback__)
+                print(formatted, end="", file=sys.stderr)
                 return 1
             if init.take_snapshot:
                 await stream.write(worker_pb2.WorkerSessionRequest(snapshot_ready=worker_pb2.SnapshotReady()))
@@ -213,7 +217,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=max_inputs, thread_name_prefix="corral-input")
         self.gate = SlotGate(capacity, loop)
         callable_methods = {name for name, info in self.definition.methods.items() if not info.is_asgi_app}
-        self.runner = InputRunner(self.instance, callable_methods, loop, self._executor, self.batcher)
+        self.runner = InputRunner(self.instance, callable_methods, loop, self._executor, self.batcher, self.redactor)
         self.http = HttpInputs(self.definition, self.runner, self.asgi_apps, dev_mode=os.environ.get(env.CORRAL_APP_KIND) == env.APP_KIND_EPHEMERAL)
         if init.direct_token:
             host = os.environ.get(env.CORRAL_DIRECT_HOST, "127.0.0.1")

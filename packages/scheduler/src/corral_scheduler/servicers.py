@@ -23,7 +23,7 @@ from corral_protocol.v1 import (
 from corral_scheduler import views
 from corral_scheduler.auth import bearer_token
 from corral_scheduler.control_plane import ControlPlane
-from corral_scheduler.errors import ApiError, InvalidArgument
+from corral_scheduler.errors import ApiError, InvalidArgument, NotFound
 
 log = logging.getLogger("corral.scheduler")
 
@@ -161,6 +161,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @api
     async def ListSecrets(self, request: control_pb2.ListSecretsRequest, context: Any) -> control_pb2.ListSecretsResponse:
         return control_pb2.ListSecretsResponse(names=self.plane.store.secret_names())
+
+    @api
+    async def DeleteSecret(self, request: control_pb2.DeleteSecretRequest, context: Any) -> control_pb2.DeleteSecretResponse:
+        if not self.plane.store.delete_secret(request.name):
+            raise NotFound(f"secret {request.name!r} not found")
+        return control_pb2.DeleteSecretResponse()
 
     @api
     async def CreateProxyToken(self, request: control_pb2.CreateProxyTokenRequest, context: Any) -> control_pb2.CreateProxyTokenResponse:

@@ -224,6 +224,13 @@ def cmd_secret_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secret_delete(args: argparse.Namespace) -> int:
+    client = default_client()
+    client.call(client.stub.DeleteSecret, control_pb2.DeleteSecretRequest(name=args.name))
+    print(f"Secret {args.name!r} deleted. Running containers keep its values; new containers that need it fail to start.")
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     client = default_client()
     token = client.call(client.stub.CreateProxyToken, control_pb2.CreateProxyTokenRequest(name=args.name))
@@ -273,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("values", nargs="+", metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_secret_create)
     secret.add_parser("list", help="list secret names").set_defaults(handler=cmd_secret_list)
+    p = secret.add_parser("delete", help="delete a secret")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_secret_delete)
 
     token = sub.add_parser("token", help="manage proxy tokens for web endpoints").add_subparsers(dest="token_command", required=True)
     p = token.add_parser("create", help="create a proxy token for web endpoints with requires_proxy_auth")
