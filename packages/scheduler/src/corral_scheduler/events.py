@@ -187,7 +187,7 @@ class NodeLost(Event):
 @dataclass(frozen=True)
 class NodeHeartbeat(Event):
     node_id: str
-    snapshots: tuple[common_pb2.SnapshotImage, ...] = ()
+    snapshots: tuple[common_pb2.SnapshotImage, ...] | None = ()  # None: a message without a heartbeat
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,7 @@ class ContainerExited(Event):
     exit_code: int | None
     reason: str
     stderr_tail: str = ""
+    node_id: str = ""
 
 
 @dataclass(frozen=True)

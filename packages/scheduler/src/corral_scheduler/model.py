@@ -17,6 +17,11 @@ from corral_scheduler.placement import NodeCapacity
 from corral_scheduler.snapshot_keys import StartMode
 
 
+def failure(status: common_pb2.ResultStatus.ValueType, message: str, traceback: str = "") -> common_pb2.Result:
+    """A failed call's result."""
+    return common_pb2.Result(status=status, message=message, traceback=traceback)
+
+
 @dataclass
 class AppRecord:
     app_id: str
@@ -30,7 +35,7 @@ class AppRecord:
     stopped: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Input:
     """One call. It may run several times (retries); it is answered once."""
 
@@ -53,7 +58,7 @@ class Input:
         return self.state == InputState.DONE
 
 
-@dataclass
+@dataclass(eq=False)
 class Container:
     container_id: str
     token: str

@@ -47,7 +47,7 @@ def container_infos(plane: ControlPlane, app_id: str = "") -> list[control_pb2.C
         infos.append(control_pb2.ContainerInfo(
             container_id=container.container_id, app_id=app.app_id, app_name=app.name,
             class_name=service.class_def.name, service_id=service.service_id, node_id=container.node_id,
-            state=control_pb2.ContainerState.ValueType(container.state), running_inputs=container.load, max_inputs=container.slots,
+            state=container.state.wire, running_inputs=container.load, max_inputs=container.slots,
             started_at=container.started_at, inputs_served=container.inputs_served, parameters=service.parameters,
             restored_from_snapshot=container.restored,
         ))
