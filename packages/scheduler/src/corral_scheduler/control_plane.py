@@ -31,6 +31,7 @@ from corral_scheduler.secret_env import Secrets
 from corral_scheduler.snapshot_keys import SnapshotBook
 from corral_scheduler.store import Store
 from corral_scheduler.web_routes import web_urls
+from corral_scheduler.wire_events import node_events, worker_events
 
 log = logging.getLogger("corral.scheduler")
 
@@ -254,9 +255,6 @@ class ControlPlane:
         record = self.core.registry.apps[app_id]
         return control_pb2.CreateAppResponse(app_id=app_id, version=version, web_urls=web_urls(record, self.http_url))
 
-    def find_app(self, ref: str) -> AppRecord:
-        return self.core.registry.find_app(ref)
-
     def app_records(self) -> Mapping[str, AppRecord]:
         """Every app by id (live, read-only), for the web gateway's routes."""
         return self.apps
@@ -375,20 +373,9 @@ class ControlPlane:
             raise
         return outbox
 
-    def node_event(self, node_id: str, event: node_pb2.NodeSessionRequest) -> None:
-        kind = event.WhichOneof("event")
-        if kind == "container_started":
-            started = event.container_started
-            self.handle(ev.ContainerStarted(node_id, started.container_id, started.pid, started.snapshot_error))
-        elif kind == "snapshot_result":
-            self.handle(ev.SnapshotTaken(node_id, event.snapshot_result))
-        elif kind == "heartbeat":
-            self.handle(ev.NodeHeartbeat(node_id, tuple(event.heartbeat.snapshots)))
-        elif kind == "container_exited":
-            exited = event.container_exited
-            self.handle(ev.ContainerExited(exited.container_id, exited.exit_code, exited.reason, exited.stderr_tail, node_id))
-        else:
-            self.handle(ev.NodeHeartbeat(node_id, None))  # no news but that it is alive
+    def node_event(self, node_id: str, message: node_pb2.NodeSessionRequest) -> None:
+        for event in node_events(node_id, message):
+            self.handle(event)
 
     def close_node_session(self, node_id: str, outbox: asyncio.Queue[node_pb2.NodeSessionResponse | None]) -> None:
         if self._node_outboxes.get(node_id) is outbox:
@@ -409,27 +396,8 @@ class ControlPlane:
         return outbox
 
     def worker_message(self, container_id: str, message: worker_pb2.WorkerSessionRequest) -> None:
-        kind = message.WhichOneof("message")
-        if kind == "output":
-            self.handle(ev.WorkerOutput(container_id, message.output.input_id, message.output.result))
-        elif kind == "batch_output":
-            for output in message.batch_output.outputs:
-                self.handle(ev.WorkerOutput(container_id, output.input_id, output.result))
-        elif kind == "ready":
-            self.handle(ev.WorkerReady(container_id, message.ready.slots, message.ready.direct_address))
-        elif kind == "http_response_start":
-            self.handle(ev.WorkerHttp(container_id, message.http_response_start))
-        elif kind == "http_body":
-            self.handle(ev.WorkerHttp(container_id, message.http_body))
-        elif kind == "load":
-            self.handle(ev.WorkerLoad(container_id, message.load.direct_running, message.load.direct_served))
-        elif kind == "draining":
-            self.handle(ev.WorkerDraining(container_id, message.draining.reason))
-        elif kind == "init_failed":
-            failed = message.init_failed
-            self.handle(ev.InitFailed(container_id, failed.exception_type, failed.message, failed.traceback))
-        elif kind == "snapshot_ready":
-            self.handle(ev.SnapshotReady(container_id))
+        for event in worker_events(container_id, message):
+            self.handle(event)
 
     def close_worker_session(self, container_id: str, outbox: asyncio.Queue[worker_pb2.WorkerSessionResponse | None]) -> None:
         """The worker's stream ended; unless the plane ended it on purpose, the worker is lost."""

@@ -6,9 +6,12 @@ machine in `control_plane.py` stays about transitions.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from corral_protocol.v1 import control_pb2
+from corral_scheduler.lifecycle import Step
 
 if TYPE_CHECKING:
     from corral_scheduler.control_plane import ControlPlane
@@ -49,9 +52,14 @@ def container_infos(plane: ControlPlane, app_id: str = "") -> list[control_pb2.C
             class_name=service.class_def.name, service_id=service.service_id, node_id=container.node_id,
             state=container.state.wire, running_inputs=container.load, max_inputs=container.slots,
             started_at=container.started_at, inputs_served=container.inputs_served, parameters=service.parameters,
-            restored_from_snapshot=container.restored,
+            restored_from_snapshot=container.restored, history=history_lines(container.history.steps, time.monotonic()),
         ))
     return infos
+
+
+def history_lines(steps: Iterable[Step], now: float) -> list[str]:
+    """A container's story for `corral container list --verbose`, ages relative to `now` (monotonic)."""
+    return [f"{max(0.0, now - s.at):.1f}s ago: {s.start} -> {s.finish} ({s.cause})" for s in steps]
 
 
 def node_infos(plane: ControlPlane) -> list[control_pb2.NodeInfo]:
