@@ -225,3 +225,33 @@ def test_an_invalid_transition_is_logged_and_survived_in_production(caplog: pyte
 def test_every_state_has_a_wire_state() -> None:
     for state in ContainerState:
         assert state.wire in (1, 2, 3, 4, 5, 6)
+
+
+def test_a_ready_message_before_the_worker_connected_is_an_invalid_transition() -> None:
+    h = Harness()
+    _, container, _ = one_container(h)
+    with pytest.raises(InvalidTransition, match="placed -> ready"):
+        h.ready(container)
+
+
+def test_a_snapshot_point_of_a_container_not_taking_one_is_an_invalid_transition() -> None:
+    h = Harness()
+    _, container, _ = one_container(h)
+    h.bring_up(container)
+    with pytest.raises(InvalidTransition, match="ready -> at-snapshot-point"):
+        h.handle(ev.SnapshotReady(container))
+
+
+def test_a_snapshot_point_that_crosses_a_stop_keeps_the_container_draining() -> None:
+    h = Harness()
+    node = h.add_node(snapshots=True)
+    service = h.bind(h.deploy(class_def(snapshot=True)))
+    h.invoke(service)
+    (container,) = h.live_containers(service)
+    h.connect(container)
+    h.handle(ev.ShutdownRequested())
+    h.handle(ev.SnapshotReady(container))
+    assert h.container(container).state == ContainerState.DRAINING and h.worker(container).session_closed
+    h.worker(container).shutdown = False
+    h.connect(container)  # back after its dump: told to shut down
+    assert h.worker(container).shutdown and node in h.nodes

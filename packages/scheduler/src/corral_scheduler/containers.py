@@ -51,6 +51,9 @@ log = logging.getLogger("corral.scheduler")
 
 S = common_pb2
 CS = ContainerState
+# States in which a worker's message may legitimately cross the plane's stop: it is ignored there.
+# In any other state a message the lifecycle does not allow is an invalid transition.
+_STOPPING = frozenset({CS.LOST, CS.DRAINING, CS.KILLED, CS.START_TIMED_OUT, CS.FAILED})
 
 
 def _stop_key(container_id: str) -> str:
@@ -182,7 +185,7 @@ class Containers:
 
     def _ready(self, event: WorkerReady) -> None:
         container = self.containers.get(event.container_id)
-        if container is None or container.state != CS.STARTING:
+        if container is None or container.state in _STOPPING:
             return  # a stop crossed the worker's ready message
         service = self.core.registry.services[container.service_id]
         self.core.move_container(container, CS.READY, "its @enter hooks ran")
@@ -196,7 +199,7 @@ class Containers:
 
     def _init_failed(self, event: InitFailed) -> None:
         container = self.containers.get(event.container_id)
-        if container is None or container.state not in (CS.STARTING, CS.TAKING):
+        if container is None or container.state in _STOPPING:
             return  # a stop crossed the worker's message; the exit tells the rest
         service = self.core.registry.services[container.service_id]
         message = f"{service.class_def.name} failed to start: its @enter hook raised {event.exception_type}: {event.message}"

@@ -21,10 +21,10 @@ from pathlib import Path
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
-from corral_scheduler import ids
+from corral_scheduler import ids, views
 from corral_scheduler.core import PlaneCore
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, PermissionDenied
-from corral_scheduler.lifecycle import ContainerState, Step
+from corral_scheduler.lifecycle import Step
 from corral_scheduler.model import AppRecord, Container, Node, Service
 from corral_scheduler.registry import validate_app
 from corral_scheduler.secret_env import Secrets
@@ -283,15 +283,7 @@ class ControlPlane:
         self.handle(ev.AutoscalerUpdated(service_id, settings))
 
     def get_routes(self, service_id: str) -> control_pb2.GetRoutesResponse:
-        service = self.core.registry.live_service(service_id)
-        if not service.direct_enabled:
-            return control_pb2.GetRoutesResponse(direct_enabled=False)
-        routes = [
-            control_pb2.ContainerRoute(container_id=c.container_id, address=c.direct_address, token=c.direct_token, slots=c.slots)
-            for c in service.containers.values()
-            if c.state == ContainerState.READY and c.direct_address
-        ]
-        return control_pb2.GetRoutesResponse(direct_enabled=True, routes=routes)
+        return views.routes(self.core.registry.live_service(service_id))
 
     # Calls ------------------------------------------------------------------------------------
 

@@ -73,10 +73,10 @@ class Snapshots:
         if container is None:
             return
         self.core.containers.tokens.pop(container.pre_snapshot_token, None)
-        if container.state == ContainerState.TAKING:
+        # While it drains (a stop crossed the message) it stays draining: the worker goes quiet for
+        # its dump either way, and on reconnecting it is told to shut down.
+        if container.state != ContainerState.DRAINING:
             self.core.move_container(container, ContainerState.AT_SNAPSHOT_POINT, "its snap=True hooks ran")
-        # Also while it drains (a stop crossed the message): the worker goes quiet for its dump
-        # either way, and on reconnecting it is told to shut down.
         self.core.emit(CloseWorkerSession(container.container_id))
 
     def _taken(self, event: SnapshotTaken) -> None:

@@ -1,7 +1,7 @@
-"""Read-only views of the control plane's live state, as the `List*` RPCs answer them.
+"""Read-only views of the control plane's live state, as the `List*` RPCs and `GetRoutes` answer them.
 
-Functions, not `ControlPlane` methods: they only read its state and never change it, so the state
-machine in `control_plane.py` stays about transitions.
+Functions, not `ControlPlane` methods: they only read its state and never change it, so the core
+(`core.py` and its jobs) stays about transitions and the driver about performing effects.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from corral_protocol.v1 import control_pb2
-from corral_scheduler.lifecycle import Step
+from corral_scheduler.lifecycle import ContainerState, Step
+from corral_scheduler.model import Service
 
 if TYPE_CHECKING:
     from corral_scheduler.control_plane import ControlPlane
@@ -60,6 +61,17 @@ def container_infos(plane: ControlPlane, app_id: str = "") -> list[control_pb2.C
 def history_lines(steps: Iterable[Step], now: float) -> list[str]:
     """A container's story for `corral container list --verbose`, ages relative to `now` (monotonic)."""
     return [f"{max(0.0, now - s.at):.1f}s ago: {s.start} -> {s.finish} ({s.cause})" for s in steps]
+
+
+def routes(service: Service) -> control_pb2.GetRoutesResponse:
+    """Where clients may send the service's inputs directly: its READY containers' addresses."""
+    if not service.direct_enabled:
+        return control_pb2.GetRoutesResponse(direct_enabled=False)
+    return control_pb2.GetRoutesResponse(direct_enabled=True, routes=[
+        control_pb2.ContainerRoute(container_id=c.container_id, address=c.direct_address, token=c.direct_token, slots=c.slots)
+        for c in service.containers.values()
+        if c.state == ContainerState.READY and c.direct_address
+    ])
 
 
 def node_infos(plane: ControlPlane) -> list[control_pb2.NodeInfo]:
