@@ -113,11 +113,14 @@ class FakeWorker:
 
 
 class Harness:
-    """A `PlaneCore` (strict: an invalid transition raises) with a fake clock, nodes and workers."""
+    """A `PlaneCore` with a fake clock, nodes and workers. `strict` (the default): an invalid
+    transition raises `InvalidTransition` instead of being logged. `secrets`: the named secrets that
+    exist, by name."""
 
-    def __init__(self, max_queue_per_service: int | None = None, secrets: dict[str, dict[str, str]] | None = None) -> None:
+    def __init__(self, max_queue_per_service: int | None = None, secrets: dict[str, dict[str, str]] | None = None,
+                 strict: bool = True) -> None:
         counter = itertools.count(1)
-        self.core = PlaneCore(max_queue_per_service, strict=True, new_id=lambda prefix: f"{prefix}-{next(counter)}",
+        self.core = PlaneCore(max_queue_per_service, strict=strict, new_id=lambda prefix: f"{prefix}-{next(counter)}",
                               new_token=lambda: f"tok-{next(counter)}")
         self.clock = FakeClock()
         self.secrets = dict(secrets or {})
