@@ -251,3 +251,15 @@ def test_a_snapshot_point_that_crosses_a_stop_keeps_the_container_draining() -> 
     h.worker(container).shutdown = False
     h.connect(container)  # back after its dump: told to shut down
     assert h.worker(container).shutdown and node in h.nodes
+
+
+def test_a_failing_handler_is_logged_and_the_plane_carries_on_when_lenient(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(strict=False)
+    service, container, _ = one_container(h)
+    with caplog.at_level(logging.ERROR, logger="corral.scheduler"):
+        h.handle(ev.WorkerConnected("ct-unknown"))  # the driver never lets this through
+    assert "failed to handle" in caplog.text
+    h.bring_up(container)
+    assert h.container(container).state == ContainerState.READY
+    with pytest.raises(KeyError):
+        Harness().handle(ev.WorkerConnected("ct-unknown"))

@@ -91,7 +91,8 @@ class PlaneCore:
     def handle(self, event: Event, now: float, wall: float) -> list[Effect]:
         """Apply one event at time `now` (monotonic) / `wall` (epoch); return what the driver must do.
 
-        A request the plane refuses raises its `ApiError` before anything changed."""
+        A request the plane refuses raises its `ApiError` before anything changed. Any other
+        failure raises when the core is strict, and is logged otherwise."""
         self.now, self.wall = now, wall
         handler = self._handlers.get(type(event))
         if handler is None:
@@ -106,6 +107,13 @@ class PlaneCore:
                 self._effects.clear()
                 raise
             log.error("ignored the rest of %s: %s", type(event).__name__, err)
+        except Exception:
+            # A bug in a handler: the effects of what already changed are still performed, so
+            # the driver stays in step with the state, and the plane carries on.
+            if self.strict:
+                self._effects.clear()
+                raise
+            log.exception("the control plane failed to handle %r", event)
         effects, self._effects = self._effects, []
         return effects
 
