@@ -110,6 +110,8 @@ class Cluster:
         self._max_free = 0
         self._accepted: dict[str, list[str]] = {}  # request name -> models present that it accepts
         self._holders: dict[str, set[str]] = {}  # snapshot key -> node ids
+        # (choices, cpu, memory) -> whether some node could run it idle; cleared when nodes change
+        self._ever: dict[tuple[tuple[tuple[str, int], ...], float, int], bool] = {}
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -121,6 +123,7 @@ class Cluster:
 
     def add(self, capacity: NodeCapacity) -> None:
         self.remove(capacity.node_id)
+        self._ever.clear()
         entry = _Indexed(capacity)
         self.nodes[capacity.node_id] = entry
         capacity._cluster = self
@@ -134,6 +137,7 @@ class Cluster:
         entry = self.nodes.pop(node_id, None)
         if entry is None:
             return
+        self._ever.clear()
         for model, count in entry.free.items():
             self._buckets[model][count].pop(node_id, None)
         for key in entry.capacity.snapshot_keys:
@@ -203,7 +207,11 @@ class Cluster:
                 node_id, model = found
                 devices = self._pick(self.nodes[node_id].capacity, model, count)
                 return Placement(node_id, tuple(g.index for g in devices), tuple(g.uuid for g in devices), f"{name}:{count}")
-        if not any(self._could_ever_run(e.capacity, choices, cpu, memory) for e in self.nodes.values()):
+        key = (tuple(choices), cpu, memory)
+        ever = self._ever.get(key)
+        if ever is None:
+            ever = self._ever[key] = any(self._could_ever_run(e.capacity, choices, cpu, memory) for e in self.nodes.values())
+        if not ever:
             raise Unplaceable(describe_shortfall(self.capacities(), resources))
         return None
 
