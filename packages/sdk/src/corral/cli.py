@@ -19,6 +19,7 @@ from corral._home import corral_home
 from corral.app import App
 from corral.exception import Error, InvalidError
 from corral_protocol import env as corral_env
+from corral_protocol import gpus
 from corral_protocol.v1 import common_pb2, control_pb2
 
 
@@ -90,6 +91,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("corral up needs the server side: pip install 'corral[local]'", file=sys.stderr)
         return 1
     if args.simulate_gpus:
+        try:
+            gpus.parse_simulated(args.simulate_gpus)
+        except gpus.GpuSpecError as err:
+            print(f"corral up: --simulate-gpus: {err}", file=sys.stderr)
+            return 2
         os.environ[corral_env.CORRAL_SIMULATE_GPUS] = args.simulate_gpus  # read by the embedded node's inventory
     return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port)
 
