@@ -43,7 +43,11 @@ APP_KIND_EPHEMERAL = "ephemeral"
 CORRAL_MAX_QUEUE = "CORRAL_MAX_QUEUE"
 """Inputs each service's queue holds at most (default 100,000)."""
 CORRAL_HTTP_MAX_BODY = "CORRAL_HTTP_MAX_BODY"
-"""Bytes a web request's body may have at most (default 16 MiB)."""
+"""Bytes a web request's body may have at most (default 16 MiB, never more than the payload limit)."""
+
+# Read by every process (SDK, control plane, node, worker): see corral_protocol.payloads.
+CORRAL_MAX_PAYLOAD_BYTES = "CORRAL_MAX_PAYLOAD_BYTES"
+"""Bytes an input's serialized arguments, or a serialized result, may have at most (default 64 MiB)."""
 
 # Settings of a node daemon.
 CORRAL_NODE_ADVERTISE_HOST = "CORRAL_NODE_ADVERTISE_HOST"

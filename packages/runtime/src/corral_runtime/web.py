@@ -31,6 +31,9 @@ from corral_runtime.runner import InputRunner
 
 SendMessage = Callable[[worker_pb2.WorkerSessionRequest], Awaitable[None]]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# A response body travels to the gateway in chunks of at most this much, whatever size the app
+# writes at once, so no single message nears the gRPC message limit.
+BODY_CHUNK_BYTES = 1024 * 1024
 
 
 class BadRequest(Exception):
@@ -99,7 +102,11 @@ class HttpInputs:
             )))
 
         async def body(data: bytes, more: bool) -> None:
-            await send(worker_pb2.WorkerSessionRequest(http_body=worker_pb2.HttpBodyChunk(input_id=inp.input_id, data=data, more_body=more)))
+            for start_at in range(0, max(len(data) - BODY_CHUNK_BYTES, 0), BODY_CHUNK_BYTES):
+                chunk = data[start_at:start_at + BODY_CHUNK_BYTES]
+                await send(worker_pb2.WorkerSessionRequest(http_body=worker_pb2.HttpBodyChunk(input_id=inp.input_id, data=chunk, more_body=True)))
+            last = data[(max(len(data) - 1, 0) // BODY_CHUNK_BYTES) * BODY_CHUNK_BYTES:]
+            await send(worker_pb2.WorkerSessionRequest(http_body=worker_pb2.HttpBodyChunk(input_id=inp.input_id, data=last, more_body=more)))
 
         async def respond(status: int, payload: Any) -> None:
             await start(status, _JSON_HEADERS)

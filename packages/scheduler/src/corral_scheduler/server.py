@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 
-from corral_protocol import env
+from corral_protocol import env, payloads
 from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
@@ -16,9 +16,10 @@ from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_
 from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
 from corral_scheduler.store import Store
 
+# Messages up to one payload at the limit (corral_protocol.payloads) plus its envelope; Invoke
+# checks the payload itself, so a caller over the limit gets INVALID_ARGUMENT naming both sizes.
 SERVER_OPTIONS = [
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    *payloads.grpc_message_options(receive_factor=2),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -78,7 +79,8 @@ async def serve(
         max_body = os.environ.get(env.CORRAL_HTTP_MAX_BODY, str(DEFAULT_MAX_BODY_BYTES))
         if not max_body.isdigit() or int(max_body) < 1:
             raise ValueError(f"{env.CORRAL_HTTP_MAX_BODY} must be a positive number of bytes, got {max_body!r}")
-        gateway = await start_gateway(plane, host, http_port, int(max_body))
+        # A request body becomes the input's payload: it is bounded by the payload limit too.
+        gateway = await start_gateway(plane, host, http_port, min(int(max_body), payloads.max_payload_bytes()))
     await server.start()
     await plane.start()
     return RunningServer(server, plane, bound, connect_host, gateway)

@@ -18,15 +18,15 @@ import grpc
 from corral import exception
 from corral._direct import DirectPath
 from corral._home import corral_home, read_server_record, read_token
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
 from corral_protocol.errors import error_reason
 from corral_protocol.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 T = TypeVar("T")
 
+# Messages up to one payload at the limit (corral_protocol.payloads) plus its envelope.
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    *payloads.grpc_message_options(),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
