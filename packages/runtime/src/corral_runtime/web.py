@@ -176,12 +176,16 @@ class HttpInputs:
                 payload = json.loads(request.body) if request.body.strip() else {}
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise BadRequest(f"malformed JSON body: {err}") from None
+            except RecursionError:  # the gateway refuses deep bodies first; this covers other senders
+                raise BadRequest("the JSON body nests too deeply") from None
             if len(params) == 1 and _takes_whole_body(hints.get(params[0].name)) and params[0].name not in query:
+                if not isinstance(payload, dict):  # `data: dict` or a pydantic model: the body must be an object
+                    raise BadRequest(f"argument {params[0].name!r} must be a JSON object, got {_json_type(payload)}")
                 kwargs = {params[0].name: payload}
             elif isinstance(payload, dict):
                 kwargs = {**query, **payload}
             else:
-                raise BadRequest(f"the JSON body must be an object of keyword arguments, got {type(payload).__name__}")
+                raise BadRequest(f"the JSON body must be an object of keyword arguments, got {_json_type(payload)}")
         for name, value in kwargs.items():
             annotation = _unwrap_optional(hints.get(name))
             if _is_model(annotation) and isinstance(value, dict):
@@ -194,6 +198,12 @@ class HttpInputs:
         except TypeError as err:
             raise BadRequest(f"{err} (calling {self.definition.name}.{info.name})") from None
         return kwargs
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (`array`, not `list`)."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _format(exc: BaseException) -> str:
