@@ -12,7 +12,7 @@ import grpc
 
 from corral_protocol import payloads
 from corral_protocol.errors import reason_metadata
-from corral_protocol.names import NAME_RULE, is_valid_name
+from corral_protocol.names import name_problem
 from corral_protocol.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -78,6 +78,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def CreateApp(self, request: control_pb2.CreateAppRequest, context: Any) -> control_pb2.CreateAppResponse:
+        # Deployed and ephemeral apps alike (an ephemeral app is served under /<name>-dev/).
+        problems = [name_problem("app", request.name)] if request.name else []
+        problems += [name_problem("class", class_def.name) for class_def in request.classes]
+        for problem in problems:
+            if problem:
+                raise InvalidArgument(problem)
         return self.plane.create_app(request)
 
     @api
@@ -155,8 +161,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def SetSecret(self, request: control_pb2.SetSecretRequest, context: Any) -> control_pb2.SetSecretResponse:
-        if not is_valid_name(request.name):
-            raise InvalidArgument(f"secret name {request.name!r} must be {NAME_RULE}")
+        problem = name_problem("secret", request.name)
+        if problem:
+            raise InvalidArgument(problem)
         for key in request.values:
             if not key.isidentifier():
                 raise InvalidArgument(f"secret key {key!r} is not a valid environment variable name")
