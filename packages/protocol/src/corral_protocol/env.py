@@ -18,6 +18,9 @@ CORRAL_TOKEN = "CORRAL_TOKEN"
 """The control plane's admin token, with `CORRAL_SERVER_URL`."""
 CORRAL_HOME = "CORRAL_HOME"
 """The folder of the embedded cluster's state (default: the user's data directory)."""
+CORRAL_TLS_CA = "CORRAL_TLS_CA"
+"""A PEM file of the certificate(s) to trust for `grpcs://` servers, e.g. the self-signed one of
+`corral up --tls-self-signed` (pinned); default: the system's roots."""
 
 # What the node gives each container (the worker's identity).
 CORRAL_CONTAINER_ID = "CORRAL_CONTAINER_ID"

@@ -37,6 +37,7 @@ from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 from corral_protocol.web import MAX_JSON_DEPTH, json_depth_exceeds
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, QueueFull
+from corral_scheduler.tls import TlsFiles
 from corral_scheduler.web_routes import RouteTable, WebRoute
 
 log = logging.getLogger("corral.gateway")
@@ -365,8 +366,10 @@ class HttpGateway:
             await asyncio.wait_for(self._task, timeout=5)
 
 
-async def start_gateway(plane: ControlPlane, host: str, port: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> HttpGateway:
-    """Serve web endpoints on host:port (0 picks a free port) and record the URL on the plane."""
+async def start_gateway(
+    plane: ControlPlane, host: str, port: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, tls: TlsFiles | None = None,
+) -> HttpGateway:
+    """Serve web endpoints on host:port (0 picks a free port) and record the URL on the plane; HTTPS with `tls`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so. Without it a response's
     # body write waits for the client's delayed ACK (~40 ms on every keep-alive request).
@@ -383,6 +386,7 @@ async def start_gateway(plane: ControlPlane, host: str, port: int, max_body_byte
         WebGateway(plane, max_body_bytes), lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=2,
         http=_TimedH11Protocol, timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S, limit_concurrency=MAX_CONNECTIONS,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        ssl_certfile=str(tls.cert) if tls is not None else None, ssl_keyfile=str(tls.key) if tls is not None else None,
     )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="corral-web-gateway")
@@ -392,6 +396,6 @@ async def start_gateway(plane: ControlPlane, host: str, port: int, max_body_byte
             raise OSError("the web gateway stopped while starting")
         await asyncio.sleep(0.01)
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    url = f"http://{connect_host}:{sock.getsockname()[1]}"
+    url = f"{'https' if tls is not None else 'http'}://{connect_host}:{sock.getsockname()[1]}"
     plane.http_url = url
     return HttpGateway(server, task, url)

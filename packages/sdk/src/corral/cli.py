@@ -87,7 +87,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ImportError:
         print("corral up needs the server side: pip install 'corral[local]'", file=sys.stderr)
         return 1
-    return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port)
+    return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port, tls_cert=args.tls_cert,
+              tls_key=args.tls_key, tls_self_signed=args.tls_self_signed, insecure=args.insecure)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -241,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7470)
     p.add_argument("--no-node", action="store_true", help="run only the control plane; nodes join with corral-node")
     p.add_argument("--http-port", type=int, default=7471, help="port of the web endpoint gateway (0 picks a free one)")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve gRPC and the gateway over TLS")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-self-signed", action="store_true",
+                   help="serve over TLS with a self-signed pair made once in $CORRAL_HOME/tls (clients pin its cert.pem)")
+    p.add_argument("--insecure", action="store_true", help="allow a --host beyond loopback without TLS (plaintext)")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("run", help="run FILE's @app.local_entrypoint() with its app running")
