@@ -27,6 +27,15 @@ class Payloads:
         return os.getpid()
 
 
+@app.cls(cpu=0.01, max_containers=1, scaledown_window=60, retries=1)
+class RetriedPayloads:
+    """With a retry policy every input goes through the control plane (no direct path)."""
+
+    @corral.method()
+    def size(self, data: bytes) -> tuple[int, int]:
+        return os.getpid(), len(data)
+
+
 @app.cls(cpu=0.01, max_containers=2, scaledown_window=60)
 @corral.concurrent(max_inputs=8)
 class Web:

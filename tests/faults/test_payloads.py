@@ -47,6 +47,18 @@ def test_five_mib_through_spawn_map_and_remote_reaches_one_living_container(limi
     assert len(containers(client, "faults", "Payloads", live_only=False)) == 1
 
 
+def test_five_mib_to_a_class_with_retries_goes_through_the_control_plane_and_the_container_lives(limited, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 15: with retries, every call of a class went through the control plane, and a >= 4 MiB
+    input killed each container the retries started."""
+    monkeypatch.setenv(env.CORRAL_MAX_PAYLOAD_BYTES, str(LIMIT))
+    _, client = limited
+    retried = faults_app.RetriedPayloads()
+    data = b"r" * (5 * MiB)
+    pids = {retried.size.remote(data)[0] for _ in range(3)}
+    assert len(pids) == 1
+    assert len(containers(client, "faults", "RetriedPayloads", live_only=False)) == 1
+
+
 @pytest.mark.parametrize("path", ["remote", "spawn"])
 def test_arguments_over_the_limit_are_refused_by_the_sdk_before_sending(limited, monkeypatch: pytest.MonkeyPatch, path: str) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv(env.CORRAL_MAX_PAYLOAD_BYTES, str(LIMIT))
