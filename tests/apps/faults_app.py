@@ -10,9 +10,10 @@ import corral
 app = corral.App("faults")
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=60)
+@app.cls(cpu=0.01, max_containers=1, scaledown_window=600)
 class Payloads:
-    """Echoes sizes; its container's pid tells a test whether the container survived."""
+    """Echoes sizes; its container's pid tells a test whether the container survived (it is never
+    scaled down during a test, which may sit idle past the direct port's 60 s idle timeout)."""
 
     @corral.method()
     def size(self, data: bytes) -> tuple[int, int]:

@@ -18,7 +18,7 @@ import corral
 from conftest import APPS, Cluster, start_cluster
 from corral.cls import Obj
 from corral_protocol import PROTOCOL_VERSION
-from corral_protocol.framing import HELLO_TIMEOUT_S, encode, read_frame
+from corral_protocol.framing import HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, encode, read_frame
 from corral_protocol.v1 import control_pb2, worker_pb2
 from corral_runtime.direct import MAX_CONNECTIONS
 
@@ -169,3 +169,18 @@ def test_stalled_dribbled_or_junk_hellos_are_closed_within_a_bound(running, junk
         assert _closed_by_peer(sock, HELLO_TIMEOUT_S + 10)
     assert payloads.pid.remote() == pid
     assert len(containers(client, "faults", "Payloads", live_only=False)) == 1
+
+
+def test_an_idle_authenticated_connection_is_closed(running) -> None:  # type: ignore[no-untyped-def]
+    """Waits out the idle timeout (60 s): the container frees connections that callers abandoned."""
+    _, client = running
+    payloads = _payloads(client)
+    pid = payloads.pid.remote()
+    host, port, token = _direct_address(client)
+    hello = W.DirectRequest(hello=W.DirectHello(token=token, protocol_version=PROTOCOL_VERSION, want_accepted=True))
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(encode(hello.SerializeToString()))
+        frame = read_frame(sock)
+        assert frame is not None and W.DirectResponse.FromString(frame).WhichOneof("message") == "accepted"
+        assert _closed_by_peer(sock, IDLE_TIMEOUT_S + 20)
+    assert payloads.pid.remote() == pid
