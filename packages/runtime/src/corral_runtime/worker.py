@@ -121,6 +121,7 @@ class Worker:
         # input's task can then never land inside a stream write (gRPC would cancel the whole stream).
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.lost: str | None = None  # why the session ended without a Shutdown
+        self.graceful = False  # a Shutdown (or SIGTERM) came first: what happens to the stream later is no loss
         self._executor: ThreadPoolExecutor | None = None
         self.definition: sdk.ClassDefinition | None = None
         self.instance: Any = None
@@ -134,7 +135,7 @@ class Worker:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.shutdown.set)
+            loop.add_signal_handler(sig, self._stop_gracefully)
         code = await self._session(loop, restored=False)
         while code == SNAPSHOT_POINT:
             # No connection is open: the node dumps this process now, or this is a restored copy.
@@ -229,8 +230,14 @@ class Worker:
             return SESSION_LOST
         return 0
 
+    def _stop_gracefully(self) -> None:
+        self.graceful = True
+        self.shutdown.set()
+
     def _lose(self, why: str) -> None:
-        if self.lost is None:
+        if self.graceful:  # already stopping on request; the control plane may close its side first
+            print(f"corral worker: while stopping: {why}", file=sys.stderr)
+        elif self.lost is None:
             self.lost = why
         self.shutdown.set()
 
@@ -336,6 +343,7 @@ class Worker:
                     self.tasks[inp.input_id] = asyncio.create_task(self._run_input(inp))
                 elif kind == "shutdown":
                     why = ""
+                    self.graceful = True
                     break
                 elif kind == "cancel":
                     # Only the input's own task: its user call and its response stop, nothing else.
