@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import select
 import socket
 import threading
 import time
@@ -36,7 +37,12 @@ REFRESH_S = 1.0  # how old a route table may get while it has routes
 REFRESH_EMPTY_S = 0.25  # ... and while it has none (a scale-up from zero is under way)
 REFRESH_DISABLED_S = 30.0
 MAX_IDLE_PER_ROUTE = 256
-ACCEPT_TIMEOUT_S = 5.0  # how long a new connection waits for DirectAccepted before using the queue
+CONNECT_TIMEOUT_S = 5.0
+# How long a new connection waits for DirectAccepted. A container that sends none within it is taken
+# for a runtime older than DirectAccepted (it waits for the input instead): the input follows on the
+# same connection, and later connections to it send hello and input together, as before.
+ACCEPT_WAIT_S = 1.0
+_ACCEPTED = W.DirectResponse(accepted=W.DirectAccepted()).SerializeToString()
 
 _input_ids = itertools.count()
 _id_prefix = os.urandom(4).hex()
@@ -64,6 +70,7 @@ class _Route:
     slots: int
     inflight: int = 0
     dead: bool = False
+    accepts: bool = True  # False: the container does not answer want_accepted (an older runtime)
     idle: list[tuple[socket.socket, float]] = field(default_factory=list)  # (connection, idle since)
     aio_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_AioConnection]] = field(
         default_factory=weakref.WeakKeyDictionary
@@ -264,20 +271,26 @@ class DirectPath:
         sock = self._checkout(route)
         if sock is None:
             try:
-                sock = socket.create_connection((route.host, route.port), timeout=ACCEPT_TIMEOUT_S)
+                sock = socket.create_connection((route.host, route.port), timeout=CONNECT_TIMEOUT_S)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as err:
                 raise _NotSent(str(err)) from None
-            self._handshake(sock, route)
+            if route.accepts:
+                route.accepts = self._handshake(sock, route)
+            else:
+                request = route.hello + request
         try:
             sock.sendall(request)
         except OSError as err:
             sock.close()
             raise _NotSent(str(err)) from None
         try:
-            frame = read_frame(sock)
-            if frame is None:
-                raise FrameError("the container closed the connection")
+            while True:
+                frame = read_frame(sock)
+                if frame is None:
+                    raise FrameError("the container closed the connection")
+                if frame != _ACCEPTED:  # a late acceptance (see ACCEPT_WAIT_S) carries nothing
+                    break
         except BaseException:
             sock.close()
             raise
@@ -289,10 +302,16 @@ class DirectPath:
         return response
 
     @staticmethod
-    def _handshake(sock: socket.socket, route: _Route) -> None:
-        """Send the hello and wait for DirectAccepted; anything else means the input was never sent."""
+    def _handshake(sock: socket.socket, route: _Route) -> bool:
+        """Send the hello and wait for DirectAccepted: True once accepted, False when no answer came
+        within ACCEPT_WAIT_S (an older runtime). A close or refusal raises _NotSent: the input was
+        never sent."""
         try:
             sock.sendall(route.hello)
+            readable, _, _ = select.select([sock], [], [], ACCEPT_WAIT_S)
+            if not readable:
+                sock.settimeout(None)
+                return False
             frame = read_frame(sock, MAX_HELLO_BYTES)
         except (OSError, FrameError) as err:  # closed at the container's connection bound, or gone
             sock.close()
@@ -303,6 +322,7 @@ class DirectPath:
             sock.close()
             # A refused hello (token revoked, version) means the route is useless; an EOF is a full container.
             raise _NotSent("the container did not accept the connection", forget=response is not None)
+        return True
 
     def _checkout(self, route: _Route) -> socket.socket | None:
         now = time.monotonic()
@@ -368,17 +388,13 @@ class DirectPath:
             candidate.close()
         if conn is None:
             try:
-                _, fresh = await asyncio.wait_for(loop.create_connection(_AioConnection, route.host, route.port), ACCEPT_TIMEOUT_S)
+                _, fresh = await asyncio.wait_for(loop.create_connection(_AioConnection, route.host, route.port), CONNECT_TIMEOUT_S)
             except (OSError, asyncio.TimeoutError) as err:
                 raise _NotSent(str(err) or type(err).__name__) from None
-            try:
-                accepted = W.DirectResponse.FromString(await asyncio.wait_for(fresh.exchange(route.hello), ACCEPT_TIMEOUT_S))
-            except (OSError, FrameError, asyncio.TimeoutError) as err:
-                fresh.close()
-                raise _NotSent(str(err) or type(err).__name__, forget=False) from None
-            if accepted.WhichOneof("message") != "accepted":
-                fresh.close()
-                raise _NotSent("the container did not accept the connection")
+            if route.accepts:
+                route.accepts = await self._handshake_aio(fresh, route)
+            else:
+                request = route.hello + request
             conn = fresh
         try:
             frame = await conn.exchange(request)
@@ -397,6 +413,25 @@ class DirectPath:
         return response
 
 
+    @staticmethod
+    async def _handshake_aio(conn: _AioConnection, route: _Route) -> bool:
+        """As `_handshake`, for an asyncio connection."""
+        conn.handshaking = True
+        try:
+            frame = await asyncio.wait_for(conn.exchange(route.hello), ACCEPT_WAIT_S)
+        except asyncio.TimeoutError:
+            return False  # an older runtime: it waits for the input on this connection
+        except (OSError, FrameError) as err:
+            conn.close()
+            raise _NotSent(str(err) or type(err).__name__, forget=False) from None
+        finally:
+            conn.handshaking = False
+        if frame != _ACCEPTED:
+            conn.close()
+            raise _NotSent("the container did not accept the connection")
+        return True
+
+
 class _AioConnection(asyncio.Protocol):
     """One asyncio connection to a container, one input at a time."""
 
@@ -404,6 +439,7 @@ class _AioConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = time.monotonic()
+        self.handshaking = False  # deliver DirectAccepted to the waiter; otherwise it is dropped
         self._frames = FrameBuffer()
         self._waiter: asyncio.Future[bytes] | None = None
 
@@ -421,6 +457,8 @@ class _AioConnection(asyncio.Protocol):
             self._fail(err)
             return
         for frame in frames:
+            if frame == _ACCEPTED and not self.handshaking:
+                continue  # a late acceptance (see ACCEPT_WAIT_S) carries nothing
             waiter, self._waiter = self._waiter, None
             if waiter is None or waiter.done():
                 self._fail(FrameError("the container sent a frame nobody asked for"))
