@@ -81,7 +81,7 @@ class Cluster:
         return subprocess.run([sys.executable, *args], env=self.env(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def start_cluster(home: Path, port: int | None = None, extra_env: dict[str, str] | None = None) -> Cluster:
+def start_cluster(home: Path, port: int | None = None, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Cluster:
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
     log_path = home.parent / f"{home.name}-corral-up.log"
@@ -91,7 +91,7 @@ def start_cluster(home: Path, port: int | None = None, extra_env: dict[str, str]
     env.pop("CORRAL_TOKEN", None)
     log = open(log_path, "a")
     process = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--http-port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--http-port", "0", *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     cluster = Cluster(home, port, process, log_path)
     deadline = time.monotonic() + 30

@@ -18,6 +18,9 @@ CORRAL_TOKEN = "CORRAL_TOKEN"
 """The control plane's admin token, with `CORRAL_SERVER_URL`."""
 CORRAL_HOME = "CORRAL_HOME"
 """The folder of the embedded cluster's state (default: the user's data directory)."""
+CORRAL_TLS_CA = "CORRAL_TLS_CA"
+"""A PEM file of the certificate(s) to trust for `grpcs://` servers, e.g. the self-signed one of
+`corral up --tls-self-signed` (pinned); default: the system's roots."""
 
 # What the node gives each container (the worker's identity).
 CORRAL_CONTAINER_ID = "CORRAL_CONTAINER_ID"
@@ -46,7 +49,11 @@ APP_KIND_EPHEMERAL = "ephemeral"
 CORRAL_MAX_QUEUE = "CORRAL_MAX_QUEUE"
 """Inputs each service's queue holds at most (default 100,000)."""
 CORRAL_HTTP_MAX_BODY = "CORRAL_HTTP_MAX_BODY"
-"""Bytes a web request's body may have at most (default 16 MiB)."""
+"""Bytes a web request's body may have at most (default 16 MiB, never more than the payload limit)."""
+
+# Read by every process (SDK, control plane, node, worker): see corral_protocol.payloads.
+CORRAL_MAX_PAYLOAD_BYTES = "CORRAL_MAX_PAYLOAD_BYTES"
+"""Bytes an input's serialized arguments, or a serialized result, may have at most (default 64 MiB)."""
 
 # Settings of a node daemon.
 CORRAL_NODE_ADVERTISE_HOST = "CORRAL_NODE_ADVERTISE_HOST"

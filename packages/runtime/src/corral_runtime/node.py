@@ -1,11 +1,10 @@
 """The node daemon: registers its inventory, then starts and stops containers on command.
 
-    corral-node --server grpc://CONTROL:7470 --token TOKEN [--name NAME] [--simulate-gpus H100:8]
+    CORRAL_TOKEN=... corral-node --server grpc://CONTROL:7470 [--name NAME] [--simulate-gpus H100:8]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -21,7 +20,7 @@ from typing import Any, TextIO
 
 import grpc
 
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, gpus
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
 from corral_protocol import env as corral_env
 from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces
@@ -32,7 +31,7 @@ from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
 from corral_runtime.snapshots import IDENTITY_FILE, CriuError, SnapshotStore
 from corral_runtime.snapshotter import LAZY_PAGES_ENV, Snapshotter, release_lazy_pages
 
-__all__ = ["LAZY_PAGES_ENV", "ContainerProcess", "NodeDaemon", "main"]
+__all__ = ["LAZY_PAGES_ENV", "ContainerProcess", "NodeDaemon"]
 
 log = logging.getLogger("corral.runtime")
 
@@ -338,55 +337,3 @@ class NodeDaemon:
         await asyncio.gather(*(self._stop(cid, grace_s) for cid in list(self.containers)))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="corral-node", description="Run a Corral runtime node.")
-    parser.add_argument("--server", default=os.environ.get(corral_env.CORRAL_SERVER_URL), help="control plane URL, grpc://host:port")
-    parser.add_argument("--token", default=os.environ.get(corral_env.CORRAL_TOKEN), help="the control plane's token")
-    parser.add_argument("--name", default=None, help="node name (default: hostname)")
-    parser.add_argument("--work-dir", default=None, help="where bundles and container files live")
-    parser.add_argument(
-        "--advertise-host", default=os.environ.get(corral_env.CORRAL_NODE_ADVERTISE_HOST, "127.0.0.1"),
-        help="address clients reach this node's containers on for direct calls (default 127.0.0.1)",
-    )
-    parser.add_argument(
-        "--snapshot-lazy-pages", choices=criu.LAZY_PAGES_SETTINGS, default=os.environ.get(LAZY_PAGES_ENV) or "auto",
-        help="restore memory snapshots with CRIU lazy pages (userfaultfd): pages arrive on first touch and in the "
-             f"background; auto uses them when CRIU and the kernel support them (default auto, or ${LAZY_PAGES_ENV})",
-    )
-    parser.add_argument(
-        "--simulate-gpus", default=os.environ.get(corral_env.CORRAL_SIMULATE_GPUS) or None, metavar="SPEC",
-        help="declare GPUs that do not exist instead of reading NVML, e.g. H100:8 or H100:4,A100-80GB:4: for tests and "
-             f"capacity planning only; `corral node list` shows them as simulated (default ${corral_env.CORRAL_SIMULATE_GPUS})",
-    )
-    args = parser.parse_args(argv)
-    if args.simulate_gpus:
-        try:
-            gpus.parse_simulated(args.simulate_gpus)
-        except gpus.GpuSpecError as err:
-            parser.error(f"--simulate-gpus: {err}")
-    if not args.server or not args.token:
-        parser.error("--server and --token (or CORRAL_SERVER_URL and CORRAL_TOKEN) are required")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    work_dir = Path(args.work_dir or Path.home() / ".local" / "share" / "corral-node")
-    daemon = NodeDaemon(args.server, args.token, work_dir, name=args.name, advertise_host=args.advertise_host,
-                        lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus)
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        runner = asyncio.create_task(daemon.run())
-        await asyncio.wait([runner, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        await daemon.shutdown()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SystemExit):
-            await runner
-
-    asyncio.run(serve())
-
-
-if __name__ == "__main__":
-    main()

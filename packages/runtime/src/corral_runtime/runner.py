@@ -9,6 +9,7 @@ with no thread hop; async methods go to the event loop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,6 +18,18 @@ from corral import container_api as sdk
 from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_runtime.batching import Batcher
 from corral_runtime.redaction import Redactor
+
+
+async def _uninterruptible(future: asyncio.Future[Any]) -> Any:
+    """Await a sync call running on a thread. A cancellation (the caller went away) drops its
+    result, but only once the thread has returned: a thread cannot be interrupted, so until then the
+    input keeps its concurrency slot and the container never runs more calls than it has slots."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await future
+        raise
 
 
 class InputRunner:
@@ -74,7 +87,7 @@ class InputRunner:
             if is_async:
                 value = await function(*args, **kwargs)
             else:
-                value = await self.loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
+                value = await _uninterruptible(self.loop.run_in_executor(self.executor, lambda: function(*args, **kwargs)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

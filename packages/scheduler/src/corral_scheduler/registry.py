@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from corral_protocol import gpus
-from corral_protocol.names import NAME_RULE, is_valid_name
+from corral_protocol.names import name_problem
 from corral_protocol.options import batching_violation, merge_options
 from corral_protocol.parameters import matches as parameter_matches
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2
@@ -53,8 +53,9 @@ def validate_app(request: control_pb2.CreateAppRequest) -> None:
     if request.kind == control_pb2.APP_KIND_DEPLOYED:
         if not request.name:
             raise InvalidArgument("a deployed app needs a name")
-        if not is_valid_name(request.name):
-            raise InvalidArgument(f"app name {request.name!r} must be {NAME_RULE}")
+        problem = name_problem("app", request.name)
+        if problem:
+            raise InvalidArgument(problem)
     elif request.kind != control_pb2.APP_KIND_EPHEMERAL:
         raise InvalidArgument("app kind must be EPHEMERAL or DEPLOYED")
 

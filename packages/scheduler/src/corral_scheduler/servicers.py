@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 
 import grpc
 
+from corral_protocol import payloads
 from corral_protocol.errors import reason_metadata
+from corral_protocol.names import name_problem
 from corral_protocol.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -48,6 +50,7 @@ def api(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
+        self.max_payload_bytes = payloads.max_payload_bytes()
 
     @api
     async def HasBundle(self, request: control_pb2.HasBundleRequest, context: Any) -> control_pb2.HasBundleResponse:
@@ -75,6 +78,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def CreateApp(self, request: control_pb2.CreateAppRequest, context: Any) -> control_pb2.CreateAppResponse:
+        # Deployed and ephemeral apps alike (an ephemeral app is served under /<name>-dev/).
+        problems = [name_problem("app", request.name)] if request.name else []
+        problems += [name_problem("class", class_def.name) for class_def in request.classes]
+        for problem in problems:
+            if problem:
+                raise InvalidArgument(problem)
         return self.plane.create_app(request)
 
     @api
@@ -102,6 +111,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def Invoke(self, request: control_pb2.InvokeRequest, context: Any) -> control_pb2.InvokeResponse:
+        size = len(request.args.data)
+        if size > self.max_payload_bytes:  # the SDK checks first; this is the authority for every client
+            raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
         inp = self.plane.invoke(request.service_id, request.method, request.args)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)

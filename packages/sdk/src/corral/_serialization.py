@@ -15,9 +15,11 @@ from corral.exception import (
     FunctionTimeoutError,
     InitError,
     InputCancellation,
+    InvalidError,
     RemoteError,
     RemoteTraceback,
 )
+from corral_protocol import payloads
 from corral_protocol.v1 import common_pb2
 
 PICKLE = common_pb2.PAYLOAD_FORMAT_PICKLE
@@ -47,8 +49,13 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> common_pb2.Payload:
-    return common_pb2.Payload(format=PICKLE, data=dumps((args, kwargs)))
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the arguments") -> common_pb2.Payload:
+    """The pickled (args, kwargs); InvalidError, before anything is sent, when it is over the payload limit."""
+    data = dumps((args, kwargs))
+    limit = payloads.max_payload_bytes()
+    if len(data) > limit:
+        raise InvalidError(payloads.too_large(what, len(data), limit))
+    return common_pb2.Payload(format=PICKLE, data=data)
 
 
 def decode_args(payload: common_pb2.Payload) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -78,11 +85,16 @@ def success(value: Any, fmt: int = PICKLE) -> common_pb2.Result:
 
 
 def encode_result(value: Any, fmt: int = PICKLE, method: str = "the method") -> common_pb2.Result:
-    """A success Result, or a clear user error when the value cannot be serialized."""
+    """A success Result, or a clear user error when the value cannot be serialized or is over the
+    payload limit (then the caller gets `InvalidError` naming both sizes; the container lives on)."""
     try:
-        return success(value, fmt)
+        result = success(value, fmt)
     except Exception as exc:
         return user_error(TypeError(f"the return value of {method} could not be serialized: {exc}"))
+    limit = payloads.max_payload_bytes()
+    if len(result.value.data) > limit:
+        return user_error(InvalidError(payloads.too_large(f"the return value of {method}", len(result.value.data), limit)))
+    return result
 
 
 def user_error(exc: BaseException) -> common_pb2.Result:

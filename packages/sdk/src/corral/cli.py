@@ -97,7 +97,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"corral up: --simulate-gpus: {err}", file=sys.stderr)
             return 2
         os.environ[corral_env.CORRAL_SIMULATE_GPUS] = args.simulate_gpus  # read by the embedded node's inventory
-    return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port)
+    return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port, tls_cert=args.tls_cert,
+              tls_key=args.tls_key, tls_self_signed=args.tls_self_signed, insecure=args.insecure)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -283,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=7471, help="port of the web endpoint gateway (0 picks a free one)")
     p.add_argument("--simulate-gpus", default=None, metavar="SPEC",
                    help="the embedded node declares GPUs that do not exist, e.g. H100:8 (tests and capacity planning only)")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve gRPC and the gateway over TLS")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-self-signed", action="store_true",
+                   help="serve over TLS with a self-signed pair made once in $CORRAL_HOME/tls (clients pin its cert.pem)")
+    p.add_argument("--insecure", action="store_true", help="allow a --host beyond loopback without TLS (plaintext)")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("run", help="run FILE's @app.local_entrypoint() with its app running")
