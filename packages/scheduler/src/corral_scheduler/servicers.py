@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from corral_protocol import CALL_ID_METADATA_KEY
+from corral_protocol.arguments import format_problem
 from corral_protocol.errors import reason_metadata
 from corral_protocol.names import NAME_RULE, is_valid_name
 from corral_protocol.v1 import (
@@ -44,6 +46,12 @@ def api(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
     wrapper.__name__ = method.__name__
     return wrapper
+
+
+def _deadline_passed(context: Any) -> bool:
+    """True when the RPC ended because the client's deadline passed (not a cancel or disconnect)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0.001
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
@@ -103,14 +111,21 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def Invoke(self, request: control_pb2.InvokeRequest, context: Any) -> control_pb2.InvokeResponse:
+        problem = format_problem(request.args)
+        if problem is not None:
+            raise InvalidArgument(problem)
         inp = self.plane.invoke(request.service_id, request.method, request.args)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)
+        await context.send_initial_metadata(((CALL_ID_METADATA_KEY, inp.call_id),))
         try:
             result = await asyncio.shield(inp.future)
         except asyncio.CancelledError:
-            self.plane.cancel(inp.call_id, "the caller went away")
-            self.plane.forget(inp.call_id)
+            # A caller whose deadline fired may collect the result with GetResult (it has the call
+            # id); a caller that cancelled or disconnected wants the call cancelled.
+            if not _deadline_passed(context):
+                self.plane.cancel(inp.call_id, "the caller went away")
+                self.plane.forget(inp.call_id)
             raise
         self.plane.forget(inp.call_id)
         return control_pb2.InvokeResponse(call_id=inp.call_id, result=result)
