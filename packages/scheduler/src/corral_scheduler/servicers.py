@@ -48,10 +48,13 @@ def api(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
-def _deadline_passed(context: Any) -> bool:
-    """True when the RPC ended because the client's deadline passed (not a cancel or disconnect)."""
-    remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0.001
+def _has_deadline(context: Any) -> bool:
+    """True when the client set a deadline on this RPC.
+
+    gRPC cannot tell a server whether a client's deadline fired or the client cancelled (both
+    arrive as a cancellation, and the client's clock runs ahead of the server's), so the rule
+    is the deadline's presence: a deterministic one that clients can rely on."""
+    return context.time_remaining() is not None
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
@@ -121,9 +124,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         try:
             result = await asyncio.shield(inp.future)
         except asyncio.CancelledError:
-            # A caller whose deadline fired may collect the result with GetResult (it has the call
-            # id); a caller that cancelled or disconnected wants the call cancelled.
-            if not _deadline_passed(context):
+            # A caller that set a deadline has the call id and may collect the result with
+            # GetResult (or cancel it with CancelCall); without one (the Python SDK), a cancelled
+            # or disconnected caller wants the call cancelled.
+            if not _has_deadline(context):
                 self.plane.cancel(inp.call_id, "the caller went away")
                 self.plane.forget(inp.call_id)
             raise
