@@ -84,7 +84,7 @@ class WebGateway:
     def __init__(self, plane: ControlPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.plane = plane
         self.max_body_bytes = max_body_bytes
-        self.routes = RouteTable(plane.apps)
+        self.routes = RouteTable(plane.app_records())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,7 +151,7 @@ class WebGateway:
 
     def _check_proxy_auth(self, request: Request) -> None:
         key, secret = request.headers.get(KEY_HEADER, ""), request.headers.get(SECRET_HEADER, "")
-        if not key or not secret or not self.plane.store.check_proxy_token(key, secret):
+        if not key or not secret or not self.plane.check_proxy_token(key, secret):
             raise HttpError(
                 401, "this endpoint requires a proxy token: send the Corral-Key and Corral-Secret headers of a token "
                      "made with `corral token create`",
@@ -223,7 +223,7 @@ class WebGateway:
         }.get(result.status, 500)
         message = result.message or "the endpoint failed without a response"
         extra: dict[str, Any] = {}
-        app = self.plane.apps.get(route.app_id)
+        app = self.plane.app_records().get(route.app_id)
         if result.traceback and app is not None and app.kind == control_pb2.APP_KIND_EPHEMERAL:
             extra["traceback"] = result.traceback  # dev mode (`corral run`, `app.run()`)
         return HttpError(status, message).response(extra)

@@ -159,6 +159,11 @@ def cmd_container_list(args: argparse.Namespace) -> int:
         for c in sorted(containers, key=lambda c: (c.app_name, c.class_name, c.service_id, c.started_at))
     ]
     print(table(("APP", "CLASS", "SERVICE", "CONTAINER ID", "STATE", "LOAD", "SERVED", "PARAMETERS", "NODE", "AGE"), rows))
+    if args.verbose:
+        for c in sorted(containers, key=lambda c: (c.app_name, c.class_name, c.service_id, c.started_at)):
+            print(f"\n{c.container_id} ({c.class_name}):")
+            for line in c.history:
+                print(f"  {line}")
     return 0
 
 
@@ -269,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_app_stop)
 
     container = sub.add_parser("container", help="inspect containers").add_subparsers(dest="container_command", required=True)
-    container.add_parser("list", help="list live containers with their load").set_defaults(handler=cmd_container_list)
+    p = container.add_parser("list", help="list live containers with their load")
+    p.add_argument("--verbose", "-v", action="store_true", help="also show each container's recent lifecycle transitions")
+    p.set_defaults(handler=cmd_container_list)
 
     node = sub.add_parser("node", help="inspect runtime nodes").add_subparsers(dest="node_command", required=True)
     node.add_parser("list", help="list nodes with their inventory").set_defaults(handler=cmd_node_list)

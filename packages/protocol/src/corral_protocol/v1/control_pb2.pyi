@@ -777,6 +777,7 @@ class ContainerInfo(_message.Message):
     INPUTS_SERVED_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     RESTORED_FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     app_id: _builtins.str
     app_name: _builtins.str
@@ -791,6 +792,13 @@ class ContainerInfo(_message.Message):
     restored_from_snapshot: _builtins.bool
     @_builtins.property
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NamedParameter]: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The container's recent lifecycle transitions, oldest first, one per line:
+        "<seconds ago>s ago: <state> -> <state> (<cause>)". Finer than `state` (it names the
+        snapshot phases, for example); for `corral container list --verbose`.
+        """
+
     def __init__(
         self,
         *,
@@ -807,10 +815,11 @@ class ContainerInfo(_message.Message):
         inputs_served: _builtins.int = ...,
         parameters: _abc.Iterable[_common_pb2.NamedParameter] | None = ...,
         restored_from_snapshot: _builtins.bool = ...,
+        history: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name", "container_id", b"container_id", "inputs_served", b"inputs_served", "max_inputs", b"max_inputs", "node_id", b"node_id", "parameters", b"parameters", "restored_from_snapshot", b"restored_from_snapshot", "running_inputs", b"running_inputs", "service_id", b"service_id", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name", "container_id", b"container_id", "history", b"history", "inputs_served", b"inputs_served", "max_inputs", b"max_inputs", "node_id", b"node_id", "parameters", b"parameters", "restored_from_snapshot", b"restored_from_snapshot", "running_inputs", b"running_inputs", "service_id", b"service_id", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

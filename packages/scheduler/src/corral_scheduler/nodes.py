@@ -1,0 +1,92 @@
+"""Nodes: joining (registration), connecting, heartbeats and loss, and the capacity each one has
+reserved for its containers (what placement reads)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from corral_scheduler.errors import NotFound
+from corral_scheduler.events import NodeConnected, NodeHeartbeat, NodeJoined, NodeLost
+from corral_scheduler.model import Container, Node
+from corral_scheduler.placement import NodeCapacity
+
+if TYPE_CHECKING:
+    from corral_scheduler.core import PlaneCore
+
+log = logging.getLogger("corral.scheduler")
+
+
+class Nodes:
+    def __init__(self, core: PlaneCore) -> None:
+        self.core = core
+        self.nodes: dict[str, Node] = {}
+
+    def handlers(self) -> dict[type, Callable[[Any], None]]:
+        return {NodeJoined: self._joined, NodeConnected: self._connected, NodeLost: self._lost, NodeHeartbeat: self._heartbeat}
+
+    def connected_capacities(self) -> list[NodeCapacity]:
+        return [n.capacity for n in self.nodes.values() if n.connected]
+
+    def connected_nodes(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.connected]
+
+    def seen(self, node_id: str) -> None:
+        """Any message from a node is a sign of life."""
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.last_heartbeat = self.core.wall
+
+    def _joined(self, event: NodeJoined) -> None:
+        """A node registers; one that registers again under its name replaces its old self."""
+        for node in list(self.nodes.values()):
+            if node.name == event.name:
+                self._lost(NodeLost(node.node_id))
+                del self.nodes[node.node_id]
+        inventory = event.inventory
+        capacity = NodeCapacity(node_id=event.node_id, cpu=inventory.cpu, memory_mib=inventory.memory_mib, gpus=list(inventory.gpus))
+        node = Node(node_id=event.node_id, name=event.name, inventory=inventory, capacity=capacity, last_heartbeat=self.core.wall)
+        self.nodes[event.node_id] = node
+        log.info("node %s registered: %g cpu, %d MiB, %d gpu(s)", node.name, inventory.cpu, inventory.memory_mib, len(inventory.gpus))
+
+    def _connected(self, event: NodeConnected) -> None:
+        node = self.nodes.get(event.node_id)
+        if node is None:
+            raise NotFound(f"node {event.node_id!r} is not registered")
+        node.connected = True
+        node.last_heartbeat = self.core.wall
+        for service in list(self.core.registry.services.values()):
+            self.core.dispatch.dispatch(service)
+
+    def _lost(self, event: NodeLost) -> None:
+        node = self.nodes.get(event.node_id)
+        if node is None:
+            return
+        node.connected = False
+        self.core.snapshots.forget_node(node.node_id)
+        for container_id in list(node.containers):
+            self.core.containers.gone(container_id, None, f"its node {node.name} disconnected", "")
+
+    def _heartbeat(self, event: NodeHeartbeat) -> None:
+        node = self.nodes.get(event.node_id)
+        if node is None:
+            return
+        node.last_heartbeat = self.core.wall
+        if event.snapshots is not None:
+            self.core.snapshots.node_images(node, event.snapshots)
+
+    def reserve(self, node: Node, container: Container) -> None:
+        node.capacity.cpu_reserved += container.resources.cpu
+        node.capacity.memory_reserved_mib += container.resources.memory_mib
+        node.capacity.gpus_in_use.update(container.gpu_indices)
+        node.containers.add(container.container_id)
+
+    def release(self, container: Container) -> None:
+        node = self.nodes.get(container.node_id)
+        if node is None:
+            return
+        node.containers.discard(container.container_id)
+        node.capacity.cpu_reserved = max(0.0, node.capacity.cpu_reserved - container.resources.cpu)
+        node.capacity.memory_reserved_mib = max(0, node.capacity.memory_reserved_mib - container.resources.memory_mib)
+        node.capacity.gpus_in_use.difference_update(container.gpu_indices)
