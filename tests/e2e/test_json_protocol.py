@@ -127,7 +127,7 @@ def test_a_spawned_call_with_bad_arguments_is_answered_by_get_result(wire: Wire)
 
 
 @pytest.mark.xfail(
-    reason="needs the control plane's call to corral_protocol.arguments.refusal in ControlPlane.invoke (applied at merge)",
+    reason="needs the core's call to corral_protocol.arguments.refusal in Inputs._invoke (inputs.py; applied at merge)",
     strict=False,
 )
 def test_bad_json_arguments_are_refused_before_a_container_starts(wire: Wire, cluster: Cluster) -> None:
