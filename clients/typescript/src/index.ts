@@ -117,7 +117,7 @@ function toRpcError(err: grpc.ServiceError, callId = ""): RpcError {
     case grpc.status.PERMISSION_DENIED:
       return new AuthError(message, err.code, reason);
     case grpc.status.FAILED_PRECONDITION:
-      return message.includes("protocol") ? new VersionMismatchError(message, err.code, reason) : new RpcError(message, err.code, reason);
+      return new VersionMismatchError(message, err.code, reason); // ControlService's only FAILED_PRECONDITION
     case grpc.status.DEADLINE_EXCEEDED:
       return new DeadlineExceededError(message, err.code, reason, callId);
     default:
