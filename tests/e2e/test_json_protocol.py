@@ -177,3 +177,34 @@ def test_a_deadline_on_invoke_leaves_the_call_running_and_its_id_in_the_initial_
     assert call_id, "Invoke(wait=true) sends the call id in its initial metadata"
     result = wire.result(call_id)
     assert result.status == common_pb2.RESULT_STATUS_SUCCESS and json.loads(result.value.data) == "done"
+
+
+def test_http_json_invocation_for_clients_without_grpc(wire: Wire, cluster: Cluster) -> None:
+    import httpx
+
+    url = f"{cluster.http_url}/v1/apps/{APP}/classes/JsonModel/methods"
+    admin = {"authorization": f"Bearer {cluster.token}"}
+    with httpx.Client(timeout=120) as http:
+        ok = http.post(f"{url}/echo", params={"prefix": "~"}, json={"args": ["hi"], "kwargs": {"times": "2"}}, headers=admin)
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert body["status"] == "RESULT_STATUS_SUCCESS" and body["value"]["text"] == "~hihi"
+        assert ok.headers[CALL_ID_METADATA_KEY] == body["call_id"]
+
+        failed = http.post(f"{url}/fail", json={"args": ["no good"]}, headers=admin)
+        assert failed.status_code == 500
+        assert failed.json()["exception"] == {"type": "ValueError", "qualified_type": "builtins.ValueError", "message": "no good"}
+
+        invalid = http.post(f"{url}/echo", json={"kwargs": {"colour": 1}}, headers=admin)
+        assert invalid.status_code == 400 and invalid.json()["status"] == "RESULT_STATUS_INVALID_ARGUMENT"
+
+        token = wire.stub.CreateProxyToken(control_pb2.CreateProxyTokenRequest(name="json-http"), metadata=wire.metadata, timeout=30)
+        proxy = {"corral-key": token.token_id, "corral-secret": token.token_secret}
+        assert http.post(f"{url}/big", json={"args": [1]}, headers=proxy).json()["value"] == 2
+
+        assert http.post(f"{url}/echo", json={"args": ["x"]}).status_code == 401
+        assert http.post(f"{url}/echo", json={"args": ["x"]}, headers={"authorization": "Bearer nope"}).status_code == 401
+        assert http.post(f"{url}/nope", json={}, headers=admin).status_code == 404
+        assert http.post(f"{cluster.http_url}/v1/apps/{APP}/classes/Nope/methods/echo", json={}, headers=admin).status_code == 404
+        assert http.get(f"{url}/echo", headers=admin).status_code == 405
+        assert http.post(f"{url}/echo", params={"colour": "red"}, json={"args": ["x"]}, headers=admin).status_code == 400

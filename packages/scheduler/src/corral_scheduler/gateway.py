@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from corral_protocol.parameters import parse_parameter
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
+from corral_scheduler import http_invoke
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, QueueFull
 from corral_scheduler.web_routes import RouteTable, WebRoute
@@ -40,8 +41,8 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # Past the limit the body is still read (and dropped) up to this much more, so that the client
 # reads a clean 413 instead of a reset connection; beyond it the connection is cut.
 _DRAIN_BYTES = 64 * 1024 * 1024
-KEY_HEADER = "corral-key"
-SECRET_HEADER = "corral-secret"
+KEY_HEADER = http_invoke.KEY_HEADER
+SECRET_HEADER = http_invoke.SECRET_HEADER
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 _EMPTY_ARGS = common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON, data=b"{}")
 S = common_pb2
@@ -98,6 +99,13 @@ class WebGateway:
 
     async def _serve(self, request: Request, receive: Receive, send: Send) -> None:
         path = request.scope["path"]
+        if path.startswith(http_invoke.PREFIX):  # HTTP/JSON invocation of any method
+            try:
+                response = await http_invoke.answer(self.plane, request, self._read_body)
+            except http_invoke.Refused as err:
+                raise HttpError(err.status, err.message, err.headers) from None
+            await response(request.scope, receive, send)
+            return
         found = self.routes.resolve(path)
         if found is None:
             raise HttpError(404, f"no web endpoint at {path}")
