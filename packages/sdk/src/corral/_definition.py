@@ -55,10 +55,11 @@ class MethodInfo:
         return self.web_endpoint is not None and self.web_endpoint.kind == common_pb2.WEB_ENDPOINT_KIND_ASGI_APP
 
     def to_proto(self) -> common_pb2.MethodDef:
-        proto = common_pb2.MethodDef(
-            name=self.name, is_async=self.is_async, is_generator=self.is_generator,
-            signature=_json.method_signature(self.function, batched=self.batching is not None),
-        )
+        proto = common_pb2.MethodDef(name=self.name, is_async=self.is_async, is_generator=self.is_generator)
+        try:
+            proto.signature.CopyFrom(_json.method_signature(self.function, batched=self.batching is not None))
+        except (TypeError, ValueError):  # no inspectable signature: the container alone checks calls
+            pass
         if self.batching is not None:
             proto.batching.CopyFrom(self.batching)
         if self.web_endpoint is not None:
