@@ -119,8 +119,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         inp = self.plane.invoke(request.service_id, request.method, request.args)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)
-        await context.send_initial_metadata(((CALL_ID_METADATA_KEY, inp.call_id),))
         try:
+            await context.send_initial_metadata(((CALL_ID_METADATA_KEY, inp.call_id),))
             result = await asyncio.shield(inp.future)
         except asyncio.CancelledError:
             # A caller that set a deadline has the call id and may collect the result with
