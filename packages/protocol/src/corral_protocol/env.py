@@ -62,6 +62,9 @@ CORRAL_NODE_ADVERTISE_HOST = "CORRAL_NODE_ADVERTISE_HOST"
 """The host clients reach this node's containers on (default 127.0.0.1)."""
 CORRAL_SNAPSHOT_LAZY_PAGES = "CORRAL_SNAPSHOT_LAZY_PAGES"
 """`auto`, `on` or `off`: whether snapshot restores use CRIU's lazy pages."""
+CORRAL_SIMULATE_GPUS = "CORRAL_SIMULATE_GPUS"
+"""GPUs a node declares instead of reading NVML, e.g. `H100:8` or `H100:4,A100-80GB:4` (also read by
+the node `corral up` embeds): for tests and capacity planning only; `corral node list` says "simulated"."""
 
 NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME)
 """The node's own credentials and state, never passed on to a container's environment."""

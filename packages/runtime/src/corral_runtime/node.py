@@ -1,6 +1,6 @@
 """The node daemon: registers its inventory, then starts and stops containers on command.
 
-    corral-node --server grpc://CONTROL:7470 --token TOKEN [--name NAME]
+    corral-node --server grpc://CONTROL:7470 --token TOKEN [--name NAME] [--simulate-gpus H100:8]
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any, TextIO
 
 import grpc
 
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, gpus
 from corral_protocol import env as corral_env
 from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces
 from corral_runtime.container_process import ContainerProcess
-from corral_runtime.inventory import read_inventory
+from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
 from corral_runtime.redaction import Redactor, secret_keys
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
 from corral_runtime.snapshots import IDENTITY_FILE, CriuError, SnapshotStore
@@ -55,13 +55,16 @@ class NodeDaemon:
         log_stream: TextIO | None = None,
         advertise_host: str = "127.0.0.1",
         lazy_pages: str | None = None,
+        simulate_gpus: str | None = None,
     ) -> None:
         self.control_url = control_url
         self.target = control_url.split("://", 1)[-1]
         self.metadata = ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"), (VERSION_METADATA_KEY, str(PROTOCOL_VERSION)))
         self.work_dir = work_dir
         self.name = name or socket.gethostname()
-        self.inventory = inventory or read_inventory()
+        # GPUs: NVML, or simulated ones (`simulate_gpus`, else CORRAL_SIMULATE_GPUS), read again on heartbeats.
+        self.gpu_source: GpuSource | None = None if inventory is not None else gpu_source(simulate_gpus, self.name)
+        self.inventory = inventory or read_inventory(gpu_source=self.gpu_source)
         self.node_id = ""
         self.containers: dict[str, ContainerProcess] = {}
         self._events: asyncio.Queue[node_pb2.NodeSessionRequest] = asyncio.Queue()
@@ -144,7 +147,9 @@ class NodeDaemon:
 
     def _heartbeat(self) -> node_pb2.NodeHeartbeat:
         images = [image.to_proto() for image in self.snapshots.images()] if self.snapshots is not None else []
-        return node_pb2.NodeHeartbeat(running_containers=list(self.containers), snapshots=images)
+        if self.gpu_source is not None:
+            self.inventory = with_gpus(self.inventory, self.gpu_source.read())
+        return node_pb2.NodeHeartbeat(running_containers=list(self.containers), snapshots=images, inventory=self.inventory)
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -184,7 +189,7 @@ class NodeDaemon:
             corral_env.CORRAL_CONTROL_URL: self.control_url,
             corral_env.CORRAL_BUNDLE_DIR: str(bundle),
             corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
-            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in start.gpu_indices),
+            "CUDA_VISIBLE_DEVICES": cuda_visible_devices(start),
             "PYTHONUNBUFFERED": "1",
             corral_env.CORRAL_SECRET_KEYS: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
         })
@@ -350,13 +355,23 @@ def main(argv: list[str] | None = None) -> None:
         help="restore memory snapshots with CRIU lazy pages (userfaultfd): pages arrive on first touch and in the "
              f"background; auto uses them when CRIU and the kernel support them (default auto, or ${LAZY_PAGES_ENV})",
     )
+    parser.add_argument(
+        "--simulate-gpus", default=os.environ.get(corral_env.CORRAL_SIMULATE_GPUS) or None, metavar="SPEC",
+        help="declare GPUs that do not exist instead of reading NVML, e.g. H100:8 or H100:4,A100-80GB:4: for tests and "
+             f"capacity planning only; `corral node list` shows them as simulated (default ${corral_env.CORRAL_SIMULATE_GPUS})",
+    )
     args = parser.parse_args(argv)
+    if args.simulate_gpus:
+        try:
+            gpus.parse_simulated(args.simulate_gpus)
+        except gpus.GpuSpecError as err:
+            parser.error(f"--simulate-gpus: {err}")
     if not args.server or not args.token:
         parser.error("--server and --token (or CORRAL_SERVER_URL and CORRAL_TOKEN) are required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     work_dir = Path(args.work_dir or Path.home() / ".local" / "share" / "corral-node")
     daemon = NodeDaemon(args.server, args.token, work_dir, name=args.name, advertise_host=args.advertise_host,
-                        lazy_pages=args.snapshot_lazy_pages)
+                        lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

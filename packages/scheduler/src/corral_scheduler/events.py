@@ -188,6 +188,7 @@ class NodeLost(Event):
 class NodeHeartbeat(Event):
     node_id: str
     snapshots: tuple[common_pb2.SnapshotImage, ...] | None = ()  # None: a message without a heartbeat
+    inventory: common_pb2.NodeInventory | None = None  # the node's current inventory, when it sent one
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class Container:
     node_id: str
     resources: common_pb2.Resources
     gpu_indices: tuple[int, ...] = ()
+    gpu_uuids: tuple[str, ...] = ()
     state: ContainerState = ContainerState.PLACED
     history: History = field(default_factory=History, repr=False)
     slots: int = 1
@@ -192,6 +193,7 @@ class Node:
             node_id=self.node_id, name=self.name, inventory=self.inventory,
             cpu_reserved=self.capacity.cpu_reserved, memory_reserved_mib=self.capacity.memory_reserved_mib,
             containers=len(self.containers), last_heartbeat=self.last_heartbeat,
+            gpus_in_use=sorted(self.capacity.gpus_in_use),
         )
 
 

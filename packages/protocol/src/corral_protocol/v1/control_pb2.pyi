@@ -871,6 +871,7 @@ class NodeInfo(_message.Message):
     MEMORY_RESERVED_MIB_FIELD_NUMBER: _builtins.int
     CONTAINERS_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
+    GPUS_IN_USE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     name: _builtins.str
     cpu_reserved: _builtins.float
@@ -879,6 +880,10 @@ class NodeInfo(_message.Message):
     last_heartbeat: _builtins.float
     @_builtins.property
     def inventory(self) -> _common_pb2.NodeInventory: ...
+    @_builtins.property
+    def gpus_in_use(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """UUIDs of the node's GPUs that containers hold."""
+
     def __init__(
         self,
         *,
@@ -889,10 +894,11 @@ class NodeInfo(_message.Message):
         memory_reserved_mib: _builtins.int = ...,
         containers: _builtins.int = ...,
         last_heartbeat: _builtins.float = ...,
+        gpus_in_use: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "cpu_reserved", b"cpu_reserved", "inventory", b"inventory", "last_heartbeat", b"last_heartbeat", "memory_reserved_mib", b"memory_reserved_mib", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "cpu_reserved", b"cpu_reserved", "gpus_in_use", b"gpus_in_use", "inventory", b"inventory", "last_heartbeat", b"last_heartbeat", "memory_reserved_mib", b"memory_reserved_mib", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
