@@ -127,8 +127,9 @@ def test_a_spawned_call_with_bad_arguments_is_answered_by_get_result(wire: Wire)
 
 
 @pytest.mark.xfail(
-    reason="needs the core's call to corral_protocol.arguments.refusal in Inputs._invoke (inputs.py; applied at merge)",
-    strict=False,
+    reason="needs the core's call to corral_protocol.arguments.refusal in Inputs._invoke (inputs.py; applied at merge): "
+           "remove this mark then",
+    strict=True,
 )
 def test_bad_json_arguments_are_refused_before_a_container_starts(wire: Wire, cluster: Cluster) -> None:
     from e2e_helpers import client_for
