@@ -26,7 +26,7 @@ from corral.exception import (
     RemoteTraceback,
     VersionMismatchError,
 )
-from corral_protocol.v1 import control_pb2, control_pb2_grpc, node_pb2, node_pb2_grpc
+from corral_protocol.v1 import common_pb2, control_pb2, control_pb2_grpc, node_pb2, node_pb2_grpc
 from errors_app import ErrorsBadEnter, ErrorsCrasher, ErrorsParams, ErrorsRaiser, ErrorsRetriedCrasher, ErrorsSlow
 
 APP_FILE = Path(errors_app.__file__).name
@@ -394,6 +394,11 @@ def test_unknown_method_on_the_server_is_not_found(cluster: Cluster, deployed: s
             client.stub.BindService, control_pb2.BindServiceRequest(app_id=lookup.app_id, class_name="ErrorsRaiser")
         )
         with pytest.raises(NotFoundError, match="nope"):
+            client.call(client.stub.Invoke, control_pb2.InvokeRequest(
+                service_id=bound.service_id, method="nope", args=common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON), wait=True,
+            ))
+        # A payload must name its format: unset (proto3's default) is never unpickled.
+        with pytest.raises(InvalidError, match="payload format is unset"):
             client.call(client.stub.Invoke, control_pb2.InvokeRequest(service_id=bound.service_id, method="nope", wait=True))
     finally:
         client.close()

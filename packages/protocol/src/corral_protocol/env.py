@@ -11,6 +11,9 @@ Example:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 # Where a client (the SDK, the CLI, a node daemon) finds its server.
 CORRAL_SERVER_URL = "CORRAL_SERVER_URL"
 """The control plane's URL, `grpc://host:port` or `grpcs://host:port`."""
@@ -44,6 +47,12 @@ CORRAL_APP_KIND = "CORRAL_APP_KIND"
 """`APP_KIND_DEPLOYED` or `APP_KIND_EPHEMERAL`; ephemeral (dev) apps show tracebacks in web errors."""
 APP_KIND_DEPLOYED = "deployed"
 APP_KIND_EPHEMERAL = "ephemeral"
+
+
+def is_dev_mode(environ: Mapping[str, str] = os.environ) -> bool:
+    """True inside a container of an ephemeral (dev) app: its errors carry tracebacks to every
+    caller, JSON and web callers included (deployed apps keep server paths to themselves)."""
+    return environ.get(CORRAL_APP_KIND) == APP_KIND_EPHEMERAL
 
 # Settings of the control plane's process.
 CORRAL_MAX_QUEUE = "CORRAL_MAX_QUEUE"

@@ -35,6 +35,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from corral_protocol.parameters import parse_parameter
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 from corral_protocol.web import MAX_JSON_DEPTH, json_depth_exceeds
+from corral_scheduler import http_invoke
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, QueueFull
 from corral_scheduler.tls import TlsFiles
@@ -58,8 +59,8 @@ MAX_CONNECTIONS = 1024
 MAX_HEADER_BYTES = 16 * 1024
 # Bodies larger than this are checked for JSON depth on a thread (the scan is linear but in Python).
 _DEPTH_CHECK_INLINE_BYTES = 256 * 1024
-KEY_HEADER = "corral-key"
-SECRET_HEADER = "corral-secret"
+KEY_HEADER = http_invoke.KEY_HEADER
+SECRET_HEADER = http_invoke.SECRET_HEADER
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 _EMPTY_ARGS = common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON, data=b"{}")
 S = common_pb2
@@ -122,6 +123,13 @@ class WebGateway:
 
     async def _serve(self, request: Request, receive: Receive, send: Send) -> None:
         path = request.scope["path"]
+        if path.startswith(http_invoke.PREFIX):  # HTTP/JSON invocation of any method
+            try:
+                response = await http_invoke.answer(self.plane, request, lambda req: self._read_json_body(req, receive))
+            except http_invoke.Refused as err:
+                raise HttpError(err.status, err.message, err.headers) from None
+            await response(request.scope, receive, send)
+            return
         found = self.routes.resolve(path)
         if found is None:
             raise HttpError(404, f"no web endpoint at {path}")
@@ -137,9 +145,8 @@ class WebGateway:
                                 {"allow": route.endpoint.http_method})
         if route.endpoint.requires_proxy_auth:
             self._check_proxy_auth(request)
-        body = await self._read_body(request, receive)
-        if body and (not route.is_asgi or "json" in request.headers.get("content-type", "")) and await _too_deep(body):
-            raise HttpError(400, f"the JSON body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
+        body = await (self._read_body(request, receive) if route.is_asgi and "json" not in request.headers.get("content-type", "")
+                      else self._read_json_body(request, receive))
         query = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)
         http_request = worker_pb2.HttpRequest(
             method=request.method, path=route.prefix + "/" if route.is_asgi and not rest else path,
@@ -182,6 +189,13 @@ class WebGateway:
                 401, "this endpoint requires a proxy token: send the Corral-Key and Corral-Secret headers of a token "
                      "made with `corral token create`",
             )
+
+    async def _read_json_body(self, request: Request, receive: Receive) -> bytes:
+        """The body, refused with a 400 when it nests JSON deeper than MAX_JSON_DEPTH."""
+        body = await self._read_body(request, receive)
+        if body and await _too_deep(body):
+            raise HttpError(400, f"the JSON body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
+        return body
 
     async def _read_body(self, request: Request, receive: Receive) -> bytes:
         limit = self.max_body_bytes

@@ -503,9 +503,14 @@ class InvokeRequest(_message.Message):
     service_id: _builtins.str
     method: _builtins.str
     wait: _builtins.bool
-    """True: answer once the result is known. False: answer at once with the call id (spawn)."""
+    """True: answer once the result is known, however long that takes; the call id comes at once in
+    the `corral-call-id` initial metadata, so a caller whose deadline fires can collect the result
+    with GetResult. False: answer at once with the call id (spawn).
+    """
     @_builtins.property
-    def args(self) -> _common_pb2.Payload: ...
+    def args(self) -> _common_pb2.Payload:
+        """PICKLE or JSON; any other format is refused with INVALID_ARGUMENT."""
+
     def __init__(
         self,
         *,
