@@ -110,21 +110,27 @@ class NodeHeartbeat(_message.Message):
 
     RUNNING_CONTAINERS_FIELD_NUMBER: _builtins.int
     SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def running_containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SnapshotImage]:
         """Every memory snapshot image this node holds that it can restore (its own host fingerprint)."""
 
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ContainerUsage]:
+        """Each running container's memory and CPU use against its limits (isolated containers only)."""
+
     def __init__(
         self,
         *,
         running_containers: _abc.Iterable[_builtins.str] | None = ...,
         snapshots: _abc.Iterable[_common_pb2.SnapshotImage] | None = ...,
+        usage: _abc.Iterable[_common_pb2.ContainerUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["running_containers", b"running_containers", "snapshots", b"snapshots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["running_containers", b"running_containers", "snapshots", b"snapshots", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

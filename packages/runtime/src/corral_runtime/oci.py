@@ -1,0 +1,193 @@
+"""The OCI runtime configuration (`config.json`) of a Corral container, written by Corral itself.
+
+A container gets its own pid, mount, IPC and UTS namespaces (the network stays the host's: see
+"Containers" in docs/architecture.md), an empty root directory made read-only, in which the host's
+system directories, the Python environment, the code bundle and the node's volumes are bound
+read-only, a private tmpfs `/tmp`, no capabilities, `no_new_privs`, a seccomp profile, and runs as
+an unprivileged user. Resource limits live on a cgroup the node owns (`corral_runtime.cgroups`),
+the parent of the one runc creates, so they outlive runc's own and tell an OOM kill afterwards.
+
+Pure functions over plain data: unit-tested without runc.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OCI_VERSION = "1.0.2"
+# The unprivileged user containers run as (Debian's nobody/nogroup).
+CONTAINER_UID = 65534
+CONTAINER_GID = 65534
+# Where a container sees its code bundle and its private exchange directory with the node (the
+# identity file at a snapshot point).
+BUNDLE_MOUNT = "/corral/bundle"
+RUN_MOUNT = "/corral/run"
+CONTAINER_CWD = "/tmp"
+HOSTNAME = "corral"
+
+# Host system directories seen read-only inside (those that exist; merged-/usr symlinks such as
+# /bin -> usr/bin become the same symlinks in the container's root).
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+# As runc's own default spec: kernel interfaces hidden or read-only inside a container.
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+# Syscalls a container is refused (EPERM), after Docker's default profile for a container without
+# capabilities: kernel modules and keyrings, mounts and namespaces, tracing other processes, clocks,
+# reboot, swap, BPF and perf. Everything else is allowed (a deny list, where Docker keeps an allow
+# list: see docs/architecture.md).
+DENIED_SYSCALLS = (
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
+    "finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "init_module",
+    "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie",
+    "mount", "mount_setattr", "move_mount", "name_to_handle_at", "nfsservctl", "open_by_handle_at",
+    "open_tree", "perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev",
+    "ptrace", "query_module", "quotactl", "reboot", "request_key", "setns", "settimeofday",
+    "stime", "swapoff", "swapon", "syslog", "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat",
+    "vhangup", "vm86", "vm86old",
+)
+CLONE_NEWUSER = 0x10000000
+_SECCOMP_ARCHES = {
+    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+}
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path seen inside the container at `destination`."""
+
+    source: str
+    destination: str
+    read_only: bool = True
+
+
+@dataclass
+class ContainerSpec:
+    """What `config_json` needs to describe one container."""
+
+    args: list[str]
+    env: dict[str, str]
+    binds: list[Bind]
+    cgroups_path: str
+    hostname: str = HOSTNAME
+    cwd: str = CONTAINER_CWD
+    uid: int = CONTAINER_UID
+    gid: int = CONTAINER_GID
+    devices: list[str] = field(default_factory=list)  # host device nodes passed through (GPUs)
+    tmp_size_mib: int = 0  # 0: the kernel's default (half the RAM, charged to the memory limit)
+
+
+def seccomp_profile(machine: str | None = None) -> dict[str, Any]:
+    """The seccomp profile: `DENIED_SYSCALLS` fail with EPERM, `clone` with CLONE_NEWUSER too (a
+    user namespace would hand the process capabilities again), and `clone3` with ENOSYS (its flags
+    are behind a pointer seccomp cannot read; libc then falls back to `clone`)."""
+    arch = machine or platform.machine()
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": _SECCOMP_ARCHES.get(arch, []),
+        "syscalls": [
+            {"names": list(DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+             "args": [{"index": 0, "value": CLONE_NEWUSER, "valueTwo": CLONE_NEWUSER, "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+        ],
+    }
+
+
+def _device(path: str) -> dict[str, Any] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    kind = "c" if (st.st_mode & 0o170000) == 0o020000 else "b"
+    return {"path": path, "type": kind, "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+            "fileMode": st.st_mode & 0o777, "uid": 0, "gid": 0}
+
+
+def config_json(spec: ContainerSpec, machine: str | None = None) -> dict[str, Any]:
+    """The OCI runtime config of one container (runc reads it as `config.json` in the bundle)."""
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+    ]
+    tmp_options = ["nosuid", "nodev", "mode=1777"] + ([f"size={spec.tmp_size_mib}m"] if spec.tmp_size_mib else [])
+    mounts.append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": tmp_options})
+    for bind in spec.binds:
+        options = ["rbind", "nosuid", "nodev"] + (["ro"] if bind.read_only else ["rw"])
+        mounts.append({"destination": bind.destination, "type": "bind", "source": bind.source, "options": options})
+    devices = [d for d in (_device(path) for path in spec.devices) if d is not None]
+    device_rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
+    device_rules += [{"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"], "access": "rwm"} for d in devices]
+    no_caps: list[str] = []
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": False,
+            "user": {"uid": spec.uid, "gid": spec.gid},
+            "args": spec.args,
+            "env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
+            "cwd": spec.cwd,
+            "capabilities": {"bounding": no_caps, "effective": no_caps, "inheritable": no_caps, "permitted": no_caps, "ambient": no_caps},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            # The node's cgroup (corral_runtime.cgroups) holds the limits; runc's own sits below it.
+            "cgroupsPath": spec.cgroups_path,
+            "resources": {"devices": device_rules},
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}],
+            "devices": devices,
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+            "seccomp": seccomp_profile(machine),
+        },
+    }
+
+
+def prepare_rootfs(rootfs: Path, system_dirs: tuple[str, ...] = SYSTEM_DIRS) -> list[Bind]:
+    """Create the container's empty root directory; returns the read-only binds of the host's
+    system directories. A merged-/usr symlink (/bin -> usr/bin) is recreated as the same symlink."""
+    rootfs.mkdir(parents=True, exist_ok=True)
+    binds = []
+    for path in system_dirs:
+        if os.path.islink(path):
+            link = rootfs / path.lstrip("/")
+            if not link.is_symlink():
+                link.symlink_to(os.readlink(path))
+        elif os.path.isdir(path):
+            binds.append(Bind(path, path))
+    return binds
+
+
+def covering_binds(paths: list[str], covered: list[str]) -> list[Bind]:
+    """Read-only binds (at the same path) of `paths`, skipping any that a broader one, or one of
+    `covered`, already shows, and those that do not exist."""
+    chosen: list[str] = []
+    for path in sorted({os.path.normpath(p) for p in paths if p and os.path.isdir(p)}, key=len):
+        if any(path == c or path.startswith(c.rstrip("/") + "/") for c in [*covered, *chosen]):
+            continue
+        chosen.append(path)
+    return [Bind(path, path) for path in chosen]
+
+
+def overlaps(path: str, other: str) -> bool:
+    """Whether one of the two paths is the other or inside it."""
+    a, b = os.path.normpath(path), os.path.normpath(other)
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
