@@ -3,8 +3,9 @@
 A container gets its own pid, mount, IPC and UTS namespaces (the network stays the host's: see
 "Containers" in docs/architecture.md), an empty root directory made read-only, in which the host's
 system directories, the Python environment, the code bundle and the node's volumes are bound
-read-only, a private tmpfs `/tmp`, no capabilities, `no_new_privs`, a seccomp profile, and runs as
-an unprivileged user. Resource limits live on a cgroup the node owns (`corral_runtime.cgroups`),
+read-only, a private tmpfs `/tmp`, no capabilities, `no_new_privs` and a seccomp profile. It runs
+as uid 0 *without any capability* (CRIU needs CAP_SYS_RESOURCE to dump a process of another uid, and
+this project's hosts withhold it from root), so it sees only the public part of the host's `/etc`. Resource limits live on a cgroup the node owns (`corral_runtime.cgroups`),
 the parent of the one runc creates, so they outlive runc's own and tell an OOM kill afterwards.
 
 Pure functions over plain data: unit-tested without runc.
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 OCI_VERSION = "1.0.2"
-# The unprivileged user containers run as (Debian's nobody/nogroup).
-CONTAINER_UID = 65534
-CONTAINER_GID = 65534
+# The user containers run as: root of the host's user namespace, but with no capability at all, so
+# it can write only where a mount lets it and read only files that are bound in.
+CONTAINER_UID = 0
+CONTAINER_GID = 0
 # Where a container sees its code bundle and its private exchange directory with the node (the
 # identity file at a snapshot point).
 BUNDLE_MOUNT = "/corral/bundle"
@@ -31,7 +33,15 @@ HOSTNAME = "corral"
 
 # Host system directories seen read-only inside (those that exist; merged-/usr symlinks such as
 # /bin -> usr/bin become the same symlinks in the container's root).
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# The public part of the host's /etc that programs expect (name resolution, users, TLS roots, the
+# dynamic linker, time zone, alternatives). Never shadow files, private keys or the host's secrets.
+ETC_ENTRIES = (
+    "alternatives", "ca-certificates", "ca-certificates.conf", "debian_version", "gai.conf", "group", "host.conf",
+    "hosts", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "mime.types", "nsswitch.conf", "os-release",
+    "passwd", "protocols", "resolv.conf", "services", "ssl/certs", "ssl/openssl.cnf", "timezone", "fonts",
+    "python3", "python3.11", "matplotlibrc", "pki",
+)
 
 # As runc's own default spec: kernel interfaces hidden or read-only inside a container.
 MASKED_PATHS = (
@@ -161,11 +171,22 @@ def config_json(spec: ContainerSpec, machine: str | None = None) -> dict[str, An
     }
 
 
-def prepare_rootfs(rootfs: Path, system_dirs: tuple[str, ...] = SYSTEM_DIRS) -> list[Bind]:
+def prepare_rootfs(rootfs: Path, system_dirs: tuple[str, ...] = SYSTEM_DIRS, etc: tuple[str, ...] = ETC_ENTRIES) -> list[Bind]:
     """Create the container's empty root directory; returns the read-only binds of the host's
-    system directories. A merged-/usr symlink (/bin -> usr/bin) is recreated as the same symlink."""
+    system directories and public /etc entries. A merged-/usr symlink (/bin -> usr/bin) is
+    recreated as the same symlink, and so is a symlinked /etc entry (its target is bound if public)."""
     rootfs.mkdir(parents=True, exist_ok=True)
+    (rootfs / "etc").mkdir(exist_ok=True)
     binds = []
+    for name in etc:
+        path = f"/etc/{name}"
+        if os.path.islink(path):
+            link = rootfs / path.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(os.readlink(path))
+        elif os.path.exists(path):
+            binds.append(Bind(path, path))
     for path in system_dirs:
         if os.path.islink(path):
             link = rootfs / path.lstrip("/")

@@ -144,7 +144,8 @@ class RuncRuntime:
         binds.append(oci.Bind(str(code_bundle), oci.BUNDLE_MOUNT))
         run_dir = self.run_dir(workdir)
         run_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chown(run_dir, oci.CONTAINER_UID, oci.CONTAINER_GID)
+        if oci.CONTAINER_UID:
+            os.chown(run_dir, oci.CONTAINER_UID, oci.CONTAINER_GID)
         binds.append(oci.Bind(str(run_dir), oci.RUN_MOUNT, read_only=False))
         binds += self.volumes
         devices = [*GPU_DEVICES, *(f"/dev/nvidia{i}" for i in gpu_indices)] if gpu_indices else []

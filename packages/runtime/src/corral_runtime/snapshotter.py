@@ -319,7 +319,7 @@ def hand_identity(container: ContainerProcess, identity: dict[str, object], work
     """Write the worker's identity file and tell the worker its path, one line on its stdin. A
     runc container reads it in its exchange directory, as its own user."""
     if container.run_dir is not None:
-        path = write_identity(container.run_dir, identity, owner=(oci.CONTAINER_UID, oci.CONTAINER_GID))
+        path = write_identity(container.run_dir, identity, owner=(oci.CONTAINER_UID, oci.CONTAINER_GID) if oci.CONTAINER_UID else None)
         seen = f"{oci.RUN_MOUNT}/{path.name}"
     else:
         seen = str(write_identity(workdir, identity))
