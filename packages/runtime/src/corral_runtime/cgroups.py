@@ -50,14 +50,19 @@ def version() -> int:
     return 0
 
 
-def v1_hierarchies() -> dict[str, Path]:
-    """Each v1 controller's mount point (comounted controllers share one)."""
+def v1_hierarchies(controllers: tuple[str, ...] | None = V1_CONTROLLERS) -> dict[str, Path]:
+    """Each v1 controller's mount point (comounted controllers share one); every hierarchy when
+    `controllers` is None (runc creates the container's cgroup in all of them, and in the unified
+    one of a hybrid host)."""
     found: dict[str, Path] = {}
     for point, kind, options in _mounts():
+        if controllers is None and kind in ("cgroup", "cgroup2"):  # hybrid hosts: runc uses the unified one too
+            found.setdefault(point, Path(point))
+            continue
         if kind != "cgroup":
             continue
         for option in options.split(","):
-            if option in V1_CONTROLLERS:
+            if option in controllers:
                 found.setdefault(option, Path(point))
     return found
 
@@ -98,6 +103,11 @@ class Usage:
     cpu_seconds: float = 0.0  # CPU time used since it started
     cpu_limit: float = 0.0  # cores; 0: no limit
     oom_kills: int = 0
+    # How often it reached its memory limit (v1: memory.failcnt, or a peak at the limit; v2:
+    # memory.events "max"). On v1 the
+    # OOM-kill counter is kept by the victim's own cgroup (runc's, gone with it), so a SIGKILL
+    # nobody sent plus a reached limit is how the node tells an OOM kill there.
+    limit_hits: int = 0
 
 
 class Cgroups:
@@ -107,17 +117,20 @@ class Cgroups:
         self.scope = "/" + scope.strip("/")
         self.version = version() if cgroup_version is None else cgroup_version
         self.hierarchies = v1_hierarchies() if self.version == 1 else {}
+        self.all_hierarchies = v1_hierarchies(None) if self.version == 1 else {}
 
     def runc_path(self, container_id: str) -> str:
         """The cgroupsPath runc gets: below the node's cgroup of the container."""
         return f"{self.scope}/{container_id}/{RUNC_LEAF}"
 
-    def _dirs(self, container_id: str | None) -> dict[str, Path]:
-        """Controller -> directory of the container's cgroup (the scope's when container_id is None)."""
+    def _dirs(self, container_id: str | None, *, every_hierarchy: bool = False) -> dict[str, Path]:
+        """Controller -> directory of the container's cgroup (the scope's when container_id is None);
+        with `every_hierarchy`, in each v1 hierarchy, not only those that hold limits."""
         rel = self.scope.lstrip("/") + (f"/{container_id}" if container_id else "")
         if self.version == 2:
             return {"unified": CGROUP_ROOT / rel}
-        return {name: root / rel for name, root in self.hierarchies.items()}
+        roots = self.all_hierarchies if every_hierarchy else self.hierarchies
+        return {name: root / rel for name, root in roots.items()}
 
     def create(self, container_id: str, *, cpu: float, memory_mib: int, pids: int = DEFAULT_PIDS_LIMIT) -> None:
         """The container's cgroup with its limits: `cpu` cores of CPU time per period (0: none),
@@ -174,13 +187,18 @@ class Cgroups:
             with contextlib.suppress(OSError, ValueError):
                 max_quota, max_period = (path / "cpu.max").read_text().split()
                 usage.cpu_limit = 0.0 if max_quota == "max" else int(max_quota) / int(max_period)
-            usage.oom_kills = _read_keyed(path / "memory.events").get("oom_kill", 0)
+            events = _read_keyed(path / "memory.events")
+            usage.oom_kills, usage.limit_hits = events.get("oom_kill", 0), events.get("max", 0)
             return usage
         if "memory" in dirs:
             usage.memory_bytes = _read_int(dirs["memory"] / "memory.usage_in_bytes") or 0
             limit = _read_int(dirs["memory"] / "memory.limit_in_bytes") or 0
             usage.memory_limit_bytes = limit if limit < 1 << 60 else 0
             usage.oom_kills = _read_keyed(dirs["memory"] / "memory.oom_control").get("oom_kill", 0)
+            usage.limit_hits = sum(_read_int(dirs["memory"] / name) or 0 for name in ("memory.failcnt", "memory.memsw.failcnt"))
+            peak = _read_int(dirs["memory"] / "memory.max_usage_in_bytes") or 0
+            if usage.memory_limit_bytes and peak >= usage.memory_limit_bytes:  # failcnt stays 0 on some kernels
+                usage.limit_hits += 1
         if "cpuacct" in dirs:
             usage.cpu_seconds = (_read_int(dirs["cpuacct"] / "cpuacct.usage") or 0) / 1e9
         if "cpu" in dirs:
@@ -191,19 +209,19 @@ class Cgroups:
 
     def remove(self, container_id: str) -> None:
         """Kill whatever is left in the container's cgroup and remove it (runc's below it too)."""
-        for path in self._dirs(container_id).values():
+        for path in self._dirs(container_id, every_hierarchy=True).values():
             _remove_tree(path)
 
     def sweep(self) -> int:
         """Remove every container cgroup of this scope (leftovers of a node that died); returns
         how many there were."""
         names: set[str] = set()
-        for path in self._dirs(None).values():
+        for path in self._dirs(None, every_hierarchy=True).values():
             with contextlib.suppress(OSError):
                 names.update(child.name for child in path.iterdir() if child.is_dir())
         for name in names:
             self.remove(name)
-        for path in self._dirs(None).values():
+        for path in self._dirs(None, every_hierarchy=True).values():
             with contextlib.suppress(OSError):
                 path.rmdir()
         return len(names)

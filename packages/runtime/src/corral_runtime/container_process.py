@@ -37,10 +37,8 @@ class ContainerProcess:
     # A lazy restore's `criu lazy-pages` daemon, until it has served every page (then it exits by
     # itself) or the container is gone (then the node ends it).
     lazy_pages: asyncio.subprocess.Process | None = None
-    # Containers run by runc: the file runc writes the worker's host pid to, and the container's
-    # exchange directory with the node (host side), seen inside as oci.RUN_MOUNT.
+    # Containers run by runc: the file runc writes the worker's host pid to.
     pid_file: Path | None = None
-    run_dir: Path | None = None
     # The previous CPU time reading (seconds of CPU, monotonic time), for the CPU rate in heartbeats.
     cpu_sample: tuple[float, float] | None = None
 

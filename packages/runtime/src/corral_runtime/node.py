@@ -295,7 +295,7 @@ class NodeDaemon:
             usage = await self.runc.remove(container_id, self.work_dir / "containers" / container_id)
             if code > 128:  # runc reports a container killed by signal N as 128 + N
                 code = 128 - code
-            if usage.oom_kills and not container.kill_reason:
+            if (usage.oom_kills or (code == -signal.SIGKILL and usage.limit_hits)) and not container.kill_reason:
                 limit = f" (limit {usage.memory_limit_bytes // MIB} MiB)" if usage.memory_limit_bytes else ""
                 container.kill_reason = f"out of memory{limit}"
         if container.stdin_fd >= 0:
@@ -336,8 +336,7 @@ class NodeDaemon:
                 *self.runc.run_argv(start.container_id, workdir), cwd=workdir, stdin=stdin,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
             )
-            container = ContainerProcess(start.container_id, process, in_namespace=True, pid_file=self.runc.pid_file(workdir),
-                                         run_dir=self.runc.run_dir(workdir))
+            container = ContainerProcess(start.container_id, process, in_namespace=True, pid_file=self.runc.pid_file(workdir))
             identity_workdir = oci.CONTAINER_CWD
         else:
             if take:

@@ -24,10 +24,8 @@ OCI_VERSION = "1.0.2"
 # it can write only where a mount lets it and read only files that are bound in.
 CONTAINER_UID = 0
 CONTAINER_GID = 0
-# Where a container sees its code bundle and its private exchange directory with the node (the
-# identity file at a snapshot point).
+# Where a container sees its code bundle.
 BUNDLE_MOUNT = "/corral/bundle"
-RUN_MOUNT = "/corral/run"
 CONTAINER_CWD = "/tmp"
 HOSTNAME = "corral"
 

@@ -29,7 +29,6 @@ from corral_runtime.runtimes import RUNC_CAPABILITIES
 log = logging.getLogger("corral.runtime")
 
 BUNDLE_DIR = "oci"  # in the container's own directory: config.json and rootfs/
-RUN_DIR = "run"  # ditto: seen read-write inside as oci.RUN_MOUNT
 PIDFILE = "container.pid"
 CHECKPOINT_LOG = "dump.log"
 RUNC_TIMEOUT_S = 30.0
@@ -128,9 +127,6 @@ class RuncRuntime:
     def bundle_path(self, workdir: Path) -> Path:
         return workdir / BUNDLE_DIR
 
-    def run_dir(self, workdir: Path) -> Path:
-        return workdir / RUN_DIR
-
     def pid_file(self, workdir: Path) -> Path:
         return workdir / PIDFILE
 
@@ -142,11 +138,6 @@ class RuncRuntime:
         binds = oci.prepare_rootfs(rootfs)
         binds += oci.covering_binds(self.python, [b.destination for b in binds])
         binds.append(oci.Bind(str(code_bundle), oci.BUNDLE_MOUNT))
-        run_dir = self.run_dir(workdir)
-        run_dir.mkdir(mode=0o700, exist_ok=True)
-        if oci.CONTAINER_UID:
-            os.chown(run_dir, oci.CONTAINER_UID, oci.CONTAINER_GID)
-        binds.append(oci.Bind(str(run_dir), oci.RUN_MOUNT, read_only=False))
         binds += self.volumes
         devices = [*GPU_DEVICES, *(f"/dev/nvidia{i}" for i in gpu_indices)] if gpu_indices else []
         spec = oci.ContainerSpec(args=args, env=env, binds=binds, cgroups_path=self.cgroups.runc_path(container_id),

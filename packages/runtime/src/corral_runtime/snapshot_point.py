@@ -2,7 +2,8 @@
 
 At the snapshot point the worker holds no connection. The node dumps it (or, later, restores a copy
 of it in a new container), writes the worker's identity and environment to a file and writes that
-file's path as one line on the worker's stdin, a pipe. The worker reads it, deletes the file,
+file's path as one line on the worker's stdin, a pipe (a container isolated by runc, which sees no
+node file, gets the identity itself on that line, as JSON). The worker reads it, deletes the file,
 applies it, reseeds its random generators and reconnects. Secrets and per-container values arrive
 only this way, after the dump, so they never enter an image.
 """
@@ -32,6 +33,12 @@ def wait_for_identity() -> dict[str, Any]:
     if not line.strip():
         raise SnapshotPointError("the node closed stdin at the snapshot point")
     path = line.decode().strip()
+    if path.startswith("{"):
+        try:
+            inline: dict[str, Any] = json.loads(path)
+        except ValueError as err:
+            raise SnapshotPointError(f"unreadable identity: {err}") from err
+        return inline
     try:
         with open(path) as f:
             identity: dict[str, Any] = json.load(f)

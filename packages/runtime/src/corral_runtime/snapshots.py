@@ -264,14 +264,11 @@ def criu_log_errors(path: Path, lines: int = 3) -> str:
     return " | ".join(errors[-lines:])
 
 
-def write_identity(workdir: Path, identity: dict[str, object], owner: tuple[int, int] | None = None) -> Path:
+def write_identity(workdir: Path, identity: dict[str, object]) -> Path:
     """The file a worker reads at its snapshot point: its identity and environment, secrets
-    included, which therefore never enter an image. Mode 0600 (owned by `owner`, the container's
-    user, when given); the worker deletes it once read."""
+    included, which therefore never enter an image. Mode 0600; the worker deletes it once read."""
     path = workdir / "corral-identity.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    if owner is not None:
-        os.fchown(fd, *owner)
     with os.fdopen(fd, "w") as f:
         json.dump(identity, f)
     return path

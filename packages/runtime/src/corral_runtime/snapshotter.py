@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from corral_protocol.v1 import node_pb2
-from corral_runtime import criu, oci
+from corral_runtime import criu
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.runc import RuncRuntime
 from corral_runtime.snapshots import (
@@ -237,8 +238,7 @@ class Snapshotter:
                 await _end_lazy_pages(daemon)
             await runc.remove(start.container_id, workdir)
             raise
-        container = ContainerProcess(start.container_id, process, in_namespace=True, lazy_pages=daemon, pid_file=pid_file,
-                                     run_dir=runc.run_dir(workdir))
+        container = ContainerProcess(start.container_id, process, in_namespace=True, lazy_pages=daemon, pid_file=pid_file)
         deadline = began + RESTORE_TIMEOUT_S
         try:
             while not pid_file.exists() or not pid_file.read_text().strip():
@@ -316,14 +316,13 @@ class Snapshotter:
 
 
 def hand_identity(container: ContainerProcess, identity: dict[str, object], workdir: Path) -> None:
-    """Write the worker's identity file and tell the worker its path, one line on its stdin. A
-    runc container reads it in its exchange directory, as its own user."""
-    if container.run_dir is not None:
-        path = write_identity(container.run_dir, identity, owner=(oci.CONTAINER_UID, oci.CONTAINER_GID) if oci.CONTAINER_UID else None)
-        seen = f"{oci.RUN_MOUNT}/{path.name}"
+    """Hand the worker its identity, one line on its stdin: the path of a file the node writes
+    (the worker deletes it once read), or for a runc container, which sees no node file, the
+    identity itself as JSON."""
+    if container.pid_file is not None:
+        line = (json.dumps(identity, separators=(",", ":")) + "\n").encode()
     else:
-        seen = str(write_identity(workdir, identity))
-    line = f"{seen}\n".encode()
+        line = f"{write_identity(workdir, identity)}\n".encode()
     if container.stdin_fd >= 0:
         os.write(container.stdin_fd, line)
     else:

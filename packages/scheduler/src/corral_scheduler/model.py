@@ -195,6 +195,8 @@ class Node:
     containers: set[str] = field(default_factory=set)
     last_heartbeat: float = field(default_factory=time.time)
     connected: bool = False
+    # Each container's resource use from the node's latest heartbeat, by container id.
+    usage: dict[str, common_pb2.ContainerUsage] = field(default_factory=dict)
 
     def send(self, message: node_pb2.NodeSessionResponse) -> None:
         self.outbox.put_nowait(message)

@@ -201,6 +201,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         async def read() -> None:
             try:
                 async for event in request_iterator:
+                    if event.HasField("heartbeat"):  # read-only bookkeeping for views.container_infos
+                        node.usage = {u.container_id: u for u in event.heartbeat.usage}
                     self.plane.node_event(node, event)
             finally:
                 node.outbox.put_nowait(None)
