@@ -56,8 +56,9 @@ def v1_hierarchies(controllers: tuple[str, ...] | None = V1_CONTROLLERS) -> dict
     one of a hybrid host)."""
     found: dict[str, Path] = {}
     for point, kind, options in _mounts():
-        if controllers is None and kind in ("cgroup", "cgroup2"):  # hybrid hosts: runc uses the unified one too
-            found.setdefault(point, Path(point))
+        if controllers is None:
+            if kind in ("cgroup", "cgroup2"):  # hybrid hosts: runc uses the unified one too
+                found.setdefault(point, Path(point))
             continue
         if kind != "cgroup":
             continue
