@@ -260,7 +260,7 @@ class Snapshotter:
             await runc.remove(start.container_id, workdir)
             raise
         self.store.count_restore(start.snapshot_key)
-        log.info("container %s restored from snapshot %s by runc in %.3f s (%d MB image%s)", start.container_id,
+        log.info("container %s restored from snapshot %s in %.3f s (%d MB image%s) by runc", start.container_id,
                  start.snapshot_key[:12], loop.time() - began, int(image.meta.get("size_bytes", 0)) // 1_000_000,  # type: ignore[call-overload]
                  ", lazy pages" if daemon is not None else "")
         if daemon is not None:
