@@ -3,6 +3,7 @@ many cases, tested without runc (the end-to-end tests in tests/e2e/test_isolatio
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,23 @@ def test_seccomp_refuses_namespaces_mounts_tracing_and_user_namespaces() -> None
     assert clone["names"] == ["clone"] and clone["args"][0]["value"] == oci.CLONE_NEWUSER
 
 
-def test_rootfs_recreates_merged_usr_symlinks_and_binds_public_etc(tmp_path: Path) -> None:
-    binds = oci.prepare_rootfs(tmp_path / "rootfs", system_dirs=("/usr", "/bin"), etc=("passwd", "shadow-not-listed-here"))
-    destinations = {b.destination for b in binds}
-    assert "/usr" in destinations and "/etc/passwd" in destinations
-    assert not any("shadow" in d for d in destinations)
+def test_rootfs_recreates_merged_usr_symlinks_and_binds_a_public_etc_copy(tmp_path: Path) -> None:
+    source = tmp_path / "host-etc"
+    (source / "ssl" / "certs").mkdir(parents=True)
+    (source / "ssl" / "certs" / "ca.pem").write_text("ca")
+    (source / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (source / "shadow").write_text("root:secret-hash:::::::\n")
+    (source / "localtime").symlink_to("/usr/share/zoneinfo/Etc/UTC")
+    copy = tmp_path / "public-etc"
+    oci.sync_public_etc(copy, etc=("passwd", "ssl/certs", "localtime", "missing"), source=source)
+    assert (copy / "passwd").read_text().startswith("root:") and (copy / "ssl" / "certs" / "ca.pem").exists()
+    assert os.readlink(copy / "localtime") == "/usr/share/zoneinfo/Etc/UTC"
+    assert not (copy / "shadow").exists()
+    (source / "passwd").write_text("changed\n")  # a changed file is copied again
+    oci.sync_public_etc(copy, etc=("passwd",), source=source)
+    assert (copy / "passwd").read_text() == "changed\n"
+    binds = oci.prepare_rootfs(tmp_path / "rootfs", copy, system_dirs=("/usr", "/bin"))
+    assert oci.Bind(str(copy), "/etc") in binds and oci.Bind("/usr", "/usr") in binds
     if Path("/bin").is_symlink():
         assert (tmp_path / "rootfs" / "bin").is_symlink()
 

@@ -93,6 +93,7 @@ class RuncRuntime:
                 raise ValueError(f"volume {volume.source} overlaps the node's own files")
         self.python = python_paths(private)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.public_etc = work_dir / "public-etc"  # what containers see as /etc
         self._reaper: subprocess.Popen[bytes] | None = None
 
     # Node lifetime ----------------------------------------------------------------------------
@@ -135,7 +136,8 @@ class RuncRuntime:
         """Write the container's OCI bundle and create its cgroup; returns the bundle's path."""
         bundle = self.bundle_path(workdir)
         rootfs = bundle / "rootfs"
-        binds = oci.prepare_rootfs(rootfs)
+        oci.sync_public_etc(self.public_etc)
+        binds = oci.prepare_rootfs(rootfs, self.public_etc)
         binds += oci.covering_binds(self.python, [b.destination for b in binds])
         binds.append(oci.Bind(str(code_bundle), oci.BUNDLE_MOUNT))
         binds += self.volumes
