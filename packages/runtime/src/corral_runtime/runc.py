@@ -177,6 +177,9 @@ class RuncRuntime:
             await _run_quietly(self.argv("delete", "--force", container_id))
         self.cgroups.remove(container_id)
         shutil.rmtree(self.bundle_path(workdir), ignore_errors=True)
+        for name in (PIDFILE, f".{PIDFILE}"):  # runc writes the pid file through a dotted temporary
+            with contextlib.suppress(OSError):
+                (workdir / name).unlink()
         return usage
 
 
