@@ -42,6 +42,10 @@ def test_config_root_is_read_only_with_a_private_tmp_and_binds_as_asked() -> Non
     assert "ro" in mounts["/usr"]["options"] and "rw" in mounts["/data"]["options"]
     assert mounts["/proc"]["type"] == "proc"
     assert "/proc/kcore" in config["linux"]["maskedPaths"] and "/proc/sys" in config["linux"]["readonlyPaths"]
+    # No directory is masked (runc would use a tmpfs, which CRIU restores slowly); /sys ones are hidden by a bind.
+    assert not any(p in config["linux"]["maskedPaths"] for p in ("/proc/acpi", "/sys/firmware"))
+    hidden = oci.config_json(spec(empty_dir="/empty"), machine="x86_64")["mounts"]
+    assert all(m["source"] == "/empty" for m in hidden if m["destination"] in oci.HIDDEN_SYS_DIRS)
     assert config["linux"]["cgroupsPath"] == "/corral-x/ct-1/ctr"
     assert config["linux"]["resources"]["devices"][0] == {"allow": False, "access": "rwm"}
 

@@ -94,6 +94,8 @@ class RuncRuntime:
         self.python = python_paths(private)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.public_etc = work_dir / "public-etc"  # what containers see as /etc
+        self.empty_dir = work_dir / "empty"  # hides /sys/firmware and the like
+        self.empty_dir.mkdir(mode=0o555, exist_ok=True)
         self._reaper: subprocess.Popen[bytes] | None = None
 
     # Node lifetime ----------------------------------------------------------------------------
@@ -143,7 +145,7 @@ class RuncRuntime:
         binds += self.volumes
         devices = [*GPU_DEVICES, *(f"/dev/nvidia{i}" for i in gpu_indices)] if gpu_indices else []
         spec = oci.ContainerSpec(args=args, env=env, binds=binds, cgroups_path=self.cgroups.runc_path(container_id),
-                                 devices=[d for d in devices if os.path.exists(d)])
+                                 devices=[d for d in devices if os.path.exists(d)], empty_dir=str(self.empty_dir))
         (bundle / "config.json").write_text(json.dumps(oci.config_json(spec), indent=1))
         self.cgroups.create(container_id, cpu=cpu, memory_mib=memory_mib)
         return bundle
