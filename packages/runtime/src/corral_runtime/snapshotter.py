@@ -220,6 +220,7 @@ class Snapshotter:
         runc = self.runc
         assert runc is not None
         loop = asyncio.get_running_loop()
+        lazy_ready = loop.time() - began
         resources = start.resources
         runc.prepare(start.container_id, workdir, args=[sys.executable, "-m", "corral_runtime.worker"], env={"HOME": "/tmp"},
                      code_bundle=bundle, cpu=resources.cpu_limit, memory_mib=resources.memory_limit_mib,
@@ -262,9 +263,11 @@ class Snapshotter:
             await runc.remove(start.container_id, workdir)
             raise
         self.store.count_restore(start.snapshot_key)
-        log.info("container %s restored from snapshot %s in %.3f s (%d MB image%s) by runc", start.container_id,
-                 start.snapshot_key[:12], loop.time() - began, int(image.meta.get("size_bytes", 0)) // 1_000_000,  # type: ignore[call-overload]
-                 ", lazy pages" if daemon is not None else "")
+        log.info("container %s restored from snapshot %s in %.3f s (%d MB image%s) by runc; criu restore %.3f s%s",
+                 start.container_id, start.snapshot_key[:12], loop.time() - began,
+                 int(image.meta.get("size_bytes", 0)) // 1_000_000,  # type: ignore[call-overload]
+                 ", lazy pages" if daemon is not None else "", criu_log_seconds(workdir / RUNC_RESTORE_LOG),
+                 f", lazy-pages daemon ready after {lazy_ready:.3f} s" if daemon is not None else "")
         if daemon is not None:
             self._spawn_task(self._watch_lazy_pages(container, began, workdir))
         hand_identity(container, {"env": container_env, "workdir": "/tmp", "restored": True}, workdir)
@@ -350,6 +353,17 @@ async def _end_lazy_pages(daemon: asyncio.subprocess.Process) -> None:
             os.killpg(daemon.pid, signal.SIGKILL)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(daemon.wait(), timeout=10)
+
+
+def criu_log_seconds(path: Path) -> float:
+    """How long CRIU itself worked, from the timestamp of its log's last line ("(00.103260) ...")."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            last = f.read().decode(errors="replace").strip().splitlines()[-1]
+        return float(last[1:last.index(")")])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 async def _stderr_tail(process: asyncio.subprocess.Process) -> str:
