@@ -197,6 +197,7 @@ def test_container_token_cannot_use_control_or_node_service(running: corral.App,
         (control.ListContainers, control_pb2.ListContainersRequest()),
         (control.LookupClass, control_pb2.LookupClassRequest(app_name="auth-app", class_name="AuthIdentity")),
         (control.ListSecrets, control_pb2.ListSecretsRequest()),
+        (control.DeleteSecret, control_pb2.DeleteSecretRequest(name="any")),
     ):
         with pytest.raises(grpc.RpcError) as info:
             call(request, metadata=metadata, timeout=10)

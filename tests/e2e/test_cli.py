@@ -170,3 +170,15 @@ def test_embedded_cluster_runs_exit_hooks_at_program_exit(tmp_path: Path, events
     lines = [e.split(" ct=")[0] for e in read_events(events)]
     assert lines == ["enter:snap", "enter:base", "enter:setup tag=a", "exit tag=a"]
     wait_for(lambda: not pids_with(str(home)), timeout=30, message="the embedded cluster and its containers to exit")
+
+
+def test_container_list_verbose_shows_each_containers_story(cluster: Cluster, events: Path) -> None:
+    name = "e2e-cli-story"
+    deploy(cluster, "deploy_model.py", name)
+    model = corral.Cls.from_name(name, "Model", client=client_for(cluster)).with_options(scaledown_window=600)(events=str(events))
+    assert model.bump.remote() == 1
+    listed = cluster.corral("container", "list", "--verbose")
+    assert listed.returncode == 0, listed.stderr
+    story = listed.stdout.split("(Model):", 1)[1]
+    assert "new -> placed" in story and "placed -> starting" in story and "starting -> ready" in story
+    assert cluster.corral("app", "stop", name).returncode == 0

@@ -8,10 +8,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import grpc
 import pytest
 
 import corral
 from conftest import APPS, Cluster, free_port, read_events, start_cluster, wait_for
+from corral_protocol.errors import error_reason
+from corral_protocol.v1 import common_pb2, control_pb2
 from e2e_helpers import app_ids, client_for, containers, deploy
 
 
@@ -52,6 +55,29 @@ def test_redeploy_makes_a_new_version(cluster: Cluster) -> None:
     assert len(app_ids(client, "e2e-deploy-versions")) == 1
     assert corral.Cls.from_name("e2e-deploy-versions", "Model", client=client)().bump.remote() == 1
     assert cluster.corral("app", "stop", "e2e-deploy-versions").returncode == 0
+
+
+def test_a_bound_handle_rebinds_after_a_redeploy(cluster: Cluster) -> None:
+    """A redeploy retires the bound service; the server says so with ERROR_REASON_SERVICE_GONE (not
+    only in words) and the SDK's handle binds the new version by itself."""
+    name = "e2e-deploy-rebind"
+    deploy(cluster, "deploy_model.py", name)
+    client = client_for(cluster)
+    # retries=1 keeps the calls on the control plane's path (the direct path needs no retry policy).
+    model = corral.Cls.from_name(name, "Model", client=client).with_options(retries=1)()
+    assert model.bump.remote() == 1
+    looked_up = client.call(client.stub.LookupClass, control_pb2.LookupClassRequest(app_name=name, class_name="Model"))
+    old = client.call(client.stub.BindService, control_pb2.BindServiceRequest(app_id=looked_up.app_id, class_name="Model"))
+
+    deploy(cluster, "deploy_model.py", name)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.stub.Invoke(control_pb2.InvokeRequest(service_id=old.service_id, method="bump", wait=True), metadata=client.metadata)
+    err = raised.value
+    assert isinstance(err, grpc.Call)
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(err.trailing_metadata()) == common_pb2.ERROR_REASON_SERVICE_GONE
+    assert model.bump.remote() == 1  # the same handle, rebound to the new version's new service
+    assert cluster.corral("app", "stop", name).returncode == 0
 
 
 def test_from_name_in_another_process(cluster: Cluster) -> None:

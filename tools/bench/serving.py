@@ -4,6 +4,7 @@
     .venv/bin/python tools/bench/serving.py --quick         # smoke run: smaller counts
     .venv/bin/python tools/bench/serving.py --skip-ray      # Corral only; ratios shown as n/a
     .venv/bin/python tools/bench/serving.py --only a,c --json out.json
+    .venv/bin/python tools/bench/serving.py --setup-only    # install the Ray venv (and numpy), then exit
 
 Ray is not a project dependency. On first use the benchmark makes its own virtualenv,
 `.bench-cache/ray-venv` at the repository root, installs `ray[serve]` and numpy there (pinned below),
@@ -100,6 +101,35 @@ RAY_VERSION = "2.60.0"
 NUMPY_VERSION = "2.4.6"
 RAY_REQUIREMENTS = (f"ray[serve]=={RAY_VERSION}", f"numpy=={NUMPY_VERSION}")
 CORRAL_NUMPY_DIR = CACHE / f"corral-numpy-{NUMPY_VERSION}"
+# Bumped when the way the Ray venv is installed changes, so that caches made the old way are redone.
+RAY_VENV_LAYOUT = "isolated-env 1"
+# The Ray side never sees the Corral side's Python environment: its PYTHONPATH (which holds
+# corral-numpy when the project venv lacks numpy: pip then skipped numpy in the Ray venv, and Serve's
+# controller, started by the raylet without it, died with "No module named 'numpy'"), nor pip settings
+# that change what gets installed where. pip settings that say where packages come from are kept.
+SCRUBBED_PYTHON_ENV = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONEXECUTABLE",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+)
+KEPT_PIP_ENV = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_NO_INDEX",
+    "PIP_TRUSTED_HOST",
+    "PIP_CERT",
+    "PIP_CLIENT_CERT",
+    "PIP_PROXY",
+    "PIP_DEFAULT_TIMEOUT",
+    "PIP_TIMEOUT",
+    "PIP_RETRIES",
+    "PIP_CONFIG_FILE",
+)
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 MEASURES = ("a", "b", "c", "d", "e")
@@ -390,24 +420,60 @@ def measure_keys(only: set[str]) -> list[str]:
 # Environments ---------------------------------------------------------------------------------------
 
 
+def ray_side_env() -> dict[str, str]:
+    """The environment of every Ray-side process (venv creation, pip, serving_ray.py and, through it,
+    Ray's own processes): this process's, less its Python and pip settings, with the Ray venv first."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in SCRUBBED_PYTHON_ENV and not (key.startswith("PIP_") and key not in KEPT_PIP_ENV)
+    }
+    env["PYTHONNOUSERSITE"] = "1"
+    env["VIRTUAL_ENV"] = str(RAY_VENV)
+    env["PATH"] = os.pathsep.join(filter(None, [str(RAY_VENV / "bin"), env.get("PATH")]))
+    return env
+
+
+# Run by the Ray venv's python: numpy and Ray must come from the venv itself.
+RAY_VENV_CHECK = (
+    "import sys, numpy, ray, ray.serve\n"
+    "outside = [m.__file__ for m in (numpy, ray) if not m.__file__.startswith(sys.prefix)]\n"
+    "sys.exit(f'imported from outside the Ray venv: {outside}' if outside else 0)\n"
+)
+
+
 def ensure_ray_venv() -> Path | None:
     """The Ray virtualenv's python, installing it on first use; None (after saying why) when that fails."""
     python = RAY_VENV / "bin" / "python"
     marker = RAY_VENV / ".bench-requirements"
-    wanted = "\n".join(RAY_REQUIREMENTS)
+    wanted = "\n".join([*RAY_REQUIREMENTS, RAY_VENV_LAYOUT])
     if python.exists() and marker.exists() and marker.read_text() == wanted:
         return python
     progress("setup", f"installing {' '.join(RAY_REQUIREMENTS)} into {RAY_VENV.relative_to(REPO)} (first use; a few minutes)")
+    env = ray_side_env()
     try:
         if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(RAY_VENV)], check=True, stdout=sys.stderr)
+            subprocess.run([sys.executable, "-I", "-m", "venv", str(RAY_VENV)], check=True, stdout=sys.stderr, env=env)
+        # The venv's own pip, isolated (-I: no PYTHONPATH, no user site) so that nothing outside the
+        # venv can count as "already installed".
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *RAY_REQUIREMENTS],
+            [
+                str(python),
+                "-I",
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--progress-bar",
+                "off",
+                *RAY_REQUIREMENTS,
+            ],
             check=True,
             stdout=sys.stderr,
             timeout=1800,
+            env=env,
         )
-        subprocess.run([str(python), "-c", "import ray, ray.serve, numpy"], check=True, stdout=sys.stderr)
+        subprocess.run([str(python), "-I", "-c", RAY_VENV_CHECK], check=True, stdout=sys.stderr, env=env)
     except (OSError, subprocess.SubprocessError) as exc:
         print(
             f"\nINSTALLING RAY FAILED ({exc}); going on without Ray, as with --skip-ray: Ray figures and ratios are n/a.\n",
@@ -511,6 +577,7 @@ def run_ray_side(python: Path, keys: list[str], quick: bool, keep_logs: bool, se
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env=ray_side_env(),
     )
     relay = RayOutputRelay(process.stdout)
     relay.start()
@@ -993,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(MEASURES), help="measures to run, e.g. a,c (default: a,b,c,d,e)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary CORRAL_HOME, the corral up log and Ray's logs")
+    parser.add_argument("--setup-only", action="store_true", help="install the Ray venv and the Corral side's numpy, then exit")
     args = parser.parse_args(argv)
     only = {m.strip() for m in args.only.split(",") if m.strip()}
     if unknown := only - set(MEASURES):
@@ -1016,6 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     os.environ.update(THREAD_ENV)  # inherited by `corral up` and its containers
     machine["numpy_corral"] = ensure_corral_numpy()
+
+    if args.setup_only:
+        return 0 if args.skip_ray or ensure_ray_venv() is not None else 1
 
     ray: dict[str, Any] | None = None
     if not args.skip_ray:

@@ -1,8 +1,54 @@
-"""Semantics of `ServiceOptions` that every side of the wire must agree on."""
+"""Semantics of `ServiceOptions` that every side of the wire must agree on.
+
+The SDK (early errors, defaults), the control plane (the authority) and the worker (slots,
+batches, timeouts) all read options through these functions, so each rule has one home.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from corral_protocol.v1 import common_pb2
+
+DEFAULT_TIMEOUT_S = 300.0
+"""Seconds an input may run when the class sets no `timeout`."""
+
+
+def effective_timeout_s(options: common_pb2.ServiceOptions) -> float:
+    """Seconds an input of a service with these (merged) options may run."""
+    return options.timeout_s or DEFAULT_TIMEOUT_S
+
+
+def effective_max_inputs(options: common_pb2.ServiceOptions) -> int:
+    """Inputs one container runs at once (`@corral.concurrent` / `with_concurrency`; default 1)."""
+    return options.concurrency.max_inputs or 1
+
+
+def batched_method(
+    class_def: common_pb2.ClassDef, options: common_pb2.ServiceOptions,
+) -> tuple[str, common_pb2.BatchingConfig] | None:
+    """The batched method of a service and its batching: `with_batching` on the service wins over
+    `@corral.batched` on the method. None when the service does not batch."""
+    for method in class_def.methods:
+        if options.batching.max_batch_size:
+            return method.name, options.batching
+        if method.batching.max_batch_size:
+            return method.name, method.batching
+    return None
+
+
+def batching_violation(class_name: str, methods: Sequence[str], batched: Sequence[str] = (), *, with_batching: bool = False) -> str | None:
+    """Why a class cannot batch as asked, or None: a batched method must be its class's only
+    method (for `@corral.batched` on `batched`, and for `with_batching` on the whole class)."""
+    if with_batching and len(methods) != 1:
+        return f"with_batching needs a class with exactly one method; {class_name} has {', '.join(methods) or 'none'}"
+    if batched and len(methods) > 1:
+        others = ", ".join(name for name in methods if name not in batched)
+        return (
+            f"{class_name}.{batched[0]} is batched, so it must be the class's only method "
+            f"(it also has {others}); put the other methods in another class"
+        )
+    return None
 
 
 def merge_options(base: common_pb2.ServiceOptions, override: common_pb2.ServiceOptions) -> common_pb2.ServiceOptions:

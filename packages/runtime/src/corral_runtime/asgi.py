@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from corral._definition import ClassDefinition
+from corral.container_api import ClassDefinition
 from corral_protocol.v1 import worker_pb2
 
 StartResponse = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]

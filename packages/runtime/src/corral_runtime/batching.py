@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from corral import _serialization
+from corral import container_api as sdk
 from corral_protocol.v1 import common_pb2, worker_pb2
 
 
@@ -57,13 +57,13 @@ class Batcher:
     def submit(self, inp: worker_pb2.Input) -> Future[common_pb2.Result]:
         """Queue one input (any thread); the future resolves with that input's own Result."""
         future: Future[common_pb2.Result] = Future()
-        fmt = inp.args.format or _serialization.PICKLE
+        fmt = inp.args.format or sdk.PICKLE
         try:
-            args, kwargs = _serialization.decode_args(inp.args)
+            args, kwargs = sdk.decode_args(inp.args)
             bound = self._signature.bind(*args, **kwargs)
             bound.apply_defaults()
         except Exception as exc:  # bad arguments fail this input only
-            future.set_result(_serialization.user_error(exc))
+            future.set_result(sdk.user_error(exc))
             return future
         with self._cond:
             if not self._pending:
@@ -106,14 +106,14 @@ class Batcher:
             else:
                 values = self.function(**columns)
         except Exception as exc:
-            return _serialization.user_error(exc)
+            return sdk.user_error(exc)
         if not isinstance(values, list):
-            return _serialization.user_error(BatchError(
+            return sdk.user_error(BatchError(
                 f"batched method {self.name} must return a list with one element per input "
                 f"({len(batch)} here), got {type(values).__name__}"
             ))
         if len(values) != len(batch):
-            return _serialization.user_error(BatchError(
+            return sdk.user_error(BatchError(
                 f"batched method {self.name} returned a list of {len(values)} for a batch of {len(batch)} inputs; "
                 "it must return one element per input"
             ))
@@ -126,4 +126,4 @@ class Batcher:
                 pending.future.set_result(outcome)
             return
         for pending, value in zip(batch, outcome, strict=True):
-            pending.future.set_result(_serialization.encode_result(value, pending.format))
+            pending.future.set_result(sdk.encode_result(value, pending.format))

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral_protocol.v1 import node_pb2
+from corral_protocol.v1 import node_pb2, worker_pb2
 from corral_runtime import namespaces
 
 STDERR_TAIL_LINES = 30
@@ -32,7 +32,7 @@ class ContainerProcess:
     worker_pid: int = 0
     # Set while the node owes the worker its identity at the snapshot point (after the dump).
     start: node_pb2.StartContainer | None = None
-    identity: dict[str, object] = field(default_factory=dict)
+    identity: worker_pb2.SnapshotIdentity | None = None
     stdin_fd: int = -1
     # A lazy restore's `criu lazy-pages` daemon, until it has served every page (then it exits by
     # itself) or the container is gone (then the node ends it).

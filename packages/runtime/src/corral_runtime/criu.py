@@ -7,11 +7,14 @@ snapshots need CRIU >= 4 (Debian bookworm's 3.17 fails on current kernels), a ke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+
+from corral_protocol.parameters import parse_bool
 
 MIN_MAJOR_VERSION = 4
 INSTALL_HINT = "install it with tools/install-criu"
@@ -128,9 +131,10 @@ LAZY_PAGES_SETTINGS = ("auto", "on", "off")
 
 def parse_lazy_pages_setting(value: str | None) -> str:
     """The node's lazy-pages switch: auto (the default), on or off; 1/true/yes and 0/false/no too."""
-    text = (value or "auto").strip().lower()
-    aliases = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off", "": "auto"}
-    text = aliases.get(text, text)
+    text = (value or "auto").strip().lower() or "auto"
+    if text not in LAZY_PAGES_SETTINGS:
+        with contextlib.suppress(ValueError):
+            text = "on" if parse_bool(text) else "off"
     if text not in LAZY_PAGES_SETTINGS:
         raise ValueError(f"lazy pages must be one of auto, on, off (not {value!r})")
     return text

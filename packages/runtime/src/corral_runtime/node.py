@@ -1,6 +1,6 @@
 """The node daemon: registers its inventory, then starts and stops containers on command.
 
-    corral-node --server grpc://CONTROL:7470 --token TOKEN [--name NAME]
+    corral-node --server grpc://CONTROL:7470 --token TOKEN [--name NAME] [--simulate-gpus H100:8]
 """
 
 from __future__ import annotations
@@ -22,24 +22,24 @@ from typing import Any, TextIO
 
 import grpc
 
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
-from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, gpus
+from corral_protocol import env as corral_env
+from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces, oci, runtimes
 from corral_runtime.container_process import ContainerProcess
-from corral_runtime.inventory import read_inventory
+from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
+from corral_runtime.redaction import Redactor, secret_keys
 from corral_runtime.runc import RuncRuntime, parse_volumes
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
-from corral_runtime.snapshots import CriuError, SnapshotStore
+from corral_runtime.snapshots import IDENTITY_FILE, CriuError, SnapshotStore
 from corral_runtime.snapshotter import LAZY_PAGES_ENV, Snapshotter, release_lazy_pages
 
-__all__ = ["LAZY_PAGES_ENV", "VOLUMES_ENV", "ContainerProcess", "NodeDaemon", "main"]
+__all__ = ["LAZY_PAGES_ENV", "ContainerProcess", "NodeDaemon", "main"]
 
 log = logging.getLogger("corral.runtime")
 
 # Credentials of the node or the user never reach a container: it gets only its own token.
-_SCRUBBED_ENV = ("CORRAL_TOKEN", "CORRAL_SERVER_URL", "CORRAL_HOME")
-# Host directories every container of the node sees (`--volume`), as HOST[:CONTAINER][:ro|rw],...
-VOLUMES_ENV = "CORRAL_NODE_VOLUMES"
+_SCRUBBED_ENV = corral_env.NODE_CREDENTIALS
 MIB = 1024 * 1024
 
 
@@ -58,6 +58,7 @@ class NodeDaemon:
         log_stream: TextIO | None = None,
         advertise_host: str = "127.0.0.1",
         lazy_pages: str | None = None,
+        simulate_gpus: str | None = None,
         isolation: str | None = None,
         volumes: str | None = None,
     ) -> None:
@@ -66,7 +67,9 @@ class NodeDaemon:
         self.metadata = ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"), (VERSION_METADATA_KEY, str(PROTOCOL_VERSION)))
         self.work_dir = work_dir
         self.name = name or socket.gethostname()
-        self.inventory = inventory or read_inventory()
+        # GPUs: NVML, or simulated ones (`simulate_gpus`, else CORRAL_SIMULATE_GPUS), read again on heartbeats.
+        self.gpu_source: GpuSource | None = None if inventory is not None else gpu_source(simulate_gpus, self.name)
+        self.inventory = inventory or read_inventory(gpu_source=self.gpu_source)
         self.node_id = ""
         self.containers: dict[str, ContainerProcess] = {}
         self._events: asyncio.Queue[node_pb2.NodeSessionRequest] = asyncio.Queue()
@@ -95,13 +98,13 @@ class NodeDaemon:
     def _runc_runtime(self, setting: str | None, volumes: str | None) -> RuncRuntime | None:
         """The runc runtime, or None (plain processes, with a loud warning) where it cannot run.
         Removes this node's leftover containers from an earlier run and starts its reaper."""
-        isolation = runtimes.detect(setting if setting is not None else os.environ.get(runtimes.ISOLATION_ENV))
+        isolation = runtimes.detect(setting if setting is not None else os.environ.get(corral_env.CORRAL_NODE_ISOLATION))
         runtime = None
         if isolation.mode == "runc":
-            private = [Path(os.environ["CORRAL_HOME"])] if os.environ.get("CORRAL_HOME") else []
+            private = [Path(os.environ[corral_env.CORRAL_HOME])] if os.environ.get(corral_env.CORRAL_HOME) else []
             try:
                 runtime = RuncRuntime(isolation.runtime_path, self.work_dir, cgroup_version=isolation.cgroup_version,
-                                      volumes=parse_volumes(volumes if volumes is not None else os.environ.get(VOLUMES_ENV, "")),
+                                      volumes=parse_volumes(volumes if volumes is not None else os.environ.get(corral_env.CORRAL_NODE_VOLUMES, "")),
                                       private_paths=private)
                 leftovers = runtime.sweep()
                 if leftovers:
@@ -182,7 +185,10 @@ class NodeDaemon:
 
     def _heartbeat(self) -> node_pb2.NodeHeartbeat:
         images = [image.to_proto() for image in self.snapshots.images()] if self.snapshots is not None else []
-        return node_pb2.NodeHeartbeat(running_containers=list(self.containers), snapshots=images, usage=self._usage())
+        if self.gpu_source is not None:
+            self.inventory = with_gpus(self.inventory, self.gpu_source.read())
+        return node_pb2.NodeHeartbeat(running_containers=list(self.containers), snapshots=images, inventory=self.inventory,
+                                      usage=self._usage())
 
     def _usage(self) -> list[common_pb2.ContainerUsage]:
         """Each isolated container's memory and CPU against its limits, from its cgroup."""
@@ -235,13 +241,14 @@ class NodeDaemon:
         """What a container's environment adds to the node's: its identity, secrets and GPUs."""
         env = dict(start.env)
         env.update({
-            "CORRAL_CONTAINER_ID": start.container_id,
-            "CORRAL_CONTAINER_TOKEN": start.container_token,
-            "CORRAL_CONTROL_URL": self.control_url,
-            "CORRAL_BUNDLE_DIR": oci.BUNDLE_MOUNT if self.runc is not None else str(bundle),
-            "CORRAL_DIRECT_HOST": self.advertise_host,
-            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in start.gpu_indices),
+            corral_env.CORRAL_CONTAINER_ID: start.container_id,
+            corral_env.CORRAL_CONTAINER_TOKEN: start.container_token,
+            corral_env.CORRAL_CONTROL_URL: self.control_url,
+            corral_env.CORRAL_BUNDLE_DIR: oci.BUNDLE_MOUNT if self.runc is not None else str(bundle),
+            corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
+            "CUDA_VISIBLE_DEVICES": cuda_visible_devices(start),
             "PYTHONUNBUFFERED": "1",
+            corral_env.CORRAL_SECRET_KEYS: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
         })
         return env
 
@@ -285,12 +292,15 @@ class NodeDaemon:
         ))
         process = container.process
         assert process.stdout is not None and process.stderr is not None
+        redactor = Redactor.from_container_env(start.env)
         await asyncio.gather(
-            self._pump(container, process.stdout, None),
-            self._pump(container, process.stderr, container.stderr_tail),
+            self._pump(container, process.stdout, None, redactor),
+            self._pump(container, process.stderr, container.stderr_tail, redactor),
         )
         code = await process.wait()
         await release_lazy_pages(container, self.work_dir / "containers" / container_id)
+        with contextlib.suppress(OSError):  # a worker that died before reading its identity leaves its secrets there
+            (self.work_dir / "containers" / container_id / IDENTITY_FILE).unlink()
         if self.runc is not None and container.pid_file is not None:
             usage = await self.runc.remove(container_id, self.work_dir / "containers" / container_id)
             if code > 128:  # runc reports a container killed by signal N as 128 + N
@@ -317,10 +327,10 @@ class NodeDaemon:
         cwd = workdir
         if take:
             env.update({
-                "CORRAL_CONTAINER_ID": start.container_id,
-                "CORRAL_CONTAINER_TOKEN": start.pre_snapshot_token,
-                "CORRAL_CONTROL_URL": self.control_url,
-                "CORRAL_BUNDLE_DIR": container_env["CORRAL_BUNDLE_DIR"],
+                corral_env.CORRAL_CONTAINER_ID: start.container_id,
+                corral_env.CORRAL_CONTAINER_TOKEN: start.pre_snapshot_token,
+                corral_env.CORRAL_CONTROL_URL: self.control_url,
+                corral_env.CORRAL_BUNDLE_DIR: container_env[corral_env.CORRAL_BUNDLE_DIR],
                 "CUDA_VISIBLE_DEVICES": container_env["CUDA_VISIBLE_DEVICES"] if gpu_visible else "",
                 "PYTHONUNBUFFERED": "1",
             })
@@ -351,7 +361,7 @@ class NodeDaemon:
             identity_workdir = str(workdir)
         if take:
             container.start = start
-            container.identity = {"env": container_env, "workdir": identity_workdir, "restored": False}
+            container.identity = worker_pb2.SnapshotIdentity(env=container_env, workdir=identity_workdir, restored=False)
         return container
 
     def _prepare_runc(self, start: node_pb2.StartContainer, workdir: Path, argv: list[str], env: dict[str, str], bundle: Path,
@@ -371,13 +381,15 @@ class NodeDaemon:
         result = await self.snapshotter.take(container, lambda: container.container_id in self.containers)
         self._emit(snapshot_result=result)
 
-    async def _pump(self, container: ContainerProcess, stream: asyncio.StreamReader, tail: deque[str] | None) -> None:
+    async def _pump(self, container: ContainerProcess, stream: asyncio.StreamReader, tail: deque[str] | None, redactor: Redactor) -> None:
+        """Forward a container's output to the node's log line by line, its secret values masked
+        (user code may print its environment); stderr also feeds the tail reported at exit."""
         prefix = f"[{container.container_id}] "
         while True:
             line = await stream.readline()
             if not line:
                 return
-            text = line.decode(errors="replace")
+            text = redactor.text(line.decode(errors="replace"))
             if container.start is not None and tail is None and text.rstrip("\n") == SNAPSHOT_POINT_LINE:
                 self._spawn_task(self._take_snapshot(container))
                 continue
@@ -424,12 +436,12 @@ class NodeDaemon:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corral-node", description="Run a Corral runtime node.")
-    parser.add_argument("--server", default=os.environ.get("CORRAL_SERVER_URL"), help="control plane URL, grpc://host:port")
-    parser.add_argument("--token", default=os.environ.get("CORRAL_TOKEN"), help="the control plane's token")
+    parser.add_argument("--server", default=os.environ.get(corral_env.CORRAL_SERVER_URL), help="control plane URL, grpc://host:port")
+    parser.add_argument("--token", default=os.environ.get(corral_env.CORRAL_TOKEN), help="the control plane's token")
     parser.add_argument("--name", default=None, help="node name (default: hostname)")
     parser.add_argument("--work-dir", default=None, help="where bundles and container files live")
     parser.add_argument(
-        "--advertise-host", default=os.environ.get("CORRAL_NODE_ADVERTISE_HOST", "127.0.0.1"),
+        "--advertise-host", default=os.environ.get(corral_env.CORRAL_NODE_ADVERTISE_HOST, "127.0.0.1"),
         help="address clients reach this node's containers on for direct calls (default 127.0.0.1)",
     )
     parser.add_argument(
@@ -438,22 +450,32 @@ def main(argv: list[str] | None = None) -> None:
              f"background; auto uses them when CRIU and the kernel support them (default auto, or ${LAZY_PAGES_ENV})",
     )
     parser.add_argument(
-        "--isolation", choices=runtimes.ISOLATION_SETTINGS, default=os.environ.get(runtimes.ISOLATION_ENV) or "auto",
+        "--simulate-gpus", default=os.environ.get(corral_env.CORRAL_SIMULATE_GPUS) or None, metavar="SPEC",
+        help="declare GPUs that do not exist instead of reading NVML, e.g. H100:8 or H100:4,A100-80GB:4: for tests and "
+             f"capacity planning only; `corral node list` shows them as simulated (default ${corral_env.CORRAL_SIMULATE_GPUS})",
+    )
+    parser.add_argument(
+        "--isolation", choices=runtimes.ISOLATION_SETTINGS, default=os.environ.get(corral_env.CORRAL_NODE_ISOLATION) or "auto",
         help="run containers with runc (auto: when the node is root and runc is installed) or as plain processes "
-             f"with no isolation (none); default auto, or ${runtimes.ISOLATION_ENV}",
+             f"with no isolation (none); default auto, or ${corral_env.CORRAL_NODE_ISOLATION}",
     )
     parser.add_argument(
         "--volume", action="append", default=[],
         help="a host directory every container sees, HOST[:CONTAINER][:ro|rw] (read-write unless :ro); repeatable "
-             f"(also ${VOLUMES_ENV}, comma-separated)",
+             f"(also ${corral_env.CORRAL_NODE_VOLUMES}, comma-separated)",
     )
     args = parser.parse_args(argv)
+    if args.simulate_gpus:
+        try:
+            gpus.parse_simulated(args.simulate_gpus)
+        except gpus.GpuSpecError as err:
+            parser.error(f"--simulate-gpus: {err}")
     if not args.server or not args.token:
         parser.error("--server and --token (or CORRAL_SERVER_URL and CORRAL_TOKEN) are required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     work_dir = Path(args.work_dir or Path.home() / ".local" / "share" / "corral-node")
     daemon = NodeDaemon(args.server, args.token, work_dir, name=args.name, advertise_host=args.advertise_host,
-                        lazy_pages=args.snapshot_lazy_pages, isolation=args.isolation,
+                        lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus, isolation=args.isolation,
                         volumes=",".join(args.volume) if args.volume else None)
 
     async def serve() -> None:

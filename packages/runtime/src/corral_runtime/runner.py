@@ -13,9 +13,10 @@ import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from corral import _serialization
+from corral import container_api as sdk
 from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_runtime.batching import Batcher
+from corral_runtime.redaction import Redactor
 
 
 class InputRunner:
@@ -26,12 +27,15 @@ class InputRunner:
         loop: asyncio.AbstractEventLoop,
         executor: ThreadPoolExecutor,
         batcher: Batcher | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.instance = instance
         self.method_names = method_names
         self.loop = loop
         self.executor = executor
         self.batcher = batcher
+        # Every Result goes out through it: an error never carries a secret value to the caller.
+        self.redactor = redactor or Redactor({})
         self._functions: dict[str, tuple[Any, bool]] = {}
 
     def _function(self, name: str) -> tuple[Any, bool]:
@@ -46,26 +50,26 @@ class InputRunner:
     def run_in_thread(self, inp: worker_pb2.Input) -> common_pb2.Result:
         """Run a direct input on the calling (non-loop) thread."""
         if self.batcher is not None:
-            return self.batcher.submit(inp).result()
-        fmt = inp.args.format or _serialization.PICKLE
+            return self.redactor.result(self.batcher.submit(inp).result())
+        fmt = inp.args.format or sdk.PICKLE
         try:
-            args, kwargs = _serialization.decode_args(inp.args)
+            args, kwargs = sdk.decode_args(inp.args)
             function, is_async = self._function(inp.method)
             if is_async:
                 value = asyncio.run_coroutine_threadsafe(function(*args, **kwargs), self.loop).result()
             else:
                 value = function(*args, **kwargs)
         except Exception as exc:
-            return _serialization.user_error(exc)
-        return _serialization.encode_result(value, fmt, inp.method)
+            return self.redactor.result(sdk.user_error(exc))
+        return self.redactor.result(sdk.encode_result(value, fmt, inp.method))
 
     async def run_on_loop(self, inp: worker_pb2.Input) -> common_pb2.Result:
         """Run a pushed input from the event loop."""
         if self.batcher is not None:
-            return await asyncio.wrap_future(self.batcher.submit(inp))
-        fmt = inp.args.format or _serialization.PICKLE
+            return self.redactor.result(await asyncio.wrap_future(self.batcher.submit(inp)))
+        fmt = inp.args.format or sdk.PICKLE
         try:
-            args, kwargs = _serialization.decode_args(inp.args)
+            args, kwargs = sdk.decode_args(inp.args)
             function, is_async = self._function(inp.method)
             if is_async:
                 value = await function(*args, **kwargs)
@@ -74,5 +78,5 @@ class InputRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return _serialization.user_error(exc)
-        return _serialization.encode_result(value, fmt, inp.method)
+            return self.redactor.result(sdk.user_error(exc))
+        return self.redactor.result(sdk.encode_result(value, fmt, inp.method))

@@ -13,9 +13,9 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from corral_protocol import env
 from corral_runtime import cgroups
 
-ISOLATION_ENV = "CORRAL_NODE_ISOLATION"
 ISOLATION_SETTINGS = ("auto", "runc", "none")
 RUNC_INSTALL_HINT = "install Debian's runc package (apt-get install runc)"
 RUNC_FALLBACK_PATHS = ("/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc")
@@ -60,14 +60,14 @@ def find_runc() -> str | None:
 
 
 def detect(setting: str | None = None, *, is_root: bool | None = None, runc: str | None = None) -> Isolation:
-    """Which runtime this node uses. `setting` (the node's `--isolation`, or $CORRAL_NODE_ISOLATION):
+    """Which runtime this node uses. `setting` (the node's `--isolation`, or `env.CORRAL_NODE_ISOLATION`):
     `auto` (the default) uses runc where it can and falls back to plain processes otherwise; `none`
     turns isolation off; `runc` is the same as auto, but the fallback's warning says it was asked for."""
     choice = (setting or "auto").strip().lower() or "auto"
     if choice not in ISOLATION_SETTINGS:
         return Isolation("none", f"unknown isolation setting {setting!r} (auto, runc or none)")
     if choice == "none":
-        return Isolation("none", f"turned off ({ISOLATION_ENV}=none or --isolation none)")
+        return Isolation("none", f"turned off ({env.CORRAL_NODE_ISOLATION}=none or --isolation none)")
     if not (os.geteuid() == 0 if is_root is None else is_root):
         return Isolation("none", "needs root (run the node as root)")
     path = runc or find_runc()

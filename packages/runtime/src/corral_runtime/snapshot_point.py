@@ -10,21 +10,26 @@ only this way, after the dump, so they never enter an image.
 
 from __future__ import annotations
 
-import json
+import base64
 import os
 import random
 import sys
-from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from corral_protocol.v1 import worker_pb2
 
 # The line a worker prints on stdout at its snapshot point; the node dumps it when it reads it.
 SNAPSHOT_POINT_LINE = "\x00corral-snapshot-point"
+# A stdin line that carries the identity itself (base64 of the SnapshotIdentity), not a file's path.
+INLINE_PREFIX = "inline:"
 
 
 class SnapshotPointError(Exception):
     """The node closed the worker's stdin or sent an unreadable identity."""
 
 
-def wait_for_identity() -> dict[str, Any]:
+def wait_for_identity() -> worker_pb2.SnapshotIdentity:
     """Block until the node sends this process its identity; returns it.
 
     Blocking the event loop is deliberate: nothing may run between the dump and the new identity.
@@ -33,16 +38,17 @@ def wait_for_identity() -> dict[str, Any]:
     if not line.strip():
         raise SnapshotPointError("the node closed stdin at the snapshot point")
     path = line.decode().strip()
-    if path.startswith("{"):
+    identity = worker_pb2.SnapshotIdentity()
+    if path.startswith(INLINE_PREFIX):
         try:
-            inline: dict[str, Any] = json.loads(path)
-        except ValueError as err:
+            identity.ParseFromString(base64.b64decode(path[len(INLINE_PREFIX):], validate=True))
+        except (ValueError, DecodeError) as err:
             raise SnapshotPointError(f"unreadable identity: {err}") from err
-        return inline
+        return identity
     try:
-        with open(path) as f:
-            identity: dict[str, Any] = json.load(f)
-    except (OSError, ValueError) as err:
+        with open(path, "rb") as f:
+            identity.ParseFromString(f.read())
+    except (OSError, DecodeError) as err:
         raise SnapshotPointError(f"cannot read the identity file {path}: {err}") from err
     try:
         os.unlink(path)
@@ -51,12 +57,11 @@ def wait_for_identity() -> dict[str, Any]:
     return identity
 
 
-def apply_environment(identity: dict[str, Any]) -> None:
+def apply_environment(identity: worker_pb2.SnapshotIdentity) -> None:
     """The container's environment (secrets included) and working directory, then fresh RNG seeds."""
-    os.environ.update(identity.get("env", {}))
-    workdir = identity.get("workdir")
-    if workdir:
-        os.chdir(workdir)
+    os.environ.update(identity.env)
+    if identity.workdir:
+        os.chdir(identity.workdir)
     reseed()
 
 

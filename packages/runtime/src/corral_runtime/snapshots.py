@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral_protocol.v1 import common_pb2
+from corral_protocol.v1 import common_pb2, worker_pb2
 
 log = logging.getLogger("corral.runtime.snapshots")
 
@@ -264,11 +264,15 @@ def criu_log_errors(path: Path, lines: int = 3) -> str:
     return " | ".join(errors[-lines:])
 
 
-def write_identity(workdir: Path, identity: dict[str, object]) -> Path:
+IDENTITY_FILE = "corral-identity.pb"
+
+
+def write_identity(workdir: Path, identity: worker_pb2.SnapshotIdentity) -> Path:
     """The file a worker reads at its snapshot point: its identity and environment, secrets
-    included, which therefore never enter an image. Mode 0600; the worker deletes it once read."""
-    path = workdir / "corral-identity.json"
+    included, which therefore never enter an image. Mode 0600; the worker deletes it once read
+    (and the node when the container ends, in case it never was)."""
+    path = workdir / IDENTITY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(identity, f)
+    with os.fdopen(fd, "wb") as f:
+        f.write(identity.SerializeToString())
     return path

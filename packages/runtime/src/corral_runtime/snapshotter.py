@@ -8,8 +8,8 @@ Images themselves (where they live, their keys, CRIU's argv) are `corral_runtime
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -18,10 +18,12 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from corral_protocol.v1 import node_pb2
+from corral_protocol import env
+from corral_protocol.v1 import node_pb2, worker_pb2
 from corral_runtime import criu
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.runc import RuncRuntime
+from corral_runtime.snapshot_point import INLINE_PREFIX
 from corral_runtime.snapshots import (
     LAZY_PAGES_LOG,
     LAZY_PAGES_SOCKET,
@@ -43,7 +45,7 @@ RUNC_RESTORE_LOG = "restore.log"  # runc's name for CRIU's restore log, in the w
 # Lazy-pages restores (CRIU with userfaultfd): the switch's environment variable, how long the
 # `criu lazy-pages` daemon may take to listen, and after how many failed lazy restores (each then
 # restored eagerly) this node stops trying them.
-LAZY_PAGES_ENV = "CORRAL_SNAPSHOT_LAZY_PAGES"
+LAZY_PAGES_ENV = env.CORRAL_SNAPSHOT_LAZY_PAGES
 LAZY_PAGES_READY_TIMEOUT_S = 10.0
 LAZY_PAGES_MAX_FAILURES = 3
 
@@ -208,7 +210,7 @@ class Snapshotter:
                  ", lazy pages" if lazy else "")
         if daemon is not None:
             self._spawn_task(self._watch_lazy_pages(container, began, workdir))
-        hand_identity(container, {"env": container_env, "workdir": str(workdir), "restored": True}, workdir)
+        hand_identity(container, worker_pb2.SnapshotIdentity(env=container_env, workdir=str(workdir), restored=True), workdir)
         return container
 
     async def _restore_runc(
@@ -270,7 +272,7 @@ class Snapshotter:
                  f", lazy-pages daemon ready after {lazy_ready:.3f} s" if daemon is not None else "")
         if daemon is not None:
             self._spawn_task(self._watch_lazy_pages(container, began, workdir))
-        hand_identity(container, {"env": container_env, "workdir": "/tmp", "restored": True}, workdir)
+        hand_identity(container, worker_pb2.SnapshotIdentity(env=container_env, workdir="/tmp", restored=True), workdir)
         return container
 
     async def _watch_lazy_pages(self, container: ContainerProcess, began: float, workdir: Path) -> None:
@@ -295,7 +297,9 @@ class Snapshotter:
         start = container.start
         assert start is not None
         container.start = None
-        workdir = Path(str(container.identity["workdir"]))
+        identity = container.identity
+        assert identity is not None
+        workdir = Path(identity.workdir)
         lock = self._dump_locks.setdefault(start.snapshot_key, asyncio.Lock())
         result = node_pb2.SnapshotResult(container_id=container.container_id, snapshot_key=start.snapshot_key)
         async with lock:  # one dump per key at a time, whatever the control plane asks
@@ -315,17 +319,17 @@ class Snapshotter:
                 log.warning("container %s: snapshot %s failed, it goes on without one: %s", container.container_id, start.snapshot_key[:12], err)
         if still_running():
             with contextlib.suppress(OSError, RuntimeError):
-                hand_identity(container, container.identity, workdir)
-        container.identity = {}
+                hand_identity(container, identity, workdir)
+        container.identity = None
         return result
 
 
-def hand_identity(container: ContainerProcess, identity: dict[str, object], workdir: Path) -> None:
+def hand_identity(container: ContainerProcess, identity: worker_pb2.SnapshotIdentity, workdir: Path) -> None:
     """Hand the worker its identity, one line on its stdin: the path of a file the node writes
     (the worker deletes it once read), or for a runc container, which sees no node file, the
-    identity itself as JSON."""
+    identity itself (`inline:` and the message in base64)."""
     if container.pid_file is not None:
-        line = (json.dumps(identity, separators=(",", ":")) + "\n").encode()
+        line = f"{INLINE_PREFIX}{base64.b64encode(identity.SerializeToString()).decode()}\n".encode()
     else:
         line = f"{write_identity(workdir, identity)}\n".encode()
     if container.stdin_fd >= 0:

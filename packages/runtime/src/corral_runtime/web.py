@@ -23,16 +23,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from corral import _serialization
-from corral._definition import ClassDefinition, MethodInfo
+from corral import container_api as sdk
+from corral_protocol.parameters import parse_bool
 from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_runtime.asgi import AsgiApp, run_asgi
 from corral_runtime.runner import InputRunner
 
 SendMessage = Callable[[worker_pb2.WorkerSessionRequest], Awaitable[None]]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 class BadRequest(Exception):
@@ -66,9 +64,7 @@ def _from_query(name: str, raw: str, annotation: Any) -> Any:
     annotation = _unwrap_optional(annotation)
     try:
         if annotation is bool:
-            if raw.lower() not in _TRUE | _FALSE:
-                raise ValueError
-            return raw.lower() in _TRUE
+            return parse_bool(raw)
         if annotation in (int, float):
             return annotation(raw)
     except ValueError:
@@ -86,7 +82,7 @@ def _takes_whole_body(annotation: Any) -> bool:
 
 
 class HttpInputs:
-    def __init__(self, definition: ClassDefinition, runner: InputRunner, asgi_apps: dict[str, AsgiApp], dev_mode: bool) -> None:
+    def __init__(self, definition: sdk.ClassDefinition, runner: InputRunner, asgi_apps: dict[str, AsgiApp], dev_mode: bool) -> None:
         self.definition = definition
         self.runner = runner
         self.asgi_apps = asgi_apps
@@ -118,21 +114,22 @@ class HttpInputs:
             try:
                 await run_asgi(served.app, inp.http_request, start, body, served.lifespan.state)
             except Exception as exc:
-                await respond(500, self._error_body(type(exc).__name__, str(exc), _format(exc)))
+                masked = self.runner.redactor
+                await respond(500, self._error_body(type(exc).__name__, masked.text(str(exc)), masked.text(_format(exc))))
             return
         try:
             kwargs = self._arguments(info, inp.http_request)
         except BadRequest as err:
             await respond(400, {"error": str(err)})
             return
-        call = worker_pb2.Input(input_id=inp.input_id, method=inp.method, args=_serialization.encode_args((), kwargs))
+        call = worker_pb2.Input(input_id=inp.input_id, method=inp.method, args=sdk.encode_args((), kwargs))
         result = await self.runner.run_on_loop(call)
         if result.status != common_pb2.RESULT_STATUS_SUCCESS:
             name = result.exception_type.rsplit(".", 1)[-1] or "Error"
             await respond(500, self._error_body(name, result.message, result.traceback))
             return
         try:
-            data = to_json(_serialization.decode_value(result.value))
+            data = to_json(sdk.decode_value(result.value))
         except Exception as exc:
             message = f"the return value of {self.definition.name}.{inp.method} could not be serialized as JSON: {exc}"
             await respond(500, self._error_body("TypeError", message, _format(exc)))
@@ -147,7 +144,7 @@ class HttpInputs:
             error["traceback"] = tb
         return error
 
-    def _arguments(self, info: MethodInfo, request: worker_pb2.HttpRequest) -> dict[str, Any]:
+    def _arguments(self, info: sdk.MethodInfo, request: worker_pb2.HttpRequest) -> dict[str, Any]:
         """The method's keyword arguments from the request, checked against its signature."""
         signature = inspect.signature(info.function)
         params = list(signature.parameters.values())[1:]  # after self

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import importlib.metadata
 import inspect
 import os
@@ -29,14 +28,15 @@ from typing import Any, cast
 
 import grpc
 
-from corral._definition import ClassDefinition
-from corral._parameters import decode_parameters
-from corral.cls import Cls
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
+from corral import container_api as sdk
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env
+from corral_protocol.options import batched_method, effective_max_inputs, effective_timeout_s
+from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.direct import DirectServer
+from corral_runtime.redaction import Redactor
 from corral_runtime.runner import InputRunner
 from corral_runtime.slots import SlotGate
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE, SnapshotPointError, apply_environment, wait_for_identity
@@ -56,8 +56,8 @@ class Identity:
     @classmethod
     def from_env(cls) -> Identity:
         return cls(
-            os.environ["CORRAL_CONTROL_URL"], os.environ["CORRAL_CONTAINER_ID"],
-            os.environ["CORRAL_CONTAINER_TOKEN"], os.environ.get("CORRAL_BUNDLE_DIR", ""),
+            os.environ[env.CORRAL_CONTROL_URL], os.environ[env.CORRAL_CONTAINER_ID],
+            os.environ[env.CORRAL_CONTAINER_TOKEN], os.environ.get(env.CORRAL_BUNDLE_DIR, ""),
         )
 
 
@@ -67,18 +67,6 @@ class InitFailure(Exception):
     def __init__(self, exc: BaseException) -> None:
         super().__init__(str(exc))
         self.exc = exc
-
-
-def load_definition(class_def: common_pb2.ClassDef, bundle_dir: str) -> ClassDefinition:
-    if bundle_dir and bundle_dir not in sys.path:
-        sys.path.insert(0, bundle_dir)
-    module = importlib.import_module(class_def.module)
-    target: Any = module
-    for part in class_def.name.split("."):
-        target = getattr(target, part)
-    if not isinstance(target, Cls) or target.definition is None:
-        raise TypeError(f"{class_def.module}.{class_def.name} is not a class decorated with @app.cls()")
-    return target.definition
 
 
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -104,16 +92,6 @@ async def call_hook(function: Any) -> None:
         await result
 
 
-def batching_config(init: worker_pb2.ContainerInit) -> tuple[str, common_pb2.BatchingConfig] | None:
-    """The batched method and its config: `with_batching` on the service wins over `@corral.batched`."""
-    for method in init.class_def.methods:
-        if init.options.HasField("batching") and init.options.batching.max_batch_size:
-            return method.name, init.options.batching
-        if method.HasField("batching") and method.batching.max_batch_size:
-            return method.name, method.batching
-    return None
-
-
 def batched_capacity(max_inputs: int, max_batch_size: int) -> int:
     """Inputs a batched container holds at once (running and waiting for the next batch)."""
     return max(max_inputs, 2 * max_batch_size)
@@ -130,7 +108,7 @@ class Worker:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._write_lock = asyncio.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self.definition: ClassDefinition | None = None
+        self.definition: sdk.ClassDefinition | None = None
         self.instance: Any = None
         self.gate: SlotGate | None = None
         self.runner: InputRunner | None = None
@@ -138,6 +116,7 @@ class Worker:
         self.direct: DirectServer | None = None
         self.asgi_apps: dict[str, AsgiApp] = {}
         self.http: HttpInputs | None = None
+        self.redactor = Redactor({})
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -154,7 +133,7 @@ class Worker:
             apply_environment(identity)
             self.identity = Identity.from_env()
             self.metadata = self._metadata(self.identity)
-            code = await self._session(loop, restored=bool(identity.get("restored")))
+            code = await self._session(loop, restored=identity.restored)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
         return code
@@ -167,6 +146,8 @@ class Worker:
         """One connection to the control plane: init, hooks, serve. Returns the exit code, or
         SNAPSHOT_POINT when the snap hooks ran and the node is to dump this process."""
         target = self.identity.control_url.split("://", 1)[-1]
+        # Secrets arrive with the identity (after the dump, for a snapshot's worker): read them now.
+        self.redactor = Redactor.from_environ()
         async with grpc.aio.insecure_channel(target) as channel:
             stream = worker_pb2_grpc.WorkerServiceStub(channel).WorkerSession(metadata=self.metadata)
             hello = worker_pb2.WorkerHello(container_id=self.identity.container_id, restored=restored)
@@ -181,12 +162,12 @@ class Worker:
                 await self._initialize(init)
             except InitFailure as failure:
                 exc = failure.exc
+                formatted = self.redactor.text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
                 await stream.write(worker_pb2.WorkerSessionRequest(init_failed=worker_pb2.InitFailed(
-                    exception_type=type(exc).__name__, message=str(exc),
-                    traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                    exception_type=type(exc).__name__, message=self.redactor.text(str(exc)), traceback=formatted,
                 )))
                 await stream.done_writing()
-                traceback.print_exception(type(exc), exc, exc.__traceback__)
+                print(formatted, end="", file=sys.stderr)
                 return 1
             if init.take_snapshot:
                 await stream.write(worker_pb2.WorkerSessionRequest(snapshot_ready=worker_pb2.SnapshotReady()))
@@ -223,9 +204,9 @@ class Worker:
     def _start_serving(self, init: worker_pb2.ContainerInit, loop: asyncio.AbstractEventLoop) -> int:
         """Slots, the thread pool, the batcher and the direct server; returns the container's capacity."""
         assert self.definition is not None
-        max_inputs = init.options.concurrency.max_inputs or init.class_def.options.concurrency.max_inputs or 1
+        max_inputs = effective_max_inputs(init.options)
         capacity = max_inputs
-        batched = batching_config(init)
+        batched = batched_method(init.class_def, init.options)
         if batched is not None:
             name, config = batched
             self.batcher = Batcher(getattr(self.instance, name), config.max_batch_size, config.wait_ms, loop)
@@ -236,11 +217,11 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=max_inputs, thread_name_prefix="corral-input")
         self.gate = SlotGate(capacity, loop)
         callable_methods = {name for name, info in self.definition.methods.items() if not info.is_asgi_app}
-        self.runner = InputRunner(self.instance, callable_methods, loop, self._executor, self.batcher)
-        self.http = HttpInputs(self.definition, self.runner, self.asgi_apps, dev_mode=os.environ.get("CORRAL_APP_KIND") == "ephemeral")
+        self.runner = InputRunner(self.instance, callable_methods, loop, self._executor, self.batcher, self.redactor)
+        self.http = HttpInputs(self.definition, self.runner, self.asgi_apps, dev_mode=os.environ.get(env.CORRAL_APP_KIND) == env.APP_KIND_EPHEMERAL)
         if init.direct_token:
-            host = os.environ.get("CORRAL_DIRECT_HOST", "127.0.0.1")
-            timeout = init.options.timeout_s or init.class_def.options.timeout_s or 300.0
+            host = os.environ.get(env.CORRAL_DIRECT_HOST, "127.0.0.1")
+            timeout = effective_timeout_s(init.options)
             self.direct = DirectServer(host, init.direct_token, self.gate, self.runner, timeout)
         return capacity
 
@@ -267,7 +248,7 @@ class Worker:
                         f"the class's image needs {', '.join(missing)}, which this node's Python environment lacks; "
                         "install them on the node"
                     )
-                self.definition = load_definition(init.class_def, self.identity.bundle_dir)
+                self.definition = sdk.load_class(init.class_def, self.identity.bundle_dir)
                 self.instance = self.definition.new_instance(decode_parameters(init.parameters))
                 for hook in self.definition.enter_hooks:
                     if hook.snap:

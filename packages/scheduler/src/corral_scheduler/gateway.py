@@ -23,6 +23,7 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from corral_protocol.parameters import parse_parameter
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, QueueFull
@@ -43,8 +44,6 @@ KEY_HEADER = "corral-key"
 SECRET_HEADER = "corral-secret"
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 _EMPTY_ARGS = common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON, data=b"{}")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 S = common_pb2
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
@@ -71,20 +70,10 @@ def parameter_values(class_def: common_pb2.ClassDef, query: list[tuple[str, str]
     for spec in class_def.parameters:
         if spec.name not in given:
             continue
-        raw = given[spec.name]
-        if spec.type == S.PARAMETER_TYPE_INT:
-            try:
-                value = common_pb2.ParameterValue(int_value=int(raw))
-            except (ValueError, OverflowError):
-                raise HttpError(400, f"parameter {spec.name!r} must be an integer, got {raw!r}") from None
-        elif spec.type == S.PARAMETER_TYPE_BOOL:
-            if raw.lower() not in _TRUE | _FALSE:
-                raise HttpError(400, f"parameter {spec.name!r} must be true or false, got {raw!r}")
-            value = common_pb2.ParameterValue(bool_value=raw.lower() in _TRUE)
-        elif spec.type == S.PARAMETER_TYPE_BYTES:
-            value = common_pb2.ParameterValue(bytes_value=raw.encode())
-        else:
-            value = common_pb2.ParameterValue(string_value=raw)
+        try:
+            value = parse_parameter(spec.type, given[spec.name])
+        except ValueError as err:
+            raise HttpError(400, f"parameter {spec.name!r} {err}") from None
         values.append(common_pb2.NamedParameter(name=spec.name, value=value))
     return values
 
@@ -95,7 +84,7 @@ class WebGateway:
     def __init__(self, plane: ControlPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.plane = plane
         self.max_body_bytes = max_body_bytes
-        self.routes = RouteTable(plane.apps)
+        self.routes = RouteTable(plane.app_records())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -162,7 +151,7 @@ class WebGateway:
 
     def _check_proxy_auth(self, request: Request) -> None:
         key, secret = request.headers.get(KEY_HEADER, ""), request.headers.get(SECRET_HEADER, "")
-        if not key or not secret or not self.plane.store.check_proxy_token(key, secret):
+        if not key or not secret or not self.plane.check_proxy_token(key, secret):
             raise HttpError(
                 401, "this endpoint requires a proxy token: send the Corral-Key and Corral-Secret headers of a token "
                      "made with `corral token create`",
@@ -234,7 +223,7 @@ class WebGateway:
         }.get(result.status, 500)
         message = result.message or "the endpoint failed without a response"
         extra: dict[str, Any] = {}
-        app = self.plane.apps.get(route.app_id)
+        app = self.plane.app_records().get(route.app_id)
         if result.traceback and app is not None and app.kind == control_pb2.APP_KIND_EPHEMERAL:
             extra["traceback"] = result.traceback  # dev mode (`corral run`, `app.run()`)
         return HttpError(status, message).response(extra)

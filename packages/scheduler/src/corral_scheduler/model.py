@@ -1,29 +1,26 @@
-"""The control plane's live objects: apps, services, containers, inputs, nodes."""
+"""The control plane's live objects: apps, services, containers, inputs, nodes.
+
+Plain data: no asyncio objects, no clock reads. Times are given by `PlaneCore` (its `now`, a
+monotonic clock, and `wall`, seconds since the epoch), states change only through
+`PlaneCore.move_container` / `move_input`, which check the lifecycle tables and record the story.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import enum
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
+from corral_protocol.options import batched_method
+from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 from corral_scheduler.autoscaler import AutoscalerConfig
+from corral_scheduler.lifecycle import ContainerState, History, InputState
 from corral_scheduler.placement import NodeCapacity
+from corral_scheduler.snapshot_keys import StartMode
 
 
-class ContainerState(enum.IntEnum):
-    PENDING = control_pb2.CONTAINER_STATE_PENDING  # placed; the node is starting the process
-    STARTING = control_pb2.CONTAINER_STATE_STARTING  # the worker connected and runs its enter hooks
-    READY = control_pb2.CONTAINER_STATE_READY  # serving inputs
-    STOPPING = control_pb2.CONTAINER_STATE_STOPPING  # draining, then exit hooks
-    STOPPED = control_pb2.CONTAINER_STATE_STOPPED
-    FAILED = control_pb2.CONTAINER_STATE_FAILED
-
-    @property
-    def is_live(self) -> bool:
-        return self in (ContainerState.PENDING, ContainerState.STARTING, ContainerState.READY)
+def failure(status: common_pb2.ResultStatus.ValueType, message: str, traceback: str = "") -> common_pb2.Result:
+    """A failed call's result."""
+    return common_pb2.Result(status=status, message=message, traceback=traceback)
 
 
 @dataclass
@@ -34,35 +31,35 @@ class AppRecord:
     version: int
     bundle_hash: str
     class_defs: dict[str, common_pb2.ClassDef]
-    created_at: float = field(default_factory=time.time)
-    last_heartbeat: float = field(default_factory=time.monotonic)
+    created_at: float = 0.0  # wall clock
+    last_heartbeat: float = 0.0  # monotonic
     stopped: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Input:
-    """One call. It may run several times (retries); its future resolves once."""
+    """One call. It may run several times (retries); it is answered once."""
 
     call_id: str
     service_id: str
     method: str
     args: common_pb2.Payload
-    future: asyncio.Future[common_pb2.Result]
+    state: InputState = InputState.QUEUED
+    history: History = field(default_factory=History, repr=False)
     attempts: int = 0
     container_id: str | None = None
-    timer: asyncio.TimerHandle | None = None
+    result: common_pb2.Result | None = None
     done_at: float | None = None
     # An HTTP request from the web gateway: the worker streams the response back as
-    # HttpResponseStart and HttpBodyChunk messages, which go to `http_events`.
+    # HttpResponseStart and HttpBodyChunk messages, which the driver relays to the gateway.
     http_request: worker_pb2.HttpRequest | None = None
-    http_events: asyncio.Queue[worker_pb2.HttpResponseStart | worker_pb2.HttpBodyChunk] | None = None
 
     @property
     def done(self) -> bool:
-        return self.future.done()
+        return self.state == InputState.DONE
 
 
-@dataclass
+@dataclass(eq=False)
 class Container:
     container_id: str
     token: str
@@ -70,29 +67,33 @@ class Container:
     node_id: str
     resources: common_pb2.Resources
     gpu_indices: tuple[int, ...] = ()
-    state: ContainerState = ContainerState.PENDING
+    gpu_uuids: tuple[str, ...] = ()
+    state: ContainerState = ContainerState.PLACED
+    history: History = field(default_factory=History, repr=False)
     slots: int = 1
     running: dict[str, Input] = field(default_factory=dict)
-    outbox: asyncio.Queue[worker_pb2.WorkerSessionResponse | None] | None = None
-    started_at: float = field(default_factory=time.time)
-    idle_since: float = field(default_factory=time.monotonic)
+    started_at: float = 0.0  # wall clock
+    idle_since: float = 0.0  # monotonic
+    ready_at: float | None = None  # monotonic; None until it was ever ready
     inputs_served: int = 0
     pid: int = 0
     exit_reason: str = ""
-    kill_timer: asyncio.TimerHandle | None = None
     # The direct call path: the worker's address, the secret clients present, and the inputs it
     # runs for direct callers (reported by the worker, at most LOAD_REPORT_S old).
     direct_token: str = ""
     direct_address: str = ""
     direct_running: int = 0
     direct_served: int = 0
-    # Memory snapshots: the key, how the container started ("take", "restore" or cold ""), the
-    # token it uses before its dump, and whether it is at its snapshot point (disconnected on purpose).
+    # Memory snapshots: the key, how the node starts it (cold, take or restore; a failed restore
+    # turns it into a cold start), and the token it uses before its dump.
     snapshot_key: str = ""
-    snapshot_mode: str = ""
+    start_mode: StartMode | None = None  # None: the class does not use snapshots
     pre_snapshot_token: str = ""
-    at_snapshot_point: bool = False
-    restored: bool = False
+
+    @property
+    def restored(self) -> bool:
+        """Started from a snapshot image (once its restored worker connected)."""
+        return self.start_mode == StartMode.RESTORE and self.state != ContainerState.RESTORING
 
     @property
     def load(self) -> int:
@@ -105,10 +106,6 @@ class Container:
         that finds the container busy waits there in order, and while it waits the container turns
         direct callers away (they queue here), so a backlog drains first come, first served."""
         return self.slots - len(self.running) if self.state == ContainerState.READY else 0
-
-    def send(self, message: worker_pb2.WorkerSessionResponse) -> None:
-        if self.outbox is not None:
-            self.outbox.put_nowait(message)
 
 
 @dataclass
@@ -156,12 +153,8 @@ class Service:
     @property
     def batching(self) -> common_pb2.BatchingConfig | None:
         """`with_batching` on the service, else `@corral.batched` on its method."""
-        if self.options.batching.max_batch_size:
-            return self.options.batching
-        for method in self.class_def.methods:
-            if method.batching.max_batch_size:
-                return method.batching
-        return None
+        batched = batched_method(self.class_def, self.options)
+        return batched[1] if batched is not None else None
 
     @property
     def target_inputs(self) -> int:
@@ -191,21 +184,18 @@ class Node:
     name: str
     inventory: common_pb2.NodeInventory
     capacity: NodeCapacity
-    outbox: asyncio.Queue[node_pb2.NodeSessionResponse | None] = field(default_factory=asyncio.Queue)
     containers: set[str] = field(default_factory=set)
-    last_heartbeat: float = field(default_factory=time.time)
+    last_heartbeat: float = 0.0  # wall clock
     connected: bool = False
     # Each container's resource use from the node's latest heartbeat, by container id.
     usage: dict[str, common_pb2.ContainerUsage] = field(default_factory=dict)
-
-    def send(self, message: node_pb2.NodeSessionResponse) -> None:
-        self.outbox.put_nowait(message)
 
     def info(self) -> control_pb2.NodeInfo:
         return control_pb2.NodeInfo(
             node_id=self.node_id, name=self.name, inventory=self.inventory,
             cpu_reserved=self.capacity.cpu_reserved, memory_reserved_mib=self.capacity.memory_reserved_mib,
             containers=len(self.containers), last_heartbeat=self.last_heartbeat,
+            gpus_in_use=sorted(self.capacity.gpus_in_use),
         )
 
 

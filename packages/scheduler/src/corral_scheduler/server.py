@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from corral_protocol import env
 from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
@@ -59,9 +60,9 @@ async def serve(
 
     CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies."""
     store = Store(state_dir)
-    max_queue = os.environ.get("CORRAL_MAX_QUEUE")
+    max_queue = os.environ.get(env.CORRAL_MAX_QUEUE)
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
-        raise ValueError(f"CORRAL_MAX_QUEUE must be a positive integer, got {max_queue!r}")
+        raise ValueError(f"{env.CORRAL_MAX_QUEUE} must be a positive integer, got {max_queue!r}")
     plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None)
     server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token)], options=SERVER_OPTIONS)
     control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(plane), server)
@@ -74,9 +75,9 @@ async def serve(
     plane.control_url = f"grpc://{connect_host}:{bound}"
     gateway = None
     if http_port is not None:
-        max_body = os.environ.get("CORRAL_HTTP_MAX_BODY", str(DEFAULT_MAX_BODY_BYTES))
+        max_body = os.environ.get(env.CORRAL_HTTP_MAX_BODY, str(DEFAULT_MAX_BODY_BYTES))
         if not max_body.isdigit() or int(max_body) < 1:
-            raise ValueError(f"CORRAL_HTTP_MAX_BODY must be a positive number of bytes, got {max_body!r}")
+            raise ValueError(f"{env.CORRAL_HTTP_MAX_BODY} must be a positive number of bytes, got {max_body!r}")
         gateway = await start_gateway(plane, host, http_port, int(max_body))
     await server.start()
     await plane.start()

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from corral_protocol.names import NAME_RULE, is_valid_name
+from corral_protocol.errors import reason_metadata
 from corral_protocol.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -38,7 +38,7 @@ def api(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         try:
             return await method(self, request, context)
         except ApiError as err:
-            await context.abort(err.code, err.message)
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
             raise  # unreachable: abort raises
 
     wrapper.__name__ = method.__name__
@@ -52,7 +52,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @api
     async def HasBundle(self, request: control_pb2.HasBundleRequest, context: Any) -> control_pb2.HasBundleResponse:
         try:
-            return control_pb2.HasBundleResponse(present=self.plane.store.has_bundle(request.hash))
+            return control_pb2.HasBundleResponse(present=self.plane.has_bundle(request.hash))
         except ValueError as err:
             raise InvalidArgument(str(err)) from None
 
@@ -68,7 +68,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 raise InvalidArgument(f"code bundle is larger than {MAX_BUNDLE_BYTES // 2**20} MiB")
             parts.append(chunk.data)
         try:
-            self.plane.store.put_bundle(bundle_hash, b"".join(parts))
+            self.plane.put_bundle(bundle_hash, b"".join(parts))
         except ValueError as err:
             raise InvalidArgument(str(err)) from None
         return control_pb2.UploadBundleResponse(hash=bundle_hash)
@@ -149,21 +149,21 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def SetSecret(self, request: control_pb2.SetSecretRequest, context: Any) -> control_pb2.SetSecretResponse:
-        if not is_valid_name(request.name):
-            raise InvalidArgument(f"secret name {request.name!r} must be {NAME_RULE}")
-        for key in request.values:
-            if not key.isidentifier():
-                raise InvalidArgument(f"secret key {key!r} is not a valid environment variable name")
-        self.plane.store.set_secret(request.name, dict(request.values))
+        self.plane.set_secret(request.name, dict(request.values))
         return control_pb2.SetSecretResponse()
 
     @api
     async def ListSecrets(self, request: control_pb2.ListSecretsRequest, context: Any) -> control_pb2.ListSecretsResponse:
-        return control_pb2.ListSecretsResponse(names=self.plane.store.secret_names())
+        return control_pb2.ListSecretsResponse(names=self.plane.secret_names())
+
+    @api
+    async def DeleteSecret(self, request: control_pb2.DeleteSecretRequest, context: Any) -> control_pb2.DeleteSecretResponse:
+        self.plane.delete_secret(request.name)
+        return control_pb2.DeleteSecretResponse()
 
     @api
     async def CreateProxyToken(self, request: control_pb2.CreateProxyTokenRequest, context: Any) -> control_pb2.CreateProxyTokenResponse:
-        token_id, secret = self.plane.store.create_proxy_token(request.name)
+        token_id, secret = self.plane.create_proxy_token(request.name)
         return control_pb2.CreateProxyTokenResponse(token_id=token_id, token_secret=secret)
 
     @api
@@ -183,46 +183,43 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
     @api
     async def RegisterNode(self, request: node_pb2.RegisterNodeRequest, context: Any) -> node_pb2.RegisterNodeResponse:
-        node = self.plane.register_node(request)
-        return node_pb2.RegisterNodeResponse(node_id=node.node_id, heartbeat_interval_s=self.HEARTBEAT_INTERVAL_S)
+        node_id = self.plane.register_node(request)
+        return node_pb2.RegisterNodeResponse(node_id=node_id, heartbeat_interval_s=self.HEARTBEAT_INTERVAL_S)
 
     async def NodeSession(self, request_iterator: AsyncIterator[node_pb2.NodeSessionRequest], context: Any) -> AsyncIterator[node_pb2.NodeSessionResponse]:
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
             return
+        node_id = first.node_id
         try:
-            node = self.plane.node_connected(first.node_id)
+            outbox = self.plane.open_node_session(node_id)
         except ApiError as err:
             await context.abort(err.code, err.message)
             return
-        self.plane.node_event(node, first)
+        self.plane.node_event(node_id, first)
 
         async def read() -> None:
             try:
                 async for event in request_iterator:
-                    if event.HasField("heartbeat"):  # read-only bookkeeping for views.container_infos
-                        node.usage = {u.container_id: u for u in event.heartbeat.usage}
-                    self.plane.node_event(node, event)
+                    self.plane.node_event(node_id, event)
             finally:
-                node.outbox.put_nowait(None)
+                outbox.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while True:
-                command = await node.outbox.get()
+                command = await outbox.get()
                 if command is None:
                     break
                 yield command
         finally:
             reader.cancel()
-            if self.plane.nodes.get(node.node_id) is node:
-                self.plane.node_disconnected(node.node_id)
-            node.outbox = asyncio.Queue()
+            self.plane.close_node_session(node_id, outbox)
 
     async def GetBundle(self, request: node_pb2.GetBundleRequest, context: Any) -> AsyncIterator[node_pb2.GetBundleResponse]:
         try:
-            path = self.plane.store.bundle_path(request.hash)
+            path = self.plane.bundle_path(request.hash)
             data = path.read_bytes()
         except (ValueError, OSError):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"bundle {request.hash!r} not found")
@@ -243,52 +240,30 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if hello.WhichOneof("message") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a worker session starts with hello")
             return
+        container_id = hello.hello.container_id
         try:
-            container, init = self.plane.worker_connected(hello.hello.container_id, bearer_token(context.invocation_metadata()))
+            outbox = self.plane.open_worker_session(container_id, bearer_token(context.invocation_metadata()))
         except ApiError as err:
             await context.abort(err.code, err.message)
             return
-        outbox = container.outbox
-        assert outbox is not None
         plane = self.plane
 
         async def read() -> None:
             try:
                 async for message in request_iterator:
-                    kind = message.WhichOneof("message")
-                    if kind == "output":
-                        plane.worker_output(container, message.output)
-                    elif kind == "ready":
-                        plane.worker_ready(container, message.ready)
-                    elif kind == "http_response_start":
-                        plane.worker_http(container, message.http_response_start)
-                    elif kind == "http_body":
-                        plane.worker_http(container, message.http_body)
-                    elif kind == "load":
-                        plane.worker_load(container, message.load)
-                    elif kind == "draining":
-                        plane.worker_draining(container, message.draining.reason)
-                    elif kind == "init_failed":
-                        plane.worker_init_failed(container, message.init_failed)
-                    elif kind == "snapshot_ready":
-                        plane.worker_snapshot_ready(container)
-                    elif kind == "batch_output":
-                        for output in message.batch_output.outputs:
-                            plane.worker_output(container, output)
+                    plane.worker_message(container_id, message)
             except Exception:
-                log.debug("worker stream of %s ended with an error", container.container_id, exc_info=True)
+                log.debug("worker stream of %s ended with an error", container_id, exc_info=True)
             finally:
                 outbox.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
-            yield worker_pb2.WorkerSessionResponse(init=init)
-            while True:
+            while True:  # ContainerInit comes first
                 message = await outbox.get()
                 if message is None:
                     break
                 yield message
         finally:
             reader.cancel()
-            if container.outbox is outbox:
-                self.plane.worker_disconnected(container)
+            self.plane.close_worker_session(container_id, outbox)

@@ -1,7 +1,8 @@
 """Durable state: deployed apps and their versions, secrets, and code bundles.
 
 SQLite (WAL) holds the records; bundles are content-addressed files beside it. Live state
-(queues, containers, nodes) is in memory and rebuilt after a restart.
+(queues, containers, nodes) is in memory and rebuilt after a restart. Secret values are sealed
+with the key in `secret_key_file` (see `secret_box.py`) before they reach SQLite.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral_protocol.v1 import control_pb2
+from corral_scheduler.secret_box import SecretBox, SecretKeyError
+
+log = logging.getLogger("corral.scheduler")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -47,6 +52,20 @@ CREATE TABLE IF NOT EXISTS secrets (
     updated_at REAL NOT NULL
 );
 """
+# Secrets written by this version: `sealed` holds the Fernet token of {"name", "values"} and
+# `values_json` is empty. A row with `sealed` NULL is plaintext from an earlier version; the store
+# seals those when it opens. An app version whose definition holds inline secret values
+# (`Secret.from_dict`) stores the definition sealed, with `sealed` = 1.
+_SEALED_COLUMNS = {
+    "secrets": "ALTER TABLE secrets ADD COLUMN sealed BLOB",
+    "app_versions": "ALTER TABLE app_versions ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0",
+}
+
+
+def _has_inline_secrets(definition: control_pb2.CreateAppRequest) -> bool:
+    return any(
+        ref.WhichOneof("source") == "inline" and ref.inline.values for cls in definition.classes for ref in cls.options.secrets
+    )
 
 
 @dataclass(frozen=True)
@@ -59,14 +78,35 @@ class DeployedApp:
 
 
 class Store:
-    def __init__(self, directory: Path) -> None:
+    """The control plane's durable state in `directory` (SQLite and bundles).
+
+    `secret_key_file` (default: `secrets.key` beside `directory`, i.e. `$CORRAL_HOME/secrets.key`
+    for `corral up`) holds the key that seals secret values; it is created, mode 0600, when the
+    first secret is stored. Opening refuses (SecretKeyError) a key file that others can read, a
+    corrupted one, one that does not open the stored secrets, and a missing one while sealed
+    secrets exist: a new key would make them unreadable. A deployed definition that carries inline
+    secret values (`Secret.from_dict`) is sealed whole. What an earlier version stored in plaintext
+    is sealed here.
+    """
+
+    def __init__(self, directory: Path, secret_key_file: Path | None = None) -> None:
         self.directory = directory
         self.bundle_dir = directory / "bundles"
         self.bundle_dir.mkdir(parents=True, exist_ok=True)
+        self.secret_key_file = secret_key_file or directory.parent / "secrets.key"
         self._db = sqlite3.connect(directory / "state.db", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Deleted and overwritten rows are zeroed, so a secret's old plaintext or token does not
+        # linger in free pages.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
+        self._box: SecretBox | None = None
+        try:
+            self._open_secrets()
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -109,11 +149,19 @@ class Store:
             else:
                 app_id, version = row[0], row[1] + 1
                 self._db.execute("UPDATE apps SET version = ?, updated_at = ? WHERE app_id = ?", (version, now, app_id))
+            blob, sealed = self._definition_blob(definition)
             self._db.execute(
-                "INSERT INTO app_versions (app_id, version, definition, created_at) VALUES (?, ?, ?, ?)",
-                (app_id, version, definition.SerializeToString(), now),
+                "INSERT INTO app_versions (app_id, version, definition, sealed, created_at) VALUES (?, ?, ?, ?, ?)",
+                (app_id, version, blob, sealed, now),
             )
         return app_id, version
+
+    def _definition_blob(self, definition: control_pb2.CreateAppRequest) -> tuple[bytes, int]:
+        """The stored form of a definition: sealed when it carries inline secret values."""
+        data = definition.SerializeToString()
+        if not _has_inline_secrets(definition):
+            return data, 0
+        return self._secret_box().seal(data), 1
 
     def mark_stopped(self, app_id: str) -> None:
         with self._db:
@@ -121,29 +169,106 @@ class Store:
 
     def deployed_apps(self) -> list[DeployedApp]:
         rows = self._db.execute(
-            "SELECT a.app_id, a.name, a.version, a.created_at, v.definition FROM apps a "
+            "SELECT a.app_id, a.name, a.version, a.created_at, v.definition, v.sealed FROM apps a "
             "JOIN app_versions v ON v.app_id = a.app_id AND v.version = a.version WHERE a.state = 'deployed'"
         ).fetchall()
-        return [
-            DeployedApp(r[0], r[1], r[2], r[3], control_pb2.CreateAppRequest.FromString(r[4])) for r in rows
-        ]
+        return [DeployedApp(r[0], r[1], r[2], r[3], self._definition(r[4], r[5])) for r in rows]
+
+    def _definition(self, blob: bytes, sealed: int) -> control_pb2.CreateAppRequest:
+        if sealed:
+            assert self._box is not None  # opening checked that sealed rows have their key
+            blob = self._box.open(blob)
+        return control_pb2.CreateAppRequest.FromString(blob)
 
     def stopped_apps(self) -> list[tuple[str, str, int, float]]:
         return self._db.execute("SELECT app_id, name, version, created_at FROM apps WHERE state = 'stopped'").fetchall()
 
     # Secrets -------------------------------------------------------------------------------
 
+    def _open_secrets(self) -> SecretBox | None:
+        """Load the key, check it against what is sealed, and seal what an earlier version stored
+        in plaintext (secrets, and definitions with inline secret values)."""
+        for table, add_column in _SEALED_COLUMNS.items():
+            if "sealed" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(add_column)
+        self._box = SecretBox.load(self.secret_key_file)
+        sample = self._db.execute("SELECT name, sealed FROM secrets WHERE sealed IS NOT NULL LIMIT 1").fetchone()
+        sealed_definition = self._db.execute("SELECT definition FROM app_versions WHERE sealed = 1 LIMIT 1").fetchone()
+        if (sample or sealed_definition) and self._box is None:
+            raise SecretKeyError(
+                f"the state database in {self.directory} holds encrypted secrets but their key file "
+                f"{self.secret_key_file} is missing; restore it from a backup (a new key could not read them)"
+            )
+        if sample is not None:
+            self._unseal(self._secret_box(), sample[0], sample[1])
+        elif sealed_definition is not None:
+            self._secret_box().open(sealed_definition[0])
+        plaintext = self._db.execute("SELECT name, values_json FROM secrets WHERE sealed IS NULL").fetchall()
+        definitions = [
+            (rowid, control_pb2.CreateAppRequest.FromString(blob))
+            for rowid, blob in self._db.execute("SELECT rowid, definition FROM app_versions WHERE sealed = 0")
+        ]
+        definitions = [(rowid, definition) for rowid, definition in definitions if _has_inline_secrets(definition)]
+        if plaintext or definitions:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for name, values_json in plaintext:
+                    self._db.execute(
+                        "UPDATE secrets SET values_json = '', sealed = ? WHERE name = ?",
+                        (self._seal(self._secret_box(), name, dict(json.loads(values_json))), name),
+                    )
+                for rowid, definition in definitions:
+                    blob, sealed = self._definition_blob(definition)
+                    self._db.execute("UPDATE app_versions SET definition = ?, sealed = ? WHERE rowid = ?", (blob, sealed, rowid))
+            # Rewrite the file and empty the WAL: no page or frame keeps the old plaintext.
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.info(
+                "encrypted %d secret(s) and %d app version(s) with inline secrets stored in plaintext by an earlier version",
+                len(plaintext), len(definitions),
+            )
+        return self._box
+
+    def _secret_box(self) -> SecretBox:
+        """The key, created on first use."""
+        if self._box is None:
+            self._box = SecretBox.create(self.secret_key_file)
+        return self._box
+
+    @staticmethod
+    def _seal(box: SecretBox, name: str, values: dict[str, str]) -> bytes:
+        # The name is sealed with the values, so a token copied onto another row is refused.
+        return box.seal(json.dumps({"name": name, "values": values}).encode())
+
+    @staticmethod
+    def _unseal(box: SecretBox, name: str, sealed: bytes) -> dict[str, str]:
+        record = json.loads(box.open(sealed))
+        if record.get("name") != name:
+            raise SecretKeyError(f"the stored secret {name!r} holds another secret's values: the database was altered")
+        return dict(record["values"])
+
     def set_secret(self, name: str, values: dict[str, str]) -> None:
+        """Create or replace a secret; its values are sealed before they are written."""
+        sealed = self._seal(self._secret_box(), name, values)
         with self._db:
             self._db.execute(
-                "INSERT INTO secrets (name, values_json, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET values_json = excluded.values_json, updated_at = excluded.updated_at",
-                (name, json.dumps(values), time.time()),
+                "INSERT INTO secrets (name, values_json, sealed, updated_at) VALUES (?, '', ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET values_json = '', sealed = excluded.sealed, updated_at = excluded.updated_at",
+                (name, sealed, time.time()),
             )
 
     def get_secret(self, name: str) -> dict[str, str] | None:
-        row = self._db.execute("SELECT values_json FROM secrets WHERE name = ?", (name,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        row = self._db.execute("SELECT sealed FROM secrets WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        assert self._box is not None and row[0] is not None  # opening sealed every row, with a key
+        return self._unseal(self._box, name, row[0])
+
+    def delete_secret(self, name: str) -> bool:
+        """Delete a secret; False when there was none of that name."""
+        with self._db:
+            deleted = self._db.execute("DELETE FROM secrets WHERE name = ?", (name,)).rowcount
+        return deleted > 0
 
     def secret_names(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT name FROM secrets ORDER BY name")]

@@ -1,14 +1,18 @@
-"""Read-only views of the control plane's live state, as the `List*` RPCs answer them.
+"""Read-only views of the control plane's live state, as the `List*` RPCs and `GetRoutes` answer them.
 
-Functions, not `ControlPlane` methods: they only read its state and never change it, so the state
-machine in `control_plane.py` stays about transitions.
+Functions, not `ControlPlane` methods: they only read its state and never change it, so the core
+(`core.py` and its jobs) stays about transitions and the driver about performing effects.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from corral_protocol.v1 import control_pb2
+from corral_scheduler.lifecycle import ContainerState, Step
+from corral_scheduler.model import Service
 
 if TYPE_CHECKING:
     from corral_scheduler.control_plane import ControlPlane
@@ -49,11 +53,27 @@ def container_infos(plane: ControlPlane, app_id: str = "") -> list[control_pb2.C
         infos.append(control_pb2.ContainerInfo(
             container_id=container.container_id, app_id=app.app_id, app_name=app.name,
             class_name=service.class_def.name, service_id=service.service_id, node_id=container.node_id,
-            state=control_pb2.ContainerState.ValueType(container.state), running_inputs=container.load, max_inputs=container.slots,
+            state=container.state.wire, running_inputs=container.load, max_inputs=container.slots,
             started_at=container.started_at, inputs_served=container.inputs_served, parameters=service.parameters,
-            restored_from_snapshot=container.restored, usage=usage,
+            restored_from_snapshot=container.restored, usage=usage, history=history_lines(container.history.steps, time.monotonic()),
         ))
     return infos
+
+
+def history_lines(steps: Iterable[Step], now: float) -> list[str]:
+    """A container's story for `corral container list --verbose`, ages relative to `now` (monotonic)."""
+    return [f"{max(0.0, now - s.at):.1f}s ago: {s.start} -> {s.finish} ({s.cause})" for s in steps]
+
+
+def routes(service: Service) -> control_pb2.GetRoutesResponse:
+    """Where clients may send the service's inputs directly: its READY containers' addresses."""
+    if not service.direct_enabled:
+        return control_pb2.GetRoutesResponse(direct_enabled=False)
+    return control_pb2.GetRoutesResponse(direct_enabled=True, routes=[
+        control_pb2.ContainerRoute(container_id=c.container_id, address=c.direct_address, token=c.direct_token, slots=c.slots)
+        for c in service.containers.values()
+        if c.state == ContainerState.READY and c.direct_address
+    ])
 
 
 def node_infos(plane: ControlPlane) -> list[control_pb2.NodeInfo]:

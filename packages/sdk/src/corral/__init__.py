@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 
+from corral_protocol import env
+
 __version__ = "0.1.0"
 
 from corral._calls import FunctionCall  # noqa: E402
@@ -35,7 +37,7 @@ from corral.secret import Secret  # noqa: E402
 
 def is_local() -> bool:
     """True in the caller's program, False inside a Corral container."""
-    return "CORRAL_CONTAINER_ID" not in os.environ
+    return env.CORRAL_CONTAINER_ID not in os.environ
 
 
 __all__ = [

@@ -11,17 +11,16 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from corral import exception
+from corral._direct import DirectPath
 from corral._home import corral_home, read_server_record, read_token
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
-from corral_protocol.v1 import control_pb2_grpc
-
-if TYPE_CHECKING:
-    from corral._direct import DirectPath
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env
+from corral_protocol.errors import error_reason
+from corral_protocol.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 T = TypeVar("T")
 
@@ -54,6 +53,9 @@ def translate_rpc_error(err: grpc.RpcError, url: str) -> exception.Error:
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return exception.VersionMismatchError(details or "incompatible protocol version")
     if code == grpc.StatusCode.NOT_FOUND:
+        trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+        if error_reason(trailers) == common_pb2.ERROR_REASON_SERVICE_GONE:
+            return exception.ServiceGoneError(details)
         return exception.NotFoundError(details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return exception.InvalidError(details)
@@ -98,9 +100,7 @@ class Client:
     def direct(self) -> DirectPath:
         """The direct call path to this server's containers (made on first use)."""
         if self._direct is None:
-            from corral._direct import DirectPath
-
-            self._direct = DirectPath(self)
+            self._direct = DirectPath(self._get_routes, self._get_routes_aio)
         return self._direct
 
     def call(self, rpc: Callable[..., T], request: Any, timeout: float | None = None) -> T:
@@ -130,6 +130,15 @@ class Client:
         except grpc.RpcError as err:
             raise translate_rpc_error(err, self.url) from None
 
+    def _get_routes(self, service_id: str) -> control_pb2.GetRoutesResponse:
+        return self.call(self.stub.GetRoutes, control_pb2.GetRoutesRequest(service_id=service_id), timeout=10)
+
+    async def _get_routes_aio(self, service_id: str) -> control_pb2.GetRoutesResponse:
+        response: control_pb2.GetRoutesResponse = await self.call_aio(
+            "GetRoutes", control_pb2.GetRoutesRequest(service_id=service_id), timeout=10,
+        )
+        return response
+
     @property
     def is_embedded(self) -> bool:
         """True when this client started its own background cluster (no server was configured)."""
@@ -145,18 +154,18 @@ class Client:
     def from_env(cls) -> Client:
         """Find the server: `CORRAL_SERVER_URL` + `CORRAL_TOKEN`; else a `corral up` running for
         `CORRAL_HOME`; else start an embedded cluster in the background for this program's life."""
-        url = os.environ.get("CORRAL_SERVER_URL")
+        url = os.environ.get(env.CORRAL_SERVER_URL)
         home = corral_home()
         if url:
-            token = os.environ.get("CORRAL_TOKEN") or read_token(home)
+            token = os.environ.get(env.CORRAL_TOKEN) or read_token(home)
             if not token:
-                raise exception.AuthError("CORRAL_SERVER_URL is set but CORRAL_TOKEN is not")
+                raise exception.AuthError(f"{env.CORRAL_SERVER_URL} is set but {env.CORRAL_TOKEN} is not")
             return cls(url, token)
         record = read_server_record(home)
         token = read_token(home)
         if record is not None and record.is_alive() and token:
             return cls(record.url, token)
-        if "CORRAL_CONTAINER_ID" in os.environ:
+        if env.CORRAL_CONTAINER_ID in os.environ:
             # Inside a container, a call with no server configured is almost always module-level code
             # (`with app.run():` outside `if __name__ == "__main__":`) running again on import. Starting
             # a cluster here would start containers that import the module again, without end.
@@ -190,7 +199,7 @@ class EmbeddedCluster:
             import corral_scheduler  # noqa: F401
         except ImportError:
             raise exception.ConnectionError(
-                "no Corral server is configured (CORRAL_SERVER_URL) or running (`corral up`), and the embedded "
+                f"no Corral server is configured ({env.CORRAL_SERVER_URL}) or running (`corral up`), and the embedded "
                 "cluster is not installed: pip install 'corral[local]'"
             ) from None
         process = subprocess.Popen(

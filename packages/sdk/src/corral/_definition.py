@@ -11,6 +11,7 @@ from corral import _openapi, _web
 from corral._parameters import ParameterField, collect_parameters
 from corral._partial import PartialFunction, Role
 from corral.exception import InvalidError
+from corral_protocol.options import batching_violation
 from corral_protocol.v1 import common_pb2
 
 
@@ -100,12 +101,9 @@ class ClassDefinition:
             if info.is_generator:
                 raise InvalidError(f"{user_cls.__qualname__}.{info.name} is a generator; generator methods are not supported yet")
         batched = [info.name for info in methods.values() if info.batching is not None]
-        if batched and len(methods) > 1:
-            others = ", ".join(name for name in methods if name not in batched)
-            raise InvalidError(
-                f"{user_cls.__qualname__}.{batched[0]} is batched, so it must be the class's only method "
-                f"(it also has {others}); put the other methods in another class"
-            )
+        violation = batching_violation(user_cls.__qualname__, list(methods), batched)
+        if violation:
+            raise InvalidError(violation)
         parameters = collect_parameters(user_cls)
         _web.check_class(
             user_cls.__qualname__, [(m.name, m.function, m.web_endpoint, m.batching is not None) for m in methods.values()],

@@ -20,16 +20,13 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from corral.exception import ContainerExitedError
 from corral_protocol import PROTOCOL_VERSION
 from corral_protocol.framing import FrameBuffer, FrameError, encode, read_frame
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
-
-if TYPE_CHECKING:
-    from corral._client import Client
 
 W = worker_pb2
 REFRESH_S = 1.0  # how old a route table may get while it has routes
@@ -105,10 +102,17 @@ class _Table:
 
 
 class DirectPath:
-    """Route tables per service and connection pools per container, for one `Client`."""
+    """Route tables per service and connection pools per container, for one `Client`.
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    `get_routes` and `get_routes_aio` ask the control plane for a service's routes (GetRoutes)."""
+
+    def __init__(
+        self,
+        get_routes: Callable[[str], control_pb2.GetRoutesResponse],
+        get_routes_aio: Callable[[str], Awaitable[control_pb2.GetRoutesResponse]],
+    ) -> None:
+        self._get_routes = get_routes
+        self._get_routes_aio = get_routes_aio
         self._lock = threading.Lock()
         self._tables: dict[str, _Table] = {}
 
@@ -150,7 +154,7 @@ class DirectPath:
             return
         response = None
         try:
-            response = self._client.call(self._client.stub.GetRoutes, control_pb2.GetRoutesRequest(service_id=service_id), timeout=10)
+            response = self._get_routes(service_id)
         except Exception:
             pass
         self._install(table, response)
@@ -160,7 +164,7 @@ class DirectPath:
             return
         response = None
         try:
-            response = await self._client.call_aio("GetRoutes", control_pb2.GetRoutesRequest(service_id=service_id), timeout=10)
+            response = await self._get_routes_aio(service_id)
         except Exception:
             pass
         self._install(table, response)

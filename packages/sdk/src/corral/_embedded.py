@@ -96,6 +96,8 @@ def up(
     http_port: int = DEFAULT_HTTP_PORT,
 ) -> int:
     """`corral up`: run in the foreground until Ctrl-C or SIGTERM."""
+    from corral_scheduler.secret_box import SecretKeyError
+
     home = home or corral_home()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
@@ -119,7 +121,7 @@ def up(
 
     try:
         asyncio.run(main())
-    except OSError as err:
+    except (OSError, SecretKeyError) as err:  # a busy port; an unusable secret key file
         print(f"corral up: {err}", file=sys.stderr)
         return 1
     finally:

@@ -8,13 +8,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral_protocol import env
+
 SERVER_FILE = "server.json"
 TOKEN_FILE = "token"
 
 
 def corral_home() -> Path:
     """`CORRAL_HOME`, else the user's data directory (XDG on Linux)."""
-    explicit = os.environ.get("CORRAL_HOME")
+    explicit = os.environ.get(env.CORRAL_HOME)
     if explicit:
         return Path(explicit).expanduser()
     if sys.platform == "darwin":

@@ -1,4 +1,5 @@
-"""`corral.parameter()` fields: their schema, validation and typed wire encoding."""
+"""`corral.parameter()` fields: their schema and validation. Their kinds and typed wire encoding
+are the protocol's (`corral_protocol.parameters`)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.exception import InvalidError
+from corral_protocol import parameters as wire
 from corral_protocol.v1 import common_pb2
 
 _MISSING: Any = object()
 
-_TYPES: dict[type, common_pb2.ParameterType.ValueType] = {
-    str: common_pb2.PARAMETER_TYPE_STRING,
-    int: common_pb2.PARAMETER_TYPE_INT,
-    bool: common_pb2.PARAMETER_TYPE_BOOL,
-    bytes: common_pb2.PARAMETER_TYPE_BYTES,
-}
-_INT64 = (-(2**63), 2**63 - 1)
+_TYPES: dict[type, common_pb2.ParameterType.ValueType] = {py_type: kind for kind, py_type in wire.PYTHON_TYPES.items()}
+_INT64 = wire.INT64_RANGE
 
 
 class _Parameter:
@@ -67,7 +64,7 @@ class ParameterField:
 
     @classmethod
     def from_proto(cls, spec: common_pb2.ParameterSpec) -> ParameterField:
-        py_type = next(t for t, code in _TYPES.items() if code == spec.type)
+        py_type = wire.PYTHON_TYPES[spec.type]
         return cls(spec.name, py_type, decode_value(spec.default) if spec.has_default else _MISSING)
 
 
@@ -98,7 +95,7 @@ def _resolve_annotation(klass: type, name: str, annotation: Any) -> Any:
         try:
             return typing.get_type_hints(klass)[name]
         except Exception:
-            builtin = {"str": str, "int": int, "bool": bool, "bytes": bytes}
+            builtin = {t.__name__: t for t in _TYPES}
             return builtin.get(annotation, annotation)
     return annotation
 
@@ -132,28 +129,29 @@ def bind_parameters(fields: list[ParameterField], args: tuple[Any, ...], kwargs:
 
 
 def encode_value(value: Any) -> common_pb2.ParameterValue:
-    if isinstance(value, bool):
-        return common_pb2.ParameterValue(bool_value=value)
-    if isinstance(value, int):
-        return common_pb2.ParameterValue(int_value=value)
-    if isinstance(value, str):
-        return common_pb2.ParameterValue(string_value=value)
-    if isinstance(value, bytes):
-        return common_pb2.ParameterValue(bytes_value=value)
-    raise InvalidError(f"cannot encode parameter value {value!r}")
+    try:
+        return wire.encode_value(value)
+    except TypeError as err:
+        raise InvalidError(str(err)) from None
 
 
 def decode_value(value: common_pb2.ParameterValue) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        raise InvalidError("parameter value is empty")
-    return getattr(value, kind)
+    try:
+        return wire.decode_value(value)
+    except ValueError as err:
+        raise InvalidError(str(err)) from None
 
 
 def encode_parameters(bound: Mapping[str, Any]) -> list[common_pb2.NamedParameter]:
     """The parameter set in its canonical wire form: sorted by name."""
-    return [common_pb2.NamedParameter(name=k, value=encode_value(bound[k])) for k in sorted(bound)]
+    try:
+        return wire.encode_parameters(bound)
+    except TypeError as err:
+        raise InvalidError(str(err)) from None
 
 
 def decode_parameters(params: typing.Iterable[common_pb2.NamedParameter]) -> dict[str, Any]:
-    return {p.name: decode_value(p.value) for p in params}
+    try:
+        return wire.decode_parameters(params)
+    except ValueError as err:
+        raise InvalidError(str(err)) from None

@@ -13,7 +13,7 @@ from corral import __version__, _options
 from corral._bundle import build_bundle
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
-from corral.cls import Cls, _LocalSource
+from corral.cls import Cls, ResolvedClass
 from corral.exception import InvalidError
 from corral.image import Image
 from corral.retries import Retries
@@ -37,6 +37,30 @@ class RunningApp:
     version: int
     class_defs: dict[str, common_pb2.ClassDef]
     web_urls: dict[str, str] = field(default_factory=dict)
+
+
+class _LocalSource:
+    """A class defined in this program with `@app.cls`; resolvable while its app runs."""
+
+    def __init__(self, definition: ClassDefinition, app: App) -> None:
+        self.definition = definition
+        self.app = app
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def resolve(self) -> ResolvedClass:
+        running = self.app.running
+        if running is None:
+            raise InvalidError(
+                f"app {self.app.name or '(unnamed)'} is not running: call {self.name} methods inside `with app.run():`, "
+                f"under `corral run`, or look up a deployed class with corral.Cls.from_name(app_name, {self.name!r})"
+            )
+        return ResolvedClass(running.client, running.app_id, running.class_defs[self.name])
+
+    def forget(self) -> None:
+        return None
 
 
 class App:

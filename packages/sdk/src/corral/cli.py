@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,9 @@ from corral._client import default_client
 from corral._home import corral_home
 from corral.app import App
 from corral.exception import Error, InvalidError
-from corral_protocol.v1 import control_pb2
+from corral_protocol import env as corral_env
+from corral_protocol import gpus
+from corral_protocol.v1 import common_pb2, control_pb2
 
 
 def import_target(ref: str) -> tuple[ModuleType, str | None]:
@@ -87,6 +90,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ImportError:
         print("corral up needs the server side: pip install 'corral[local]'", file=sys.stderr)
         return 1
+    if args.simulate_gpus:
+        try:
+            gpus.parse_simulated(args.simulate_gpus)
+        except gpus.GpuSpecError as err:
+            print(f"corral up: --simulate-gpus: {err}", file=sys.stderr)
+            return 2
+        os.environ[corral_env.CORRAL_SIMULATE_GPUS] = args.simulate_gpus  # read by the embedded node's inventory
     return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port)
 
 
@@ -159,6 +169,11 @@ def cmd_container_list(args: argparse.Namespace) -> int:
         for c in sorted(containers, key=lambda c: (c.app_name, c.class_name, c.service_id, c.started_at))
     ]
     print(table(("APP", "CLASS", "SERVICE", "CONTAINER ID", "STATE", "LOAD", "SERVED", "PARAMETERS", "NODE", "AGE", "MEMORY", "CPU"), rows))
+    if args.verbose:
+        for c in sorted(containers, key=lambda c: (c.app_name, c.class_name, c.service_id, c.started_at)):
+            print(f"\n{c.container_id} ({c.class_name}):")
+            for line in c.history:
+                print(f"  {line}")
     return 0
 
 
@@ -179,7 +194,7 @@ def cmd_node_list(args: argparse.Namespace) -> int:
     nodes = client.call(client.stub.ListNodes, control_pb2.ListNodesRequest()).nodes
     rows = [
         (n.node_id, n.name, f"{n.cpu_reserved:g}/{n.inventory.cpu:g}", f"{n.memory_reserved_mib}/{n.inventory.memory_mib} MiB",
-         ", ".join(g.model for g in n.inventory.gpus) or "none", n.containers)
+         _gpu_summary(n), n.containers)
         for n in nodes
     ]
     print(table(("NODE ID", "NAME", "CPU", "MEMORY", "GPUS", "CONTAINERS"), rows))
@@ -198,7 +213,25 @@ def cmd_node_list(args: argparse.Namespace) -> int:
             print(f"{n.name} ({n.node_id}): isolation: {isolation.mode} (cgroup v{isolation.cgroup_version})")
         else:
             print(f"{n.name} ({n.node_id}): isolation: not reported by this node")
+        for g in n.inventory.gpus if args.verbose else ():
+            mig = {common_pb2.GPU_MIG_MODE_ENABLED: ", MIG on", common_pb2.GPU_MIG_MODE_DISABLED: ", MIG off"}.get(g.mig_mode, "")
+            use = "in use" if g.uuid in n.gpus_in_use else "free"
+            print(f"  gpu {g.index} {g.uuid} {g.model}: {g.memory_free_mib}/{g.memory_mib} MiB free, "
+                  f"{g.utilization_percent}% busy{mig}, {use}")
     return 0
+
+
+def _gpu_summary(n: control_pb2.NodeInfo) -> str:
+    """`6/8 free: 8x NVIDIA H100 80GB HBM3 (simulated)`, or `none`."""
+    gpus = n.inventory.gpus
+    if not gpus:
+        return "none"
+    models: dict[str, int] = {}
+    for g in gpus:
+        models[g.model] = models.get(g.model, 0) + 1
+    free = sum(g.uuid not in n.gpus_in_use for g in gpus)
+    described = ", ".join(f"{count}x {model}" for model, count in models.items())
+    return f"{free}/{len(gpus)} free: {described}" + (" (simulated)" if n.inventory.simulated_gpus else "")
 
 
 def cmd_snapshot_list(args: argparse.Namespace) -> int:
@@ -243,6 +276,13 @@ def cmd_secret_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secret_delete(args: argparse.Namespace) -> int:
+    client = default_client()
+    client.call(client.stub.DeleteSecret, control_pb2.DeleteSecretRequest(name=args.name))
+    print(f"Secret {args.name!r} deleted. Running containers keep its values; new containers that need it fail to start.")
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     client = default_client()
     token = client.call(client.stub.CreateProxyToken, control_pb2.CreateProxyTokenRequest(name=args.name))
@@ -260,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7470)
     p.add_argument("--no-node", action="store_true", help="run only the control plane; nodes join with corral-node")
     p.add_argument("--http-port", type=int, default=7471, help="port of the web endpoint gateway (0 picks a free one)")
+    p.add_argument("--simulate-gpus", default=None, metavar="SPEC",
+                   help="the embedded node declares GPUs that do not exist, e.g. H100:8 (tests and capacity planning only)")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("run", help="run FILE's @app.local_entrypoint() with its app running")
@@ -281,10 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_app_stop)
 
     container = sub.add_parser("container", help="inspect containers").add_subparsers(dest="container_command", required=True)
-    container.add_parser("list", help="list live containers with their load").set_defaults(handler=cmd_container_list)
+    p = container.add_parser("list", help="list live containers with their load")
+    p.add_argument("--verbose", "-v", action="store_true", help="also show each container's recent lifecycle transitions")
+    p.set_defaults(handler=cmd_container_list)
 
     node = sub.add_parser("node", help="inspect runtime nodes").add_subparsers(dest="node_command", required=True)
-    node.add_parser("list", help="list nodes with their inventory").set_defaults(handler=cmd_node_list)
+    p = node.add_parser("list", help="list nodes with their inventory")
+    p.add_argument("--verbose", "-v", action="store_true", help="also each GPU: UUID, memory, utilisation, MIG, in use")
+    p.set_defaults(handler=cmd_node_list)
 
     secret = sub.add_parser("secret", help="manage secrets").add_subparsers(dest="secret_command", required=True)
     p = secret.add_parser("create", help="create or replace a secret")
@@ -292,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("values", nargs="+", metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_secret_create)
     secret.add_parser("list", help="list secret names").set_defaults(handler=cmd_secret_list)
+    p = secret.add_parser("delete", help="delete a secret")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_secret_delete)
 
     token = sub.add_parser("token", help="manage proxy tokens for web endpoints").add_subparsers(dest="token_command", required=True)
     p = token.add_parser("create", help="create a proxy token for web endpoints with requires_proxy_auth")

@@ -9,22 +9,19 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from corral import _options, _serialization
 from corral._calls import FunctionCall, SyncAndAio, ordered_results
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
 from corral._parameters import ParameterField, bind_parameters, encode_parameters
-from corral.exception import InvalidError, NotFoundError
+from corral.exception import InvalidError, NotFoundError, ServiceGoneError
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
-from corral_protocol.options import merge_options
+from corral_protocol.options import batching_violation, merge_options
 from corral_protocol.v1 import common_pb2, control_pb2
-
-if TYPE_CHECKING:
-    from corral.app import App
 
 _MAP_WINDOW = 1000
 
@@ -42,28 +39,22 @@ class ResolvedClass:
         return tuple(m.name for m in self.class_def.methods)
 
 
-class _LocalSource:
-    """A class defined in this program with `@app.cls`; resolvable while its app runs."""
-
-    def __init__(self, definition: ClassDefinition, app: App) -> None:
-        self.definition = definition
-        self.app = app
+class ClassSource(Protocol):
+    """Where a `Cls` handle finds its class: defined in this program, or looked up on a server."""
 
     @property
-    def name(self) -> str:
-        return self.definition.name
+    def name(self) -> str: ...
+
+    @property
+    def definition(self) -> ClassDefinition | None: ...
 
     def resolve(self) -> ResolvedClass:
-        running = self.app.running
-        if running is None:
-            raise InvalidError(
-                f"app {self.app.name or '(unnamed)'} is not running: call {self.name} methods inside `with app.run():`, "
-                f"under `corral run`, or look up a deployed class with corral.Cls.from_name(app_name, {self.name!r})"
-            )
-        return ResolvedClass(running.client, running.app_id, running.class_defs[self.name])
+        """The class as the server knows it (RPCs on first use)."""
+        ...
 
     def forget(self) -> None:
-        return None
+        """Drop what `resolve` learnt, after the class's app was redeployed."""
+        ...
 
 
 class _RemoteSource:
@@ -107,7 +98,7 @@ class Cls:
         result = Model().predict.remote("input")
     """
 
-    def __init__(self, source: _LocalSource | _RemoteSource, overrides: common_pb2.ServiceOptions | None = None) -> None:
+    def __init__(self, source: ClassSource, overrides: common_pb2.ServiceOptions | None = None) -> None:
         self._source = source
         self._overrides = overrides or common_pb2.ServiceOptions()
 
@@ -177,10 +168,9 @@ class Cls:
         same length (see `corral.batched`).
         """
         definition = self._source.definition
-        if definition is not None and len(definition.methods) != 1:
-            raise InvalidError(
-                f"with_batching needs a class with exactly one method; {self.name} has {', '.join(definition.methods)}"
-            )
+        violation = None if definition is None else batching_violation(self.name, list(definition.methods), with_batching=True)
+        if violation:
+            raise InvalidError(violation)
         return self._with(common_pb2.ServiceOptions(batching=_options.batching(max_batch_size, wait_ms)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Obj:
@@ -237,14 +227,11 @@ class Obj:
                 self._service = (resolved, response.service_id)
             return self._service
 
-    def _rebind_after_redeploy(self, err: NotFoundError) -> bool:
+    def _rebind_after_redeploy(self) -> None:
         """After a redeploy the bound service is retired: forget it so the next call binds the new version."""
-        if "is gone" not in str(err):
-            return False
         with self._lock:
             self._service = None
         self._cls._source.forget()
-        return True
 
     def _local(self) -> Any:
         """A real in-process instance with its enter hooks run, for `.local()`."""
@@ -323,9 +310,10 @@ class Method:
             request = control_pb2.InvokeRequest(service_id=service_id, method=self.name, args=payload, wait=wait)
             try:
                 return resolved, resolved.client.call(resolved.client.stub.Invoke, request)
-            except NotFoundError as err:
-                if attempt == 2 or not self._obj._rebind_after_redeploy(err):
+            except ServiceGoneError:
+                if attempt == 2:
                     raise
+                self._obj._rebind_after_redeploy()
         raise AssertionError("unreachable")
 
     async def _bound_aio(self) -> tuple[ResolvedClass, str]:
@@ -339,9 +327,10 @@ class Method:
             request = control_pb2.InvokeRequest(service_id=service_id, method=self.name, args=payload, wait=wait)
             try:
                 return resolved, await resolved.client.call_aio("Invoke", request)
-            except NotFoundError as err:
-                if attempt == 2 or not self._obj._rebind_after_redeploy(err):
+            except ServiceGoneError:
+                if attempt == 2:
                     raise
+                self._obj._rebind_after_redeploy()
         raise AssertionError("unreachable")
 
     def _remote(self, *args: Any, **kwargs: Any) -> Any:

@@ -21,6 +21,12 @@ class NotFoundError(Error):
     """An app, class, method, call or secret that was looked up does not exist."""
 
 
+class ServiceGoneError(NotFoundError):
+    """The service a handle was bound to was retired (its app was redeployed or stopped).
+
+    Handles rebind once by themselves, so this reaches user code only when the app is gone for good."""
+
+
 class AuthError(Error):
     """The server refused the token (wrong token, or a token of the wrong kind)."""
 

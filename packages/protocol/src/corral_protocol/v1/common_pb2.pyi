@@ -114,6 +114,51 @@ RESULT_STATUS_INTERNAL_ERROR: ResultStatus.ValueType  # 5
 RESULT_STATUS_CANCELLED: ResultStatus.ValueType  # 6
 Global___ResultStatus: _TypeAlias = ResultStatus  # noqa: Y015
 
+class _GpuMigMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GpuMigModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GpuMigMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GPU_MIG_MODE_UNSPECIFIED: _GpuMigMode.ValueType  # 0
+    """The device does not support MIG (or NVML could not tell)."""
+    GPU_MIG_MODE_DISABLED: _GpuMigMode.ValueType  # 1
+    GPU_MIG_MODE_ENABLED: _GpuMigMode.ValueType  # 2
+
+class GpuMigMode(_GpuMigMode, metaclass=_GpuMigModeEnumTypeWrapper):
+    """Multi-Instance GPU mode of a device. A device with MIG enabled is not placed whole."""
+
+GPU_MIG_MODE_UNSPECIFIED: GpuMigMode.ValueType  # 0
+"""The device does not support MIG (or NVML could not tell)."""
+GPU_MIG_MODE_DISABLED: GpuMigMode.ValueType  # 1
+GPU_MIG_MODE_ENABLED: GpuMigMode.ValueType  # 2
+Global___GpuMigMode: _TypeAlias = GpuMigMode  # noqa: Y015
+
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    ERROR_REASON_SERVICE_GONE: _ErrorReason.ValueType  # 1
+    """NOT_FOUND: the bound service was retired (its app was redeployed or stopped). Bind the class
+    again (BindService) to reach its current version.
+    """
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """Why a control-plane RPC failed, beyond its gRPC status code. The server names the reason (the
+    value's name, e.g. `ERROR_REASON_SERVICE_GONE`) in the `corral-error-reason` trailing metadata
+    key, so clients act on it without matching the message text.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+ERROR_REASON_SERVICE_GONE: ErrorReason.ValueType  # 1
+"""NOT_FOUND: the bound service was retired (its app was redeployed or stopped). Bind the class
+again (BindService) to reach its current version.
+"""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 @_typing.final
 class Payload(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -228,24 +273,56 @@ class GpuRequest(_message.Message):
 
     MODELS_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Acceptable models in order of preference; "any" accepts every model."""
+        """Acceptable models in order of preference; "any" accepts every model. With `count`, the form of
+        the first protocol version (one count for every model); writers also fill `choices`.
+        """
+
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuChoice]:
+        """The fallbacks in order of preference, each with its own count (`["H100", "A100-80GB:2"]`).
+        Names are corral_protocol.gpus' request names. Readers use these when present.
+        """
 
     def __init__(
         self,
         *,
         models: _abc.Iterable[_builtins.str] | None = ...,
         count: _builtins.int = ...,
+        choices: _abc.Iterable[Global___GpuChoice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "count", b"count", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GpuRequest: _TypeAlias = GpuRequest  # noqa: Y015
+
+@_typing.final
+class GpuChoice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuChoice: _TypeAlias = GpuChoice  # noqa: Y015
 
 @_typing.final
 class Resources(_message.Message):
@@ -773,10 +850,19 @@ class GpuDevice(_message.Message):
     UUID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
+    MEMORY_FREE_MIB_FIELD_NUMBER: _builtins.int
+    UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
+    MIG_MODE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     uuid: _builtins.str
     model: _builtins.str
+    """NVML's model name, e.g. "NVIDIA H100 80GB HBM3"."""
     memory_mib: _builtins.int
+    """Total memory."""
+    memory_free_mib: _builtins.int
+    """Free memory and utilisation (percent of time a kernel ran), as of the last reading."""
+    utilization_percent: _builtins.int
+    mig_mode: Global___GpuMigMode.ValueType
     def __init__(
         self,
         *,
@@ -784,10 +870,13 @@ class GpuDevice(_message.Message):
         uuid: _builtins.str = ...,
         model: _builtins.str = ...,
         memory_mib: _builtins.int = ...,
+        memory_free_mib: _builtins.int = ...,
+        utilization_percent: _builtins.int = ...,
+        mig_mode: Global___GpuMigMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_mib", b"memory_mib", "model", b"model", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_free_mib", b"memory_free_mib", "memory_mib", b"memory_mib", "mig_mode", b"mig_mode", "model", b"model", "utilization_percent", b"utilization_percent", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -874,12 +963,20 @@ class NodeInventory(_message.Message):
     PYTHON_VERSION_FIELD_NUMBER: _builtins.int
     KERNEL_FIELD_NUMBER: _builtins.int
     DRIVER_VERSION_FIELD_NUMBER: _builtins.int
+    CUDA_VERSION_FIELD_NUMBER: _builtins.int
+    SIMULATED_GPUS_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     cpu: _builtins.float
     memory_mib: _builtins.int
     python_version: _builtins.str
     kernel: _builtins.str
     driver_version: _builtins.str
+    cuda_version: _builtins.str
+    """The CUDA version the driver supports, e.g. "12.4"."""
+    simulated_gpus: _builtins.bool
+    """The GPUs were declared (`corral-node --simulate-gpus`), not read through NVML: for tests and
+    capacity planning only.
+    """
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuDevice]: ...
     @_builtins.property
@@ -898,11 +995,13 @@ class NodeInventory(_message.Message):
         python_version: _builtins.str = ...,
         kernel: _builtins.str = ...,
         driver_version: _builtins.str = ...,
+        cuda_version: _builtins.str = ...,
+        simulated_gpus: _builtins.bool = ...,
         isolation: Global___ContainerIsolation | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "snapshots", b"snapshots"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "driver_version", b"driver_version", "gpus", b"gpus", "isolation", b"isolation", "kernel", b"kernel", "memory_mib", b"memory_mib", "python_version", b"python_version", "snapshots", b"snapshots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "cuda_version", b"cuda_version", "driver_version", b"driver_version", "gpus", b"gpus", "isolation", b"isolation", "kernel", b"kernel", "memory_mib", b"memory_mib", "python_version", b"python_version", "simulated_gpus", b"simulated_gpus", "snapshots", b"snapshots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -772,6 +772,7 @@ class ContainerInfo(_message.Message):
     INPUTS_SERVED_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     RESTORED_FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     app_id: _builtins.str
@@ -787,6 +788,13 @@ class ContainerInfo(_message.Message):
     restored_from_snapshot: _builtins.bool
     @_builtins.property
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NamedParameter]: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The container's recent lifecycle transitions, oldest first, one per line:
+        "<seconds ago>s ago: <state> -> <state> (<cause>)". Finer than `state` (it names the
+        snapshot phases, for example); for `corral container list --verbose`.
+        """
+
     @_builtins.property
     def usage(self) -> _common_pb2.ContainerUsage:
         """Memory and CPU use against its limits, from its node's latest heartbeat; unset when unknown."""
@@ -807,11 +815,12 @@ class ContainerInfo(_message.Message):
         inputs_served: _builtins.int = ...,
         parameters: _abc.Iterable[_common_pb2.NamedParameter] | None = ...,
         restored_from_snapshot: _builtins.bool = ...,
+        history: _abc.Iterable[_builtins.str] | None = ...,
         usage: _common_pb2.ContainerUsage | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name", "container_id", b"container_id", "inputs_served", b"inputs_served", "max_inputs", b"max_inputs", "node_id", b"node_id", "parameters", b"parameters", "restored_from_snapshot", b"restored_from_snapshot", "running_inputs", b"running_inputs", "service_id", b"service_id", "started_at", b"started_at", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name", "container_id", b"container_id", "history", b"history", "inputs_served", b"inputs_served", "max_inputs", b"max_inputs", "node_id", b"node_id", "parameters", b"parameters", "restored_from_snapshot", b"restored_from_snapshot", "running_inputs", b"running_inputs", "service_id", b"service_id", "started_at", b"started_at", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -863,6 +872,7 @@ class NodeInfo(_message.Message):
     MEMORY_RESERVED_MIB_FIELD_NUMBER: _builtins.int
     CONTAINERS_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
+    GPUS_IN_USE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     name: _builtins.str
     cpu_reserved: _builtins.float
@@ -871,6 +881,10 @@ class NodeInfo(_message.Message):
     last_heartbeat: _builtins.float
     @_builtins.property
     def inventory(self) -> _common_pb2.NodeInventory: ...
+    @_builtins.property
+    def gpus_in_use(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """UUIDs of the node's GPUs that containers hold."""
+
     def __init__(
         self,
         *,
@@ -881,10 +895,11 @@ class NodeInfo(_message.Message):
         memory_reserved_mib: _builtins.int = ...,
         containers: _builtins.int = ...,
         last_heartbeat: _builtins.float = ...,
+        gpus_in_use: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "cpu_reserved", b"cpu_reserved", "inventory", b"inventory", "last_heartbeat", b"last_heartbeat", "memory_reserved_mib", b"memory_reserved_mib", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "cpu_reserved", b"cpu_reserved", "gpus_in_use", b"gpus_in_use", "inventory", b"inventory", "last_heartbeat", b"last_heartbeat", "memory_reserved_mib", b"memory_reserved_mib", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1002,6 +1017,40 @@ class ListSecretsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSecretsResponse: _TypeAlias = ListSecretsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSecretRequest: _TypeAlias = DeleteSecretRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSecretResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSecretResponse: _TypeAlias = DeleteSecretResponse  # noqa: Y015
 
 @_typing.final
 class CreateProxyTokenRequest(_message.Message):

@@ -120,6 +120,11 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
                 _registered_method=True)
+        self.DeleteSecret = channel.unary_unary(
+                '/corral.v1.ControlService/DeleteSecret',
+                request_serializer=corral_dot_v1_dot_control__pb2.DeleteSecretRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.DeleteSecretResponse.FromString,
+                _registered_method=True)
         self.CreateProxyToken = channel.unary_unary(
                 '/corral.v1.ControlService/CreateProxyToken',
                 request_serializer=corral_dot_v1_dot_control__pb2.CreateProxyTokenRequest.SerializeToString,
@@ -244,6 +249,15 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteSecret(self, request, context):
+        """NOT_FOUND when there is no secret of that name. Running containers keep the values they
+        started with; new containers of a class that references it fail to start (an init error
+        naming the secret) until it is created again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateProxyToken(self, request, context):
         """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer.
         """
@@ -350,6 +364,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListSecrets,
                     request_deserializer=corral_dot_v1_dot_control__pb2.ListSecretsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'DeleteSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSecret,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.DeleteSecretRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.DeleteSecretResponse.SerializeToString,
             ),
             'CreateProxyToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateProxyToken,
@@ -827,6 +846,33 @@ class ControlService:
             '/corral.v1.ControlService/ListSecrets',
             corral_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/DeleteSecret',
+            corral_dot_v1_dot_control__pb2.DeleteSecretRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.DeleteSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

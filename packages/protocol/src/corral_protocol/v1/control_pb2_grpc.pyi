@@ -51,6 +51,11 @@ class ControlServiceStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]
     SetSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetSecretRequest, _control_pb2.SetSecretResponse]
     ListSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
+    DeleteSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeleteSecretRequest, _control_pb2.DeleteSecretResponse]
+    """NOT_FOUND when there is no secret of that name. Running containers keep the values they
+    started with; new containers of a class that references it fail to start (an init error
+    naming the secret) until it is created again.
+    """
     CreateProxyToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateProxyTokenRequest, _control_pb2.CreateProxyTokenResponse]
     """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
     ListSnapshots: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSnapshotsRequest, _control_pb2.ListSnapshotsResponse]
@@ -79,6 +84,11 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]  # type: ignore[assignment]
     SetSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.SetSecretRequest, _control_pb2.SetSecretResponse]  # type: ignore[assignment]
     ListSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    DeleteSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.DeleteSecretRequest, _control_pb2.DeleteSecretResponse]  # type: ignore[assignment]
+    """NOT_FOUND when there is no secret of that name. Running containers keep the values they
+    started with; new containers of a class that references it fail to start (an init error
+    naming the secret) until it is created again.
+    """
     CreateProxyToken: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateProxyTokenRequest, _control_pb2.CreateProxyTokenResponse]  # type: ignore[assignment]
     """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
     ListSnapshots: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSnapshotsRequest, _control_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
@@ -206,6 +216,17 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.ListSecretsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListSecretsResponse, _abc.Awaitable[_control_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSecret(
+        self,
+        request: _control_pb2.DeleteSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DeleteSecretResponse, _abc.Awaitable[_control_pb2.DeleteSecretResponse]]:
+        """NOT_FOUND when there is no secret of that name. Running containers keep the values they
+        started with; new containers of a class that references it fail to start (an init error
+        naming the secret) until it is created again.
+        """
 
     @_abc_1.abstractmethod
     def CreateProxyToken(

@@ -676,3 +676,61 @@ class DirectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___DirectResponse: _TypeAlias = DirectResponse  # noqa: Y015
+
+@_typing.final
+class SnapshotIdentity(_message.Message):
+    """The identity a worker takes on after its snapshot point. The node writes it, serialized, to a
+    file only the worker can read (mode 0600) and writes the file's path as one line on the
+    worker's stdin; the worker reads the file, deletes it and applies it. Secrets and per-container
+    values arrive only this way, after the dump, so they never enter an image.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENV_FIELD_NUMBER: _builtins.int
+    WORKDIR_FIELD_NUMBER: _builtins.int
+    RESTORED_FIELD_NUMBER: _builtins.int
+    workdir: _builtins.str
+    """The working directory the worker moves to."""
+    restored: _builtins.bool
+    """True for a copy restored from an image; false for the worker that was just dumped."""
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The container's environment: its identity (CORRAL_CONTAINER_ID, CORRAL_CONTAINER_TOKEN,
+        CORRAL_CONTROL_URL, ...), its secrets, CORRAL_APP_* and CUDA_VISIBLE_DEVICES.
+        """
+
+    def __init__(
+        self,
+        *,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        workdir: _builtins.str = ...,
+        restored: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "restored", b"restored", "workdir", b"workdir"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotIdentity: _TypeAlias = SnapshotIdentity  # noqa: Y015

@@ -1,0 +1,67 @@
+"""The `CORRAL_*` environment variables: their one spelling, for every package.
+
+The SDK, the control plane, the node and the worker read and write these; a name written as a
+literal anywhere else is a bug (`tests/unit/test_one_home.py` checks).
+
+Example:
+    from corral_protocol import env
+
+    url = os.environ.get(env.CORRAL_SERVER_URL)
+"""
+
+from __future__ import annotations
+
+# Where a client (the SDK, the CLI, a node daemon) finds its server.
+CORRAL_SERVER_URL = "CORRAL_SERVER_URL"
+"""The control plane's URL, `grpc://host:port` or `grpcs://host:port`."""
+CORRAL_TOKEN = "CORRAL_TOKEN"
+"""The control plane's admin token, with `CORRAL_SERVER_URL`."""
+CORRAL_HOME = "CORRAL_HOME"
+"""The folder of the embedded cluster's state (default: the user's data directory)."""
+
+# What the node gives each container (the worker's identity).
+CORRAL_CONTAINER_ID = "CORRAL_CONTAINER_ID"
+"""The container's id; its presence also tells code that it runs inside a Corral container."""
+CORRAL_CONTAINER_TOKEN = "CORRAL_CONTAINER_TOKEN"
+"""The token the worker presents to the control plane."""
+CORRAL_CONTROL_URL = "CORRAL_CONTROL_URL"
+"""The control plane's URL, as the worker reaches it."""
+CORRAL_BUNDLE_DIR = "CORRAL_BUNDLE_DIR"
+"""The folder holding the app's code bundle, put first on the worker's `sys.path`."""
+CORRAL_DIRECT_HOST = "CORRAL_DIRECT_HOST"
+"""The host the worker's direct server listens on (the node's advertised host)."""
+CORRAL_SECRET_KEYS = "CORRAL_SECRET_KEYS"
+"""Comma-separated names (never values) of the container's variables that come from secrets: the
+worker masks their values in what it reports (`corral_runtime.redaction`)."""
+
+# What the control plane adds to a container's environment.
+CORRAL_APP_ID = "CORRAL_APP_ID"
+CORRAL_APP_NAME = "CORRAL_APP_NAME"
+CORRAL_APP_KIND = "CORRAL_APP_KIND"
+"""`APP_KIND_DEPLOYED` or `APP_KIND_EPHEMERAL`; ephemeral (dev) apps show tracebacks in web errors."""
+APP_KIND_DEPLOYED = "deployed"
+APP_KIND_EPHEMERAL = "ephemeral"
+
+# Settings of the control plane's process.
+CORRAL_MAX_QUEUE = "CORRAL_MAX_QUEUE"
+"""Inputs each service's queue holds at most (default 100,000)."""
+CORRAL_HTTP_MAX_BODY = "CORRAL_HTTP_MAX_BODY"
+"""Bytes a web request's body may have at most (default 16 MiB)."""
+
+# Settings of a node daemon.
+CORRAL_NODE_ADVERTISE_HOST = "CORRAL_NODE_ADVERTISE_HOST"
+"""The host clients reach this node's containers on (default 127.0.0.1)."""
+CORRAL_SNAPSHOT_LAZY_PAGES = "CORRAL_SNAPSHOT_LAZY_PAGES"
+"""`auto`, `on` or `off`: whether snapshot restores use CRIU's lazy pages."""
+CORRAL_SIMULATE_GPUS = "CORRAL_SIMULATE_GPUS"
+"""GPUs a node declares instead of reading NVML, e.g. `H100:8` or `H100:4,A100-80GB:4` (also read by
+the node `corral up` embeds): for tests and capacity planning only; `corral node list` says "simulated"."""
+
+CORRAL_NODE_ISOLATION = "CORRAL_NODE_ISOLATION"
+"""`auto` (runc where the node is root and has it, else plain processes), `runc`, or `none` (plain
+processes, no isolation; also read by the node `corral up` embeds)."""
+CORRAL_NODE_VOLUMES = "CORRAL_NODE_VOLUMES"
+"""Host directories every container of the node sees, `HOST[:CONTAINER][:ro|rw]`, comma-separated."""
+
+NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME)
+"""The node's own credentials and state, never passed on to a container's environment."""

@@ -1,0 +1,106 @@
+"""Nodes: joining (registration), connecting, heartbeats and loss, and the capacity each one has
+reserved for its containers (what placement reads)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from corral_protocol.v1 import common_pb2
+from corral_scheduler.errors import NotFound
+from corral_scheduler.events import NodeConnected, NodeHeartbeat, NodeJoined, NodeLost
+from corral_scheduler.model import Container, Node
+from corral_scheduler.placement import Cluster, NodeCapacity, Placement
+
+if TYPE_CHECKING:
+    from corral_scheduler.core import PlaneCore
+
+log = logging.getLogger("corral.scheduler")
+
+
+class Nodes:
+    def __init__(self, core: PlaneCore) -> None:
+        self.core = core
+        self.nodes: dict[str, Node] = {}
+        self.cluster = Cluster()  # the connected nodes, indexed for placement
+
+    def handlers(self) -> dict[type, Callable[[Any], None]]:
+        return {NodeJoined: self._joined, NodeConnected: self._connected, NodeLost: self._lost, NodeHeartbeat: self._heartbeat}
+
+    def connected_capacities(self) -> list[NodeCapacity]:
+        return self.cluster.capacities()
+
+    def place(self, resources: common_pb2.Resources, snapshot_key: str) -> Placement | None:
+        """A connected node (and GPUs) for a new container; None to wait; raises `Unplaceable`."""
+        return self.cluster.place(resources, snapshot_key)
+
+    def connected_nodes(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.connected]
+
+    def seen(self, node_id: str) -> None:
+        """Any message from a node is a sign of life."""
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.last_heartbeat = self.core.wall
+
+    def _joined(self, event: NodeJoined) -> None:
+        """A node registers; one that registers again under its name replaces its old self."""
+        for node in list(self.nodes.values()):
+            if node.name == event.name:
+                self._lost(NodeLost(node.node_id))
+                del self.nodes[node.node_id]
+        inventory = event.inventory
+        capacity = NodeCapacity(event.node_id, inventory.cpu, inventory.memory_mib, list(inventory.gpus), name=event.name,
+                                simulated=inventory.simulated_gpus)
+        node = Node(node_id=event.node_id, name=event.name, inventory=inventory, capacity=capacity, last_heartbeat=self.core.wall)
+        self.nodes[event.node_id] = node
+        log.info("node %s registered: %g cpu, %d MiB, %d gpu(s)%s", node.name, inventory.cpu, inventory.memory_mib,
+                 len(inventory.gpus), " (simulated)" if inventory.simulated_gpus else "")
+
+    def _connected(self, event: NodeConnected) -> None:
+        node = self.nodes.get(event.node_id)
+        if node is None:
+            raise NotFound(f"node {event.node_id!r} is not registered")
+        node.connected = True
+        node.last_heartbeat = self.core.wall
+        self.cluster.add(node.capacity)
+        for service in list(self.core.registry.services.values()):
+            self.core.dispatch.dispatch(service)
+
+    def _lost(self, event: NodeLost) -> None:
+        node = self.nodes.get(event.node_id)
+        if node is None:
+            return
+        node.connected = False
+        self.cluster.remove(node.node_id)
+        self.core.snapshots.forget_node(node.node_id)
+        for container_id in list(node.containers):
+            self.core.containers.gone(container_id, None, f"its node {node.name} disconnected", "")
+
+    def _heartbeat(self, event: NodeHeartbeat) -> None:
+        node = self.nodes.get(event.node_id)
+        if node is None:
+            return
+        node.last_heartbeat = self.core.wall
+        if event.snapshots is not None:
+            self.core.snapshots.node_images(node, event.snapshots)
+        if event.inventory is not None:
+            # GPU memory and utilisation as of now; a device that vanished is no longer placed.
+            node.inventory = event.inventory
+            self.cluster.update_gpus(node.capacity, list(event.inventory.gpus))
+        if event.usage is not None:  # shown by `corral container list` (views.container_infos)
+            node.usage = {usage.container_id: usage for usage in event.usage}
+
+    def reserve(self, node: Node, container: Container) -> None:
+        resources = container.resources
+        self.cluster.reserve(node.capacity, resources.cpu, resources.memory_mib, container.gpu_uuids)
+        node.containers.add(container.container_id)
+
+    def release(self, container: Container) -> None:
+        node = self.nodes.get(container.node_id)
+        if node is None:
+            return
+        node.containers.discard(container.container_id)
+        resources = container.resources
+        self.cluster.release(node.capacity, resources.cpu, resources.memory_mib, container.gpu_uuids)

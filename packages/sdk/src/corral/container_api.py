@@ -1,0 +1,55 @@
+"""The SDK's interface to Corral's container runtime (`corral-runtime`); not for user code.
+
+The worker inside every container loads the user's class, makes its instance and encodes its
+payloads with the SDK's own code, because only the SDK knows what its decorators recorded and how
+its client pickles. These are the only SDK names the runtime uses. They change only with the SDK's
+version, and `corral-runtime` pins that exact version (`corral==X.Y.Z`), so a container never runs
+a worker against an SDK it was not built with. Everything else in `corral._*` stays private.
+
+Example:
+    definition = load_class(init.class_def, bundle_dir)
+    instance = definition.new_instance(decode_parameters(init.parameters))  # corral_protocol.parameters
+    args, kwargs = decode_args(inp.args)
+    result = encode_result(getattr(instance, inp.method)(*args, **kwargs), inp.args.format or PICKLE)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+from corral._definition import ClassDefinition, Hook, MethodInfo
+from corral._serialization import PICKLE, decode_args, decode_value, encode_args, encode_result, user_error
+from corral.cls import Cls
+from corral_protocol.v1 import common_pb2
+
+
+def load_class(class_def: common_pb2.ClassDef, bundle_dir: str) -> ClassDefinition:
+    """Import the module of `class_def` (from the code bundle in `bundle_dir`, put first on
+    `sys.path`) and return what `@app.cls()` recorded about the class.
+
+    Raises what the import raises, or TypeError when the name is not an `@app.cls()` class."""
+    if bundle_dir and bundle_dir not in sys.path:
+        sys.path.insert(0, bundle_dir)
+    module = importlib.import_module(class_def.module)
+    target: Any = module
+    for part in class_def.name.split("."):
+        target = getattr(target, part)
+    if not isinstance(target, Cls) or target.definition is None:
+        raise TypeError(f"{class_def.module}.{class_def.name} is not a class decorated with @app.cls()")
+    return target.definition
+
+
+__all__ = [
+    "PICKLE",
+    "ClassDefinition",
+    "Hook",
+    "MethodInfo",
+    "decode_args",
+    "decode_value",
+    "encode_args",
+    "encode_result",
+    "load_class",
+    "user_error",
+]
