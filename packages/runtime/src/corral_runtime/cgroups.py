@@ -209,9 +209,12 @@ class Cgroups:
         return usage
 
     def remove(self, container_id: str) -> None:
-        """Kill whatever is left in the container's cgroup and remove it (runc's below it too)."""
+        """Kill whatever is left in the container's cgroup and remove it (runc's below it too), and
+        the node's scope with it once no other container is in it (`create` makes it again)."""
         for path in self._dirs(container_id, every_hierarchy=True).values():
             _remove_tree(path)
+            with contextlib.suppress(OSError):  # busy while other containers run
+                path.parent.rmdir()
 
     def sweep(self) -> int:
         """Remove every container cgroup of this scope (leftovers of a node that died); returns
