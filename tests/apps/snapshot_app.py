@@ -6,12 +6,6 @@ import time
 
 import corral
 
-
-def container_id() -> str:
-    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
-    so pids no longer tell containers apart (outside a container: this process's pid)."""
-    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
-
 app = corral.App("snapshots")
 
 # The tests create this secret with a random value, so the value is nowhere in this module's code.
