@@ -79,27 +79,31 @@ class NodeDaemon:
         self._log_stream = log_stream or sys.stderr
         self.registered = asyncio.Event()
         self.advertise_host = advertise_host  # where this node's containers accept direct inputs
-        self.runc = self._runc_runtime(isolation, volumes)
+        self.sandbox = self._sandbox(isolation, volumes)
         self.snapshots: SnapshotStore | None = None
         self.snapshotter: Snapshotter | None = None
         criu_path = criu.find_criu() if self.inventory.snapshots.available else None
+        if self.sandbox is not None and not self.sandbox.capabilities.checkpoint_restore:
+            criu_path = None
+            self.inventory.snapshots.available = False
+            self.inventory.snapshots.reason = f"the container runtime ({self.sandbox.name}) cannot checkpoint containers"
         if criu_path is not None:
             self.snapshots = SnapshotStore(work_dir / "snapshots", criu_path, self.inventory.snapshots.criu_version,
-                                           runtime="runc" if self.runc is not None else "process")
+                                           runtime=self.sandbox.name if self.sandbox is not None else "process")
             removed = self.snapshots.collect_garbage()
             if removed:
                 log.info("removed %d snapshot image(s) this host can no longer restore", removed)
             self.snapshotter = Snapshotter(
                 self.snapshots, gpu_checkpoint=self.inventory.snapshots.gpu_checkpoint,
                 lazy_pages=lazy_pages if lazy_pages is not None else os.environ.get(LAZY_PAGES_ENV),
-                spawn_task=self._spawn_task, runc=self.runc,
+                spawn_task=self._spawn_task, sandbox=self.sandbox,
             )
 
-    def _runc_runtime(self, setting: str | None, volumes: str | None) -> RuncRuntime | None:
+    def _sandbox(self, setting: str | None, volumes: str | None) -> runtimes.OciRuntime | None:
         """The runc runtime, or None (plain processes, with a loud warning) where it cannot run.
         Removes this node's leftover containers from an earlier run and starts its reaper."""
         isolation = runtimes.detect(setting if setting is not None else os.environ.get(corral_env.CORRAL_NODE_ISOLATION))
-        runtime = None
+        runtime: RuncRuntime | None = None
         if isolation.mode == "runc":
             private = [Path(os.environ[corral_env.CORRAL_HOME])] if os.environ.get(corral_env.CORRAL_HOME) else []
             try:
@@ -192,12 +196,12 @@ class NodeDaemon:
 
     def _usage(self) -> list[common_pb2.ContainerUsage]:
         """Each isolated container's memory and CPU against its limits, from its cgroup."""
-        if self.runc is None:
+        if self.sandbox is None:
             return []
         now = time.monotonic()
         reports = []
         for container_id, container in self.containers.items():
-            usage = self.runc.usage(container_id)
+            usage = self.sandbox.usage(container_id)
             previous, container.cpu_sample = container.cpu_sample, (usage.cpu_seconds, now)
             cores = 0.0
             if previous is not None and now > previous[1]:
@@ -244,7 +248,7 @@ class NodeDaemon:
             corral_env.CORRAL_CONTAINER_ID: start.container_id,
             corral_env.CORRAL_CONTAINER_TOKEN: start.container_token,
             corral_env.CORRAL_CONTROL_URL: self.control_url,
-            corral_env.CORRAL_BUNDLE_DIR: oci.BUNDLE_MOUNT if self.runc is not None else str(bundle),
+            corral_env.CORRAL_BUNDLE_DIR: oci.BUNDLE_MOUNT if self.sandbox is not None else str(bundle),
             corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(start),
             "PYTHONUNBUFFERED": "1",
@@ -280,8 +284,8 @@ class NodeDaemon:
                 container = await self._spawn(start, workdir, container_env, bundle)
         except Exception as err:
             log.exception("cannot start container %s", container_id)
-            if self.runc is not None:
-                await self.runc.remove(container_id, self.work_dir / "containers" / container_id)
+            if self.sandbox is not None:
+                await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
             self._emit(container_exited=node_pb2.ContainerExited(container_id=container_id, exit_code=-1, reason=f"the node could not start it: {err}"))
             return
         restored = image is not None and not snapshot_error
@@ -301,8 +305,8 @@ class NodeDaemon:
         await release_lazy_pages(container, self.work_dir / "containers" / container_id)
         with contextlib.suppress(OSError):  # a worker that died before reading its identity leaves its secrets there
             (self.work_dir / "containers" / container_id / IDENTITY_FILE).unlink()
-        if self.runc is not None and container.pid_file is not None:
-            usage = await self.runc.remove(container_id, self.work_dir / "containers" / container_id)
+        if self.sandbox is not None and container.pid_file is not None:
+            usage = await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
             if code > 128:  # runc reports a container killed by signal N as 128 + N
                 code = 128 - code
             if (usage.oom_kills or (code == -signal.SIGKILL and usage.limit_hits)) and not container.kill_reason:
@@ -337,16 +341,16 @@ class NodeDaemon:
         else:
             env.update(container_env)
         stdin = asyncio.subprocess.PIPE if take else asyncio.subprocess.DEVNULL
-        if self.runc is not None:
+        if self.sandbox is not None:
             # The worker's environment is in config.json; runc itself runs with the node's.
             env.pop("TMPDIR", None)  # the host's; the container has its own /tmp
             env.update(HOME=oci.CONTAINER_CWD, PYTHONDONTWRITEBYTECODE="1")
-            self._prepare_runc(start, workdir, argv, env, bundle, gpu_visible=gpu_visible)
+            self._prepare_sandbox(start, workdir, argv, env, bundle, gpu_visible=gpu_visible)
             process = await asyncio.create_subprocess_exec(
-                *self.runc.run_argv(start.container_id, workdir), cwd=workdir, stdin=stdin,
+                *self.sandbox.run_argv(start.container_id, workdir), cwd=workdir, stdin=stdin,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
             )
-            container = ContainerProcess(start.container_id, process, in_namespace=True, pid_file=self.runc.pid_file(workdir))
+            container = ContainerProcess(start.container_id, process, in_namespace=True, pid_file=self.sandbox.pid_file(workdir))
             identity_workdir = oci.CONTAINER_CWD
         else:
             if take:
@@ -364,12 +368,14 @@ class NodeDaemon:
             container.identity = worker_pb2.SnapshotIdentity(env=container_env, workdir=identity_workdir, restored=False)
         return container
 
-    def _prepare_runc(self, start: node_pb2.StartContainer, workdir: Path, argv: list[str], env: dict[str, str], bundle: Path,
+    def _prepare_sandbox(self, start: node_pb2.StartContainer, workdir: Path, argv: list[str], env: dict[str, str], bundle: Path,
                       *, gpu_visible: bool) -> None:
         """The container's OCI bundle and cgroup, its limits from the class's cpu= and memory=."""
-        assert self.runc is not None
+        assert self.sandbox is not None
+        if (start.gpu_indices or start.gpu_uuids) and gpu_visible and not self.sandbox.capabilities.gpu:
+            raise RuntimeError(f"this node's container runtime ({self.sandbox.name}) cannot give containers GPUs")
         resources = start.resources
-        self.runc.prepare(
+        self.sandbox.prepare(
             start.container_id, workdir, args=argv, env=env, code_bundle=bundle,
             cpu=resources.cpu_limit, memory_mib=resources.memory_limit_mib,
             gpu_indices=list(start.gpu_indices) if gpu_visible else [],
@@ -430,8 +436,8 @@ class NodeDaemon:
         await asyncio.gather(*(self._stop(cid, grace_s) for cid in list(self.containers)))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
-        if self.runc is not None:
-            await asyncio.to_thread(self.runc.stop_reaper)  # it removes anything still left
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.stop_reaper)  # it removes anything still left
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from corral_protocol import env
 from corral_runtime import cgroups
+from corral_runtime.cgroups import Usage
 
 ISOLATION_SETTINGS = ("auto", "runc", "none")
 RUNC_INSTALL_HINT = "install Debian's runc package (apt-get install runc)"
@@ -43,6 +46,46 @@ class Isolation:
         if self.mode == "none":
             return f"none ({self.reason})"
         return f"{self.mode} (cgroup v{self.cgroup_version})"
+
+
+class OciRuntime(Protocol):
+    """What the node needs of a runtime that runs OCI bundles with runc's command line (runc
+    today; crun and gVisor's runsc speak the same commands). `corral_runtime.runc.RuncRuntime`
+    is the one implementation."""
+
+    name: str
+    capabilities: RuntimeCapabilities
+
+    def sweep(self) -> int:
+        """Remove this node's leftover containers from an earlier run; returns how many."""
+
+    def start_reaper(self) -> None:
+        """Start the process that removes the node's containers when the node dies."""
+
+    def stop_reaper(self) -> None:
+        """The node cleaned up: let the reaper finish."""
+
+    def prepare(self, container_id: str, workdir: Path, *, args: list[str], env: dict[str, str], code_bundle: Path,
+                cpu: float, memory_mib: int, gpu_indices: list[int]) -> Path:
+        """Write the container's bundle and create its cgroup with its limits; returns the bundle."""
+
+    def pid_file(self, workdir: Path) -> Path:
+        """Where the runtime writes the container's host pid."""
+
+    def run_argv(self, container_id: str, workdir: Path) -> list[str]:
+        """Run the prepared container in the foreground, with the caller's stdio."""
+
+    def checkpoint_argv(self, container_id: str, image_dir: Path) -> list[str]:
+        """Dump the running container into `image_dir`, leaving it running."""
+
+    def restore_argv(self, container_id: str, image_dir: Path, workdir: Path, *, lazy: bool) -> list[str]:
+        """Restore a checkpoint as the prepared container, in the foreground."""
+
+    def usage(self, container_id: str) -> Usage:
+        """The container's resource use against its limits."""
+
+    async def remove(self, container_id: str, workdir: Path) -> Usage:
+        """After its exit: its last usage, then its state, cgroup and bundle removed."""
 
 
 PLAIN_CAPABILITIES = RuntimeCapabilities(isolation=False, checkpoint_restore=True, gpu=True)

@@ -22,7 +22,7 @@ from corral_protocol import env
 from corral_protocol.v1 import node_pb2, worker_pb2
 from corral_runtime import criu
 from corral_runtime.container_process import ContainerProcess
-from corral_runtime.runc import RuncRuntime
+from corral_runtime.runtimes import OciRuntime
 from corral_runtime.snapshot_point import INLINE_PREFIX
 from corral_runtime.snapshots import (
     LAZY_PAGES_LOG,
@@ -58,9 +58,9 @@ class Snapshotter:
     `spawn_task` runs a background coroutine for the node (the watch over a lazy-pages daemon)."""
 
     def __init__(self, store: SnapshotStore, *, gpu_checkpoint: bool, lazy_pages: str | None, spawn_task: SpawnTask,
-                 runc: RuncRuntime | None = None) -> None:
+                 sandbox: OciRuntime | None = None) -> None:
         self.store = store
-        self.runc = runc  # containers run by runc: `runc checkpoint` and `runc restore` drive CRIU
+        self.sandbox = sandbox  # containers run by runc: `runc checkpoint` and `runc restore` drive CRIU
         self._spawn_task = spawn_task
         self._dump_locks: dict[str, asyncio.Lock] = {}
         self._gpu_checkpoint = gpu_checkpoint
@@ -161,7 +161,7 @@ class Snapshotter:
         loop = asyncio.get_running_loop()
         began = loop.time()
         daemon = await self._start_lazy_pages(image, workdir) if lazy else None
-        if self.runc is not None:
+        if self.sandbox is not None:
             return await self._restore_runc(start, image, workdir, container_env, bundle, daemon, began)
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
@@ -219,7 +219,7 @@ class Snapshotter:
     ) -> ContainerProcess:
         """`runc restore` of a checkpoint as this container: a new OCI bundle and cgroup (its own
         limits), the image's mounts at the same places, runc's stdio (new pipes) as the worker's."""
-        runc = self.runc
+        runc = self.sandbox
         assert runc is not None
         loop = asyncio.get_running_loop()
         lazy_ready = loop.time() - began
@@ -307,7 +307,7 @@ class Snapshotter:
             try:
                 if pid is None:
                     raise CriuError("the worker's pid is unknown")
-                runc = self.runc
+                runc = self.sandbox
                 checkpoint = (lambda image_dir: runc.checkpoint_argv(container.container_id, image_dir)) if runc is not None else None
                 image = await self.store.dump(pid, start.app_id, start.snapshot_key, {
                     "bundle_hash": start.bundle_hash, "class_name": start.class_name,
