@@ -348,7 +348,10 @@ class Containers:
             message = f"{service.class_def.name}'s container exited before it was ready{code}: {why}"
             self.init_failure(service, failure(S.RESULT_STATUS_INIT_ERROR, message + detail, stderr_tail))
         for inp in list(container.running.values()):
-            message = f"the container running {service.class_def.name}.{inp.method} exited unexpectedly{code}: {why}{detail}"
+            if why.startswith("out of memory"):  # the kernel's verdict first: it is what the caller must fix
+                message = f"{why}: the container running {service.class_def.name}.{inp.method} was killed{code}{detail}"
+            else:
+                message = f"the container running {service.class_def.name}.{inp.method} exited unexpectedly{code}: {why}{detail}"
             self.core.inputs.fail_or_retry(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, message), service)
         container.running.clear()
         if exit_code not in (None, 0) or previous not in (CS.DRAINING, CS.KILLED):

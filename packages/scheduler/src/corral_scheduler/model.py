@@ -187,6 +187,8 @@ class Node:
     containers: set[str] = field(default_factory=set)
     last_heartbeat: float = 0.0  # wall clock
     connected: bool = False
+    # Each container's resource use from the node's latest heartbeat, by container id.
+    usage: dict[str, common_pb2.ContainerUsage] = field(default_factory=dict)
 
     def info(self) -> control_pb2.NodeInfo:
         return control_pb2.NodeInfo(

@@ -89,6 +89,8 @@ class Nodes:
             # GPU memory and utilisation as of now; a device that vanished is no longer placed.
             node.inventory = event.inventory
             self.cluster.update_gpus(node.capacity, list(event.inventory.gpus))
+        if event.usage is not None:  # shown by `corral container list` (views.container_infos)
+            node.usage = {usage.container_id: usage for usage in event.usage}
 
     def reserve(self, node: Node, container: Container) -> None:
         resources = container.resources
