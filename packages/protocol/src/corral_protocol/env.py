@@ -78,6 +78,11 @@ CORRAL_NODE_ISOLATION = "CORRAL_NODE_ISOLATION"
 processes, no isolation; also read by the node `corral up` embeds)."""
 CORRAL_NODE_VOLUMES = "CORRAL_NODE_VOLUMES"
 """Host directories every container of the node sees, `HOST[:CONTAINER][:ro|rw]`, comma-separated."""
+CORRAL_IMAGE_CACHE = "CORRAL_IMAGE_CACHE"
+"""Where a node keeps image bases and layers (default `/var/cache/corral/images` as root, else under
+its work directory); nodes of one machine may share it."""
+CORRAL_IMAGE_CACHE_MAX_GB = "CORRAL_IMAGE_CACHE_MAX_GB"
+"""The image cache's size bound in GB (default 50); least-recently-used layers go beyond it."""
 
 NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME)
 """The node's own credentials and state, never passed on to a container's environment."""

@@ -27,6 +27,7 @@ from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces, oci, runtimes
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
+from corral_runtime.node_images import NodeImages, uses_image
 from corral_runtime.redaction import Redactor, secret_keys
 from corral_runtime.runc import RuncRuntime, parse_volumes
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
@@ -79,6 +80,8 @@ class NodeDaemon:
         self.registered = asyncio.Event()
         self.advertise_host = advertise_host  # where this node's containers accept direct inputs
         self.sandbox = self._sandbox(isolation, volumes)
+        # Images need runc: the root filesystem of a container is the image's layers.
+        self.images = NodeImages(self.sandbox, work_dir, self._bundle_dir, self._log_stream) if isinstance(self.sandbox, RuncRuntime) else None
         self.snapshots: SnapshotStore | None = None
         self.snapshotter: Snapshotter | None = None
         criu_path = criu.find_criu() if self.inventory.snapshots.available else None
@@ -185,6 +188,16 @@ class NodeDaemon:
                 if deleted:
                     log.info("deleted %d snapshot image(s)", deleted)
                 self._emit(heartbeat=self._heartbeat())
+            elif kind == "build_image":
+                self._spawn_task(self._build_image(command.build_image))
+
+    async def _build_image(self, command: node_pb2.BuildImage) -> None:
+        if self.images is None:
+            self._emit(build_progress=common_pb2.ImageBuildProgress(
+                build_id=command.build_id, node_name=self.name, done=True,
+                error=f"node {self.name} cannot build images: they need runc ({self.inventory.isolation.reason})"))
+            return
+        await self.images.build(command, lambda progress: self._emit(build_progress=progress), self.name)
 
     def _heartbeat(self) -> node_pb2.NodeHeartbeat:
         images = [image.to_proto() for image in self.snapshots.images()] if self.snapshots is not None else []
@@ -263,6 +276,9 @@ class NodeDaemon:
             workdir = self.work_dir / "containers" / container_id
             workdir.mkdir(parents=True, exist_ok=True)
             container_env = self._container_env(start, bundle)
+            if self.images is not None and uses_image(start):
+                assert isinstance(self.sandbox, RuncRuntime)
+                self.sandbox.image_runs[container_id] = await self.images.prepare(start)
             image = None
             if start.snapshot_key and not start.take_snapshot and self.snapshots is not None:
                 image = self.snapshots.find(start.app_id, start.snapshot_key)
@@ -283,6 +299,7 @@ class NodeDaemon:
                 container = await self._spawn(start, workdir, container_env, bundle)
         except Exception as err:
             log.exception("cannot start container %s", container_id)
+            self._forget_image(container_id)
             if self.sandbox is not None:
                 await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
             self._emit(container_exited=node_pb2.ContainerExited(container_id=container_id, exit_code=-1, reason=f"the node could not start it: {err}"))
@@ -315,16 +332,26 @@ class NodeDaemon:
             with contextlib.suppress(OSError):
                 os.close(container.stdin_fd)
         self.containers.pop(container_id, None)
+        self._forget_image(container_id)
         reason = container.kill_reason or ("it exited" if code == 0 else f"it was killed by signal {-code}" if code < 0 else "it exited with an error")
         self._emit(container_exited=node_pb2.ContainerExited(
             container_id=container_id, exit_code=code, reason=reason, stderr_tail="".join(container.stderr_tail),
         ))
+
+    def _forget_image(self, container_id: str) -> None:
+        if self.images is not None:
+            self.images.release(container_id)
+        if isinstance(self.sandbox, RuncRuntime):
+            self.sandbox.image_runs.pop(container_id, None)
 
     async def _spawn(self, start: node_pb2.StartContainer, workdir: Path, container_env: dict[str, str], bundle: Path) -> ContainerProcess:
         """A cold start. When it is to take a snapshot, the worker runs as pid 1 of its own pid
         namespace, without secrets, its real token or GPUs; those come with its identity after the dump."""
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         argv = [sys.executable, "-m", "corral_runtime.worker"]
+        image_run = self.sandbox.image_runs.get(start.container_id) if isinstance(self.sandbox, RuncRuntime) else None
+        if image_run is not None:  # the image's Python and a clean environment, not the node's
+            argv, _root, env = list(image_run[0]), image_run[1], dict(image_run[2])
         take = start.take_snapshot and self.snapshots is not None
         gpu_visible = not take or self.inventory.snapshots.gpu_checkpoint
         cwd = workdir
@@ -378,6 +405,8 @@ class NodeDaemon:
             start.container_id, workdir, args=argv, env=env, code_bundle=bundle,
             cpu=resources.cpu_limit, memory_mib=resources.memory_limit_mib,
             gpu_indices=list(start.gpu_indices) if gpu_visible else [],
+            image=self.sandbox.image_runs[start.container_id][1] if isinstance(self.sandbox, RuncRuntime)
+            and start.container_id in self.sandbox.image_runs else None,
         )
 
     async def _take_snapshot(self, container: ContainerProcess) -> None:

@@ -70,6 +70,11 @@ DENIED_SYSCALLS = (
     "vhangup", "vm86", "vm86old",
 )
 CLONE_NEWUSER = 0x10000000
+# An image build step (apt, dpkg, pip) needs what a package manager does as root: Docker's default set.
+BUILD_CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
+    "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP",
+]
 _SECCOMP_ARCHES = {
     "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
     "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
@@ -100,6 +105,8 @@ class ContainerSpec:
     devices: list[str] = field(default_factory=list)  # host device nodes passed through (GPUs)
     tmp_size_mib: int = 0  # 0: the kernel's default (half the RAM, charged to the memory limit)
     empty_dir: str = ""  # an empty host directory bound over HIDDEN_SYS_DIRS; "" leaves them visible
+    read_only_root: bool = True  # False only for image build steps, which write their layer
+    capabilities: list[str] = field(default_factory=list)  # none for containers; BUILD_CAPABILITIES for build steps
 
 
 def seccomp_profile(machine: str | None = None) -> dict[str, Any]:
@@ -151,7 +158,7 @@ def config_json(spec: ContainerSpec, machine: str | None = None) -> dict[str, An
     devices = [d for d in (_device(path) for path in spec.devices) if d is not None]
     device_rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
     device_rules += [{"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"], "access": "rwm"} for d in devices]
-    no_caps: list[str] = []
+    caps = list(spec.capabilities)
     return {
         "ociVersion": OCI_VERSION,
         "process": {
@@ -160,10 +167,10 @@ def config_json(spec: ContainerSpec, machine: str | None = None) -> dict[str, An
             "args": spec.args,
             "env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
             "cwd": spec.cwd,
-            "capabilities": {"bounding": no_caps, "effective": no_caps, "inheritable": no_caps, "permitted": no_caps, "ambient": no_caps},
+            "capabilities": {"bounding": caps, "effective": caps, "inheritable": [], "permitted": caps, "ambient": []},
             "noNewPrivileges": True,
         },
-        "root": {"path": "rootfs", "readonly": True},
+        "root": {"path": "rootfs", "readonly": spec.read_only_root},
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {

@@ -20,9 +20,10 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from corral_runtime import oci
+from corral_runtime import image_store, oci
 from corral_runtime.cgroups import Cgroups, Usage
 from corral_runtime.runtimes import RUNC_CAPABILITIES
 
@@ -33,6 +34,15 @@ PIDFILE = "container.pid"
 CHECKPOINT_LOG = "dump.log"
 RUNC_TIMEOUT_S = 30.0
 GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+
+
+@dataclass(frozen=True)
+class ImageRoot:
+    """A built image a container runs in: its layers (overlayfs lowerdirs, topmost first) and the
+    working directory its recipe set ("" for /tmp)."""
+
+    lower: list[str]
+    workdir: str = ""
 
 
 def node_scope(work_dir: Path) -> str:
@@ -97,6 +107,8 @@ class RuncRuntime:
         self.empty_dir = work_dir / "empty"  # hides /sys/firmware and the like
         self.empty_dir.mkdir(mode=0o555, exist_ok=True)
         self._reaper: subprocess.Popen[bytes] | None = None
+        # Containers with an image: the worker's argv, the image's root and base environment.
+        self.image_runs: dict[str, tuple[list[str], ImageRoot, dict[str, str]]] = {}
 
     # Node lifetime ----------------------------------------------------------------------------
 
@@ -134,21 +146,38 @@ class RuncRuntime:
         return workdir / PIDFILE
 
     def prepare(self, container_id: str, workdir: Path, *, args: list[str], env: dict[str, str], code_bundle: Path,
-                cpu: float, memory_mib: int, gpu_indices: list[int]) -> Path:
-        """Write the container's OCI bundle and create its cgroup; returns the bundle's path."""
+                cpu: float, memory_mib: int, gpu_indices: list[int], image: ImageRoot | None = None) -> Path:
+        """Write the container's OCI bundle and create its cgroup; returns the bundle's path. With
+        `image`, the root is a read-only overlay of the image's layers (a private upper directory
+        only takes runc's mount points) instead of the node's own system and Python directories."""
         bundle = self.bundle_path(workdir)
         rootfs = bundle / "rootfs"
         oci.sync_public_etc(self.public_etc)
-        binds = oci.prepare_rootfs(rootfs, self.public_etc)
-        binds += oci.covering_binds(self.python, [b.destination for b in binds])
+        cwd = oci.CONTAINER_CWD
+        if image is None:
+            binds = oci.prepare_rootfs(rootfs, self.public_etc)
+            binds += oci.covering_binds(self.python, [b.destination for b in binds])
+        else:
+            image_store.mount_overlay(rootfs, image.lower, workdir / "image-upper", workdir / "image-work")
+            binds = [oci.Bind(str(self.public_etc / name), f"/etc/{name}") for name in ("resolv.conf", "hosts")
+                     if (self.public_etc / name).exists()]
+            cwd = image.workdir or cwd
         binds.append(oci.Bind(str(code_bundle), oci.BUNDLE_MOUNT))
         binds += self.volumes
         devices = [*GPU_DEVICES, *(f"/dev/nvidia{i}" for i in gpu_indices)] if gpu_indices else []
-        spec = oci.ContainerSpec(args=args, env=env, binds=binds, cgroups_path=self.cgroups.runc_path(container_id),
+        spec = oci.ContainerSpec(args=args, env=env, binds=binds, cgroups_path=self.cgroups.runc_path(container_id), cwd=cwd,
                                  devices=[d for d in devices if os.path.exists(d)], empty_dir=str(self.empty_dir))
         (bundle / "config.json").write_text(json.dumps(oci.config_json(spec), indent=1))
         self.cgroups.create(container_id, cpu=cpu, memory_mib=memory_mib)
         return bundle
+
+    def prepare_build(self, container_id: str, workdir: Path, *, args: list[str], env: dict[str, str], binds: list[oci.Bind]) -> None:
+        """The bundle of an image build step: its root (`<bundle>/rootfs`, already mounted by the
+        builder) writable, the capabilities a package manager needs, the host's network."""
+        spec = oci.ContainerSpec(args=args, env=env, binds=binds, cgroups_path=self.cgroups.runc_path(container_id), cwd="/",
+                                 empty_dir=str(self.empty_dir), read_only_root=False, capabilities=list(oci.BUILD_CAPABILITIES))
+        (self.bundle_path(workdir) / "config.json").write_text(json.dumps(oci.config_json(spec), indent=1))
+        self.cgroups.create(container_id, cpu=0, memory_mib=0)
 
     def run_argv(self, container_id: str, workdir: Path) -> list[str]:
         """`runc run` in the foreground: it stays the container's parent, passes its stdio (the
@@ -178,7 +207,10 @@ class RuncRuntime:
         if (self.root / container_id).exists():
             await _run_quietly(self.argv("delete", "--force", container_id))
         self.cgroups.remove(container_id)
+        image_store.unmount(self.bundle_path(workdir) / "rootfs")  # an image's overlay: never delete through it
         shutil.rmtree(self.bundle_path(workdir), ignore_errors=True)
+        for name in ("image-upper", "image-work"):
+            shutil.rmtree(workdir / name, ignore_errors=True)
         for name in (PIDFILE, f".{PIDFILE}"):  # runc writes the pid file through a dotted temporary
             with contextlib.suppress(OSError):
                 (workdir / name).unlink()

@@ -13,11 +13,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from corral_protocol import env
 from corral_runtime import cgroups
 from corral_runtime.cgroups import Usage
+
+if TYPE_CHECKING:
+    from corral_runtime.runc import ImageRoot
 
 ISOLATION_SETTINGS = ("auto", "runc", "none")
 RUNC_INSTALL_HINT = "install Debian's runc package (apt-get install runc)"
@@ -66,8 +69,9 @@ class OciRuntime(Protocol):
         """The node cleaned up: let the reaper finish."""
 
     def prepare(self, container_id: str, workdir: Path, *, args: list[str], env: dict[str, str], code_bundle: Path,
-                cpu: float, memory_mib: int, gpu_indices: list[int]) -> Path:
-        """Write the container's bundle and create its cgroup with its limits; returns the bundle."""
+                cpu: float, memory_mib: int, gpu_indices: list[int], image: ImageRoot | None = None) -> Path:
+        """Write the container's bundle and create its cgroup with its limits; returns the bundle.
+        With `image`, the container's root is that image's layers."""
 
     def pid_file(self, workdir: Path) -> Path:
         """Where the runtime writes the container's host pid."""

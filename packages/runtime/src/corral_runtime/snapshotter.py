@@ -224,9 +224,10 @@ class Snapshotter:
         loop = asyncio.get_running_loop()
         lazy_ready = loop.time() - began
         resources = start.resources
-        runc.prepare(start.container_id, workdir, args=[sys.executable, "-m", "corral_runtime.worker"], env={"HOME": "/tmp"},
-                     code_bundle=bundle, cpu=resources.cpu_limit, memory_mib=resources.memory_limit_mib,
-                     gpu_indices=list(start.gpu_indices))
+        image_run = getattr(runc, "image_runs", {}).get(start.container_id)  # a container with an image: its root
+        runc.prepare(start.container_id, workdir, args=image_run[0] if image_run else [sys.executable, "-m", "corral_runtime.worker"],
+                     env={"HOME": "/tmp"}, code_bundle=bundle, cpu=resources.cpu_limit, memory_mib=resources.memory_limit_mib,
+                     gpu_indices=list(start.gpu_indices), image=image_run[1] if image_run else None)
         pid_file = runc.pid_file(workdir)
         with contextlib.suppress(OSError):
             pid_file.unlink()

@@ -117,6 +117,7 @@ class Containers:
             container_id=container.container_id, container_token=container.token, app_id=service.app_id,
             bundle_hash=app.bundle_hash, resources=resources, gpu_indices=list(placement.gpu_indices), gpu_uuids=placement.gpu_uuids,
             control_url=core.control_url, class_name=service.class_def.name,
+            image=service.options.image if service.options.HasField("image") else None,
         )
         core.snapshots.plan(service, node, container, start, key)
         container.state = CS.RESTORING if container.start_mode == StartMode.RESTORE else CS.PLACED

@@ -24,6 +24,7 @@ from corral_scheduler import events as ev
 from corral_scheduler import ids, views
 from corral_scheduler.core import PlaneCore
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, PermissionDenied
+from corral_scheduler.image_builds import ImageBuilds
 from corral_scheduler.lifecycle import Step
 from corral_scheduler.model import AppRecord, Container, Node, Service
 from corral_scheduler.registry import validate_app
@@ -65,6 +66,7 @@ class ControlPlane:
         self._pending: collections.deque[ev.Event] = collections.deque()
         self._handling = False
         self._ticker: asyncio.Task[None] | None = None
+        self.image_builds = ImageBuilds(lambda: list(self._node_outboxes), self._to_node)
 
     @property
     def control_url(self) -> str:

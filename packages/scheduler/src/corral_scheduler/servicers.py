@@ -15,6 +15,7 @@ from corral_protocol.arguments import format_problem
 from corral_protocol.errors import reason_metadata
 from corral_protocol.names import name_problem
 from corral_protocol.v1 import (
+    common_pb2,
     control_pb2,
     control_pb2_grpc,
     node_pb2,
@@ -204,6 +205,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def DeleteSnapshots(self, request: control_pb2.DeleteSnapshotsRequest, context: Any) -> control_pb2.DeleteSnapshotsResponse:
         return control_pb2.DeleteSnapshotsResponse(deleted=self.plane.delete_snapshots(request))
 
+    async def BuildImages(self, request: control_pb2.BuildImagesRequest, context: Any) -> AsyncIterator[common_pb2.ImageBuildProgress]:
+        async for report in self.plane.image_builds.build(list(request.images)):
+            yield report
+
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     HEARTBEAT_INTERVAL_S = 5.0
@@ -232,6 +237,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         async def read() -> None:
             try:
                 async for event in request_iterator:
+                    if event.WhichOneof("event") == "build_progress":  # relayed to the client, not a core event
+                        self.plane.image_builds.progress(event.build_progress)
+                        continue
                     self.plane.node_event(node_id, event)
             finally:
                 outbox.put_nowait(None)

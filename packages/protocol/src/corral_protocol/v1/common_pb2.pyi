@@ -678,6 +678,7 @@ class ImageSpec(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     COMMANDS_FIELD_NUMBER: _builtins.int
     PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
     base: _builtins.str
     python_version: _builtins.str
     @_builtins.property
@@ -688,6 +689,12 @@ class ImageSpec(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def commands(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageStep]:
+        """The recipe in order, one layer per step (issue 11); the fields above are its summary, kept
+        for older runtimes. A node builds `steps` on top of the base named by `base` and `python_version`.
+        """
+
     def __init__(
         self,
         *,
@@ -697,14 +704,128 @@ class ImageSpec(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         commands: _abc.Iterable[_builtins.str] | None = ...,
         python_version: _builtins.str = ...,
+        steps: _abc.Iterable[Global___ImageStep] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["apt_packages", b"apt_packages", "base", b"base", "commands", b"commands", "env", b"env", "pip_packages", b"pip_packages", "python_version", b"python_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apt_packages", b"apt_packages", "base", b"base", "commands", b"commands", "env", b"env", "pip_packages", b"pip_packages", "python_version", b"python_version", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImageSpec: _TypeAlias = ImageSpec  # noqa: Y015
+
+@_typing.final
+class ImageStep(_message.Message):
+    """One build step of an image. `kind`: "pip" (args: requirements; `path` names a requirements file's
+    original name), "apt" (args: Debian packages), "run" (args: shell commands), "env" (env),
+    "workdir" (path), "files" (the files of the code bundle `bundle_hash`, copied under `path`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    BUNDLE_HASH_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    path: _builtins.str
+    bundle_hash: _builtins.str
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        path: _builtins.str = ...,
+        bundle_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "bundle_hash", b"bundle_hash", "env", b"env", "kind", b"kind", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageStep: _TypeAlias = ImageStep  # noqa: Y015
+
+@_typing.final
+class ImageBuildProgress(_message.Message):
+    """Progress of building an image on a node, streamed to the client that asked (deploy, app.run())."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_HASH_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    LOG_LINE_FIELD_NUMBER: _builtins.int
+    ELAPSED_S_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    image_hash: _builtins.str
+    node_name: _builtins.str
+    step: _builtins.int
+    """1-based step number (0: before the first step) and the number of steps, base and worker included."""
+    total: _builtins.int
+    title: _builtins.str
+    cached: _builtins.bool
+    log_line: _builtins.str
+    """One line of the current step's output, when set."""
+    elapsed_s: _builtins.float
+    done: _builtins.bool
+    """The build ended: `error` empty on success; otherwise the failed step's name and log tail."""
+    error: _builtins.str
+    build_id: _builtins.str
+    """Correlates a node's reports with the request that asked for the build."""
+    def __init__(
+        self,
+        *,
+        image_hash: _builtins.str = ...,
+        node_name: _builtins.str = ...,
+        step: _builtins.int = ...,
+        total: _builtins.int = ...,
+        title: _builtins.str = ...,
+        cached: _builtins.bool = ...,
+        log_line: _builtins.str = ...,
+        elapsed_s: _builtins.float = ...,
+        done: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        build_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "cached", b"cached", "done", b"done", "elapsed_s", b"elapsed_s", "error", b"error", "image_hash", b"image_hash", "log_line", b"log_line", "node_name", b"node_name", "step", b"step", "title", b"title", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageBuildProgress: _TypeAlias = ImageBuildProgress  # noqa: Y015
 
 @_typing.final
 class ServiceOptions(_message.Message):

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from corral_protocol.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 from corral_protocol.v1 import control_pb2 as corral_dot_v1_dot_control__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -139,6 +140,11 @@ class ControlServiceStub:
                 '/corral.v1.ControlService/DeleteSnapshots',
                 request_serializer=corral_dot_v1_dot_control__pb2.DeleteSnapshotsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.DeleteSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.BuildImages = channel.unary_stream(
+                '/corral.v1.ControlService/BuildImages',
+                request_serializer=corral_dot_v1_dot_control__pb2.BuildImagesRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_common__pb2.ImageBuildProgress.FromString,
                 _registered_method=True)
 
 
@@ -277,6 +283,13 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BuildImages(self, request, context):
+        """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -384,6 +397,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.DeleteSnapshots,
                     request_deserializer=corral_dot_v1_dot_control__pb2.DeleteSnapshotsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.DeleteSnapshotsResponse.SerializeToString,
+            ),
+            'BuildImages': grpc.unary_stream_rpc_method_handler(
+                    servicer.BuildImages,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.BuildImagesRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_common__pb2.ImageBuildProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -954,6 +972,33 @@ class ControlService:
             '/corral.v1.ControlService/DeleteSnapshots',
             corral_dot_v1_dot_control__pb2.DeleteSnapshotsRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.DeleteSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.ControlService/BuildImages',
+            corral_dot_v1_dot_control__pb2.BuildImagesRequest.SerializeToString,
+            corral_dot_v1_dot_common__pb2.ImageBuildProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from corral_protocol.v1 import common_pb2 as _common_pb2
 from corral_protocol.v1 import control_pb2 as _control_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -60,6 +61,8 @@ class ControlServiceStub:
     """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
     ListSnapshots: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSnapshotsRequest, _control_pb2.ListSnapshotsResponse]
     DeleteSnapshots: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeleteSnapshotsRequest, _control_pb2.DeleteSnapshotsResponse]
+    BuildImages: _grpc.UnaryStreamMultiCallable[_control_pb2.BuildImagesRequest, _common_pb2.ImageBuildProgress]
+    """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -93,6 +96,8 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
     ListSnapshots: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSnapshotsRequest, _control_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
     DeleteSnapshots: _aio.UnaryUnaryMultiCallable[_control_pb2.DeleteSnapshotsRequest, _control_pb2.DeleteSnapshotsResponse]  # type: ignore[assignment]
+    BuildImages: _aio.UnaryStreamMultiCallable[_control_pb2.BuildImagesRequest, _common_pb2.ImageBuildProgress]  # type: ignore[assignment]
+    """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API that SDKs and third-party clients use."""
@@ -249,5 +254,13 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.DeleteSnapshotsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.DeleteSnapshotsResponse, _abc.Awaitable[_control_pb2.DeleteSnapshotsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BuildImages(
+        self,
+        request: _control_pb2.BuildImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.ImageBuildProgress], _abc.AsyncIterator[_common_pb2.ImageBuildProgress]]:
+        """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -76,6 +76,7 @@ class NodeSessionRequest(_message.Message):
     CONTAINER_STARTED_FIELD_NUMBER: _builtins.int
     CONTAINER_EXITED_FIELD_NUMBER: _builtins.int
     SNAPSHOT_RESULT_FIELD_NUMBER: _builtins.int
+    BUILD_PROGRESS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     @_builtins.property
     def heartbeat(self) -> Global___NodeHeartbeat: ...
@@ -85,6 +86,8 @@ class NodeSessionRequest(_message.Message):
     def container_exited(self) -> Global___ContainerExited: ...
     @_builtins.property
     def snapshot_result(self) -> Global___SnapshotResult: ...
+    @_builtins.property
+    def build_progress(self) -> _common_pb2.ImageBuildProgress: ...
     def __init__(
         self,
         *,
@@ -93,12 +96,13 @@ class NodeSessionRequest(_message.Message):
         container_started: Global___ContainerStarted | None = ...,
         container_exited: Global___ContainerExited | None = ...,
         snapshot_result: Global___SnapshotResult | None = ...,
+        build_progress: _common_pb2.ImageBuildProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_started", b"container_started", "event", b"event", "heartbeat", b"heartbeat", "snapshot_result", b"snapshot_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_progress", b"build_progress", "container_exited", b"container_exited", "container_started", b"container_started", "event", b"event", "heartbeat", b"heartbeat", "snapshot_result", b"snapshot_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_started", b"container_started", "event", b"event", "heartbeat", b"heartbeat", "node_id", b"node_id", "snapshot_result", b"snapshot_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_progress", b"build_progress", "container_exited", b"container_exited", "container_started", b"container_started", "event", b"event", "heartbeat", b"heartbeat", "node_id", b"node_id", "snapshot_result", b"snapshot_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["heartbeat", "container_started", "container_exited", "snapshot_result"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["heartbeat", "container_started", "container_exited", "snapshot_result", "build_progress"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -244,6 +248,7 @@ class NodeSessionResponse(_message.Message):
     STOP_CONTAINER_FIELD_NUMBER: _builtins.int
     TAKE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     DELETE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    BUILD_IMAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start_container(self) -> Global___StartContainer: ...
     @_builtins.property
@@ -254,6 +259,8 @@ class NodeSessionResponse(_message.Message):
 
     @_builtins.property
     def delete_snapshots(self) -> Global___DeleteSnapshots: ...
+    @_builtins.property
+    def build_image(self) -> Global___BuildImage: ...
     def __init__(
         self,
         *,
@@ -261,12 +268,13 @@ class NodeSessionResponse(_message.Message):
         stop_container: Global___StopContainer | None = ...,
         take_snapshot: Global___TakeSnapshot | None = ...,
         delete_snapshots: Global___DeleteSnapshots | None = ...,
+        build_image: Global___BuildImage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete_snapshots", b"delete_snapshots", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "command", b"command", "delete_snapshots", b"delete_snapshots", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete_snapshots", b"delete_snapshots", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "command", b"command", "delete_snapshots", b"delete_snapshots", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["start_container", "stop_container", "take_snapshot", "delete_snapshots"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["start_container", "stop_container", "take_snapshot", "delete_snapshots", "build_image"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -309,6 +317,7 @@ class StartContainer(_message.Message):
     PRE_SNAPSHOT_TOKEN_FIELD_NUMBER: _builtins.int
     CLASS_NAME_FIELD_NUMBER: _builtins.int
     GPU_UUIDS_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     container_token: _builtins.str
     """The bearer token that lets this container reach only its own inputs."""
@@ -337,6 +346,12 @@ class StartContainer(_message.Message):
         CUDA_VISIBLE_DEVICES to these.
         """
 
+    @_builtins.property
+    def image(self) -> _common_pb2.ImageSpec:
+        """The class's image: the container runs in its root filesystem (built first when missing).
+        Unset: the node's own Python environment.
+        """
+
     def __init__(
         self,
         *,
@@ -353,14 +368,40 @@ class StartContainer(_message.Message):
         pre_snapshot_token: _builtins.str = ...,
         class_name: _builtins.str = ...,
         gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
+        image: _common_pb2.ImageSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "bundle_hash", b"bundle_hash", "class_name", b"class_name", "container_id", b"container_id", "container_token", b"container_token", "control_url", b"control_url", "env", b"env", "gpu_indices", b"gpu_indices", "gpu_uuids", b"gpu_uuids", "pre_snapshot_token", b"pre_snapshot_token", "resources", b"resources", "snapshot_key", b"snapshot_key", "take_snapshot", b"take_snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "bundle_hash", b"bundle_hash", "class_name", b"class_name", "container_id", b"container_id", "container_token", b"container_token", "control_url", b"control_url", "env", b"env", "gpu_indices", b"gpu_indices", "gpu_uuids", b"gpu_uuids", "image", b"image", "pre_snapshot_token", b"pre_snapshot_token", "resources", b"resources", "snapshot_key", b"snapshot_key", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartContainer: _TypeAlias = StartContainer  # noqa: Y015
+
+@_typing.final
+class BuildImage(_message.Message):
+    """Build an image (missing layers only) and report progress as build_progress events with `build_id`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    build_id: _builtins.str
+    @_builtins.property
+    def image(self) -> _common_pb2.ImageSpec: ...
+    def __init__(
+        self,
+        *,
+        build_id: _builtins.str = ...,
+        image: _common_pb2.ImageSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildImage: _TypeAlias = BuildImage  # noqa: Y015
 
 @_typing.final
 class StopContainer(_message.Message):

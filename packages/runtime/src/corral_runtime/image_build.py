@@ -1,0 +1,311 @@
+"""Building images on a node: the Debian base with mmdebstrap, the corral worker from wheels of the
+node's own corral packages, then each step in a sandboxed runc container with network access,
+writing its own overlayfs layer (`corral_runtime.image_store`).
+
+Builds of one image are deduplicated (a second request waits for the first and reuses its result);
+layers are built under a machine-wide lock. A failed step raises `BuildError` naming the step with
+the tail of its log, and leaves nothing in the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import csv
+import hashlib
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import shutil
+import sys
+import time
+import zipfile
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from corral_protocol.v1 import common_pb2
+from corral_runtime import image_store, oci
+from corral_runtime.image_store import LOCAL_PYTHON, VENV, ImageStore, Plan, Step
+
+log = logging.getLogger("corral.runtime")
+
+Progress = Callable[[common_pb2.ImageBuildProgress], None]
+FetchBundle = Callable[[str], Awaitable[Path]]
+CORRAL_DISTRIBUTIONS = ("corral-protocol", "corral", "corral-runtime")
+TOOLS = "/tmp/.corral"  # inside a build container: uv, wheels, local files (on its private /tmp)
+LOG_TAIL_LINES = 30
+# The node's way to package registries, passed to build steps: proxies and index URLs.
+FORWARDED_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "UV_INDEX_URL",
+                 "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+BUILD_TIMEOUT_S = 1800.0
+
+
+class BuildError(Exception):
+    """A build step failed; the message names the step and ends with its log's tail."""
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _wheel(dist: importlib.metadata.Distribution, out: Path) -> Path:
+    """A wheel of an installed distribution (editable or not), made from its importable files."""
+    name, version = dist.metadata["Name"], dist.version
+    stem = f"{name.replace('-', '_')}-{version}"
+    top = (dist.read_text("top_level.txt") or "").split() or [name.replace("-", "_")]
+    records: list[tuple[str, bytes]] = []
+    for package in top:
+        spec = __import__(package)
+        root = Path(str(spec.__file__)).parent
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                records.append((f"{package}/{path.relative_to(root).as_posix()}", path.read_bytes()))
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in dist.requires or [])
+    info = f"{stem}.dist-info"
+    records += [(f"{info}/METADATA", metadata.encode()),
+                (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: corral\nRoot-Is-Purelib: true\nTag: py3-none-any\n")]
+    record = io.StringIO()
+    writer = csv.writer(record, lineterminator="\n")
+    for arcname, data in records:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        writer.writerow([arcname, f"sha256={digest}", len(data)])
+    writer.writerow([f"{info}/RECORD", "", ""])
+    path = out / f"{stem}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for arcname, data in [*records, (f"{info}/RECORD", record.getvalue().encode())]:
+            archive.writestr(zipfile.ZipInfo(arcname, (1980, 1, 1, 0, 0, 0)), data)
+    return path
+
+
+def worker_wheels(out_root: Path) -> tuple[str, list[str]]:
+    """Wheels of the node's corral packages and the pins of their dependencies at the node's own
+    versions; returns (fingerprint, requirements for `uv pip install` inside a build)."""
+    staging = out_root / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir(parents=True)
+    wheels, pins = [], set()
+    for name in CORRAL_DISTRIBUTIONS:
+        dist = importlib.metadata.distribution(name)
+        wheels.append(_wheel(dist, staging))
+        for requirement in dist.requires or []:
+            if ";" in requirement and "extra" in requirement.split(";", 1)[1]:
+                continue
+            dep = _normalize(re.split(r"[ <>=!~;\[(]", requirement, maxsplit=1)[0])
+            if dep in CORRAL_DISTRIBUTIONS:
+                continue
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                pins.add(f"{dep}=={importlib.metadata.version(dep)}")
+    digest = hashlib.sha256()
+    for wheel in wheels:
+        digest.update(wheel.name.encode() + wheel.read_bytes())
+    digest.update("\n".join(sorted(pins)).encode())
+    fingerprint = digest.hexdigest()[:32]
+    target = out_root / fingerprint
+    if target.exists():
+        shutil.rmtree(staging)
+    else:
+        os.replace(staging, target)
+    requirements = [f"{TOOLS}/wheels/{w.name}" for w in wheels] + sorted(pins)
+    (target / "requirements.json").write_text(json.dumps(requirements))
+    return fingerprint, requirements
+
+
+class ImageBuilder:
+    """Builds images for one node's runc runtime."""
+
+    def __init__(self, store: ImageStore, runtime: object) -> None:
+        from corral_runtime.runc import RuncRuntime  # a cycle otherwise: runc prepares image roots
+
+        assert isinstance(runtime, RuncRuntime)
+        self.store = store
+        self.runtime = runtime
+        self.uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+        self.fingerprint, self.requirements = worker_wheels(store.root / "wheels")
+        self._builds: dict[str, asyncio.Future[Plan]] = {}
+
+    def plan(self, spec: common_pb2.ImageSpec) -> Plan:
+        return image_store.plan(spec, _spec_hash(spec), self.fingerprint)
+
+    def ready(self, spec: common_pb2.ImageSpec) -> Plan | None:
+        """The image's plan when every layer is cached (a start then builds nothing), else None."""
+        result = self.plan(spec)
+        return None if self.store.missing(result) else result
+
+    async def ensure(self, spec: common_pb2.ImageSpec, fetch: FetchBundle, progress: Progress | None = None) -> Plan:
+        """Build what is missing of `spec` (once per image, however many ask) and return its plan."""
+        result = self.plan(spec)
+        report = progress or (lambda _p: None)
+        if not self.store.missing(result):
+            for index, step in enumerate(result.steps, 1):
+                report(_progress(result, index, step.title, cached=True))
+            report(_progress(result, len(result.steps), "", done=True))
+            return result
+        running = self._builds.get(result.image_hash)
+        if running is not None:
+            report(_progress(result, 0, "waiting for the same image's build already running"))
+            await asyncio.shield(running)
+            return await self.ensure(spec, fetch, progress)
+        future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
+        self._builds[result.image_hash] = future
+        try:
+            await self._build(result, fetch, report)
+            future.set_result(result)
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # retrieved: waiters see it through their own retry
+            raise
+        finally:
+            self._builds.pop(result.image_hash, None)
+        with contextlib.suppress(OSError):
+            removed = await asyncio.to_thread(self.store.enforce_bound)
+            if removed:
+                log.info("image cache: removed %d least-recently-used layer(s) beyond the size bound", removed)
+        return result
+
+    async def _build(self, result: Plan, fetch: FetchBundle, report: Progress) -> None:
+        began = time.monotonic()
+        env: dict[str, str] = {}
+        workdir = ""
+        for index, step in enumerate(result.steps, 1):
+            if step.step is not None and step.kind == "env":
+                env.update(step.step.env)
+            if step.step is not None and step.kind == "workdir":
+                workdir = step.step.path
+            if not step.has_layer or self.store.has(step.key):
+                report(_progress(result, index, step.title, cached=True, began=began))
+                continue
+            report(_progress(result, index, step.title, began=began))
+
+            def line(text: str, index: int = index, step: Step = step) -> None:
+                report(_progress(result, index, step.title, log_line=text, began=began))
+
+            lock = self.store.locked(step.key)
+            await asyncio.to_thread(lock.__enter__)
+            try:
+                if not self.store.has(step.key):
+                    if step.kind == "base":
+                        await self._base(result.release, line)
+                    else:
+                        await self._layer(result, index, step, env, workdir, fetch, line)
+            finally:
+                lock.__exit__(None, None, None)
+        report(_progress(result, len(result.steps), "", done=True, began=began))
+
+    async def _base(self, release: str, line: Callable[[str], None]) -> None:
+        target = self.store.base_dir(release)
+        staging = target.with_name(f"{release}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        argv = ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv", release, str(staging)]
+        code, tail = await _stream(argv, line)
+        if code != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BuildError(f"step 'debian_slim ({release})' failed: mmdebstrap exited with {code}\n" + "".join(tail))
+        os.replace(staging, target)
+
+    def _script(self, step: Step, workdir: str) -> tuple[str, list[oci.Bind]]:
+        """The shell script of one step and the extra binds it needs."""
+        binds: list[oci.Bind] = []
+        uv = f"{TOOLS}/uv pip install --python {VENV}/bin/python"
+        if step.kind == "worker":
+            wheels = self.store.root / "wheels" / self.fingerprint
+            binds.append(oci.Bind(str(wheels), f"{TOOLS}/wheels"))
+            pth = f"{VENV}/lib/python3*/site-packages"
+            script = (f"python3 -m venv {VENV} && {uv} {' '.join(shlex.quote(r) for r in self.requirements)}"
+                      f" && mkdir -p {oci.BUNDLE_MOUNT} {LOCAL_PYTHON} && echo {LOCAL_PYTHON} > $(echo {pth})/corral-local.pth")
+            return script, binds
+        assert step.step is not None
+        args = list(step.step.args)
+        if step.kind == "pip":
+            script = f"{uv} {' '.join(shlex.quote(a) for a in args)}"
+        elif step.kind == "apt":
+            apt = "apt-get -o APT::Sandbox::User=root -o Dpkg::Use-Pty=0"
+            script = (f"{apt} update -qq && {apt} install -y -qq --no-install-recommends {' '.join(shlex.quote(a) for a in args)}"
+                      " && rm -rf /var/lib/apt/lists/*")
+        elif step.kind == "run":
+            script = " && ".join(f"( {a} )" for a in args)
+        else:  # files
+            script = f"mkdir -p {shlex.quote(step.step.path)} && cp -a {TOOLS}/files/. {shlex.quote(step.step.path)}/"
+        if workdir and step.kind == "run":
+            script = f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)} && {script}"
+        return script, binds
+
+    async def _layer(self, result: Plan, index: int, step: Step, env: dict[str, str], workdir: str,
+                     fetch: FetchBundle, line: Callable[[str], None]) -> None:
+        staging = self.store.layer_dir(step.key).with_name(f"{step.key}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+        rootfs = self.runtime.bundle_path(staging) / "rootfs"
+        script, binds = self._script(step, workdir)
+        if step.kind == "files" and step.step is not None:
+            binds.append(oci.Bind(str(await fetch(step.step.bundle_hash)), f"{TOOLS}/files"))
+        binds += [oci.Bind(self.uv, f"{TOOLS}/uv"), oci.Bind(str(self.store.root / "uv-cache"), f"{TOOLS}/uv-cache", read_only=False)]
+        binds += [oci.Bind(path, path) for path in ("/etc/resolv.conf", "/etc/hosts") if os.path.exists(path)]
+        build_env = {"PATH": f"{VENV}/bin:{image_store.BASE_PATH}", "HOME": "/root", "LANG": "C.UTF-8",
+                     "DEBIAN_FRONTEND": "noninteractive", "UV_CACHE_DIR": f"{TOOLS}/uv-cache", "UV_LINK_MODE": "copy",
+                     "UV_NO_PROGRESS": "1", "PIP_NO_INPUT": "1"}
+        build_env.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k) and "file://" not in os.environ[k]})
+        ca_bundle = os.environ.get("SSL_CERT_FILE") or HOST_CA_BUNDLE
+        if os.path.isfile(ca_bundle):  # the node's trusted roots (a TLS-inspecting proxy's CA included)
+            binds.append(oci.Bind(ca_bundle, f"{TOOLS}/ca-certificates.crt"))
+            build_env.update(SSL_CERT_FILE=f"{TOOLS}/ca-certificates.crt", UV_SYSTEM_CERTS="1", PIP_CERT=f"{TOOLS}/ca-certificates.crt")
+        build_env.update(env)
+        container_id = f"build-{step.key[:12]}-{secrets.token_hex(3)}"
+        ok = False
+        tail: deque[str] = deque()
+        try:
+            image_store.mount_overlay(rootfs, self.store.lower_dirs(result, index - 1), staging / "fs", staging / "work")
+            self.runtime.prepare_build(container_id, staging, args=["/bin/sh", "-c", script], env=build_env, binds=binds)
+            code, tail = await _stream(self.runtime.run_argv(container_id, staging), line)
+            ok = code == 0
+        finally:
+            image_store.unmount(rootfs)
+            await self.runtime.remove(container_id, staging)
+            if ok:
+                self.store.commit(step.key, staging, step.title)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+        if not ok:
+            raise BuildError(f"step {index}/{len(result.steps)} '{step.title}' failed with exit status {code}; "
+                             f"the last lines of its log:\n" + "".join(tail))
+
+
+def _spec_hash(spec: common_pb2.ImageSpec) -> str:
+    return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _progress(result: Plan, step: int, title: str, *, cached: bool = False, log_line: str = "", done: bool = False,
+              began: float | None = None) -> common_pb2.ImageBuildProgress:
+    return common_pb2.ImageBuildProgress(
+        image_hash=result.image_hash, step=step, total=len(result.steps), title=title, cached=cached, log_line=log_line,
+        done=done, elapsed_s=time.monotonic() - began if began is not None else 0.0,
+    )
+
+
+async def _stream(argv: list[str], line: Callable[[str], None]) -> tuple[int, deque[str]]:
+    """Run `argv` with stdout and stderr merged, each line to `line`; (exit status, log tail)."""
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    async def pump() -> int:
+        while raw := await stdout.readline():
+            text = raw.decode(errors="replace")
+            tail.append(text)
+            line(text.rstrip("\n"))
+        return await process.wait()
+
+    try:
+        return await asyncio.wait_for(pump(), timeout=BUILD_TIMEOUT_S), tail
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise

@@ -1,0 +1,88 @@
+"""A node's images: building them on command (progress back to the control plane), and what a
+container with `image=` runs: the image's layers as its root, its virtualenv's Python, its env.
+
+A container with no image keeps the node's own Python environment (`corral_runtime.runc`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from corral_protocol.v1 import common_pb2, node_pb2
+from corral_runtime import image_store
+from corral_runtime.image_build import BuildError, FetchBundle, ImageBuilder
+from corral_runtime.image_store import VENV, ImageStore, Plan
+from corral_runtime.runc import ImageRoot, RuncRuntime
+
+log = logging.getLogger("corral.runtime")
+
+WORKER_ARGS = [f"{VENV}/bin/python", "-m", "corral_runtime.worker"]
+
+
+def uses_image(start: node_pb2.StartContainer) -> bool:
+    return start.HasField("image")
+
+
+class NodeImages:
+    """The image store and builder of a node with runc (None of either without it)."""
+
+    def __init__(self, runtime: RuncRuntime, work_dir: Path, fetch: FetchBundle, log_stream: TextIO) -> None:
+        self.store = ImageStore(image_store.default_root(work_dir))
+        self.store.collect_staging()
+        self.runtime = runtime
+        self.fetch = fetch
+        self._builder: ImageBuilder | None = None
+        self._log_stream = log_stream
+        self._plans: dict[str, Plan] = {}  # container id -> its image's plan (layers in use)
+
+    @property
+    def builder(self) -> ImageBuilder:
+        if self._builder is None:  # wheels of the corral packages are made on first use
+            self._builder = ImageBuilder(self.store, self.runtime)
+        return self._builder
+
+    async def build(self, command: node_pb2.BuildImage, emit: Callable[[common_pb2.ImageBuildProgress], None], node_name: str) -> None:
+        """A `BuildImage` command: build, reporting every step and log line with the command's id."""
+
+        def report(progress: common_pb2.ImageBuildProgress) -> None:
+            progress.build_id, progress.node_name = command.build_id, node_name
+            emit(progress)
+
+        try:
+            builder = await asyncio.to_thread(lambda: self.builder)
+            await builder.ensure(command.image, self.fetch, report)
+        except (BuildError, OSError, ValueError) as err:
+            log.warning("image build failed: %s", err)
+            report(common_pb2.ImageBuildProgress(done=True, error=str(err)))
+        except Exception as err:
+            log.exception("image build failed")
+            report(common_pb2.ImageBuildProgress(done=True, error=f"the node could not build the image: {err}"))
+
+    async def prepare(self, start: node_pb2.StartContainer) -> tuple[list[str], ImageRoot, dict[str, str]]:
+        """The worker's argv, the root and the base environment of a container with an image; built
+        first only if some layer is missing (a node that joined after the deploy)."""
+        builder = await asyncio.to_thread(lambda: self.builder)
+        plan = builder.ready(start.image)
+        if plan is None:
+            log.info("container %s: building its image first", start.container_id)
+
+            def line(progress: common_pb2.ImageBuildProgress) -> None:
+                if progress.log_line or (progress.title and not progress.cached):
+                    self._log_stream.write(f"[image {progress.image_hash[:12]}] {progress.log_line or progress.title}\n")
+
+            plan = await builder.ensure(start.image, self.fetch, line)
+        self.store.touch(plan)
+        for key in plan.layer_keys:
+            self.store.in_use[key] = self.store.in_use.get(key, 0) + 1
+        self._plans[start.container_id] = plan
+        env = {"PATH": f"{VENV}/bin:{image_store.BASE_PATH}", "LANG": "C.UTF-8", "VIRTUAL_ENV": VENV, **plan.env}
+        return list(WORKER_ARGS), ImageRoot(self.store.lower_dirs(plan), plan.workdir), env
+
+    def release(self, container_id: str) -> None:
+        plan = self._plans.pop(container_id, None)
+        for key in plan.layer_keys if plan is not None else []:
+            self.store.in_use[key] = max(0, self.store.in_use.get(key, 0) - 1)
