@@ -7,6 +7,7 @@ A container with no image keeps the node's own Python environment (`corral_runti
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -48,8 +49,11 @@ class NodeImages:
     async def build(self, command: node_pb2.BuildImage, emit: Callable[[common_pb2.ImageBuildProgress], None], node_name: str) -> None:
         """A `BuildImage` command: build, reporting every step and log line with the command's id."""
 
+        image_hash = hashlib.sha256(command.image.SerializeToString(deterministic=True)).hexdigest()
+
         def report(progress: common_pb2.ImageBuildProgress) -> None:
             progress.build_id, progress.node_name = command.build_id, node_name
+            progress.image_hash = progress.image_hash or image_hash
             emit(progress)
 
         try:

@@ -13,6 +13,7 @@ from corral import __version__, _options
 from corral._bundle import build_bundle
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
+from corral._image_build import build_images
 from corral.cls import Cls, ResolvedClass
 from corral.exception import InvalidError
 from corral.image import Image
@@ -184,6 +185,8 @@ class App:
                     yield control_pb2.UploadBundleRequest(hash=bundle.hash if offset == 0 else "", data=bundle.data[offset:offset + _UPLOAD_CHUNK])
 
             client.call(client.stub.UploadBundle, chunks())
+        # Images are built before the app exists, so its first container starts with no building.
+        build_images(client, [d.options.image for d in definitions if d is not None and d.options.HasField("image")])
         class_defs = [d.to_proto(bundle.module) for d in definitions if d is not None]
         response = client.call(
             client.stub.CreateApp,

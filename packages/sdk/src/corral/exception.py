@@ -45,6 +45,10 @@ class ConnectionError(Error):
     """The Corral server could not be reached."""
 
 
+class ImageBuildError(Error):
+    """An image could not be built: the message names the failed step and ends with its log's tail."""
+
+
 class ExecutionError(Error):
     """The platform could not run the input to completion."""
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from corral.exception import InvalidError
+from corral_protocol import env as corral_env
 from corral_protocol.v1 import common_pb2
 
 # Debian release of each Python version a `debian_slim` base can provide (the release's own python3).
@@ -27,6 +28,14 @@ _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIP_PARTS = {"__pycache__", ".git"}
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*(:[a-z0-9\-]+)?([=][A-Za-z0-9.+~:\-]+)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The archives of local files named by images defined in this process, by hash: deploy uploads
+# them (the class definition carries only the recipe, `ImageSpec`, which names them by hash).
+_LOCAL_FILES: dict[str, bytes] = {}
+
+
+def local_files(bundle_hash: str) -> bytes | None:
+    """The archive of local files an image step of this process names, or None."""
+    return _LOCAL_FILES.get(bundle_hash)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class Image:
     def pip_install_from_requirements(self, path: str | os.PathLike[str]) -> Image:
         """Install the requirements listed in a local requirements file (read now)."""
         file = Path(path)
+        if _in_container():
+            return self._step(common_pb2.ImageStep(kind="pip", path=file.name))
         if not file.is_file():
             raise InvalidError(f"Image.pip_install_from_requirements: {str(path)!r} is not a file")
         lines = [line.split("#", 1)[0].strip() for line in file.read_text().splitlines()]
@@ -119,6 +130,8 @@ class Image:
     def add_local_file(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy one local file into the image at `remote_path` (absolute; a trailing `/` keeps the name)."""
         source = Path(local_path)
+        if _in_container():
+            return self._step(common_pb2.ImageStep(kind="files", path=str(remote_path)))
         if not source.is_file():
             raise InvalidError(f"Image.add_local_file: {str(local_path)!r} is not a file")
         remote = _remote("add_local_file", remote_path)
@@ -130,6 +143,8 @@ class Image:
     def add_local_dir(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy a local directory's files into the image under `remote_path` (absolute)."""
         source = Path(local_path)
+        if _in_container():
+            return self._step(common_pb2.ImageStep(kind="files", path=str(remote_path)))
         if not source.is_dir():
             raise InvalidError(f"Image.add_local_dir: {str(local_path)!r} is not a directory")
         return self._files(_zip(_tree(source)), _remote("add_local_dir", remote_path))
@@ -138,6 +153,8 @@ class Image:
         """Copy local Python packages or modules (by import name) into the image's site directory,
         so the container imports them without their being on PyPI."""
         files: dict[str, Path] = {}
+        if _in_container():
+            return self._step(common_pb2.ImageStep(kind="files", path="/corral/python"))
         for name in _strings("add_local_python_source", modules):
             try:
                 spec = importlib.util.find_spec(name)
@@ -181,6 +198,12 @@ class Image:
         return replace(self, steps=(*self.steps, step), local_files=(*self.local_files, files))
 
 
+def _in_container() -> bool:
+    """Inside a container the class's module runs again, where the local files of its image are
+    not (they are in the image already): their steps are then recorded without being read."""
+    return bool(os.environ.get(corral_env.CORRAL_CONTAINER_ID))
+
+
 def image_hash(spec: common_pb2.ImageSpec) -> str:
     """sha256 of the recipe's deterministic encoding."""
     return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
@@ -221,4 +244,6 @@ def _zip(files: dict[str, Path]) -> LocalFiles:
             info.external_attr = (0o755 if os.access(files[name], os.X_OK) else 0o644) << 16
             archive.writestr(info, files[name].read_bytes())
     data = buffer.getvalue()
-    return LocalFiles(hashlib.sha256(data).hexdigest(), data)
+    files_hash = hashlib.sha256(data).hexdigest()
+    _LOCAL_FILES[files_hash] = data
+    return LocalFiles(files_hash, data)

@@ -1,0 +1,60 @@
+"""Classes that run in built images: a PyPI package the client lacks, a Debian tool, local files,
+environment and working directory from the recipe, and a snapshot class with an image."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import corral
+
+app = corral.App("images")
+
+HERE = Path(__file__).resolve().parent
+image = (
+    corral.Image.debian_slim()
+    .apt_install("jq")
+    .pip_install("pyfiglet==1.0.2")
+    .add_local_dir(HERE / "image_files", "/srv/files")
+    .env({"IMAGE_GREETING": "from-the-recipe"})
+    .workdir("/srv")
+)
+
+
+@app.cls(image=image, scaledown_window=60)
+class InImage:
+    @corral.method()
+    def figlet_version(self) -> str:
+        import pyfiglet  # installed in the image only
+
+        return pyfiglet.__version__
+
+    @corral.method()
+    def jq(self, document: str) -> str:
+        return subprocess.run(["jq", "-c", ".a"], input=document, capture_output=True, text=True, check=True).stdout.strip()
+
+    @corral.method()
+    def local_file(self) -> str:
+        return Path("/srv/files/greeting.txt").read_text().strip()
+
+    @corral.method()
+    def environment(self) -> dict:
+        return {"greeting": os.environ.get("IMAGE_GREETING"), "cwd": os.getcwd(), "python": sys.executable,
+                "node_home_visible": Path("/work").exists() or Path("/root").joinpath(".pyenv").exists()}
+
+
+@app.cls(image=corral.Image.debian_slim().pip_install("pyfiglet==1.0.2"), enable_memory_snapshot=True, scaledown_window=60)
+class SnapInImage:
+    events: str = corral.parameter()
+
+    @corral.enter(snap=True)
+    def load(self) -> None:
+        import pyfiglet
+
+        self.banner = pyfiglet.figlet_format("hi")
+        with open(self.events, "a") as f:
+            f.write(f"snap ct={os.environ.get('CORRAL_CONTAINER_ID')}\n")
+
+    @corral.method()
+    def describe(self) -> dict:
+        return {"banner": bool(self.banner.strip()), "container": os.environ["CORRAL_CONTAINER_ID"], "python": sys.executable}
