@@ -43,7 +43,8 @@ class InImage:
                 "node_home_visible": Path("/work").exists() or Path("/root").joinpath(".pyenv").exists()}
 
 
-@app.cls(image=corral.Image.debian_slim().pip_install("pyfiglet==1.0.2"), enable_memory_snapshot=True, scaledown_window=60)
+@app.cls(image=corral.Image.debian_slim().pip_install("pyfiglet==1.0.2"), enable_memory_snapshot=True, scaledown_window=60,
+         max_containers=3)
 class SnapInImage:
     events: str = corral.parameter()
 
@@ -56,5 +57,9 @@ class SnapInImage:
             f.write(f"snap ct={os.environ.get('CORRAL_CONTAINER_ID')}\n")
 
     @corral.method()
-    def describe(self) -> dict:
-        return {"banner": bool(self.banner.strip()), "container": os.environ["CORRAL_CONTAINER_ID"], "python": sys.executable}
+    def describe(self, hold_s: float = 0.0) -> dict:
+        import time
+
+        time.sleep(hold_s)
+        return {"banner": bool(self.banner.strip()), "container": os.environ["CORRAL_CONTAINER_ID"], "python": sys.executable,
+                "pid": os.getpid()}

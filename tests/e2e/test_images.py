@@ -1,0 +1,121 @@
+"""Images built for real, end to end: `corral deploy` builds a class's image (a Debian base from
+mmdebstrap, layers with uv, apt and local files, the corral worker installed automatically) with
+progress on the client; methods see the image's packages, tools, files, environment and working
+directory, and none of the node's; a second deploy reuses every layer; a failing step fails the
+deploy with the step's name and log tail and leaves no layer; a snapshot class with an image
+restores inside its image.
+
+The base root filesystem and the layers are cached on the machine (`/var/cache/corral/images`, which
+`.ci/run` fills once), so only the first run on a machine pays for mmdebstrap and PyPI downloads.
+Needs a node with runc and mmdebstrap (skipped otherwise, failed under CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import APPS, Cluster, read_events, wait_for
+from corral_protocol.v1 import control_pb2
+from corral_runtime import criu, image_store
+from e2e_helpers import client_for, containers
+
+FAILING_STEP = "step 3/3 'run echo corral-image-step-output && exit 3' failed with exit status 3"
+
+
+def _layers() -> dict[str, str]:
+    root = image_store.default_root(Path("/nonexistent")) / "layers"
+    found = {}
+    for meta in root.glob("*/meta.json"):
+        found[meta.parent.name] = json.loads(meta.read_text())["title"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster: Cluster) -> Iterator[str]:
+    """image_app deployed once for the module (its build output); the images stay cached."""
+    client = client_for(cluster)
+    [node] = client.call(client.stub.ListNodes, control_pb2.ListNodesRequest()).nodes
+    problem = "" if node.inventory.isolation.mode == "runc" else f"the node does not run containers with runc: {node.inventory.isolation.reason}"
+    problem = problem or ("" if shutil.which("mmdebstrap") else "mmdebstrap is not installed (apt-get install mmdebstrap)")
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must build images: {problem}")
+        pytest.skip(problem)
+    result = cluster.corral("deploy", str(APPS / "image_app.py"), "--name", "images", timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield result.stderr
+    cluster.corral("app", "stop", "images")
+
+
+def _call(cluster: Cluster, code: str) -> str:
+    result = cluster.python("-c", "import corral\nC = corral.Cls.from_name('images', 'InImage')()\n" + code, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.timeout(900)
+def test_methods_see_the_image(cluster: Cluster, deployed: str) -> None:
+    assert "step 7/7" in deployed and "ready" in deployed  # the client saw the build's progress
+    # A PyPI package the client's environment lacks imports remotely.
+    with pytest.raises(ImportError):
+        __import__("pyfiglet")
+    assert _call(cluster, "print(C.figlet_version.remote())") == "1.0.2"
+    # A Debian tool from apt_install runs; local files are there; env and workdir from the recipe.
+    assert _call(cluster, "print(C.jq.remote('{\"a\": [1, 2]}'))") == "[1,2]"
+    assert _call(cluster, "print(C.local_file.remote())") == "hello from a local dir"
+    env = json.loads(_call(cluster, "import json; print(json.dumps(C.environment.remote()))"))
+    assert env == {"greeting": "from-the-recipe", "cwd": "/srv", "python": "/opt/venv/bin/python", "node_home_visible": False}
+
+
+@pytest.mark.timeout(900)
+def test_second_deploy_reuses_every_layer(cluster: Cluster, deployed: str) -> None:
+    before = _layers()
+    again = cluster.corral("deploy", str(APPS / "image_app.py"), "--name", "images", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    steps = [line for line in again.stderr.splitlines() if " step " in line]
+    assert steps and all(": " in line and " cached: " in line for line in steps), again.stderr
+    assert "building" not in again.stderr
+    assert _layers() == before
+
+
+@pytest.mark.timeout(900)
+def test_a_failing_step_fails_the_deploy_with_its_name(cluster: Cluster, deployed: str) -> None:
+    result = cluster.corral("deploy", str(APPS / "image_fail_app.py"), "--name", "images-failing", timeout=300)
+    assert result.returncode != 0
+    assert "ImageBuildError" in result.stderr and FAILING_STEP in result.stderr, result.stderr
+    assert "corral-image-step-output" in result.stderr  # the tail of the step's log
+    assert not [title for title in _layers().values() if "corral-image-step-output" in title]  # no half-built layer
+    root = image_store.default_root(Path("/nonexistent")) / "layers"
+    assert not list(root.glob("*.tmp-*"))
+
+
+@pytest.mark.timeout(900)
+def test_snapshot_class_with_an_image_restores_inside_it(cluster: Cluster, deployed: str, events: Path) -> None:
+    support = criu.detect()
+    if not support.available:
+        if os.environ.get("CI"):
+            pytest.fail(f"memory snapshots are unavailable in CI: {support.reason}")
+        pytest.skip(f"memory snapshots are unavailable here: {support.reason}")
+    import corral
+
+    client = client_for(cluster)
+    snap = corral.Cls.from_name("images", "SnapInImage", client=client)(events=str(events))
+    first = snap.describe.remote()
+    assert first["banner"] and first["python"] == "/opt/venv/bin/python"
+    wait_for(lambda: any(s.image.class_name == "SnapInImage" for s in
+                         client.call(client.stub.ListSnapshots, control_pb2.ListSnapshotsRequest()).snapshots),
+             timeout=60, message="the snapshot taken")
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: snap.describe.remote(hold_s=2.0), range(3)))
+    restored = [c for c in containers(client, "images", "SnapInImage") if c.restored_from_snapshot]
+    assert restored, results
+    for result in results:
+        assert result["banner"] and result["python"] == "/opt/venv/bin/python" and result["pid"] == 1
+    assert len([line for line in read_events(events) if line.startswith("snap ")]) == 1
