@@ -83,6 +83,12 @@ def test_second_deploy_reuses_every_layer(cluster: Cluster, deployed: str) -> No
     assert steps and all(": " in line and " cached: " in line for line in steps), again.stderr
     assert "building" not in again.stderr
     assert _layers() == before
+    # `corral image list` shows every node's layers; `rm` of an unknown prefix removes nothing.
+    listed = cluster.corral("image", "list")
+    assert listed.returncode == 0 and "apt install jq" in listed.stdout and "pip install pyfiglet==1.0.2" in listed.stdout, listed.stdout
+    removed = cluster.corral("image", "rm", "no-such-layer")
+    assert removed.returncode == 0 and "Removed 0 image layer(s)" in removed.stdout, removed.stdout + removed.stderr
+    assert _layers() == before
 
 
 @pytest.mark.timeout(900)

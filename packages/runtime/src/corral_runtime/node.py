@@ -190,6 +190,10 @@ class NodeDaemon:
                 self._emit(heartbeat=self._heartbeat())
             elif kind == "build_image":
                 self._spawn_task(self._build_image(command.build_image))
+            elif kind == "manage_image_cache":
+                report = self.images.manage(command.manage_image_cache, self.name) if self.images is not None else \
+                    node_pb2.ImageCacheReport(request_id=command.manage_image_cache.request_id, node_name=self.name)
+                self._emit(image_cache=report)
 
     async def _build_image(self, command: node_pb2.BuildImage) -> None:
         if self.images is None:

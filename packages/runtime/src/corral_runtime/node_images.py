@@ -66,6 +66,16 @@ class NodeImages:
             log.exception("image build failed")
             report(common_pb2.ImageBuildProgress(done=True, error=f"the node could not build the image: {err}"))
 
+    def manage(self, command: node_pb2.ManageImageCache, node_name: str) -> node_pb2.ImageCacheReport:
+        """`corral image list` / `rm`: remove what is asked (never a layer in use), list the rest."""
+        removed = 0
+        if command.remove_all or command.remove_keys:
+            removed = self.store.remove(None if command.remove_all else list(command.remove_keys))
+        layers = [common_pb2.ImageLayer(key=str(m["key"]), title=str(m["title"]), size_bytes=int(m["size"]),  # type: ignore[call-overload]
+                                        last_used=float(m["last_used"]), node_name=node_name,  # type: ignore[arg-type]
+                                        in_use=self.store.in_use.get(str(m["key"]), 0)) for m in self.store.layers()]
+        return node_pb2.ImageCacheReport(request_id=command.request_id, node_name=node_name, layers=layers, removed=removed)
+
     async def prepare(self, start: node_pb2.StartContainer) -> tuple[list[str], ImageRoot, dict[str, str]]:
         """The worker's argv, the root and the base environment of a container with an image; built
         first only if some layer is missing (a node that joined after the deploy)."""

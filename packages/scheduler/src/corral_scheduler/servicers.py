@@ -209,6 +209,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         async for report in self.plane.image_builds.build(list(request.images)):
             yield report
 
+    @api
+    async def ManageImages(self, request: control_pb2.ManageImagesRequest, context: Any) -> control_pb2.ManageImagesResponse:
+        return await self.plane.image_builds.manage(request)
+
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     HEARTBEAT_INTERVAL_S = 5.0
@@ -237,8 +241,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         async def read() -> None:
             try:
                 async for event in request_iterator:
-                    if event.WhichOneof("event") == "build_progress":  # relayed to the client, not a core event
+                    kind = event.WhichOneof("event")
+                    if kind == "build_progress":  # relayed to the client, not a core event
                         self.plane.image_builds.progress(event.build_progress)
+                        continue
+                    if kind == "image_cache":
+                        self.plane.image_builds.cache_report(event.image_cache)
                         continue
                     self.plane.node_event(node_id, event)
             finally:

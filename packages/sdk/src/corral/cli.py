@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from corral._cli_images import add_image_commands
 from corral._client import default_client
 from corral._home import corral_home
 from corral.app import App
@@ -360,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", help="every image of this app (name or id)")
     p.add_argument("--all", action="store_true", help="every image")
     p.set_defaults(handler=cmd_snapshot_rm)
+
+    add_image_commands(sub)
     return parser
 
 

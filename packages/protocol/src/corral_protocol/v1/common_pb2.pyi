@@ -1373,3 +1373,40 @@ class ContainerUsage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContainerUsage: _TypeAlias = ContainerUsage  # noqa: Y015
+
+@_typing.final
+class ImageLayer(_message.Message):
+    """One cached image layer on a node (`corral image list`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    LAST_USED_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    IN_USE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    title: _builtins.str
+    size_bytes: _builtins.int
+    last_used: _builtins.float
+    node_name: _builtins.str
+    in_use: _builtins.int
+    """Containers of the node running on it now (such a layer is never removed)."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        title: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        last_used: _builtins.float = ...,
+        node_name: _builtins.str = ...,
+        in_use: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_use", b"in_use", "key", b"key", "last_used", b"last_used", "node_name", b"node_name", "size_bytes", b"size_bytes", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageLayer: _TypeAlias = ImageLayer  # noqa: Y015

@@ -1236,3 +1236,49 @@ class BuildImagesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BuildImagesRequest: _TypeAlias = BuildImagesRequest  # noqa: Y015
+
+@_typing.final
+class ManageImagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVE_KEYS_FIELD_NUMBER: _builtins.int
+    REMOVE_ALL_FIELD_NUMBER: _builtins.int
+    remove_all: _builtins.bool
+    @_builtins.property
+    def remove_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        remove_keys: _abc.Iterable[_builtins.str] | None = ...,
+        remove_all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["remove_all", b"remove_all", "remove_keys", b"remove_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManageImagesRequest: _TypeAlias = ManageImagesRequest  # noqa: Y015
+
+@_typing.final
+class ManageImagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYERS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.int
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ImageLayer]: ...
+    def __init__(
+        self,
+        *,
+        layers: _abc.Iterable[_common_pb2.ImageLayer] | None = ...,
+        removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManageImagesResponse: _TypeAlias = ManageImagesResponse  # noqa: Y015

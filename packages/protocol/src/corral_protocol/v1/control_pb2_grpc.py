@@ -146,6 +146,11 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.BuildImagesRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_common__pb2.ImageBuildProgress.FromString,
                 _registered_method=True)
+        self.ManageImages = channel.unary_unary(
+                '/corral.v1.ControlService/ManageImages',
+                request_serializer=corral_dot_v1_dot_control__pb2.ManageImagesRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.ManageImagesResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -290,6 +295,13 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ManageImages(self, request, context):
+        """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -402,6 +414,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.BuildImages,
                     request_deserializer=corral_dot_v1_dot_control__pb2.BuildImagesRequest.FromString,
                     response_serializer=corral_dot_v1_dot_common__pb2.ImageBuildProgress.SerializeToString,
+            ),
+            'ManageImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ManageImages,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.ManageImagesRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.ManageImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -999,6 +1016,33 @@ class ControlService:
             '/corral.v1.ControlService/BuildImages',
             corral_dot_v1_dot_control__pb2.BuildImagesRequest.SerializeToString,
             corral_dot_v1_dot_common__pb2.ImageBuildProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ManageImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/ManageImages',
+            corral_dot_v1_dot_control__pb2.ManageImagesRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.ManageImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

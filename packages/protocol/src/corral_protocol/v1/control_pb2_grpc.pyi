@@ -63,6 +63,8 @@ class ControlServiceStub:
     DeleteSnapshots: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeleteSnapshotsRequest, _control_pb2.DeleteSnapshotsResponse]
     BuildImages: _grpc.UnaryStreamMultiCallable[_control_pb2.BuildImagesRequest, _common_pb2.ImageBuildProgress]
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
+    ManageImages: _grpc.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]
+    """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -98,6 +100,8 @@ class ControlServiceAsyncStub(ControlServiceStub):
     DeleteSnapshots: _aio.UnaryUnaryMultiCallable[_control_pb2.DeleteSnapshotsRequest, _control_pb2.DeleteSnapshotsResponse]  # type: ignore[assignment]
     BuildImages: _aio.UnaryStreamMultiCallable[_control_pb2.BuildImagesRequest, _common_pb2.ImageBuildProgress]  # type: ignore[assignment]
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
+    ManageImages: _aio.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]  # type: ignore[assignment]
+    """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API that SDKs and third-party clients use."""
@@ -262,5 +266,13 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.ImageBuildProgress], _abc.AsyncIterator[_common_pb2.ImageBuildProgress]]:
         """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
+
+    @_abc_1.abstractmethod
+    def ManageImages(
+        self,
+        request: _control_pb2.ManageImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ManageImagesResponse, _abc.Awaitable[_control_pb2.ManageImagesResponse]]:
+        """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

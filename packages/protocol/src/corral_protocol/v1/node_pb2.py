@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from corral_protocol.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/node.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"d\n\x13RegisterNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\tinventory\x18\x02 \x01(\x0b\x32\x18.corral.v1.NodeInventory\x12\x12\n\nworker_url\x18\x03 \x01(\t\"E\n\x14RegisterNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"\xbe\x02\n\x12NodeSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.corral.v1.NodeHeartbeatH\x00\x12\x38\n\x11\x63ontainer_started\x18\x03 \x01(\x0b\x32\x1b.corral.v1.ContainerStartedH\x00\x12\x36\n\x10\x63ontainer_exited\x18\x04 \x01(\x0b\x32\x1a.corral.v1.ContainerExitedH\x00\x12\x34\n\x0fsnapshot_result\x18\x05 \x01(\x0b\x32\x19.corral.v1.SnapshotResultH\x00\x12\x37\n\x0e\x62uild_progress\x18\x06 \x01(\x0b\x32\x1d.corral.v1.ImageBuildProgressH\x00\x42\x07\n\x05\x65vent\"\xaf\x01\n\rNodeHeartbeat\x12\x1a\n\x12running_containers\x18\x01 \x03(\t\x12+\n\tsnapshots\x18\x02 \x03(\x0b\x32\x18.corral.v1.SnapshotImage\x12+\n\tinventory\x18\x03 \x01(\x0b\x32\x18.corral.v1.NodeInventory\x12(\n\x05usage\x18\x04 \x03(\x0b\x32\x19.corral.v1.ContainerUsage\"m\n\x10\x43ontainerStarted\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x1e\n\x16restored_from_snapshot\x18\x03 \x01(\x08\x12\x16\n\x0esnapshot_error\x18\x04 \x01(\t\"_\n\x0f\x43ontainerExited\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x04 \x01(\t\"\x80\x01\n\x0eSnapshotResult\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x05image\x18\x05 \x01(\x0b\x32\x18.corral.v1.SnapshotImage\"\xa2\x02\n\x13NodeSessionResponse\x12\x34\n\x0fstart_container\x18\x01 \x01(\x0b\x32\x19.corral.v1.StartContainerH\x00\x12\x32\n\x0estop_container\x18\x02 \x01(\x0b\x32\x18.corral.v1.StopContainerH\x00\x12\x30\n\rtake_snapshot\x18\x03 \x01(\x0b\x32\x17.corral.v1.TakeSnapshotH\x00\x12\x36\n\x10\x64\x65lete_snapshots\x18\x04 \x01(\x0b\x32\x1a.corral.v1.DeleteSnapshotsH\x00\x12,\n\x0b\x62uild_image\x18\x05 \x01(\x0b\x32\x15.corral.v1.BuildImageH\x00\x42\t\n\x07\x63ommand\"\xa9\x03\n\x0eStartContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ontainer_token\x18\x02 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x03 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x04 \x01(\t\x12/\n\x03\x65nv\x18\x05 \x03(\x0b\x32\".corral.v1.StartContainer.EnvEntry\x12\'\n\tresources\x18\x06 \x01(\x0b\x32\x14.corral.v1.Resources\x12\x13\n\x0bgpu_indices\x18\x07 \x03(\r\x12\x14\n\x0csnapshot_key\x18\x08 \x01(\t\x12\x13\n\x0b\x63ontrol_url\x18\t \x01(\t\x12\x15\n\rtake_snapshot\x18\n \x01(\x08\x12\x1a\n\x12pre_snapshot_token\x18\x0b \x01(\t\x12\x12\n\nclass_name\x18\x0c \x01(\t\x12\x11\n\tgpu_uuids\x18\r \x03(\t\x12#\n\x05image\x18\x0e \x01(\x0b\x32\x14.corral.v1.ImageSpec\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\nBuildImage\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12#\n\x05image\x18\x02 \x01(\x0b\x32\x14.corral.v1.ImageSpec\"6\n\rStopContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07grace_s\x18\x02 \x01(\x01\":\n\x0cTakeSnapshot\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x02 \x01(\t\"R\n\x0f\x44\x65leteSnapshots\x12\x15\n\rsnapshot_keys\x18\x01 \x03(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x18\n\x10keep_bundle_hash\x18\x03 \x01(\t\" \n\x10GetBundleRequest\x12\x0c\n\x04hash\x18\x01 \x01(\t\"!\n\x11GetBundleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xfa\x01\n\x0bNodeService\x12O\n\x0cRegisterNode\x12\x1e.corral.v1.RegisterNodeRequest\x1a\x1f.corral.v1.RegisterNodeResponse\x12P\n\x0bNodeSession\x12\x1d.corral.v1.NodeSessionRequest\x1a\x1e.corral.v1.NodeSessionResponse(\x01\x30\x01\x12H\n\tGetBundle\x12\x1b.corral.v1.GetBundleRequest\x1a\x1c.corral.v1.GetBundleResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/node.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"d\n\x13RegisterNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\tinventory\x18\x02 \x01(\x0b\x32\x18.corral.v1.NodeInventory\x12\x12\n\nworker_url\x18\x03 \x01(\t\"E\n\x14RegisterNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"\xf2\x02\n\x12NodeSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.corral.v1.NodeHeartbeatH\x00\x12\x38\n\x11\x63ontainer_started\x18\x03 \x01(\x0b\x32\x1b.corral.v1.ContainerStartedH\x00\x12\x36\n\x10\x63ontainer_exited\x18\x04 \x01(\x0b\x32\x1a.corral.v1.ContainerExitedH\x00\x12\x34\n\x0fsnapshot_result\x18\x05 \x01(\x0b\x32\x19.corral.v1.SnapshotResultH\x00\x12\x37\n\x0e\x62uild_progress\x18\x06 \x01(\x0b\x32\x1d.corral.v1.ImageBuildProgressH\x00\x12\x32\n\x0bimage_cache\x18\x07 \x01(\x0b\x32\x1b.corral.v1.ImageCacheReportH\x00\x42\x07\n\x05\x65vent\"\xaf\x01\n\rNodeHeartbeat\x12\x1a\n\x12running_containers\x18\x01 \x03(\t\x12+\n\tsnapshots\x18\x02 \x03(\x0b\x32\x18.corral.v1.SnapshotImage\x12+\n\tinventory\x18\x03 \x01(\x0b\x32\x18.corral.v1.NodeInventory\x12(\n\x05usage\x18\x04 \x03(\x0b\x32\x19.corral.v1.ContainerUsage\"m\n\x10\x43ontainerStarted\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x1e\n\x16restored_from_snapshot\x18\x03 \x01(\x08\x12\x16\n\x0esnapshot_error\x18\x04 \x01(\t\"_\n\x0f\x43ontainerExited\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x04 \x01(\t\"\x80\x01\n\x0eSnapshotResult\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x05image\x18\x05 \x01(\x0b\x32\x18.corral.v1.SnapshotImage\"\xdd\x02\n\x13NodeSessionResponse\x12\x34\n\x0fstart_container\x18\x01 \x01(\x0b\x32\x19.corral.v1.StartContainerH\x00\x12\x32\n\x0estop_container\x18\x02 \x01(\x0b\x32\x18.corral.v1.StopContainerH\x00\x12\x30\n\rtake_snapshot\x18\x03 \x01(\x0b\x32\x17.corral.v1.TakeSnapshotH\x00\x12\x36\n\x10\x64\x65lete_snapshots\x18\x04 \x01(\x0b\x32\x1a.corral.v1.DeleteSnapshotsH\x00\x12,\n\x0b\x62uild_image\x18\x05 \x01(\x0b\x32\x15.corral.v1.BuildImageH\x00\x12\x39\n\x12manage_image_cache\x18\x06 \x01(\x0b\x32\x1b.corral.v1.ManageImageCacheH\x00\x42\t\n\x07\x63ommand\"\xa9\x03\n\x0eStartContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ontainer_token\x18\x02 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x03 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x04 \x01(\t\x12/\n\x03\x65nv\x18\x05 \x03(\x0b\x32\".corral.v1.StartContainer.EnvEntry\x12\'\n\tresources\x18\x06 \x01(\x0b\x32\x14.corral.v1.Resources\x12\x13\n\x0bgpu_indices\x18\x07 \x03(\r\x12\x14\n\x0csnapshot_key\x18\x08 \x01(\t\x12\x13\n\x0b\x63ontrol_url\x18\t \x01(\t\x12\x15\n\rtake_snapshot\x18\n \x01(\x08\x12\x1a\n\x12pre_snapshot_token\x18\x0b \x01(\t\x12\x12\n\nclass_name\x18\x0c \x01(\t\x12\x11\n\tgpu_uuids\x18\r \x03(\t\x12#\n\x05image\x18\x0e \x01(\x0b\x32\x14.corral.v1.ImageSpec\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\nBuildImage\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12#\n\x05image\x18\x02 \x01(\x0b\x32\x14.corral.v1.ImageSpec\"6\n\rStopContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07grace_s\x18\x02 \x01(\x01\":\n\x0cTakeSnapshot\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x02 \x01(\t\"R\n\x0f\x44\x65leteSnapshots\x12\x15\n\rsnapshot_keys\x18\x01 \x03(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x18\n\x10keep_bundle_hash\x18\x03 \x01(\t\" \n\x10GetBundleRequest\x12\x0c\n\x04hash\x18\x01 \x01(\t\"!\n\x11GetBundleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"O\n\x10ManageImageCache\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bremove_keys\x18\x02 \x03(\t\x12\x12\n\nremove_all\x18\x03 \x01(\x08\"q\n\x10ImageCacheReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12%\n\x06layers\x18\x03 \x03(\x0b\x32\x15.corral.v1.ImageLayer\x12\x0f\n\x07removed\x18\x04 \x01(\r2\xfa\x01\n\x0bNodeService\x12O\n\x0cRegisterNode\x12\x1e.corral.v1.RegisterNodeRequest\x1a\x1f.corral.v1.RegisterNodeResponse\x12P\n\x0bNodeSession\x12\x1d.corral.v1.NodeSessionRequest\x1a\x1e.corral.v1.NodeSessionResponse(\x01\x30\x01\x12H\n\tGetBundle\x12\x1b.corral.v1.GetBundleRequest\x1a\x1c.corral.v1.GetBundleResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,33 +39,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERNODERESPONSE']._serialized_start=161
   _globals['_REGISTERNODERESPONSE']._serialized_end=230
   _globals['_NODESESSIONREQUEST']._serialized_start=233
-  _globals['_NODESESSIONREQUEST']._serialized_end=551
-  _globals['_NODEHEARTBEAT']._serialized_start=554
-  _globals['_NODEHEARTBEAT']._serialized_end=729
-  _globals['_CONTAINERSTARTED']._serialized_start=731
-  _globals['_CONTAINERSTARTED']._serialized_end=840
-  _globals['_CONTAINEREXITED']._serialized_start=842
-  _globals['_CONTAINEREXITED']._serialized_end=937
-  _globals['_SNAPSHOTRESULT']._serialized_start=940
-  _globals['_SNAPSHOTRESULT']._serialized_end=1068
-  _globals['_NODESESSIONRESPONSE']._serialized_start=1071
-  _globals['_NODESESSIONRESPONSE']._serialized_end=1361
-  _globals['_STARTCONTAINER']._serialized_start=1364
-  _globals['_STARTCONTAINER']._serialized_end=1789
-  _globals['_STARTCONTAINER_ENVENTRY']._serialized_start=1747
-  _globals['_STARTCONTAINER_ENVENTRY']._serialized_end=1789
-  _globals['_BUILDIMAGE']._serialized_start=1791
-  _globals['_BUILDIMAGE']._serialized_end=1858
-  _globals['_STOPCONTAINER']._serialized_start=1860
-  _globals['_STOPCONTAINER']._serialized_end=1914
-  _globals['_TAKESNAPSHOT']._serialized_start=1916
-  _globals['_TAKESNAPSHOT']._serialized_end=1974
-  _globals['_DELETESNAPSHOTS']._serialized_start=1976
-  _globals['_DELETESNAPSHOTS']._serialized_end=2058
-  _globals['_GETBUNDLEREQUEST']._serialized_start=2060
-  _globals['_GETBUNDLEREQUEST']._serialized_end=2092
-  _globals['_GETBUNDLERESPONSE']._serialized_start=2094
-  _globals['_GETBUNDLERESPONSE']._serialized_end=2127
-  _globals['_NODESERVICE']._serialized_start=2130
-  _globals['_NODESERVICE']._serialized_end=2380
+  _globals['_NODESESSIONREQUEST']._serialized_end=603
+  _globals['_NODEHEARTBEAT']._serialized_start=606
+  _globals['_NODEHEARTBEAT']._serialized_end=781
+  _globals['_CONTAINERSTARTED']._serialized_start=783
+  _globals['_CONTAINERSTARTED']._serialized_end=892
+  _globals['_CONTAINEREXITED']._serialized_start=894
+  _globals['_CONTAINEREXITED']._serialized_end=989
+  _globals['_SNAPSHOTRESULT']._serialized_start=992
+  _globals['_SNAPSHOTRESULT']._serialized_end=1120
+  _globals['_NODESESSIONRESPONSE']._serialized_start=1123
+  _globals['_NODESESSIONRESPONSE']._serialized_end=1472
+  _globals['_STARTCONTAINER']._serialized_start=1475
+  _globals['_STARTCONTAINER']._serialized_end=1900
+  _globals['_STARTCONTAINER_ENVENTRY']._serialized_start=1858
+  _globals['_STARTCONTAINER_ENVENTRY']._serialized_end=1900
+  _globals['_BUILDIMAGE']._serialized_start=1902
+  _globals['_BUILDIMAGE']._serialized_end=1969
+  _globals['_STOPCONTAINER']._serialized_start=1971
+  _globals['_STOPCONTAINER']._serialized_end=2025
+  _globals['_TAKESNAPSHOT']._serialized_start=2027
+  _globals['_TAKESNAPSHOT']._serialized_end=2085
+  _globals['_DELETESNAPSHOTS']._serialized_start=2087
+  _globals['_DELETESNAPSHOTS']._serialized_end=2169
+  _globals['_GETBUNDLEREQUEST']._serialized_start=2171
+  _globals['_GETBUNDLEREQUEST']._serialized_end=2203
+  _globals['_GETBUNDLERESPONSE']._serialized_start=2205
+  _globals['_GETBUNDLERESPONSE']._serialized_end=2238
+  _globals['_MANAGEIMAGECACHE']._serialized_start=2240
+  _globals['_MANAGEIMAGECACHE']._serialized_end=2319
+  _globals['_IMAGECACHEREPORT']._serialized_start=2321
+  _globals['_IMAGECACHEREPORT']._serialized_end=2434
+  _globals['_NODESERVICE']._serialized_start=2437
+  _globals['_NODESERVICE']._serialized_end=2687
 # @@protoc_insertion_point(module_scope)

@@ -77,6 +77,7 @@ class NodeSessionRequest(_message.Message):
     CONTAINER_EXITED_FIELD_NUMBER: _builtins.int
     SNAPSHOT_RESULT_FIELD_NUMBER: _builtins.int
     BUILD_PROGRESS_FIELD_NUMBER: _builtins.int
+    IMAGE_CACHE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     @_builtins.property
     def heartbeat(self) -> Global___NodeHeartbeat: ...
@@ -88,6 +89,8 @@ class NodeSessionRequest(_message.Message):
     def snapshot_result(self) -> Global___SnapshotResult: ...
     @_builtins.property
     def build_progress(self) -> _common_pb2.ImageBuildProgress: ...
+    @_builtins.property
+    def image_cache(self) -> Global___ImageCacheReport: ...
     def __init__(
         self,
         *,
@@ -97,12 +100,13 @@ class NodeSessionRequest(_message.Message):
         container_exited: Global___ContainerExited | None = ...,
         snapshot_result: Global___SnapshotResult | None = ...,
         build_progress: _common_pb2.ImageBuildProgress | None = ...,
+        image_cache: Global___ImageCacheReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["build_progress", b"build_progress", "container_exited", b"container_exited", "container_started", b"container_started", "event", b"event", "heartbeat", b"heartbeat", "snapshot_result", b"snapshot_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_progress", b"build_progress", "container_exited", b"container_exited", "container_started", b"container_started", "event", b"event", "heartbeat", b"heartbeat", "image_cache", b"image_cache", "snapshot_result", b"snapshot_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_progress", b"build_progress", "container_exited", b"container_exited", "container_started", b"container_started", "event", b"event", "heartbeat", b"heartbeat", "node_id", b"node_id", "snapshot_result", b"snapshot_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_progress", b"build_progress", "container_exited", b"container_exited", "container_started", b"container_started", "event", b"event", "heartbeat", b"heartbeat", "image_cache", b"image_cache", "node_id", b"node_id", "snapshot_result", b"snapshot_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["heartbeat", "container_started", "container_exited", "snapshot_result", "build_progress"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["heartbeat", "container_started", "container_exited", "snapshot_result", "build_progress", "image_cache"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -249,6 +253,7 @@ class NodeSessionResponse(_message.Message):
     TAKE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     DELETE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
     BUILD_IMAGE_FIELD_NUMBER: _builtins.int
+    MANAGE_IMAGE_CACHE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start_container(self) -> Global___StartContainer: ...
     @_builtins.property
@@ -261,6 +266,8 @@ class NodeSessionResponse(_message.Message):
     def delete_snapshots(self) -> Global___DeleteSnapshots: ...
     @_builtins.property
     def build_image(self) -> Global___BuildImage: ...
+    @_builtins.property
+    def manage_image_cache(self) -> Global___ManageImageCache: ...
     def __init__(
         self,
         *,
@@ -269,12 +276,13 @@ class NodeSessionResponse(_message.Message):
         take_snapshot: Global___TakeSnapshot | None = ...,
         delete_snapshots: Global___DeleteSnapshots | None = ...,
         build_image: Global___BuildImage | None = ...,
+        manage_image_cache: Global___ManageImageCache | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "command", b"command", "delete_snapshots", b"delete_snapshots", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "command", b"command", "delete_snapshots", b"delete_snapshots", "manage_image_cache", b"manage_image_cache", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "command", b"command", "delete_snapshots", b"delete_snapshots", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "command", b"command", "delete_snapshots", b"delete_snapshots", "manage_image_cache", b"manage_image_cache", "start_container", b"start_container", "stop_container", b"stop_container", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["start_container", "stop_container", "take_snapshot", "delete_snapshots", "build_image"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["start_container", "stop_container", "take_snapshot", "delete_snapshots", "build_image", "manage_image_cache"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -515,3 +523,60 @@ class GetBundleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBundleResponse: _TypeAlias = GetBundleResponse  # noqa: Y015
+
+@_typing.final
+class ManageImageCache(_message.Message):
+    """List this node's cached image layers, after removing those named (by key prefix) or all (not in use)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REMOVE_KEYS_FIELD_NUMBER: _builtins.int
+    REMOVE_ALL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    remove_all: _builtins.bool
+    @_builtins.property
+    def remove_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        remove_keys: _abc.Iterable[_builtins.str] | None = ...,
+        remove_all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["remove_all", b"remove_all", "remove_keys", b"remove_keys", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManageImageCache: _TypeAlias = ManageImageCache  # noqa: Y015
+
+@_typing.final
+class ImageCacheReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    node_name: _builtins.str
+    removed: _builtins.int
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ImageLayer]: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        node_name: _builtins.str = ...,
+        layers: _abc.Iterable[_common_pb2.ImageLayer] | None = ...,
+        removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "node_name", b"node_name", "removed", b"removed", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageCacheReport: _TypeAlias = ImageCacheReport  # noqa: Y015
