@@ -200,15 +200,7 @@ class ImageBuilder:
         report(_progress(result, len(result.steps), "", done=True, began=began))
 
     async def _base(self, release: str, line: Callable[[str], None]) -> None:
-        target = self.store.base_dir(release)
-        staging = target.with_name(f"{release}.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        argv = ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv", release, str(staging)]
-        code, tail = await _stream(argv, line)
-        if code != 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise BuildError(f"step 'debian_slim ({release})' failed: mmdebstrap exited with {code}\n" + "".join(tail))
-        os.replace(staging, target)
+        await _build_base(self.store, release, line)
 
     def _script(self, step: Step, workdir: str) -> tuple[str, list[oci.Bind]]:
         """The shell script of one step and the extra binds it needs."""
@@ -275,6 +267,21 @@ class ImageBuilder:
                              f"the last lines of its log:\n" + "".join(tail))
 
 
+async def _build_base(store: ImageStore, release: str, line: Callable[[str], None]) -> None:
+    """mmdebstrap's minbase of `release` with its python3 and venv, into the store (atomically)."""
+    if shutil.which("mmdebstrap") is None:
+        raise BuildError("step 'debian_slim' failed: mmdebstrap is not installed on the node (apt-get install mmdebstrap)")
+    target = store.base_dir(release)
+    staging = target.with_name(f"{release}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    argv = ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv", release, str(staging)]
+    code, tail = await _stream(argv, line)
+    if code != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BuildError(f"step 'debian_slim ({release})' failed: mmdebstrap exited with {code}\n" + "".join(tail))
+    os.replace(staging, target)
+
+
 def _spec_hash(spec: common_pb2.ImageSpec) -> str:
     return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
 
@@ -309,3 +316,27 @@ async def _stream(argv: list[str], line: Callable[[str], None]) -> tuple[int, de
             process.kill()
         await process.wait()
         raise
+
+
+def main() -> None:
+    """`python -m corral_runtime.image_build --base 3.11`: build (or keep) the cached Debian base of
+    a Python version, as `.ci/run` does once per machine so that tests never wait for mmdebstrap."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m corral_runtime.image_build")
+    parser.add_argument("--base", action="append", default=[], metavar="PYTHON_VERSION", help="e.g. 3.11 (repeatable)")
+    args = parser.parse_args()
+    store = ImageStore(image_store.default_root(Path("/var/lib/corral")))
+    for version in args.base or ["3.11"]:
+        release = image_store.RELEASES[version]
+        if store.has(f"base-{release}"):
+            print(f"base for Python {version} (Debian {release}) already in {store.base_dir(release)}")
+            continue
+        with store.locked(f"base-{release}"):
+            if not store.has(f"base-{release}"):
+                asyncio.run(_build_base(store, release, lambda text: print(text, flush=True)))
+        print(f"built the base for Python {version} (Debian {release}) in {store.base_dir(release)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -208,7 +208,7 @@ class ImageStore:
 
     def collect_staging(self) -> None:
         """Staging directories of builds that died (their lock is free): never a cached layer."""
-        for path in (self.root / "layers").glob("*.tmp-*"):
+        for path in [*(self.root / "layers").glob("*.tmp-*"), *(self.root / "base").glob("*.tmp-*")]:
             with contextlib.suppress(OSError):
                 subprocess.run(["umount", "-l", str(path / "rootfs")], capture_output=True, timeout=10)
             shutil.rmtree(path, ignore_errors=True)
