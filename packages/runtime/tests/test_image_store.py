@@ -63,9 +63,11 @@ def test_lru_bound_keeps_recent_and_in_use_layers(tmp_path: Path) -> None:
     assert store.remove(None) == 1 and [m["key"] for m in store.layers()] == ["in-use"]
 
 
-def test_a_dead_build_leaves_no_layer(tmp_path: Path) -> None:
+def test_a_dead_build_leaves_no_layer_and_a_running_one_is_left_alone(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
     (tmp_path / "layers" / "abc.tmp-1-x" / "fs").mkdir(parents=True)
+    (tmp_path / "layers" / "running.tmp-2-y" / "fs").mkdir(parents=True)
     assert not store.has("abc")
-    store.collect_staging()
-    assert not list((tmp_path / "layers").iterdir())
+    with store.locked("running"):  # another node of the machine is building it
+        store.collect_staging()
+    assert [p.name for p in (tmp_path / "layers").iterdir()] == ["running.tmp-2-y"]

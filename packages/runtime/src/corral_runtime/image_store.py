@@ -207,11 +207,22 @@ class ImageStore:
         return removed
 
     def collect_staging(self) -> None:
-        """Staging directories of builds that died (their lock is free): never a cached layer."""
-        for path in [*(self.root / "layers").glob("*.tmp-*"), *(self.root / "base").glob("*.tmp-*")]:
-            with contextlib.suppress(OSError):
-                subprocess.run(["umount", "-l", str(path / "rootfs")], capture_output=True, timeout=10)
-            shutil.rmtree(path, ignore_errors=True)
+        """Staging directories of builds that died: never a cached layer. A build holds its key's
+        lock while it runs (in this process or another node's), so only unlocked ones go."""
+        stale = [(path, path.name.split(".tmp-", 1)[0]) for path in (self.root / "layers").glob("*.tmp-*")]
+        stale += [(path, "base-" + path.name.split(".tmp-", 1)[0]) for path in (self.root / "base").glob("*.tmp-*")]
+        for path, key in stale:
+            with open(self.root / "locks" / f"{key}.lock", "w") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a build in progress
+                try:
+                    with contextlib.suppress(OSError, subprocess.SubprocessError):
+                        subprocess.run(["umount", "-l", str(path / "oci" / "rootfs")], capture_output=True, timeout=10)
+                    shutil.rmtree(path, ignore_errors=True)
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _size(path: Path) -> int:
