@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,6 +76,33 @@ def test_methods_see_the_image(cluster: Cluster, deployed: str) -> None:
     assert _call(cluster, "print(C.local_file.remote())") == "hello from a local dir"
     env = json.loads(_call(cluster, "import json; print(json.dumps(C.environment.remote()))"))
     assert env == {"greeting": "from-the-recipe", "cwd": "/srv", "python": "/opt/venv/bin/python", "node_home_visible": False}
+    assert "building its image first" not in cluster.logs()  # the deploy built it; starts build nothing
+
+
+@pytest.mark.timeout(900)
+def test_two_deploys_of_a_new_image_build_it_once(cluster: Cluster, deployed: str, tmp_path: Path) -> None:
+    marker = f"corral-dedup-{secrets.token_hex(6)}"  # a step no earlier run has cached
+    app = tmp_path / "dedup_app.py"
+    app.write_text(textwrap.dedent(f"""
+        import corral
+
+        app = corral.App("images-dedup")
+
+        @app.cls(image=corral.Image.debian_slim().run_commands("sleep 2 && echo {marker}"))
+        class Dedup:
+            @corral.method()
+            def ping(self) -> str:
+                return "pong"
+    """))
+    env = cluster.env()
+    command = [sys.executable, "-m", "corral.cli", "deploy", str(app)]
+    processes = [subprocess.Popen([*command, "--name", f"images-dedup-{i}"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    built = [stderr for _out, stderr in outputs if f"building: run sleep 2 && echo {marker}" in stderr]
+    assert len(built) == 1, outputs  # one build; the other deploy waited and found the layer cached
+    assert [title for title in _layers().values() if marker in title] == [f"run sleep 2 && echo {marker}"]
 
 
 @pytest.mark.timeout(900)

@@ -182,19 +182,21 @@ class ImageBuilder:
             if not step.has_layer or self.store.has(step.key):
                 report(_progress(result, index, step.title, cached=True, began=began))
                 continue
-            report(_progress(result, index, step.title, began=began))
 
             def line(text: str, index: int = index, step: Step = step) -> None:
                 report(_progress(result, index, step.title, log_line=text, began=began))
 
-            lock = self.store.locked(step.key)
+            lock = self.store.locked(step.key)  # another node of this machine may be building it
             await asyncio.to_thread(lock.__enter__)
             try:
-                if not self.store.has(step.key):
-                    if step.kind == "base":
-                        await self._base(result.release, line)
-                    else:
-                        await self._layer(result, index, step, env, workdir, fetch, line)
+                if self.store.has(step.key):
+                    report(_progress(result, index, step.title, cached=True, began=began))
+                    continue
+                report(_progress(result, index, step.title, began=began))
+                if step.kind == "base":
+                    await self._base(result.release, line)
+                else:
+                    await self._layer(result, index, step, env, workdir, fetch, line)
             finally:
                 lock.__exit__(None, None, None)
         report(_progress(result, len(result.steps), "", done=True, began=began))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -37,14 +38,16 @@ class NodeImages:
         self.runtime = runtime
         self.fetch = fetch
         self._builder: ImageBuilder | None = None
+        self._builder_lock = threading.Lock()
         self._log_stream = log_stream
         self._plans: dict[str, Plan] = {}  # container id -> its image's plan (layers in use)
 
     @property
     def builder(self) -> ImageBuilder:
-        if self._builder is None:  # wheels of the corral packages are made on first use
-            self._builder = ImageBuilder(self.store, self.runtime)
-        return self._builder
+        with self._builder_lock:  # made in a worker thread; two first builds must share one builder
+            if self._builder is None:  # wheels of the corral packages are made on first use
+                self._builder = ImageBuilder(self.store, self.runtime)
+            return self._builder
 
     async def build(self, command: node_pb2.BuildImage, emit: Callable[[common_pb2.ImageBuildProgress], None], node_name: str) -> None:
         """A `BuildImage` command: build, reporting every step and log line with the command's id."""
