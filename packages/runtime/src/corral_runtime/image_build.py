@@ -207,7 +207,7 @@ class ImageBuilder:
     def _script(self, step: Step, workdir: str) -> tuple[str, list[oci.Bind]]:
         """The shell script of one step and the extra binds it needs."""
         binds: list[oci.Bind] = []
-        uv = f"{TOOLS}/uv pip install --python {VENV}/bin/python"
+        uv = f"{TOOLS}/uv pip install --compile-bytecode --python {VENV}/bin/python"  # .pyc in the layer: containers never compile
         if step.kind == "worker":
             wheels = self.store.root / "wheels" / self.fingerprint
             binds.append(oci.Bind(str(wheels), f"{TOOLS}/wheels"))

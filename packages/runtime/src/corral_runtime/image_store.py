@@ -34,6 +34,8 @@ RELEASES = {"3.11": "bookworm", "3.13": "trixie"}
 VENV = "/opt/venv"  # the image's virtualenv: the worker and every pip step install here
 LOCAL_PYTHON = "/corral/python"  # add_local_python_source copies here; on the venv's path
 DEFAULT_MAX_GB = 50.0
+# Bumped when the worker layer's recipe changes (not its wheels): every image's layers then rebuild.
+WORKER_LAYER_VERSION = 2
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -99,7 +101,7 @@ def plan(spec: common_pb2.ImageSpec, image_hash: str, worker_fingerprint: str) -
         raise ValueError(f"no debian_slim base provides Python {version}; supported: {', '.join(RELEASES)}")
     base_key = f"base-{release}"
     steps = [Step(base_key, f"debian_slim (Debian {release}, Python {version})", "base")]
-    worker_key = _key(base_key, b"worker:" + worker_fingerprint.encode())
+    worker_key = _key(base_key, f"worker:{WORKER_LAYER_VERSION}:{worker_fingerprint}".encode())
     steps.append(Step(worker_key, "corral worker", "worker"))
     parent = worker_key
     result = Plan(image_hash, release, version, steps)
