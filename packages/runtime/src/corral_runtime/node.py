@@ -27,7 +27,7 @@ from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces, oci, runtimes
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
-from corral_runtime.node_images import NodeImages, uses_image
+from corral_runtime.node_images import NodeImages, image_command, uses_image
 from corral_runtime.redaction import Redactor, secret_keys
 from corral_runtime.runc import RuncRuntime, parse_volumes
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
@@ -188,20 +188,8 @@ class NodeDaemon:
                 if deleted:
                     log.info("deleted %d snapshot image(s)", deleted)
                 self._emit(heartbeat=self._heartbeat())
-            elif kind == "build_image":
-                self._spawn_task(self._build_image(command.build_image))
-            elif kind == "manage_image_cache":
-                report = self.images.manage(command.manage_image_cache, self.name) if self.images is not None else \
-                    node_pb2.ImageCacheReport(request_id=command.manage_image_cache.request_id, node_name=self.name)
-                self._emit(image_cache=report)
-
-    async def _build_image(self, command: node_pb2.BuildImage) -> None:
-        if self.images is None:
-            self._emit(build_progress=common_pb2.ImageBuildProgress(
-                build_id=command.build_id, node_name=self.name, done=True,
-                error=f"node {self.name} cannot build images: they need runc ({self.inventory.isolation.reason})"))
-            return
-        await self.images.build(command, lambda progress: self._emit(build_progress=progress), self.name)
+            elif kind in ("build_image", "manage_image_cache"):
+                self._spawn_task(image_command(self.images, command, self._emit, self.name, self.inventory.isolation.reason))
 
     def _heartbeat(self) -> node_pb2.NodeHeartbeat:
         images = [image.to_proto() for image in self.snapshots.images()] if self.snapshots is not None else []
@@ -345,9 +333,6 @@ class NodeDaemon:
     def _forget_image(self, container_id: str) -> None:
         if self.images is not None:
             self.images.release(container_id)
-        if isinstance(self.sandbox, RuncRuntime):
-            self.sandbox.image_runs.pop(container_id, None)
-
     async def _spawn(self, start: node_pb2.StartContainer, workdir: Path, container_env: dict[str, str], bundle: Path) -> ContainerProcess:
         """A cold start. When it is to take a snapshot, the worker runs as pid 1 of its own pid
         namespace, without secrets, its real token or GPUs; those come with its identity after the dump."""

@@ -100,6 +100,26 @@ class NodeImages:
         return list(WORKER_ARGS), ImageRoot(self.store.lower_dirs(plan), plan.workdir), env
 
     def release(self, container_id: str) -> None:
+        """The container is gone: its layers are no longer in use by it."""
+        self.runtime.image_runs.pop(container_id, None)
         plan = self._plans.pop(container_id, None)
         for key in plan.layer_keys if plan is not None else []:
             self.store.in_use[key] = max(0, self.store.in_use.get(key, 0) - 1)
+
+
+async def image_command(images: NodeImages | None, command: node_pb2.NodeSessionResponse, emit: Callable[..., None],
+                        node_name: str, no_runc_reason: str) -> None:
+    """A node's `build_image` or `manage_image_cache` command; `emit(**event)` sends its reports.
+    A node without runc builds nothing and holds no layer, and says why."""
+    if command.HasField("build_image"):
+        build = command.build_image
+        if images is None:
+            emit(build_progress=common_pb2.ImageBuildProgress(
+                build_id=build.build_id, node_name=node_name, done=True,
+                error=f"node {node_name} cannot build images: they need runc ({no_runc_reason})"))
+            return
+        await images.build(build, lambda progress: emit(build_progress=progress), node_name)
+    elif command.HasField("manage_image_cache"):
+        manage = command.manage_image_cache
+        emit(image_cache=images.manage(manage, node_name) if images is not None else
+             node_pb2.ImageCacheReport(request_id=manage.request_id, node_name=node_name))
