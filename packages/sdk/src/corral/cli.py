@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every image")
     p.set_defaults(handler=cmd_snapshot_rm)
 
-    add_image_commands(sub)
+    add_image_commands(sub, table, _age)
     return parser
 
 
