@@ -18,6 +18,7 @@ def test_each_step_makes_a_new_image_with_its_own_hash(tmp_path: Path) -> None:
     one = base.pip_install("six")
     assert base.steps == () and one.hash != base.hash
     assert one.hash == corral.Image.debian_slim().pip_install("six").hash
+    assert one == corral.Image.debian_slim().pip_install("six") and len({one, corral.Image.debian_slim().pip_install("six")}) == 1
     assert one.hash != base.pip_install("six", "attrs").hash
     (tmp_path / "a.txt").write_text("1")
     first = base.add_local_dir(tmp_path, "/srv")

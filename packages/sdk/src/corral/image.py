@@ -190,6 +190,9 @@ class Image:
         """The content hash of the base and every step (local files by content)."""
         return image_hash(self.to_proto())
 
+    def __hash__(self) -> int:  # the steps are proto messages, which do not hash
+        return hash(self.hash)
+
     def _step(self, step: common_pb2.ImageStep) -> Image:
         return replace(self, steps=(*self.steps, step))
 
