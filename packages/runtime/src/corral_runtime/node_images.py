@@ -113,10 +113,11 @@ async def image_command(images: NodeImages | None, command: node_pb2.NodeSession
     A node without runc builds nothing and holds no layer, and says why."""
     if command.HasField("build_image"):
         build = command.build_image
-        if images is None:
-            emit(build_progress=common_pb2.ImageBuildProgress(
-                build_id=build.build_id, node_name=node_name, done=True,
-                error=f"node {node_name} cannot build images: they need runc ({no_runc_reason})"))
+        if images is None:  # as its containers: the node's own environment, loudly
+            warning = (f"warning: node {node_name} cannot build images without runc ({no_runc_reason}); its containers run "
+                       "on the node's own Python environment and fail to start if it lacks the image's pip packages")
+            emit(build_progress=common_pb2.ImageBuildProgress(build_id=build.build_id, node_name=node_name, title=warning))
+            emit(build_progress=common_pb2.ImageBuildProgress(build_id=build.build_id, node_name=node_name, done=True))
             return
         await images.build(build, lambda progress: emit(build_progress=progress), node_name)
     elif command.HasField("manage_image_cache"):

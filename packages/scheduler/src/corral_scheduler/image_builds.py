@@ -63,8 +63,10 @@ class ImageBuilds:
         """Build `images` on every connected node, one image after another; yields every report and
         stops after the first failed build (its report carries the error)."""
         nodes = self._node_ids()
-        if not nodes:
-            yield common_pb2.ImageBuildProgress(done=True, error="no node is connected to build images on")
+        if not nodes:  # not a failure: a node builds what it lacks at its first container start
+            yield common_pb2.ImageBuildProgress(title="no node is connected yet: images are built on each node at its first "
+                                                      "container start instead")
+            yield common_pb2.ImageBuildProgress(done=True)
             return
         for image in images:
             build_id = secrets.token_hex(8)

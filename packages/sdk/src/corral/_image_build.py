@@ -95,9 +95,14 @@ class _Display:
 
     def update(self, report: common_pb2.ImageBuildProgress) -> None:
         image = report.image_hash[:12]
+        if report.done and not report.image_hash and not report.error:
+            return
         if report.done:
             verdict = f"failed: {report.error.splitlines()[0]}" if report.error else "ready"
             self._print(f"image {image} on {report.node_name}: {verdict} ({report.elapsed_s:.1f} s)")
+            return
+        if not report.total and report.title:  # a node's notice, not a step
+            self._print(report.title)
             return
         if report.log_line:
             self.lines.append(report.log_line)
