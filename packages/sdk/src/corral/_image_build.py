@@ -69,7 +69,8 @@ def _upload(client: Client, bundle_hash: str) -> None:
 
 
 class _Display:
-    """rich's live panel on a terminal; plain lines (step starts, results) elsewhere."""
+    """rich's live panel on a terminal (each step's header, then its last log lines in a panel
+    with the elapsed time); plain lines elsewhere (every header and log line)."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -106,6 +107,8 @@ class _Display:
             return
         if report.log_line:
             self.lines.append(report.log_line)
+            if self._live is None:  # a log file or CI: every line, under its step
+                self._print(f"  | {report.log_line}")
         elif (image, report.step) != self._last_step:
             self._last_step = (image, report.step)
             self.lines.clear()
