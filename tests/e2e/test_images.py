@@ -30,6 +30,7 @@ from corral_protocol.v1 import control_pb2
 from corral_runtime import criu, image_store
 from e2e_helpers import client_for, containers
 
+IMAGE_APP_STEPS = {"corral worker", "apt install jq", "pip install pyfiglet==1.0.2", "add local files to /srv/files"}
 FAILING_STEP = "step 3/3 'run echo corral-image-step-output && exit 3' failed with exit status 3"
 
 
@@ -113,13 +114,14 @@ def test_second_deploy_reuses_every_layer(cluster: Cluster, deployed: str) -> No
     steps = [line for line in again.stderr.splitlines() if " step " in line]
     assert steps and all(": " in line and " cached: " in line for line in steps), again.stderr
     assert "building" not in again.stderr
-    assert _layers() == before
+    # No layer of this image was built again (other builds on the machine may add their own).
+    assert not [title for key, title in _layers().items() if key not in before and title in IMAGE_APP_STEPS]
     # `corral image list` shows every node's layers; `rm` of an unknown prefix removes nothing.
     listed = cluster.corral("image", "list")
     assert listed.returncode == 0 and "apt install jq" in listed.stdout and "pip install pyfiglet==1.0.2" in listed.stdout, listed.stdout
     removed = cluster.corral("image", "rm", "no-such-layer")
     assert removed.returncode == 0 and "Removed 0 image layer(s)" in removed.stdout, removed.stdout + removed.stderr
-    assert _layers() == before
+    assert set(before) <= set(_layers())
 
 
 @pytest.mark.timeout(900)
