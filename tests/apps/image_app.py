@@ -40,6 +40,7 @@ class InImage:
     @corral.method()
     def environment(self) -> dict:
         return {"greeting": os.environ.get("IMAGE_GREETING"), "cwd": os.getcwd(), "python": sys.executable,
+                "image_hash": len(os.environ.get("CORRAL_IMAGE_HASH", "")),
                 "node_home_visible": Path("/work").exists() or Path("/root").joinpath(".pyenv").exists()}
 
 

@@ -76,7 +76,8 @@ def test_methods_see_the_image(cluster: Cluster, deployed: str) -> None:
     assert _call(cluster, "print(C.jq.remote('{\"a\": [1, 2]}'))") == "[1,2]"
     assert _call(cluster, "print(C.local_file.remote())") == "hello from a local dir"
     env = json.loads(_call(cluster, "import json; print(json.dumps(C.environment.remote()))"))
-    assert env == {"greeting": "from-the-recipe", "cwd": "/srv", "python": "/opt/venv/bin/python", "node_home_visible": False}
+    assert env == {"greeting": "from-the-recipe", "cwd": "/srv", "python": "/opt/venv/bin/python", "image_hash": 64,
+                   "node_home_visible": False}
     assert "building its image first" not in cluster.logs()  # the deploy built it; starts build nothing
 
 

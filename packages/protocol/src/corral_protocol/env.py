@@ -78,6 +78,9 @@ CORRAL_NODE_ISOLATION = "CORRAL_NODE_ISOLATION"
 processes, no isolation; also read by the node `corral up` embeds)."""
 CORRAL_NODE_VOLUMES = "CORRAL_NODE_VOLUMES"
 """Host directories every container of the node sees, `HOST[:CONTAINER][:ro|rw]`, comma-separated."""
+CORRAL_IMAGE_HASH = "CORRAL_IMAGE_HASH"
+"""Set in a container that runs in a built image: the image's content hash (unset on the node's own
+environment, where the worker checks that the image's pip requirements are installed)."""
 CORRAL_IMAGE_CACHE = "CORRAL_IMAGE_CACHE"
 """Where a node keeps image bases and layers (default `/var/cache/corral/images` as root, else under
 its work directory); nodes of one machine may share it."""

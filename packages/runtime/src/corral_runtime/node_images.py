@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from corral_protocol import env as corral_env
 from corral_protocol.v1 import common_pb2, node_pb2
 from corral_runtime import image_store
 from corral_runtime.image_build import BuildError, FetchBundle, ImageBuilder
@@ -96,7 +97,8 @@ class NodeImages:
         for key in plan.layer_keys:
             self.store.in_use[key] = self.store.in_use.get(key, 0) + 1
         self._plans[start.container_id] = plan
-        env = {"PATH": f"{VENV}/bin:{image_store.BASE_PATH}", "LANG": "C.UTF-8", "VIRTUAL_ENV": VENV, **plan.env}
+        env = {"PATH": f"{VENV}/bin:{image_store.BASE_PATH}", "LANG": "C.UTF-8", "VIRTUAL_ENV": VENV, **plan.env,
+               corral_env.CORRAL_IMAGE_HASH: plan.image_hash}
         return list(WORKER_ARGS), ImageRoot(self.store.lower_dirs(plan), plan.workdir), env
 
     def release(self, container_id: str) -> None:

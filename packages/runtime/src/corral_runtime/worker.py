@@ -301,7 +301,8 @@ class Worker:
         image: a worker past its snapshot point (dumped, or restored from the dump) has run them."""
         try:
             if self.definition is None:
-                missing = missing_requirements(init.class_def.options.image)
+                in_image = bool(os.environ.get(env.CORRAL_IMAGE_HASH))  # built with its requirements
+                missing = [] if in_image else missing_requirements(init.class_def.options.image)
                 if missing:
                     raise ModuleNotFoundError(
                         f"the class's image needs {', '.join(missing)}, which this node's Python environment lacks; "
