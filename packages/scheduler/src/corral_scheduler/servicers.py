@@ -15,7 +15,6 @@ from corral_protocol.arguments import format_problem
 from corral_protocol.errors import reason_metadata
 from corral_protocol.names import name_problem
 from corral_protocol.v1 import (
-    common_pb2,
     control_pb2,
     control_pb2_grpc,
     node_pb2,
@@ -205,9 +204,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def DeleteSnapshots(self, request: control_pb2.DeleteSnapshotsRequest, context: Any) -> control_pb2.DeleteSnapshotsResponse:
         return control_pb2.DeleteSnapshotsResponse(deleted=self.plane.delete_snapshots(request))
 
-    async def BuildImages(self, request: control_pb2.BuildImagesRequest, context: Any) -> AsyncIterator[common_pb2.ImageBuildProgress]:
+    async def BuildImages(self, request: control_pb2.BuildImagesRequest, context: Any) -> AsyncIterator[control_pb2.BuildImagesResponse]:
         async for report in self.plane.image_builds.build(list(request.images)):
-            yield report
+            yield control_pb2.BuildImagesResponse(progress=report)
 
     @api
     async def ManageImages(self, request: control_pb2.ManageImagesRequest, context: Any) -> control_pb2.ManageImagesResponse:

@@ -42,7 +42,8 @@ def build_images(client: Client, images: Iterable[common_pb2.ImageSpec], out: Te
     reports: list[common_pb2.ImageBuildProgress] = []
     try:
         with display:
-            for report in stream:
+            for response in stream:
+                report = response.progress
                 reports.append(report)
                 display.update(report)
                 if report.done and report.error:

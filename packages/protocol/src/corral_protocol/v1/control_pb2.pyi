@@ -1238,6 +1238,28 @@ class BuildImagesRequest(_message.Message):
 Global___BuildImagesRequest: _TypeAlias = BuildImagesRequest  # noqa: Y015
 
 @_typing.final
+class BuildImagesResponse(_message.Message):
+    """One report of a node building one of the images."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> _common_pb2.ImageBuildProgress: ...
+    def __init__(
+        self,
+        *,
+        progress: _common_pb2.ImageBuildProgress | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildImagesResponse: _TypeAlias = BuildImagesResponse  # noqa: Y015
+
+@_typing.final
 class ManageImagesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

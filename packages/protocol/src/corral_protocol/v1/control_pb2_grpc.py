@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from corral_protocol.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 from corral_protocol.v1 import control_pb2 as corral_dot_v1_dot_control__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -144,7 +143,7 @@ class ControlServiceStub:
         self.BuildImages = channel.unary_stream(
                 '/corral.v1.ControlService/BuildImages',
                 request_serializer=corral_dot_v1_dot_control__pb2.BuildImagesRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_common__pb2.ImageBuildProgress.FromString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.BuildImagesResponse.FromString,
                 _registered_method=True)
         self.ManageImages = channel.unary_unary(
                 '/corral.v1.ControlService/ManageImages',
@@ -413,7 +412,7 @@ def add_ControlServiceServicer_to_server(servicer, server):
             'BuildImages': grpc.unary_stream_rpc_method_handler(
                     servicer.BuildImages,
                     request_deserializer=corral_dot_v1_dot_control__pb2.BuildImagesRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_common__pb2.ImageBuildProgress.SerializeToString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.BuildImagesResponse.SerializeToString,
             ),
             'ManageImages': grpc.unary_unary_rpc_method_handler(
                     servicer.ManageImages,
@@ -1015,7 +1014,7 @@ class ControlService:
             target,
             '/corral.v1.ControlService/BuildImages',
             corral_dot_v1_dot_control__pb2.BuildImagesRequest.SerializeToString,
-            corral_dot_v1_dot_common__pb2.ImageBuildProgress.FromString,
+            corral_dot_v1_dot_control__pb2.BuildImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,7 +4,6 @@ isort:skip_file
 """
 
 from collections import abc as _abc
-from corral_protocol.v1 import common_pb2 as _common_pb2
 from corral_protocol.v1 import control_pb2 as _control_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -61,7 +60,7 @@ class ControlServiceStub:
     """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
     ListSnapshots: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSnapshotsRequest, _control_pb2.ListSnapshotsResponse]
     DeleteSnapshots: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeleteSnapshotsRequest, _control_pb2.DeleteSnapshotsResponse]
-    BuildImages: _grpc.UnaryStreamMultiCallable[_control_pb2.BuildImagesRequest, _common_pb2.ImageBuildProgress]
+    BuildImages: _grpc.UnaryStreamMultiCallable[_control_pb2.BuildImagesRequest, _control_pb2.BuildImagesResponse]
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
     ManageImages: _grpc.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]
     """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
@@ -98,7 +97,7 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """A token for web endpoints with requires_proxy_auth; the secret is shown only in this answer."""
     ListSnapshots: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSnapshotsRequest, _control_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
     DeleteSnapshots: _aio.UnaryUnaryMultiCallable[_control_pb2.DeleteSnapshotsRequest, _control_pb2.DeleteSnapshotsResponse]  # type: ignore[assignment]
-    BuildImages: _aio.UnaryStreamMultiCallable[_control_pb2.BuildImagesRequest, _common_pb2.ImageBuildProgress]  # type: ignore[assignment]
+    BuildImages: _aio.UnaryStreamMultiCallable[_control_pb2.BuildImagesRequest, _control_pb2.BuildImagesResponse]  # type: ignore[assignment]
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
     ManageImages: _aio.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]  # type: ignore[assignment]
     """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
@@ -264,7 +263,7 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _control_pb2.BuildImagesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_common_pb2.ImageBuildProgress], _abc.AsyncIterator[_common_pb2.ImageBuildProgress]]:
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.BuildImagesResponse], _abc.AsyncIterator[_control_pb2.BuildImagesResponse]]:
         """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
 
     @_abc_1.abstractmethod
