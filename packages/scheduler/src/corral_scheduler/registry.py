@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from corral_protocol import gpus
 from corral_protocol.names import name_problem
 from corral_protocol.options import batching_violation, merge_options
-from corral_protocol.parameters import matches as parameter_matches
+from corral_protocol.parameters import canonical as canonical_parameter
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2
 from corral_scheduler import ids
 from corral_scheduler.effects import MarkAppStopped
@@ -82,8 +82,10 @@ def check_parameters(class_def: common_pb2.ClassDef, given: list[common_pb2.Name
         value = by_name[name].value if name in by_name else (spec.default if spec.has_default else None)
         if value is None:
             raise InvalidArgument(f"{class_def.name} is missing required parameter {name!r}")
-        if not parameter_matches(spec.type, value):
-            raise InvalidArgument(f"parameter {name!r} of {class_def.name} has the wrong type")
+        try:
+            value = canonical_parameter(spec.type, value)
+        except ValueError as err:
+            raise InvalidArgument(f"parameter {name!r} of {class_def.name} {err}") from None
         bound.append(common_pb2.NamedParameter(name=name, value=value))
     return sorted(bound, key=lambda p: p.name)
 

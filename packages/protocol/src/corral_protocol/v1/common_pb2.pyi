@@ -73,6 +73,8 @@ class _ParameterTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Paramet
     PARAMETER_TYPE_INT: _ParameterType.ValueType  # 2
     PARAMETER_TYPE_BOOL: _ParameterType.ValueType  # 3
     PARAMETER_TYPE_BYTES: _ParameterType.ValueType  # 4
+    PARAMETER_TYPE_FLOAT: _ParameterType.ValueType  # 5
+    """An IEEE 754 double; NaN and the infinities are refused, -0.0 travels as 0.0."""
 
 class ParameterType(_ParameterType, metaclass=_ParameterTypeEnumTypeWrapper): ...
 
@@ -81,6 +83,8 @@ PARAMETER_TYPE_STRING: ParameterType.ValueType  # 1
 PARAMETER_TYPE_INT: ParameterType.ValueType  # 2
 PARAMETER_TYPE_BOOL: ParameterType.ValueType  # 3
 PARAMETER_TYPE_BYTES: ParameterType.ValueType  # 4
+PARAMETER_TYPE_FLOAT: ParameterType.ValueType  # 5
+"""An IEEE 754 double; NaN and the infinities are refused, -0.0 travels as 0.0."""
 Global___ParameterType: _TypeAlias = ParameterType  # noqa: Y015
 
 class _WebEndpointKind:
@@ -296,10 +300,12 @@ class ParameterValue(_message.Message):
     INT_VALUE_FIELD_NUMBER: _builtins.int
     BOOL_VALUE_FIELD_NUMBER: _builtins.int
     BYTES_VALUE_FIELD_NUMBER: _builtins.int
+    FLOAT_VALUE_FIELD_NUMBER: _builtins.int
     string_value: _builtins.str
     int_value: _builtins.int
     bool_value: _builtins.bool
     bytes_value: _builtins.bytes
+    float_value: _builtins.float
     def __init__(
         self,
         *,
@@ -307,12 +313,13 @@ class ParameterValue(_message.Message):
         int_value: _builtins.int = ...,
         bool_value: _builtins.bool = ...,
         bytes_value: _builtins.bytes = ...,
+        float_value: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["string_value", "int_value", "bool_value", "bytes_value"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["string_value", "int_value", "bool_value", "bytes_value", "float_value"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
