@@ -30,8 +30,10 @@ from corral._partial import batched, concurrent, enter, exit, method  # noqa: E4
 from corral._web import asgi_app, fastapi_endpoint, web_endpoint  # noqa: E402
 from corral.app import App  # noqa: E402
 from corral.cls import Cls, Method, Obj  # noqa: E402
+from corral.function import Function  # noqa: E402
 from corral.image import Image  # noqa: E402
 from corral.retries import Retries  # noqa: E402
+from corral.schedules import Cron, Period  # noqa: E402
 from corral.secret import Secret  # noqa: E402
 
 
@@ -44,10 +46,13 @@ __all__ = [
     "App",
     "Client",
     "Cls",
+    "Cron",
+    "Function",
     "FunctionCall",
     "Image",
     "Method",
     "Obj",
+    "Period",
     "Retries",
     "Secret",
     "__version__",

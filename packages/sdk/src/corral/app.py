@@ -1,4 +1,4 @@
-"""`App`: a named set of classes that runs ephemerally (`app.run()`) or is deployed."""
+"""`App`: a named set of functions and classes that runs ephemerally (`app.run()`) or is deployed."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from corral import __version__, _options
+from corral import __version__, _options, schedules
 from corral._bundle import build_bundle
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
+from corral._partial import PartialFunction
 from corral.cls import Cls, ResolvedClass
 from corral.exception import InvalidError
+from corral.function import Function, as_class
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
@@ -144,6 +146,51 @@ class App:
 
         return wrap
 
+    def function(
+        self,
+        *,
+        image: Image | None = None,
+        gpu: str | Sequence[str] | None = None,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        secrets: Sequence[Secret] = (),
+        timeout: float | None = None,
+        retries: int | Retries | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: float | None = None,
+        enable_memory_snapshot: bool = False,
+        schedule: Any = None,
+    ) -> Callable[[Any], Function]:
+        """Turn a plain function into a Corral function. It takes `@app.cls()`'s options, and
+        `schedule=` (`corral.Period` or `corral.Cron`: a deployed function then runs by itself).
+        `@corral.concurrent(...)`, `@corral.batched(...)` and the web decorators go below it.
+
+        Example:
+            @app.function(gpu="A100", timeout=600)
+            def embed(text: str) -> list[float]: ...
+
+            with app.run():
+                embed.remote("hello")
+        """
+        make_class = self.cls(
+            image=image, gpu=gpu, cpu=cpu, memory=memory, secrets=secrets, timeout=timeout, retries=retries,
+            min_containers=min_containers, max_containers=max_containers, buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window, enable_memory_snapshot=enable_memory_snapshot,
+        )
+        schedule_proto = schedules.to_proto(schedule)
+
+        def wrap(f: Any) -> Function:
+            handle = make_class(as_class(f))
+            assert handle.definition is not None
+            object.__setattr__(handle.definition, "is_function", True)
+            object.__setattr__(handle.definition, "schedule", schedule_proto)
+            raw = f.raw_f if isinstance(f, PartialFunction) else f
+            return Function(handle, raw)
+
+        return wrap
+
     def local_entrypoint(self, name: str | None = None) -> Callable[[F], F]:
         """Mark the function `corral run` calls, inside `app.run()`.
 
@@ -161,7 +208,7 @@ class App:
 
     def _publish(self, client: Client, kind: control_pb2.AppKind.ValueType, name: str) -> RunningApp:
         if not self.registered_classes:
-            raise InvalidError(f"app {name!r} has no classes; decorate one with @app.cls()")
+            raise InvalidError(f"app {name!r} has no functions or classes; decorate one with @app.function() or @app.cls()")
         definitions = [c.definition for c in self.registered_classes.values()]
         modules = {d.module for d in definitions if d is not None}
         if len(modules) != 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import importlib.util
 import inspect
@@ -145,9 +146,21 @@ def cmd_app_list(args: argparse.Namespace) -> int:
     client = default_client()
     apps = client.call(client.stub.ListApps, control_pb2.ListAppsRequest(include_stopped=args.all)).apps
     state_names = {control_pb2.APP_STATE_RUNNING: "running", control_pb2.APP_STATE_DEPLOYED: "deployed", control_pb2.APP_STATE_STOPPED: "stopped"}
-    rows = [(a.app_id, a.name, state_names.get(a.state, "?"), a.version, a.containers, ",".join(a.classes), _age(a.created_at)) for a in apps]
-    print(table(("APP ID", "NAME", "STATE", "VERSION", "CONTAINERS", "CLASSES", "AGE"), rows))
+    rows = [
+        (a.app_id, a.name, state_names.get(a.state, "?"), a.version, a.containers, ",".join(a.functions) or "-", ",".join(a.classes) or "-",
+         _next_runs(a.next_runs), _age(a.created_at))
+        for a in apps
+    ]
+    print(table(("APP ID", "NAME", "STATE", "VERSION", "CONTAINERS", "FUNCTIONS", "CLASSES", "NEXT RUN", "AGE"), rows))
     return 0
+
+
+def _next_runs(runs: Sequence[control_pb2.ScheduledRun]) -> str:
+    """The scheduled functions' next runs, soonest first, in UTC."""
+    ordered = sorted(runs, key=lambda r: r.next_run_at)
+    return ",".join(
+        f"{r.function}@{datetime.datetime.fromtimestamp(r.next_run_at, datetime.timezone.utc):%Y-%m-%d %H:%M:%S}Z" for r in ordered
+    ) or "-"
 
 
 def cmd_app_stop(args: argparse.Namespace) -> int:

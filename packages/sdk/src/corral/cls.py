@@ -379,6 +379,12 @@ class Method:
         rows = [tuple(row) for row in iterable]
         return self.map(*zip(*rows), return_exceptions=return_exceptions) if rows else iter(())
 
+    def for_each(self, *iterables: Iterable[Any], ignore_exceptions: bool = False) -> None:
+        """Call the method once per element (zipped across iterables) and wait for every call;
+        results are dropped. The first failure is raised unless `ignore_exceptions`."""
+        for result in self.map(*iterables, return_exceptions=ignore_exceptions):
+            del result
+
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method in this process, on an instance whose enter hooks ran here once."""
         instance = self._obj._local()

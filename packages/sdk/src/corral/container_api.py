@@ -23,6 +23,7 @@ from typing import Any
 from corral._definition import ClassDefinition, Hook, MethodInfo
 from corral._serialization import JSON, PICKLE, decode_args, decode_call, decode_value, encode_args, encode_result, user_error
 from corral.cls import Cls
+from corral.function import Function
 from corral_protocol.v1 import common_pb2
 
 
@@ -37,6 +38,8 @@ def load_class(class_def: common_pb2.ClassDef, bundle_dir: str) -> ClassDefiniti
     target: Any = module
     for part in class_def.name.split("."):
         target = getattr(target, part)
+    if isinstance(target, Function):  # an @app.function: its one-method class
+        target = target._cls
     if not isinstance(target, Cls) or target.definition is None:
         raise TypeError(f"{class_def.module}.{class_def.name} is not a class decorated with @app.cls()")
     return target.definition

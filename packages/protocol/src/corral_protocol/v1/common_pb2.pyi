@@ -949,17 +949,27 @@ class ClassDef(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     HAS_SNAP_HOOKS_FIELD_NUMBER: _builtins.int
+    IS_FUNCTION_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The class's qualified name inside its module."""
     module: _builtins.str
     """The module the container imports."""
     has_snap_hooks: _builtins.bool
+    is_function: _builtins.bool
+    """A plain function (`@app.function`): a class with one method of the function's name and no
+    parameters. Clients show it as a function; everything else treats it as a class.
+    """
     @_builtins.property
     def methods(self) -> _containers.RepeatedCompositeFieldContainer[Global___MethodDef]: ...
     @_builtins.property
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParameterSpec]: ...
     @_builtins.property
     def options(self) -> Global___ServiceOptions: ...
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """When a deployed function runs by itself; unset for none. Ephemeral apps never run schedules."""
+
     def __init__(
         self,
         *,
@@ -969,14 +979,70 @@ class ClassDef(_message.Message):
         parameters: _abc.Iterable[Global___ParameterSpec] | None = ...,
         options: Global___ServiceOptions | None = ...,
         has_snap_hooks: _builtins.bool = ...,
+        is_function: _builtins.bool = ...,
+        schedule: Global___Schedule | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "options", b"options", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_snap_hooks", b"has_snap_hooks", "methods", b"methods", "module", b"module", "name", b"name", "options", b"options", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "has_snap_hooks", b"has_snap_hooks", "is_function", b"is_function", "methods", b"methods", "module", b"module", "name", b"name", "options", b"options", "parameters", b"parameters", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__schedule: _TypeAlias = _typing.Literal["schedule"]  # noqa: Y015
+    _WhichOneofArgType__schedule: _TypeAlias = _typing.Literal["_schedule", b"_schedule"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__schedule) -> _WhichOneofReturnType__schedule | None: ...
+
+Global___ClassDef: _TypeAlias = ClassDef  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    """A function's schedule: a fixed period, or a cron expression in a time zone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_S_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    period_s: _builtins.float
+    """Seconds between runs; the first run is one period after the deploy."""
+    @_builtins.property
+    def cron(self) -> Global___CronSchedule: ...
+    def __init__(
+        self,
+        *,
+        period_s: _builtins.float = ...,
+        cron: Global___CronSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "kind", b"kind", "period_s", b"period_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "kind", b"kind", "period_s", b"period_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["period_s", "cron"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class CronSchedule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPRESSION_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    expression: _builtins.str
+    """Five fields (minute hour day-of-month month day-of-week), as cron and croniter read them."""
+    timezone: _builtins.str
+    """An IANA time zone name (`Europe/Paris`); empty means UTC."""
+    def __init__(
+        self,
+        *,
+        expression: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "timezone", b"timezone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ClassDef: _TypeAlias = ClassDef  # noqa: Y015
+Global___CronSchedule: _TypeAlias = CronSchedule  # noqa: Y015
 
 @_typing.final
 class Result(_message.Message):

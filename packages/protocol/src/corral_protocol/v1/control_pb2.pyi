@@ -349,6 +349,8 @@ class AppInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CLASSES_FIELD_NUMBER: _builtins.int
     CONTAINERS_FIELD_NUMBER: _builtins.int
+    FUNCTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_RUNS_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     name: _builtins.str
     kind: Global___AppKind.ValueType
@@ -357,7 +359,15 @@ class AppInfo(_message.Message):
     created_at: _builtins.float
     containers: _builtins.int
     @_builtins.property
-    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The app's classes; its functions (`ClassDef.is_function`) are listed in `functions` instead."""
+
+    @_builtins.property
+    def functions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def next_runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduledRun]:
+        """The next run of each scheduled function of a deployed app."""
+
     def __init__(
         self,
         *,
@@ -369,14 +379,43 @@ class AppInfo(_message.Message):
         created_at: _builtins.float = ...,
         classes: _abc.Iterable[_builtins.str] | None = ...,
         containers: _builtins.int = ...,
+        functions: _abc.Iterable[_builtins.str] | None = ...,
+        next_runs: _abc.Iterable[Global___ScheduledRun] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "classes", b"classes", "containers", b"containers", "created_at", b"created_at", "kind", b"kind", "name", b"name", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "classes", b"classes", "containers", b"containers", "created_at", b"created_at", "functions", b"functions", "kind", b"kind", "name", b"name", "next_runs", b"next_runs", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppInfo: _TypeAlias = AppInfo  # noqa: Y015
+
+@_typing.final
+class ScheduledRun(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_AT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
+    next_run_at: _builtins.float
+    """Unix time in seconds."""
+    schedule: _builtins.str
+    """How the schedule reads (`every 300s`, `cron 0 * * * * (UTC)`)."""
+    def __init__(
+        self,
+        *,
+        function: _builtins.str = ...,
+        next_run_at: _builtins.float = ...,
+        schedule: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "next_run_at", b"next_run_at", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduledRun: _TypeAlias = ScheduledRun  # noqa: Y015
 
 @_typing.final
 class ListAppsResponse(_message.Message):
