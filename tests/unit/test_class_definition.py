@@ -92,14 +92,21 @@ def test_hooks_take_only_self() -> None:
         corral.enter()(lambda self, x: None)
 
 
-def test_generator_methods_are_refused() -> None:
+def test_generator_methods_are_recorded_as_generators() -> None:
     app = make_app()
-    with pytest.raises(InvalidError, match="generator"):
-        @app.cls()
-        class Gen:
-            @corral.method()
-            def stream(self):  # type: ignore[no-untyped-def]
-                yield 1
+
+    @app.cls()
+    class Gen:
+        @corral.method()
+        def stream(self):  # type: ignore[no-untyped-def]
+            yield 1
+
+        @corral.method()
+        async def astream(self):  # type: ignore[no-untyped-def]
+            yield 1
+
+    assert Gen.definition is not None
+    assert [m.is_generator for m in Gen.definition.to_proto().methods] == [True, True]
 
 
 def test_class_without_methods_is_refused() -> None:

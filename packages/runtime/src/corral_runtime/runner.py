@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,6 +33,15 @@ async def _uninterruptible(future: asyncio.Future[Any]) -> Any:
         with contextlib.suppress(BaseException):
             await future
         raise
+
+
+_DONE = object()
+
+
+class _ItemNotEncodable(Exception):
+    def __init__(self, result: common_pb2.Result) -> None:
+        super().__init__(result.exception_type)
+        self.result = result
 
 
 class InputRunner:
@@ -94,6 +104,55 @@ class InputRunner:
         except Exception as exc:
             return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
         return self.redactor.result(sdk.encode_result(value, fmt, inp.method, self.dev_mode))
+
+    def is_generator(self, method: str) -> bool:
+        """Whether `method` is a generator method (sync or async): its input streams items."""
+        try:
+            function = self._function(method)[0]
+        except AttributeError:
+            return False
+        return inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+
+    async def run_generator(self, inp: worker_pb2.Input, emit: Callable[[common_pb2.Payload], Awaitable[None]]) -> common_pb2.Result:
+        """Run a generator input from the event loop, handing each item to `emit` as it is produced;
+        the Result says how it ended. Cancelling the task stops the generator: an async one at
+        its current await, a sync one before its next item (a thread cannot be interrupted)."""
+        prepared = self._prepare(inp)
+        if isinstance(prepared, common_pb2.Result):
+            return self.redactor.result(prepared)
+        function, _, args, kwargs = prepared
+        fmt = inp.args.format
+        try:
+            if inspect.isasyncgenfunction(function):
+                agen = function(*args, **kwargs)
+                try:
+                    async for item in agen:
+                        await emit(self._item(item, fmt, inp.method))
+                finally:
+                    await agen.aclose()
+            else:
+                gen = function(*args, **kwargs)
+                try:
+                    while True:
+                        item = await _uninterruptible(self.loop.run_in_executor(self.executor, next, gen, _DONE))
+                        if item is _DONE:
+                            break
+                        await emit(self._item(item, fmt, inp.method))
+                finally:
+                    await _uninterruptible(self.loop.run_in_executor(self.executor, gen.close))
+        except asyncio.CancelledError:
+            raise
+        except _ItemNotEncodable as err:
+            return err.result
+        except Exception as exc:
+            return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
+        return common_pb2.Result(status=common_pb2.RESULT_STATUS_SUCCESS)
+
+    def _item(self, item: Any, fmt: common_pb2.PayloadFormat.ValueType, method: str) -> common_pb2.Payload:
+        result = self.redactor.result(sdk.encode_result(item, fmt, method, self.dev_mode))
+        if result.status != common_pb2.RESULT_STATUS_SUCCESS:  # an item that cannot be encoded ends the stream
+            raise _ItemNotEncodable(result)
+        return result.value
 
     async def run_on_loop(self, inp: worker_pb2.Input) -> common_pb2.Result:
         """Run a pushed input from the event loop."""

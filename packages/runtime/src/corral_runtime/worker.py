@@ -376,7 +376,11 @@ class Worker:
                     await self.http.serve(inp, self._send)
                     self.tasks.pop(inp.input_id, None)
                     return
-                result = await self.runner.run_on_loop(inp)
+                if self.runner.is_generator(inp.method):
+                    result = await self.runner.run_generator(inp, lambda value: self._send(worker_pb2.WorkerSessionRequest(
+                        generator_item=worker_pb2.GeneratorItem(input_id=inp.input_id, value=value))))
+                else:
+                    result = await self.runner.run_on_loop(inp)
             finally:
                 self.gate.release()
         except asyncio.CancelledError:

@@ -21,6 +21,7 @@ from corral_scheduler.effects import (
     CancelTimer,
     InitWorker,
     RelayHttp,
+    RelayItem,
     ShutdownWorker,
     StartContainer,
     StopContainer,
@@ -37,6 +38,7 @@ from corral_scheduler.events import (
     WorkerDisconnected,
     WorkerDraining,
     WorkerHttp,
+    WorkerItem,
     WorkerLoad,
     WorkerOutput,
     WorkerReady,
@@ -81,7 +83,7 @@ class Containers:
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         return {
             WorkerConnected: self._connected, WorkerReady: self._ready, InitFailed: self._init_failed,
-            WorkerOutput: self._output, WorkerHttp: self._http, WorkerLoad: self._load, WorkerDraining: self._draining,
+            WorkerOutput: self._output, WorkerHttp: self._http, WorkerItem: self._item, WorkerLoad: self._load, WorkerDraining: self._draining,
             WorkerDisconnected: self._disconnected, StartRefused: self._start_refused, ContainerStarted: self._started,
             ContainerExited: self._exited, StopGraceExpired: self._grace_expired, StartupTimedOut: self._startup_timed_out,
             LostWorkerGraceExpired: self._lost_grace_expired,
@@ -233,6 +235,12 @@ class Containers:
         if isinstance(event.message, worker_pb2.HttpBodyChunk) and not event.message.more_body:
             success = common_pb2.Result(status=S.RESULT_STATUS_SUCCESS)
             self._output(WorkerOutput(event.container_id, inp.call_id, success))
+
+    def _item(self, event: WorkerItem) -> None:
+        container = self.containers.get(event.container_id)
+        inp = container.running.get(event.item.input_id) if container is not None else None
+        if inp is not None:
+            self.core.emit(RelayItem(inp.call_id, event.item.value))
 
     def _load(self, event: WorkerLoad) -> None:
         """The worker's count of direct inputs changed: the autoscaler and dispatch see it."""

@@ -46,6 +46,8 @@ class CallHandle:
     call_id: str
     future: asyncio.Future[common_pb2.Result]
     http_events: asyncio.Queue[HttpMessage] | None = None
+    # A generator call's items, for `InvokeStream` (None for other calls: their items are dropped).
+    items: asyncio.Queue[common_pb2.Payload] | None = None
 
 
 class ControlPlane:
@@ -134,6 +136,10 @@ class ControlPlane:
             call = self._calls.get(effect.call_id)
             if call is not None and not call.future.done():
                 call.future.set_result(effect.result)
+        elif isinstance(effect, fx.RelayItem):
+            call = self._calls.get(effect.call_id)
+            if call is not None and call.items is not None:
+                call.items.put_nowait(effect.value)
         elif isinstance(effect, fx.RelayHttp):
             call = self._calls.get(effect.call_id)
             if call is not None and call.http_events is not None:
@@ -289,9 +295,10 @@ class ControlPlane:
 
     def invoke(
         self, service_id: str, method: str, args: common_pb2.Payload, http_request: worker_pb2.HttpRequest | None = None,
+        stream: bool = False,
     ) -> CallHandle:
         call = CallHandle(ids.new_id("fc"), asyncio.get_running_loop().create_future(),
-                          asyncio.Queue() if http_request is not None else None)
+                          asyncio.Queue() if http_request is not None else None, asyncio.Queue() if stream else None)
         self._calls[call.call_id] = call
         try:
             self.handle(ev.InvokeRequested(call.call_id, service_id, method, args, http_request))

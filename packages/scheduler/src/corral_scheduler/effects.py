@@ -91,6 +91,14 @@ class ResolveCall(Effect):
 
 
 @dataclass(frozen=True)
+class RelayItem(Effect):
+    """An item of a generator input, for the caller's stream (dropped when nobody streams it)."""
+
+    call_id: str
+    value: common_pb2.Payload
+
+
+@dataclass(frozen=True)
 class RelayHttp(Effect):
     """Part of an HTTP input's response, for the web gateway."""
 

@@ -137,6 +137,14 @@ class WorkerHttp(Event):
 
 
 @dataclass(frozen=True)
+class WorkerItem(Event):
+    """An item a generator input yielded; the input's Output follows its last item."""
+
+    container_id: str
+    item: worker_pb2.GeneratorItem
+
+
+@dataclass(frozen=True)
 class WorkerLoad(Event):
     container_id: str
     direct_running: int

@@ -144,6 +144,44 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self.plane.forget(inp.call_id)
         return control_pb2.InvokeResponse(call_id=inp.call_id, result=result)
 
+    async def InvokeStream(self, request: control_pb2.InvokeRequest, context: Any) -> AsyncIterator[control_pb2.InvokeStreamResponse]:
+        """A generator call: its id, its items as they arrive, its Result. A caller that goes away
+        cancels the call, which stops the generator in the container."""
+        try:
+            problem = format_problem(request.args)
+            if problem is not None:
+                raise InvalidArgument(problem)
+            size = len(request.args.data)
+            if size > self.max_payload_bytes:
+                raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
+            call = self.plane.invoke(request.service_id, request.method, request.args, stream=True)
+        except ApiError as err:
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
+            return
+        assert call.items is not None
+        finished = False
+        item_task: asyncio.Future[Any] | None = None
+        try:
+            yield control_pb2.InvokeStreamResponse(call_id=call.call_id)
+            while True:
+                item_task = asyncio.ensure_future(call.items.get())
+                done, _ = await asyncio.wait({item_task, call.future}, return_when=asyncio.FIRST_COMPLETED)
+                if item_task in done:
+                    yield control_pb2.InvokeStreamResponse(item=item_task.result())
+                    continue
+                item_task.cancel()
+                while not call.items.empty():  # items the worker sent before its Output
+                    yield control_pb2.InvokeStreamResponse(item=call.items.get_nowait())
+                finished = True
+                yield control_pb2.InvokeStreamResponse(result=call.future.result())
+                return
+        finally:
+            if item_task is not None:
+                item_task.cancel()
+            if not finished:
+                self.plane.cancel(call.call_id, "the caller stopped consuming the generator")
+            self.plane.forget(call.call_id)
+
     @api
     async def GetRoutes(self, request: control_pb2.GetRoutesRequest, context: Any) -> control_pb2.GetRoutesResponse:
         return self.plane.get_routes(request.service_id)

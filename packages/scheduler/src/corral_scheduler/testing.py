@@ -131,6 +131,7 @@ class Harness:
         self.workers: dict[str, FakeWorker] = defaultdict(lambda: FakeWorker(""))
         self.results: dict[str, common_pb2.Result] = {}
         self.http: dict[str, list[worker_pb2.HttpResponseStart | worker_pb2.HttpBodyChunk]] = defaultdict(list)
+        self.items: dict[str, list[common_pb2.Payload]] = defaultdict(list)
         self.stopped_apps: list[str] = []
         self.effects: list[fx.Effect] = []  # every effect, in order
         self._timers: list[tuple[float, int, str]] = []
@@ -201,6 +202,8 @@ class Harness:
             self.results[effect.call_id] = effect.result
         elif isinstance(effect, fx.RelayHttp):
             self.http[effect.call_id].append(effect.message)
+        elif isinstance(effect, fx.RelayItem):
+            self.items[effect.call_id].append(effect.value)
         elif isinstance(effect, fx.MarkAppStopped):
             self.stopped_apps.append(effect.app_id)
 

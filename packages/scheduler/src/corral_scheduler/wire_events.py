@@ -35,6 +35,8 @@ def worker_events(container_id: str, message: worker_pb2.WorkerSessionRequest) -
         return [ev.WorkerHttp(container_id, message.http_response_start)]
     if kind == "http_body":
         return [ev.WorkerHttp(container_id, message.http_body)]
+    if kind == "generator_item":
+        return [ev.WorkerItem(container_id, message.generator_item)]
     if kind == "load":
         return [ev.WorkerLoad(container_id, message.load.direct_running, message.load.direct_served)]
     if kind == "draining":

@@ -105,8 +105,8 @@ class ClassDefinition:
         partials = _collect_partials(user_cls)
         methods = {name: MethodInfo(name, p.raw_f, p) for name, p in partials.items() if p.role & Role.METHOD}
         for info in methods.values():
-            if info.is_generator:
-                raise InvalidError(f"{user_cls.__qualname__}.{info.name} is a generator; generator methods are not supported yet")
+            if info.is_generator and info.batching is not None:
+                raise InvalidError(f"{user_cls.__qualname__}.{info.name} is a generator; a batched method cannot be one")
         batched = [info.name for info in methods.values() if info.batching is not None]
         violation = batching_violation(user_cls.__qualname__, list(methods), batched)
         if violation:

@@ -7,11 +7,11 @@ import functools
 import inspect
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from corral import _options, _serialization
+from corral import _options, _serialization, _streams
 from corral._calls import FunctionCall, SyncAndAio, ordered_results
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
@@ -294,6 +294,7 @@ class Method:
         self.name = name
         self.remote = SyncAndAio(self._remote, self._remote_aio, "Run the method in a container and return its result.")
         self.spawn = SyncAndAio(self._spawn, self._spawn_aio, "Start the method in a container; return a FunctionCall.")
+        self.remote_gen = _streams.RemoteGen(self._remote_gen, self._remote_gen_aio)
 
     def _bound(self) -> tuple[ResolvedClass, str]:
         resolved, service_id = self._obj._bind()
@@ -352,6 +353,21 @@ class Method:
         if result is None:
             result = (await self._invoke_aio(payload, wait=True))[1].result
         return _serialization.unwrap(result)
+
+    def _stream_request(self, resolved: ResolvedClass, service_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> control_pb2.InvokeRequest:
+        if not any(m.name == self.name and m.is_generator for m in resolved.class_def.methods):
+            raise InvalidError(f"{self._obj._cls.name}.{self.name} is not a generator; call it with .remote()")
+        payload = _serialization.encode_args(args, kwargs, self._what)
+        return control_pb2.InvokeRequest(service_id=service_id, method=self.name, args=payload)
+
+    def _remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        resolved, service_id = self._bound()
+        return _streams.stream(resolved.client, self._stream_request(resolved, service_id, args, kwargs))
+
+    async def _remote_gen_aio(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        resolved, service_id = await self._bound_aio()
+        async for item in _streams.stream_aio(resolved.client, self._stream_request(resolved, service_id, args, kwargs)):
+            yield item
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
         resolved, response = self._invoke(_serialization.encode_args(args, kwargs, self._what), wait=False)

@@ -113,6 +113,12 @@ class Function:
         """Start the function in a container; return a `FunctionCall` (`.spawn.aio` to await it)."""
         return self._method.spawn
 
+    @property
+    def remote_gen(self) -> Any:
+        """Run a generator function in a container; iterate over its items as they are produced
+        (`async for` over `.remote_gen.aio(...)`)."""
+        return self._method.remote_gen
+
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:
         """Call the function once per element (zipped across iterables); yield results in input order."""
         return self._method.map(*iterables, return_exceptions=return_exceptions)

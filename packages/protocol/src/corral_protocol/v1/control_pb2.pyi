@@ -663,6 +663,35 @@ class GetRoutesResponse(_message.Message):
 Global___GetRoutesResponse: _TypeAlias = GetRoutesResponse  # noqa: Y015
 
 @_typing.final
+class InvokeStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    @_builtins.property
+    def item(self) -> _common_pb2.Payload: ...
+    @_builtins.property
+    def result(self) -> _common_pb2.Result: ...
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        item: _common_pb2.Payload | None = ...,
+        result: _common_pb2.Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "item", b"item", "message", b"message", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "item", b"item", "message", b"message", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["call_id", "item", "result"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___InvokeStreamResponse: _TypeAlias = InvokeStreamResponse  # noqa: Y015
+
+@_typing.final
 class GetResultRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -80,6 +80,11 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.InvokeResponse.FromString,
                 _registered_method=True)
+        self.InvokeStream = channel.unary_stream(
+                '/corral.v1.ControlService/InvokeStream',
+                request_serializer=corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.InvokeStreamResponse.FromString,
+                _registered_method=True)
         self.GetRoutes = channel.unary_unary(
                 '/corral.v1.ControlService/GetRoutes',
                 request_serializer=corral_dot_v1_dot_control__pb2.GetRoutesRequest.SerializeToString,
@@ -196,6 +201,15 @@ class ControlServiceServicer:
 
     def Invoke(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeStream(self, request, context):
+        """Call a generator method: the call id first, then each item as the container yields it, then
+        the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
+        stops the generator in the container. `wait` is ignored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -324,6 +338,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Invoke,
                     request_deserializer=corral_dot_v1_dot_control__pb2.InvokeRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.InvokeResponse.SerializeToString,
+            ),
+            'InvokeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.InvokeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.InvokeStreamResponse.SerializeToString,
             ),
             'GetRoutes': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRoutes,
@@ -630,6 +649,33 @@ class ControlService:
             '/corral.v1.ControlService/Invoke',
             corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.ControlService/InvokeStream',
+            corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.InvokeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

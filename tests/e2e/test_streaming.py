@@ -1,0 +1,79 @@
+"""Generators end to end (issue 14, item 3): `.remote_gen` and `.remote_gen.aio` stream items as
+they are produced; leaving the loop stops the generator and the container takes its next input."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import corral
+import streaming_app
+from conftest import Cluster, read_events, wait_for
+from e2e_helpers import client_for
+
+
+@pytest.fixture(scope="module")
+def running(cluster: Cluster):  # type: ignore[no-untyped-def]
+    with streaming_app.app.run(client=client_for(cluster)):
+        yield streaming_app.app.running
+
+
+def test_sync_and_async_generators_stream_their_items(running) -> None:  # type: ignore[no-untyped-def]
+    assert list(streaming_app.countdown.remote_gen(3)) == [3, 2, 1]
+    assert list(streaming_app.Tokens().stream.remote_gen(3)) == ["tok0", "tok1", "tok2"]
+
+    async def collect() -> list[str]:
+        return [item async for item in streaming_app.Tokens(prefix="a").stream.remote_gen.aio(2)]
+
+    assert asyncio.run(collect()) == ["a0", "a1"]
+    assert list(streaming_app.countdown.remote_gen(0)) == []
+
+
+def test_an_item_arrives_before_the_generator_finishes(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gate = tmp_path / "gate"
+    items = streaming_app.handshake.remote_gen(str(gate))
+    assert next(items) == "first"  # the generator now waits for `gate`: it cannot have finished
+    gate.touch()
+    assert list(items) == ["second"]
+
+
+def test_an_error_after_items_reaches_the_consumer(running) -> None:  # type: ignore[no-untyped-def]
+    seen = []
+    with pytest.raises(RuntimeError, match="generator broke"):
+        for item in streaming_app.raises_after_one.remote_gen():
+            seen.append(item)
+    assert seen == [1]
+
+
+def test_remote_on_a_non_generator_with_remote_gen_is_refused(running) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(corral.exception.InvalidError, match="not a generator"):
+        list(streaming_app.Tokens().pid.remote_gen())
+
+
+def test_leaving_the_loop_stops_the_generator_and_the_container_lives_on(running, events: Path) -> None:  # type: ignore[no-untyped-def]
+    tokens = streaming_app.Tokens(prefix="cancel")
+    pid = tokens.pid.remote()
+    for item in tokens.endless.remote_gen(str(events)):
+        if item == 3:
+            break
+    wait_for(lambda: "async closed" in read_events(events), message="the async generator to close")
+
+    for item in streaming_app.endless.remote_gen(str(events)):
+        if item == 3:
+            break
+    wait_for(lambda: "sync closed" in read_events(events), message="the sync generator to close")
+    assert tokens.pid.remote() == pid
+
+
+def test_async_consumer_cancellation_stops_the_generator(running, events: Path) -> None:  # type: ignore[no-untyped-def]
+    async def consume() -> None:
+        gen = streaming_app.Tokens(prefix="aio-cancel").endless.remote_gen.aio(str(events))
+        async for item in gen:
+            if item == 2:
+                break
+        await gen.aclose()
+
+    asyncio.run(consume())
+    wait_for(lambda: "async closed" in read_events(events), message="the async generator to close")
