@@ -77,3 +77,31 @@ def test_async_consumer_cancellation_stops_the_generator(running, events: Path) 
 
     asyncio.run(consume())
     wait_for(lambda: "async closed" in read_events(events), message="the async generator to close")
+
+
+def test_a_sync_consumer_streams_on_the_direct_path_when_a_route_exists(running, cluster: Cluster, events: Path) -> None:  # type: ignore[no-untyped-def]
+    from corral import _direct_stream, _serialization
+    from corral_protocol.v1 import control_pb2
+
+    client = client_for(cluster)
+    tokens = streaming_app.Tokens(prefix="direct")
+    tokens.pid.remote()
+    resolved, service_id = tokens._bind()
+    wait_for(
+        lambda: len(client.call(client.stub.GetRoutes, control_pb2.GetRoutesRequest(service_id=service_id)).routes) == 1,
+        message="a route to the READY container",
+    )
+    resolved.client.direct._table(service_id).fetched_at = float("-inf")  # fetched before the route existed
+    payload = _serialization.encode_args((3,), {}, "stream")
+    opened = _direct_stream.open_stream(resolved.client.direct, service_id, "stream", payload)
+    assert opened is not None, "the direct path did not take the generator call"
+    assert [_serialization.decode_value(p) for p in opened.items()] == ["direct0", "direct1", "direct2"]
+    assert opened.result is not None and opened.result.status == 1
+
+    endless = _direct_stream.open_stream(resolved.client.direct, service_id, "endless", _serialization.encode_args((str(events),), {}, "endless"))
+    assert endless is not None
+    for item in endless.items():
+        if _serialization.decode_value(item) == 3:
+            break
+    wait_for(lambda: "async closed" in read_events(events), message="the direct generator to close")
+    assert tokens.pid.remote() == tokens.pid.remote()

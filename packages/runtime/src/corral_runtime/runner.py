@@ -38,6 +38,10 @@ async def _uninterruptible(future: asyncio.Future[Any]) -> Any:
 _DONE = object()
 
 
+class CallerGone(Exception):
+    """The caller of a direct generator input closed its connection."""
+
+
 class _ItemNotEncodable(Exception):
     def __init__(self, result: common_pb2.Result) -> None:
         super().__init__(result.exception_type)
@@ -141,6 +145,50 @@ class InputRunner:
                 finally:
                     await _uninterruptible(self.loop.run_in_executor(self.executor, gen.close))
         except asyncio.CancelledError:
+            raise
+        except _ItemNotEncodable as err:
+            return err.result
+        except Exception as exc:
+            return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
+        return common_pb2.Result(status=common_pb2.RESULT_STATUS_SUCCESS)
+
+    def run_generator_in_thread(self, inp: worker_pb2.Input, send: Callable[[common_pb2.Payload], None]) -> common_pb2.Result:
+        """Run a direct generator input on the calling (non-loop) thread, handing each item to `send`.
+        When `send` raises OSError (the caller closed the connection) the generator is closed and
+        CallerGone is raised: nobody is left to answer."""
+        prepared = self._prepare(inp)
+        if isinstance(prepared, common_pb2.Result):
+            return self.redactor.result(prepared)
+        function, _, args, kwargs = prepared
+        fmt = inp.args.format
+
+        def deliver(item: Any) -> None:
+            payload = self._item(item, fmt, inp.method)
+            try:
+                send(payload)
+            except OSError as err:
+                raise CallerGone(str(err)) from None
+
+        try:
+            if inspect.isasyncgenfunction(function):
+                agen = function(*args, **kwargs)
+                try:
+                    while True:
+                        try:
+                            item = asyncio.run_coroutine_threadsafe(agen.__anext__(), self.loop).result()
+                        except StopAsyncIteration:
+                            break
+                        deliver(item)
+                finally:
+                    asyncio.run_coroutine_threadsafe(agen.aclose(), self.loop).result()
+            else:
+                gen = function(*args, **kwargs)
+                try:
+                    for item in gen:
+                        deliver(item)
+                finally:
+                    gen.close()
+        except CallerGone:
             raise
         except _ItemNotEncodable as err:
             return err.result

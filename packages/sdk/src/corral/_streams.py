@@ -1,8 +1,9 @@
 """`.remote_gen`: a generator method's items, as the container yields them.
 
-The call goes through the control plane's `InvokeStream` (call id, items, then the Result).
-Leaving the loop early cancels the RPC; the control plane then cancels the call, and the
-container stops the generator and takes its next input.
+Sync callers try the direct path first (`_direct_stream`: items on a container connection of the
+call's own); otherwise, and for `.aio` callers, the call goes through the control plane's
+`InvokeStream` (call id, items, then the Result). Leaving the loop early closes the connection or
+cancels the RPC; either way the container stops the generator and takes its next input.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import grpc
 
 from corral import _serialization
 from corral._client import Client, translate_rpc_error
+from corral._direct_stream import DirectStream, open_stream
 from corral_protocol.v1 import common_pb2, control_pb2
 
 
@@ -33,7 +35,22 @@ _SKIP = object()
 
 
 def stream(client: Client, request: control_pb2.InvokeRequest) -> Iterator[Any]:
-    """Iterate over a generator call's items (blocking)."""
+    """Iterate over a generator call's items (blocking): straight from a container when the direct
+    path takes the call, else through the control plane."""
+    direct = open_stream(client.direct, request.service_id, request.method, request.args)
+    if direct is not None:
+        return _direct_items(direct)
+    return _queued_items(client, request)
+
+
+def _direct_items(direct: DirectStream) -> Iterator[Any]:
+    for payload in direct.items():
+        yield _serialization.decode_value(payload)
+    if direct.result is not None and direct.result.status != common_pb2.RESULT_STATUS_SUCCESS:
+        raise _serialization.exception_from(direct.result)
+
+
+def _queued_items(client: Client, request: control_pb2.InvokeRequest) -> Iterator[Any]:
     responses = client.stub.InvokeStream(request, metadata=client.metadata)
     try:
         for response in responses:
