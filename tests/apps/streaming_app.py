@@ -74,3 +74,41 @@ class Tokens:
     @corral.method()
     def pid(self) -> int:
         return os.getpid()
+
+
+@app.function()
+@corral.fastapi_endpoint(method="GET")
+def tokens(n: int = 3, gate: str = ""):
+    """An LLM-style token stream: a generator endpoint. With `gate`, it waits after the first token."""
+    yield "tok0 "
+    if gate:
+        _wait_for_file(gate)
+    for i in range(1, n):
+        yield f"tok{i} "
+
+
+@app.function()
+@corral.fastapi_endpoint(method="GET")
+def sse(n: int = 2):
+    from fastapi.responses import StreamingResponse
+
+    async def events():
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield f"data: {i}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@app.function()
+@corral.fastapi_endpoint(method="GET")
+async def endless_web(events: str):
+    try:
+        i = 0
+        while True:
+            yield f"{i}\n"
+            i += 1
+            await asyncio.sleep(0.01)
+    finally:
+        with open(events, "a") as f:
+            f.write("web closed\n")

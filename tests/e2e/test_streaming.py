@@ -105,3 +105,34 @@ def test_a_sync_consumer_streams_on_the_direct_path_when_a_route_exists(running,
             break
     wait_for(lambda: "async closed" in read_events(events), message="the direct generator to close")
     assert tokens.pid.remote() == tokens.pid.remote()
+
+
+def test_a_generator_endpoint_streams_to_the_http_client(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    url = running.web_urls["tokens.tokens"]
+    assert httpx.get(url, params={"n": 3}, timeout=60).text == "tok0 tok1 tok2 "
+    gate = tmp_path / "gate"
+    with httpx.stream("GET", url, params={"n": 2, "gate": str(gate)}, timeout=60) as response:
+        chunks = response.iter_text()
+        assert next(chunks) == "tok0 "  # the endpoint now waits for `gate`: the first token came early
+        gate.touch()
+        assert "".join(chunks) == "tok1 "
+
+
+def test_a_streaming_response_streams_to_the_http_client(running) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    response = httpx.get(running.web_urls["sse.sse"], params={"n": 3}, timeout=60)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+def test_an_http_client_that_leaves_stops_the_generator(running, events: Path) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    with httpx.stream("GET", running.web_urls["endless_web.endless_web"], params={"events": str(events)}, timeout=60) as response:
+        for line in response.iter_lines():
+            if line == "3":
+                break
+    wait_for(lambda: "web closed" in read_events(events), message="the web generator to close")

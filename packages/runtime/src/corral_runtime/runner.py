@@ -152,6 +152,48 @@ class InputRunner:
             return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
         return common_pb2.Result(status=common_pb2.RESULT_STATUS_SUCCESS)
 
+    async def call_raw(self, inp: worker_pb2.Input) -> tuple[bool, Any]:
+        """Call a pushed input's method from the event loop and keep its value as it is, for web
+        endpoints (a StreamingResponse or a generator is served, not pickled): (True, value), or
+        (False, the Result that refuses or fails it). A generator method is only called: the
+        generator object it returns runs as its consumer iterates."""
+        if self.batcher is not None:  # a batched endpoint: the input joins a batch, its value comes back encoded
+            result = await self.run_on_loop(inp)
+            if result.status != common_pb2.RESULT_STATUS_SUCCESS:
+                return False, result
+            return True, sdk.decode_value(result.value)
+        prepared = self._prepare(inp)
+        if isinstance(prepared, common_pb2.Result):
+            return False, self.redactor.result(prepared)
+        function, is_async, args, kwargs = prepared
+        try:
+            if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):
+                return True, function(*args, **kwargs)
+            if is_async:
+                return True, await function(*args, **kwargs)
+            return True, await _uninterruptible(self.loop.run_in_executor(self.executor, lambda: function(*args, **kwargs)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return False, self.redactor.result(sdk.user_error(exc, inp.args.format, self.dev_mode))
+
+    async def next_item(self, gen: Any) -> tuple[bool, Any]:
+        """The next item of a sync or async generator object: (True, item), or (False, None) at its end.
+        A sync generator steps on the thread pool; cancellation waits for the step, then closes it."""
+        if inspect.isasyncgen(gen):
+            try:
+                return True, await gen.__anext__()
+            except StopAsyncIteration:
+                return False, None
+        item = await _uninterruptible(self.loop.run_in_executor(self.executor, next, gen, _DONE))
+        return (False, None) if item is _DONE else (True, item)
+
+    async def close_generator(self, gen: Any) -> None:
+        if inspect.isasyncgen(gen):
+            await gen.aclose()
+        else:
+            await _uninterruptible(self.loop.run_in_executor(self.executor, gen.close))
+
     def run_generator_in_thread(self, inp: worker_pb2.Input, send: Callable[[common_pb2.Payload], None]) -> common_pb2.Result:
         """Run a direct generator input on the calling (non-loop) thread, handing each item to `send`.
         When `send` raises OSError (the caller closed the connection) the generator is closed and

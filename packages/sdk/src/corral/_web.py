@@ -81,9 +81,8 @@ def web_endpoint(
     )
 
     def wrap(f: Any) -> PartialFunction:
+        # A generator endpoint streams its items to the HTTP client (corral_runtime.web_streams).
         partial = _as_partial(f, "web_endpoint")
-        if inspect.isgeneratorfunction(partial.raw_f) or inspect.isasyncgenfunction(partial.raw_f):
-            raise InvalidError(f"web endpoint {partial.raw_f.__qualname__} is a generator; return a value, or serve a streaming ASGI app")
         return _mark(partial, endpoint, "web_endpoint")
 
     return wrap
