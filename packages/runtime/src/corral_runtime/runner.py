@@ -20,6 +20,7 @@ from corral_protocol import env
 from corral_protocol.arguments import ArgumentError, invalid_argument
 from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_runtime.batching import Batcher
+from corral_runtime.cancellation import ThreadRegistry
 from corral_runtime.redaction import Redactor
 
 
@@ -36,6 +37,25 @@ async def _uninterruptible(future: asyncio.Future[Any]) -> Any:
 
 
 _DONE = object()
+
+
+async def _in_scope(input_id: str, awaitable: Any) -> Any:
+    """Await a user coroutine with `corral.current_input_id()` answering `input_id`."""
+    with sdk.input_scope(input_id):
+        return await awaitable
+
+
+THREADS = ThreadRegistry()
+"""The threads running sync inputs, for cancellation (one worker per process)."""
+
+
+def _scoped(input_id: str, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
+    """A call of a sync user function, for a thread, with `corral.current_input_id()` answering
+    `input_id`; a cancellation can raise InputCancelled in that thread while it runs."""
+    def call() -> Any:
+        with sdk.input_scope(input_id), THREADS.running(input_id):
+            return function(*args, **kwargs)
+    return call
 
 
 class CallerGone(Exception):
@@ -102,9 +122,9 @@ class InputRunner:
         fmt = inp.args.format
         try:
             if is_async:
-                value = asyncio.run_coroutine_threadsafe(function(*args, **kwargs), self.loop).result()
+                value = asyncio.run_coroutine_threadsafe(_in_scope(inp.input_id, function(*args, **kwargs)), self.loop).result()
             else:
-                value = function(*args, **kwargs)
+                value = _scoped(inp.input_id, function, args, kwargs)()
         except Exception as exc:
             return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
         return self.redactor.result(sdk.encode_result(value, fmt, inp.method, self.dev_mode))
@@ -130,15 +150,17 @@ class InputRunner:
             if inspect.isasyncgenfunction(function):
                 agen = function(*args, **kwargs)
                 try:
-                    async for item in agen:
-                        await emit(self._item(item, fmt, inp.method))
+                    with sdk.input_scope(inp.input_id):  # the input's own task: its context is its own
+                        async for item in agen:
+                            await emit(self._item(item, fmt, inp.method))
                 finally:
                     await agen.aclose()
             else:
                 gen = function(*args, **kwargs)
                 try:
                     while True:
-                        item = await _uninterruptible(self.loop.run_in_executor(self.executor, next, gen, _DONE))
+                        step = _scoped(inp.input_id, next, (gen, _DONE), {})
+                        item = await _uninterruptible(self.loop.run_in_executor(self.executor, step))
                         if item is _DONE:
                             break
                         await emit(self._item(item, fmt, inp.method))
@@ -170,8 +192,8 @@ class InputRunner:
             if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):
                 return True, function(*args, **kwargs)
             if is_async:
-                return True, await function(*args, **kwargs)
-            return True, await _uninterruptible(self.loop.run_in_executor(self.executor, lambda: function(*args, **kwargs)))
+                return True, await _in_scope(inp.input_id, function(*args, **kwargs))
+            return True, await _uninterruptible(self.loop.run_in_executor(self.executor, _scoped(inp.input_id, function, args, kwargs)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -217,7 +239,7 @@ class InputRunner:
                 try:
                     while True:
                         try:
-                            item = asyncio.run_coroutine_threadsafe(agen.__anext__(), self.loop).result()
+                            item = asyncio.run_coroutine_threadsafe(_in_scope(inp.input_id, agen.__anext__()), self.loop).result()
                         except StopAsyncIteration:
                             break
                         deliver(item)
@@ -226,8 +248,9 @@ class InputRunner:
             else:
                 gen = function(*args, **kwargs)
                 try:
-                    for item in gen:
-                        deliver(item)
+                    with sdk.input_scope(inp.input_id):
+                        for item in gen:
+                            deliver(item)
                 finally:
                     gen.close()
         except CallerGone:
@@ -255,9 +278,9 @@ class InputRunner:
         fmt = inp.args.format
         try:
             if is_async:
-                value = await function(*args, **kwargs)
+                value = await _in_scope(inp.input_id, function(*args, **kwargs))
             else:
-                value = await _uninterruptible(self.loop.run_in_executor(self.executor, lambda: function(*args, **kwargs)))
+                value = await _uninterruptible(self.loop.run_in_executor(self.executor, _scoped(inp.input_id, function, args, kwargs)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -30,14 +30,15 @@ import grpc
 
 from corral import container_api as sdk
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
-from corral_protocol.options import batched_method, effective_max_inputs, effective_timeout_s
+from corral_protocol.options import CANCEL_GRACE_S, batched_method, effective_max_inputs, effective_timeout_s
 from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
+from corral_runtime.cancellation import watch_grace
 from corral_runtime.direct import DirectServer
 from corral_runtime.redaction import Redactor
-from corral_runtime.runner import InputRunner
+from corral_runtime.runner import THREADS, InputRunner
 from corral_runtime.slots import SlotGate
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE, SnapshotPointError, apply_environment, wait_for_identity
 from corral_runtime.web import HttpInputs
@@ -354,6 +355,7 @@ class Worker:
                     task = self.tasks.get(message.cancel.input_id)
                     if task is not None:
                         task.cancel()
+                        self._stop_sync_method(message.cancel.input_id)
         except asyncio.CancelledError:
             why = ""  # the worker itself is stopping (SIGTERM, drained)
             raise
@@ -366,6 +368,20 @@ class Worker:
                 self._lose(why)
             else:
                 self.shutdown.set()
+
+    def _stop_sync_method(self, input_id: str) -> None:
+        """A cancelled sync method gets InputCancelled in its thread and CANCEL_GRACE_S to stop."""
+        if THREADS.interrupt(input_id):
+            check = watch_grace(THREADS, input_id, lambda why: asyncio.ensure_future(self._give_up(why)))
+            asyncio.get_running_loop().call_later(CANCEL_GRACE_S, check)
+
+    async def _give_up(self, reason: str) -> None:
+        print(f"corral worker: {reason}", file=sys.stderr)
+        sys.stderr.flush()
+        with contextlib.suppress(Exception):
+            await self._send(worker_pb2.WorkerSessionRequest(draining=worker_pb2.WorkerDraining(reason=reason)))
+            await asyncio.sleep(5)
+        os._exit(3)
 
     async def _run_input(self, inp: worker_pb2.Input) -> None:
         assert self.gate is not None and self.runner is not None and self.http is not None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from corral_protocol.env import APP_KIND_DEPLOYED, APP_KIND_EPHEMERAL, CORRAL_APP_ID, CORRAL_APP_KIND, CORRAL_APP_NAME
-from corral_protocol.options import effective_max_inputs, effective_timeout_s
+from corral_protocol.options import effective_max_inputs, effective_startup_timeout_s
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler.autoscaler import init_backoff_s
 from corral_scheduler.effects import (
@@ -132,8 +132,7 @@ class Containers:
         core.emit(StartContainer(node.node_id, start, tuple(service.options.secrets)))
         log.info("starting container %s for %s on node %s%s", container.container_id, service.class_def.name, node.name,
                  f" with GPU(s) {', '.join(placement.gpu_uuids)} ({placement.choice})" if placement.gpu_uuids else "")
-        # A container's start (process, imports) is not shortened below a floor by a tiny input timeout.
-        startup_timeout = max(core.MIN_STARTUP_TIMEOUT_S, effective_timeout_s(service.options))
+        startup_timeout = effective_startup_timeout_s(service.options)
         core.emit(ArmTimer(_start_key(container.container_id), startup_timeout, StartupTimedOut(container.container_id, startup_timeout)))
         return True
 
@@ -158,7 +157,7 @@ class Containers:
             self.core.snapshots.restore_failed(container, event.snapshot_error)
 
     def _startup_timed_out(self, event: StartupTimedOut) -> None:
-        """A start-up (import and @enter) that outlasts the class's timeout: the container is killed
+        """A start-up (import and @enter) that outlasts the startup timeout: the container is killed
         and counts as an init failure, so callers are not left waiting on a hung hook."""
         container = self.containers.get(event.container_id)
         if container is None or not container.state.is_starting:

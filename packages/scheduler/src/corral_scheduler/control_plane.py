@@ -24,7 +24,7 @@ from corral_scheduler import events as ev
 from corral_scheduler import ids, views
 from corral_scheduler.core import PlaneCore
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, PermissionDenied
-from corral_scheduler.lifecycle import Step
+from corral_scheduler.lifecycle import InputState, Step
 from corral_scheduler.model import AppRecord, Container, Node, Service
 from corral_scheduler.registry import validate_app
 from corral_scheduler.secret_env import Secrets
@@ -313,8 +313,17 @@ class ControlPlane:
             raise NotFound(f"call {call_id!r} not found (unknown, or its result expired)")
         return call
 
-    def cancel(self, call_id: str, reason: str = "the call was cancelled") -> None:
+    def cancel(self, call_id: str, reason: str = "the call was cancelled") -> control_pb2.CancelOutcome.ValueType:
+        """Cancel a call; the answer says what the cancellation found."""
+        inp = self.core.inputs.inputs.get(call_id)
+        if inp is None or inp.state == InputState.DONE:
+            outcome = control_pb2.CANCEL_OUTCOME_ALREADY_DONE
+        elif inp.state == InputState.RUNNING:
+            outcome = control_pb2.CANCEL_OUTCOME_STOPPING_RUNNING
+        else:
+            outcome = control_pb2.CANCEL_OUTCOME_NOT_STARTED
         self.handle(ev.CancelRequested(call_id, reason))
+        return outcome
 
     def forget(self, call_id: str) -> None:
         self._calls.pop(call_id, None)

@@ -85,7 +85,7 @@ def check_parameters(class_def: common_pb2.ClassDef, given: list[common_pb2.Name
         try:
             value = canonical_parameter(spec.type, value)
         except ValueError as err:
-            raise InvalidArgument(f"parameter {name!r} of {class_def.name} {err}") from None
+            raise InvalidArgument(f"parameter {name!r} of {class_def.name} has the wrong type or value: it {err}") from None
         bound.append(common_pb2.NamedParameter(name=name, value=value))
     return sorted(bound, key=lambda p: p.name)
 

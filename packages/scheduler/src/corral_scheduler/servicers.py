@@ -199,8 +199,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @api
     async def CancelCall(self, request: control_pb2.CancelCallRequest, context: Any) -> control_pb2.CancelCallResponse:
         self.plane.get_input(request.call_id)
-        self.plane.cancel(request.call_id)
-        return control_pb2.CancelCallResponse()
+        return control_pb2.CancelCallResponse(outcome=self.plane.cancel(request.call_id))
 
     @api
     async def UpdateAutoscaler(self, request: control_pb2.UpdateAutoscalerRequest, context: Any) -> control_pb2.UpdateAutoscalerResponse:

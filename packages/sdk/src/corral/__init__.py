@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 
 from corral._calls import FunctionCall  # noqa: E402
 from corral._client import Client  # noqa: E402
+from corral._context import current_input_id  # noqa: E402
 from corral._parameters import parameter  # noqa: E402
 from corral._partial import batched, concurrent, enter, exit, method  # noqa: E402
 from corral._web import asgi_app, fastapi_endpoint, web_endpoint  # noqa: E402
@@ -59,6 +60,7 @@ __all__ = [
     "asgi_app",
     "batched",
     "concurrent",
+    "current_input_id",
     "enter",
     "exit",
     "fastapi_endpoint",

@@ -108,6 +108,7 @@ class App:
         buffer_containers: int | None = None,
         scaledown_window: float | None = None,
         enable_memory_snapshot: bool = False,
+        startup_timeout: float | None = None,
     ) -> Callable[[type], Cls]:
         """Turn a class into a Corral class. Every argument is validated here.
 
@@ -116,6 +117,8 @@ class App:
         - cpu, memory: cores and MiB reserved per container, or (request, limit) tuples.
         - secrets: `Secret`s injected as environment variables.
         - timeout: seconds an input may run (default 300) before it fails with `FunctionTimeoutError`.
+        - startup_timeout: seconds a container may take to start (imports, `@enter` hooks) before it
+          is stopped and its callers get an init error; default: the timeout (at least 5 s).
         - retries: an int or `Retries`; failed inputs run again.
         - min_containers, max_containers, buffer_containers, scaledown_window (default 60 s): autoscaling.
         - enable_memory_snapshot: restore containers from a CRIU snapshot taken after the
@@ -129,7 +132,7 @@ class App:
             image=image or self._image, gpu=gpu, cpu=cpu, memory=memory, secrets=[*self._secrets, *secrets],
             timeout=timeout, retries=retries, min_containers=min_containers, max_containers=max_containers,
             buffer_containers=buffer_containers, scaledown_window=scaledown_window,
-            enable_memory_snapshot=enable_memory_snapshot,
+            enable_memory_snapshot=enable_memory_snapshot, startup_timeout=startup_timeout,
         )
         options = merge_options(_options.class_defaults(), options)
 
@@ -161,6 +164,7 @@ class App:
         buffer_containers: int | None = None,
         scaledown_window: float | None = None,
         enable_memory_snapshot: bool = False,
+        startup_timeout: float | None = None,
         schedule: Any = None,
     ) -> Callable[[Any], Function]:
         """Turn a plain function into a Corral function. It takes `@app.cls()`'s options, and
@@ -177,7 +181,7 @@ class App:
         make_class = self.cls(
             image=image, gpu=gpu, cpu=cpu, memory=memory, secrets=secrets, timeout=timeout, retries=retries,
             min_containers=min_containers, max_containers=max_containers, buffer_containers=buffer_containers,
-            scaledown_window=scaledown_window, enable_memory_snapshot=enable_memory_snapshot,
+            scaledown_window=scaledown_window, enable_memory_snapshot=enable_memory_snapshot, startup_timeout=startup_timeout,
         )
         schedule_proto = schedules.to_proto(schedule)
 

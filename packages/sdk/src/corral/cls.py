@@ -136,6 +136,7 @@ class Cls:
         buffer_containers: int | None = None,
         scaledown_window: float | None = None,
         image: Image | None = None,
+        startup_timeout: float | None = None,
     ) -> Cls:
         """A new handle whose services use these options; the original handle is unchanged.
 
@@ -147,6 +148,7 @@ class Cls:
                 gpu=gpu, cpu=cpu, memory=memory, secrets=secrets, timeout=timeout, retries=retries,
                 min_containers=min_containers, max_containers=max_containers,
                 buffer_containers=buffer_containers, scaledown_window=scaledown_window, image=image,
+                startup_timeout=startup_timeout,
             )
         )
 

@@ -157,6 +157,7 @@ class Function:
         buffer_containers: int | None = None,
         scaledown_window: float | None = None,
         image: Image | None = None,
+        startup_timeout: float | None = None,
     ) -> Function:
         """A new handle whose calls use these options; this one is unchanged.
 
@@ -167,7 +168,7 @@ class Function:
             self._cls.with_options(
                 gpu=gpu, cpu=cpu, memory=memory, secrets=secrets, timeout=timeout, retries=retries,
                 min_containers=min_containers, max_containers=max_containers, buffer_containers=buffer_containers,
-                scaledown_window=scaledown_window, image=image,
+                scaledown_window=scaledown_window, image=image, startup_timeout=startup_timeout,
             ),
             self._raw_f,
         )

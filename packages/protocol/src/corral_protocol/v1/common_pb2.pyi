@@ -728,8 +728,13 @@ class ServiceOptions(_message.Message):
     SECRETS_FIELD_NUMBER: _builtins.int
     ENABLE_MEMORY_SNAPSHOT_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    STARTUP_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     timeout_s: _builtins.float
     enable_memory_snapshot: _builtins.bool
+    startup_timeout_s: _builtins.float
+    """Seconds a container may take to start (import, @enter hooks) before it is stopped and counts
+    as an init failure; unset: max(5, the timeout), as before this field.
+    """
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     @_builtins.property
@@ -756,10 +761,11 @@ class ServiceOptions(_message.Message):
         secrets: _abc.Iterable[Global___SecretRef] | None = ...,
         enable_memory_snapshot: _builtins.bool | None = ...,
         image: Global___ImageSpec | None = ...,
+        startup_timeout_s: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler", "_batching", b"_batching", "_concurrency", b"_concurrency", "_enable_memory_snapshot", b"_enable_memory_snapshot", "_image", b"_image", "_resources", b"_resources", "_retries", b"_retries", "_timeout_s", b"_timeout_s", "autoscaler", b"autoscaler", "batching", b"batching", "concurrency", b"concurrency", "enable_memory_snapshot", b"enable_memory_snapshot", "image", b"image", "resources", b"resources", "retries", b"retries", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler", "_batching", b"_batching", "_concurrency", b"_concurrency", "_enable_memory_snapshot", b"_enable_memory_snapshot", "_image", b"_image", "_resources", b"_resources", "_retries", b"_retries", "_startup_timeout_s", b"_startup_timeout_s", "_timeout_s", b"_timeout_s", "autoscaler", b"autoscaler", "batching", b"batching", "concurrency", b"concurrency", "enable_memory_snapshot", b"enable_memory_snapshot", "image", b"image", "resources", b"resources", "retries", b"retries", "startup_timeout_s", b"startup_timeout_s", "timeout_s", b"timeout_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler", "_batching", b"_batching", "_concurrency", b"_concurrency", "_enable_memory_snapshot", b"_enable_memory_snapshot", "_image", b"_image", "_resources", b"_resources", "_retries", b"_retries", "_timeout_s", b"_timeout_s", "autoscaler", b"autoscaler", "batching", b"batching", "concurrency", b"concurrency", "enable_memory_snapshot", b"enable_memory_snapshot", "image", b"image", "resources", b"resources", "retries", b"retries", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler", "_batching", b"_batching", "_concurrency", b"_concurrency", "_enable_memory_snapshot", b"_enable_memory_snapshot", "_image", b"_image", "_resources", b"_resources", "_retries", b"_retries", "_startup_timeout_s", b"_startup_timeout_s", "_timeout_s", b"_timeout_s", "autoscaler", b"autoscaler", "batching", b"batching", "concurrency", b"concurrency", "enable_memory_snapshot", b"enable_memory_snapshot", "image", b"image", "resources", b"resources", "retries", b"retries", "secrets", b"secrets", "startup_timeout_s", b"startup_timeout_s", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__autoscaler: _TypeAlias = _typing.Literal["autoscaler"]  # noqa: Y015
     _WhichOneofArgType__autoscaler: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler"]  # noqa: Y015
@@ -775,6 +781,8 @@ class ServiceOptions(_message.Message):
     _WhichOneofArgType__resources: _TypeAlias = _typing.Literal["_resources", b"_resources"]  # noqa: Y015
     _WhichOneofReturnType__retries: _TypeAlias = _typing.Literal["retries"]  # noqa: Y015
     _WhichOneofArgType__retries: _TypeAlias = _typing.Literal["_retries", b"_retries"]  # noqa: Y015
+    _WhichOneofReturnType__startup_timeout_s: _TypeAlias = _typing.Literal["startup_timeout_s"]  # noqa: Y015
+    _WhichOneofArgType__startup_timeout_s: _TypeAlias = _typing.Literal["_startup_timeout_s", b"_startup_timeout_s"]  # noqa: Y015
     _WhichOneofReturnType__timeout_s: _TypeAlias = _typing.Literal["timeout_s"]  # noqa: Y015
     _WhichOneofArgType__timeout_s: _TypeAlias = _typing.Literal["_timeout_s", b"_timeout_s"]  # noqa: Y015
     @_typing.overload
@@ -791,6 +799,8 @@ class ServiceOptions(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__resources) -> _WhichOneofReturnType__resources | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__retries) -> _WhichOneofReturnType__retries | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__startup_timeout_s) -> _WhichOneofReturnType__startup_timeout_s | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_s) -> _WhichOneofReturnType__timeout_s | None: ...
 

@@ -60,6 +60,38 @@ APP_STATE_DEPLOYED: AppState.ValueType  # 2
 APP_STATE_STOPPED: AppState.ValueType  # 3
 Global___AppState: _TypeAlias = AppState  # noqa: Y015
 
+class _CancelOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CancelOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CancelOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CANCEL_OUTCOME_UNSPECIFIED: _CancelOutcome.ValueType  # 0
+    CANCEL_OUTCOME_NOT_STARTED: _CancelOutcome.ValueType  # 1
+    """It had not started (queued, or waiting for a retry): no code of it runs."""
+    CANCEL_OUTCOME_STOPPING_RUNNING: _CancelOutcome.ValueType  # 2
+    """It was running: its container was told to stop it. An async method stops at its current await;
+    a sync one gets InputCancellation raised in its thread, and a container whose method has not
+    stopped within the grace period (CANCEL_GRACE_S in corral_protocol.options) replaces itself.
+    """
+    CANCEL_OUTCOME_ALREADY_DONE: _CancelOutcome.ValueType  # 3
+    """It had already finished: its result stands."""
+
+class CancelOutcome(_CancelOutcome, metaclass=_CancelOutcomeEnumTypeWrapper):
+    """What a cancellation found (so that a caller knows whether any of its code ran)."""
+
+CANCEL_OUTCOME_UNSPECIFIED: CancelOutcome.ValueType  # 0
+CANCEL_OUTCOME_NOT_STARTED: CancelOutcome.ValueType  # 1
+"""It had not started (queued, or waiting for a retry): no code of it runs."""
+CANCEL_OUTCOME_STOPPING_RUNNING: CancelOutcome.ValueType  # 2
+"""It was running: its container was told to stop it. An async method stops at its current await;
+a sync one gets InputCancellation raised in its thread, and a container whose method has not
+stopped within the grace period (CANCEL_GRACE_S in corral_protocol.options) replaces itself.
+"""
+CANCEL_OUTCOME_ALREADY_DONE: CancelOutcome.ValueType  # 3
+"""It had already finished: its result stands."""
+Global___CancelOutcome: _TypeAlias = CancelOutcome  # noqa: Y015
+
 class _ContainerState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -760,12 +792,16 @@ Global___CancelCallRequest: _TypeAlias = CancelCallRequest  # noqa: Y015
 class CancelCallResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    outcome: Global___CancelOutcome.ValueType
     def __init__(
         self,
+        *,
+        outcome: Global___CancelOutcome.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
