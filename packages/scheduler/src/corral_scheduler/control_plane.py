@@ -273,8 +273,8 @@ class ControlPlane:
     def app_heartbeat(self, app_id: str) -> None:
         self.handle(ev.AppHeartbeat(app_id))
 
-    def lookup_class(self, app_name: str, class_name: str) -> tuple[str, common_pb2.ClassDef]:
-        return self.core.registry.lookup_class(app_name, class_name)
+    def lookup_class(self, app_name: str, class_name: str, app_id: str = "") -> tuple[str, common_pb2.ClassDef]:
+        return self.core.registry.lookup_class(app_name, class_name, app_id)
 
     def bind_service(
         self, app_id: str, class_name: str, parameters: Iterable[common_pb2.NamedParameter], override: common_pb2.ServiceOptions,

@@ -127,10 +127,17 @@ class Registry:
     def deployed_id(self, name: str) -> str | None:
         return self.deployed.get(name)
 
-    def lookup_class(self, app_name: str, class_name: str) -> tuple[str, common_pb2.ClassDef]:
-        app_id = self.deployed.get(app_name)
-        if app_id is None:
-            raise NotFound(f"app {app_name!r} not found; deploy it with `corral deploy`")
+    def lookup_class(self, app_name: str, class_name: str, app_id: str = "") -> tuple[str, common_pb2.ClassDef]:
+        """A class (or function) of a deployed app by name, or of any live app by id."""
+        if app_id:
+            found = self.apps.get(app_id)
+            if found is None or found.stopped:
+                raise NotFound(f"app {app_id!r} is not running")
+            app_name = found.name
+        else:
+            app_id = self.deployed.get(app_name) or ""
+            if not app_id:
+                raise NotFound(f"app {app_name!r} not found; deploy it with `corral deploy`")
         record = self.apps[app_id]
         class_def = record.class_defs.get(class_name)
         if class_def is None:

@@ -111,7 +111,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def LookupClass(self, request: control_pb2.LookupClassRequest, context: Any) -> control_pb2.LookupClassResponse:
-        app_id, class_def = self.plane.lookup_class(request.app_name, request.class_name)
+        app_id, class_def = self.plane.lookup_class(request.app_name, request.class_name, request.app_id)
         return control_pb2.LookupClassResponse(app_id=app_id, class_def=class_def)
 
     @api

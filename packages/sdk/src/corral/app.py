@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,7 @@ from corral.function import Function, as_class
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
+from corral_protocol import env
 from corral_protocol.names import name_problem
 from corral_protocol.options import merge_options
 from corral_protocol.v1 import common_pb2, control_pb2
@@ -47,6 +49,7 @@ class _LocalSource:
     def __init__(self, definition: ClassDefinition, app: App) -> None:
         self.definition = definition
         self.app = app
+        self._in_container: ResolvedClass | None = None
 
     @property
     def name(self) -> str:
@@ -54,6 +57,16 @@ class _LocalSource:
 
     def resolve(self) -> ResolvedClass:
         running = self.app.running
+        app_id = os.environ.get(env.CORRAL_APP_ID)
+        if running is None and app_id and env.CORRAL_CONTAINER_ID in os.environ:
+            # Code in a container calling a function or class of its own app, which runs.
+            if self._in_container is None:
+                client = default_client()
+                response = client.call(
+                    client.stub.LookupClass, control_pb2.LookupClassRequest(app_id=app_id, class_name=self.name),
+                )
+                self._in_container = ResolvedClass(client, response.app_id, response.class_def)
+            return self._in_container
         if running is None:
             raise InvalidError(
                 f"app {self.app.name or '(unnamed)'} is not running: call {self.name} methods inside `with app.run():`, "
@@ -62,7 +75,7 @@ class _LocalSource:
         return ResolvedClass(running.client, running.app_id, running.class_defs[self.name])
 
     def forget(self) -> None:
-        return None
+        self._in_container = None
 
 
 class App:
@@ -251,6 +264,12 @@ class App:
         """
         if self.running is not None:
             raise InvalidError(f"app {self.name or '(unnamed)'} is already running")
+        if env.CORRAL_CONTAINER_ID in os.environ and client is None:
+            raise InvalidError(
+                "app.run() inside a Corral container: this usually means the module runs `app.run()` at import "
+                "time; move it under `if __name__ == \"__main__\":` or into an @app.local_entrypoint(). Code in a "
+                "container calls its app's functions and classes directly (`f.remote(...)`)"
+            )
         client = client or default_client()
         self.running = self._publish(client, control_pb2.APP_KIND_EPHEMERAL, self.name or "ephemeral")
         self._stop_heartbeat.clear()

@@ -20,7 +20,7 @@ import importlib
 import sys
 from typing import Any
 
-from corral._context import input_scope
+from corral._context import input_scope, mark_serving
 from corral._definition import ClassDefinition, Hook, MethodInfo
 from corral._serialization import JSON, PICKLE, decode_args, decode_call, decode_value, encode_args, encode_result, user_error
 from corral.cls import Cls
@@ -41,6 +41,7 @@ def load_class(class_def: common_pb2.ClassDef, bundle_dir: str) -> ClassDefiniti
         target = getattr(target, part)
     if isinstance(target, Function):  # an @app.function: its one-method class
         target = target._cls
+    mark_serving()  # import is over: the code may now call other functions and classes
     if not isinstance(target, Cls) or target.definition is None:
         raise TypeError(f"{class_def.module}.{class_def.name} is not a class decorated with @app.cls()")
     return target.definition

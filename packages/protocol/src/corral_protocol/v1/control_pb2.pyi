@@ -475,17 +475,23 @@ class LookupClassRequest(_message.Message):
 
     APP_NAME_FIELD_NUMBER: _builtins.int
     CLASS_NAME_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     class_name: _builtins.str
+    app_id: _builtins.str
+    """Instead of app_name: the app by id, deployed or ephemeral (a container calling a class or
+    function of its own app, which it knows by CORRAL_APP_ID).
+    """
     def __init__(
         self,
         *,
         app_name: _builtins.str = ...,
         class_name: _builtins.str = ...,
+        app_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "class_name", b"class_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
