@@ -27,6 +27,7 @@ from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, Permiss
 from corral_scheduler.lifecycle import InputState, Step
 from corral_scheduler.model import AppRecord, Container, Node, Service
 from corral_scheduler.registry import validate_app
+from corral_scheduler.schedules import Schedules, validate_schedules
 from corral_scheduler.secret_env import Secrets
 from corral_scheduler.snapshot_keys import SnapshotBook
 from corral_scheduler.store import Store
@@ -67,6 +68,7 @@ class ControlPlane:
         self._pending: collections.deque[ev.Event] = collections.deque()
         self._handling = False
         self._ticker: asyncio.Task[None] | None = None
+        self.schedules = Schedules(self, store.directory)
 
     @property
     def control_url(self) -> str:
@@ -220,6 +222,7 @@ class ControlPlane:
             await asyncio.sleep(self.TICK_S)
             try:
                 self.handle(ev.Tick())
+                self.schedules.tick(time.time())
             except Exception:
                 log.exception("control plane tick failed")
 
@@ -241,6 +244,7 @@ class ControlPlane:
             outbox.put_nowait(None)
         for worker_outbox in self._worker_outboxes.values():
             worker_outbox.put_nowait(None)
+        self.schedules.store.close()
 
     def is_container_token(self, token: str) -> bool:
         return self.core.containers.owner_of(token) is not None
@@ -253,6 +257,9 @@ class ControlPlane:
             raise InvalidArgument(f"code bundle {request.bundle_hash!r} was not uploaded")
         for class_def in request.classes:
             self.secrets.check(class_def.options.secrets, hint=True)
+        problem = validate_schedules(request) if request.kind == control_pb2.APP_KIND_DEPLOYED else None
+        if problem:
+            raise InvalidArgument(problem)
         if request.kind == control_pb2.APP_KIND_DEPLOYED:
             app_id, version = self.store.deploy(ids.new_id("ap"), request)
         else:

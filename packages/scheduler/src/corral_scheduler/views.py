@@ -38,7 +38,7 @@ def app_infos(plane: ControlPlane, include_stopped: bool) -> list[control_pb2.Ap
             created_at=record.created_at, containers=containers,
             classes=[name for name, d in record.class_defs.items() if not d.is_function],
             functions=[name for name, d in record.class_defs.items() if d.is_function],
-            next_runs=plane.schedules.next_runs(record.app_id) if hasattr(plane, "schedules") else [],
+            next_runs=plane.schedules.next_runs(record.app_id),
         ))
     return infos
 
