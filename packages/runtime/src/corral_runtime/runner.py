@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -126,7 +128,7 @@ class InputRunner:
             else:
                 value = _scoped(inp.input_id, function, args, kwargs)()
         except Exception as exc:
-            return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
+            return self._failed(inp, exc, fmt)
         return self.redactor.result(sdk.encode_result(value, fmt, inp.method, self.dev_mode))
 
     def is_generator(self, method: str) -> bool:
@@ -171,7 +173,7 @@ class InputRunner:
         except _ItemNotEncodable as err:
             return err.result
         except Exception as exc:
-            return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
+            return self._failed(inp, exc, fmt)
         return common_pb2.Result(status=common_pb2.RESULT_STATUS_SUCCESS)
 
     async def call_raw(self, inp: worker_pb2.Input) -> tuple[bool, Any]:
@@ -258,8 +260,16 @@ class InputRunner:
         except _ItemNotEncodable as err:
             return err.result
         except Exception as exc:
-            return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
+            return self._failed(inp, exc, fmt)
         return common_pb2.Result(status=common_pb2.RESULT_STATUS_SUCCESS)
+
+    def _failed(self, inp: worker_pb2.Input, exc: Exception, fmt: common_pb2.PayloadFormat.ValueType) -> common_pb2.Result:
+        """The Result of an input whose user code raised; its traceback also goes to the container's
+        stderr (so to `corral app logs`), redacted like the Result."""
+        with sdk.input_scope(inp.input_id):
+            formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            print(f"corral worker: input {inp.input_id} ({inp.method}) raised:\n{self.redactor.text(formatted)}", end="", file=sys.stderr)
+        return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
 
     def _item(self, item: Any, fmt: common_pb2.PayloadFormat.ValueType, method: str) -> common_pb2.Payload:
         result = self.redactor.result(sdk.encode_result(item, fmt, method, self.dev_mode))
@@ -284,5 +294,5 @@ class InputRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))
+            return self._failed(inp, exc, fmt)
         return self.redactor.result(sdk.encode_result(value, fmt, inp.method, self.dev_mode))

@@ -33,6 +33,7 @@ from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSIO
 from corral_protocol.options import CANCEL_GRACE_S, batched_method, effective_max_inputs, effective_timeout_s
 from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from corral_runtime import log_capture
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.cancellation import watch_grace
@@ -137,6 +138,7 @@ class Worker:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        log_capture.CAPTURE.install()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_gracefully)
         code = await self._session(loop, restored=False)
@@ -165,6 +167,7 @@ class Worker:
         target = self.identity.control_url.split("://", 1)[-1]
         # Secrets arrive with the identity (after the dump, for a snapshot's worker): read them now.
         self.redactor = Redactor.from_environ()
+        log_capture.CAPTURE.redactor = self.redactor
         async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
             stream = worker_pb2_grpc.WorkerServiceStub(channel).WorkerSession(metadata=self.metadata)
             hello = worker_pb2.WorkerHello(container_id=self.identity.container_id, restored=restored)
@@ -208,6 +211,7 @@ class Worker:
             asyncio.create_task(self._read(stream)),
             asyncio.create_task(self._report_load()),
             asyncio.create_task(self._watch_direct_timeouts()),
+            asyncio.create_task(log_capture.ship(log_capture.CAPTURE, self._send)),
         ]
         await self.shutdown.wait()
         if self.lost is not None:
@@ -222,6 +226,7 @@ class Worker:
         await self._report_load_once(force=True)
         await shutdown_asgi_apps(self.asgi_apps)  # ASGI lifespan shutdown, before the @exit hooks
         await self._exit_hooks()
+        await log_capture.flush(log_capture.CAPTURE, self._send)
         self._outbox.put_nowait(_CLOSE)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, timeout=10)

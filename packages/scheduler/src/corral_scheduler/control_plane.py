@@ -25,6 +25,7 @@ from corral_scheduler import ids, views
 from corral_scheduler.core import PlaneCore
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, PermissionDenied
 from corral_scheduler.lifecycle import InputState, Step
+from corral_scheduler.logs import LogStore
 from corral_scheduler.model import AppRecord, Container, Node, Service
 from corral_scheduler.registry import validate_app
 from corral_scheduler.schedules import Schedules, validate_schedules
@@ -69,6 +70,7 @@ class ControlPlane:
         self._handling = False
         self._ticker: asyncio.Task[None] | None = None
         self.schedules = Schedules(self, store.directory)
+        self.logs = LogStore(store.directory)
 
     @property
     def control_url(self) -> str:
@@ -245,6 +247,7 @@ class ControlPlane:
         for worker_outbox in self._worker_outboxes.values():
             worker_outbox.put_nowait(None)
         self.schedules.store.close()
+        self.logs.close()
 
     def is_container_token(self, token: str) -> bool:
         return self.core.containers.owner_of(token) is not None
@@ -313,6 +316,19 @@ class ControlPlane:
             self._calls.pop(call.call_id, None)
             raise
         return call
+
+    def log_app_id(self, ref: str) -> str:
+        """The app whose logs `ref` names: an id, a deployed app's name, or the newest app of that name."""
+        apps = self.core.registry.apps
+        if ref in apps:
+            return ref
+        deployed = self.core.registry.deployed.get(ref)
+        if deployed:
+            return deployed
+        named = [record for record in apps.values() if record.name == ref]
+        if not named:
+            raise NotFound(f"app {ref!r} not found")
+        return max(named, key=lambda record: record.created_at).app_id
 
     def get_input(self, call_id: str) -> CallHandle:
         call = self._calls.get(call_id)
@@ -414,6 +430,11 @@ class ControlPlane:
         return outbox
 
     def worker_message(self, container_id: str, message: worker_pb2.WorkerSessionRequest) -> None:
+        if message.WhichOneof("message") == "logs":  # output for the log store; no state changes
+            container = self.core.containers.containers.get(container_id)
+            if container is not None:
+                self.logs.ingest(self.core.registry.services[container.service_id].app_id, container_id, message.logs)
+            return
         for event in worker_events(container_id, message):
             self.handle(event)
 

@@ -182,6 +182,19 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 self.plane.cancel(call.call_id, "the caller stopped consuming the generator")
             self.plane.forget(call.call_id)
 
+    async def GetLogs(self, request: control_pb2.GetLogsRequest, context: Any) -> AsyncIterator[control_pb2.GetLogsResponse]:
+        """An app's or a container's stored output, then (with `follow`) new lines until cancelled."""
+        try:
+            if not request.app and not request.container_id:
+                raise InvalidArgument("GetLogs needs an app or a container id")
+            app_id = self.plane.log_app_id(request.app) if request.app else ""
+        except ApiError as err:
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
+            return
+        async for page in self.plane.logs.follow(app_id=app_id, container_id=request.container_id, input_id=request.input_id,
+                                                 tail=request.tail, follow=request.follow):
+            yield control_pb2.GetLogsResponse(lines=page)
+
     @api
     async def GetRoutes(self, request: control_pb2.GetRoutesRequest, context: Any) -> control_pb2.GetRoutesResponse:
         return self.plane.get_routes(request.service_id)

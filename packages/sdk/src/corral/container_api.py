@@ -20,7 +20,7 @@ import importlib
 import sys
 from typing import Any
 
-from corral._context import input_scope, mark_serving
+from corral._context import current_input_id, input_scope, mark_serving
 from corral._definition import ClassDefinition, Hook, MethodInfo
 from corral._serialization import JSON, PICKLE, decode_args, decode_call, decode_value, encode_args, encode_result, user_error
 from corral.cls import Cls
@@ -57,6 +57,7 @@ __all__ = [
     "decode_call",
     "decode_value",
     "encode_args",
+    "current_input_id",
     "encode_result",
     "input_scope",
     "load_class",

@@ -1003,6 +1003,51 @@ class ClassDef(_message.Message):
 Global___ClassDef: _TypeAlias = ClassDef  # noqa: Y015
 
 @_typing.final
+class LogLine(_message.Message):
+    """One line a container printed, with where it came from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    INPUT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    timestamp: _builtins.float
+    """Unix time in seconds, taken in the container when the line was written."""
+    stream: _builtins.str
+    """"stdout" or "stderr"."""
+    input_id: _builtins.str
+    """The input the line was printed for (empty outside any input: imports, hooks, the worker)."""
+    text: _builtins.str
+    """The line without its newline; secret values are redacted before it leaves the container."""
+    container_id: _builtins.str
+    """Filled by the control plane."""
+    app_id: _builtins.str
+    seq: _builtins.int
+    """The line's place in the control plane's log store (increasing), for following."""
+    def __init__(
+        self,
+        *,
+        timestamp: _builtins.float = ...,
+        stream: _builtins.str = ...,
+        input_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        container_id: _builtins.str = ...,
+        app_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "container_id", b"container_id", "input_id", b"input_id", "seq", b"seq", "stream", b"stream", "text", b"text", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
+
+@_typing.final
 class Schedule(_message.Message):
     """A function's schedule: a fixed period, or a cron expression in a time zone."""
 

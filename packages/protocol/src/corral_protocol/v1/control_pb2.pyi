@@ -730,6 +730,59 @@ class InvokeStreamResponse(_message.Message):
 Global___InvokeStreamResponse: _TypeAlias = InvokeStreamResponse  # noqa: Y015
 
 @_typing.final
+class GetLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    INPUT_ID_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    """An app's name (the newest app of that name) or id; or leave empty and give container_id."""
+    container_id: _builtins.str
+    input_id: _builtins.str
+    follow: _builtins.bool
+    tail: _builtins.int
+    """Only the last `tail` stored lines (0: all that are kept)."""
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        container_id: _builtins.str = ...,
+        input_id: _builtins.str = ...,
+        follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "container_id", b"container_id", "follow", b"follow", "input_id", b"input_id", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogsRequest: _TypeAlias = GetLogsRequest  # noqa: Y015
+
+@_typing.final
+class GetLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LogLine]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_common_pb2.LogLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogsResponse: _TypeAlias = GetLogsResponse  # noqa: Y015
+
+@_typing.final
 class GetResultRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

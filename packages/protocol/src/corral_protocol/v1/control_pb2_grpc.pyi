@@ -47,6 +47,10 @@ class ControlServiceStub:
     the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
     stops the generator in the container. `wait` is ignored.
     """
+    GetLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.GetLogsRequest, _control_pb2.GetLogsResponse]
+    """Stored container output of an app, a container or an input, oldest first; with `follow`,
+    then new lines as they arrive until the client cancels.
+    """
     GetRoutes: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]
     """The READY containers a client may send a service's inputs to directly (the direct call path)."""
     GetResult: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetResultRequest, _control_pb2.GetResultResponse]
@@ -84,6 +88,10 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """Call a generator method: the call id first, then each item as the container yields it, then
     the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
     stops the generator in the container. `wait` is ignored.
+    """
+    GetLogs: _aio.UnaryStreamMultiCallable[_control_pb2.GetLogsRequest, _control_pb2.GetLogsResponse]  # type: ignore[assignment]
+    """Stored container output of an app, a container or an input, oldest first; with `follow`,
+    then new lines as they arrive until the client cancels.
     """
     GetRoutes: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]  # type: ignore[assignment]
     """The READY containers a client may send a service's inputs to directly (the direct call path)."""
@@ -179,6 +187,16 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         """Call a generator method: the call id first, then each item as the container yields it, then
         the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
         stops the generator in the container. `wait` is ignored.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLogs(
+        self,
+        request: _control_pb2.GetLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.GetLogsResponse], _abc.AsyncIterator[_control_pb2.GetLogsResponse]]:
+        """Stored container output of an app, a container or an input, oldest first; with `follow`,
+        then new lines as they arrive until the client cancels.
         """
 
     @_abc_1.abstractmethod

@@ -68,6 +68,7 @@ class WorkerSessionRequest(_message.Message):
     HTTP_BODY_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
     GENERATOR_ITEM_FIELD_NUMBER: _builtins.int
+    LOGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___WorkerHello: ...
     @_builtins.property
@@ -90,6 +91,8 @@ class WorkerSessionRequest(_message.Message):
     def load(self) -> Global___WorkerLoad: ...
     @_builtins.property
     def generator_item(self) -> Global___GeneratorItem: ...
+    @_builtins.property
+    def logs(self) -> Global___LogBatch: ...
     def __init__(
         self,
         *,
@@ -104,16 +107,43 @@ class WorkerSessionRequest(_message.Message):
         http_body: Global___HttpBodyChunk | None = ...,
         load: Global___WorkerLoad | None = ...,
         generator_item: Global___GeneratorItem | None = ...,
+        logs: Global___LogBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "generator_item", b"generator_item", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "generator_item", b"generator_item", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "logs", b"logs", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "generator_item", b"generator_item", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "generator_item", b"generator_item", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "logs", b"logs", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "init_failed", "ready", "output", "batch_output", "snapshot_ready", "draining", "http_response_start", "http_body", "load", "generator_item"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "init_failed", "ready", "output", "batch_output", "snapshot_ready", "draining", "http_response_start", "http_body", "load", "generator_item", "logs"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___WorkerSessionRequest: _TypeAlias = WorkerSessionRequest  # noqa: Y015
+
+@_typing.final
+class LogBatch(_message.Message):
+    """Lines the container's code printed since the last batch, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    dropped: _builtins.int
+    """Lines dropped in the container because the control plane could not take them fast enough."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LogLine]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_common_pb2.LogLine] | None = ...,
+        dropped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogBatch: _TypeAlias = LogBatch  # noqa: Y015
 
 @_typing.final
 class GeneratorItem(_message.Message):
