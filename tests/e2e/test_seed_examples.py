@@ -125,3 +125,19 @@ def test_a_deployed_float_parameter_binds_by_value(seed_cluster: Cluster) -> Non
     assert deployed.returncode == 0, deployed.stderr
     Model = modal.Cls.from_name("seed-temp", "Model", client=client_for(seed_cluster))
     assert Model(model_id="x", temperature=-0.0).settings.remote() == ("x", 0.0)
+
+
+def test_a_float_parameter_is_parsed_from_the_gateways_query_string(seed_cluster: Cluster) -> None:
+    deployed = seed_cluster.corral("deploy", seed_temperature_app.__file__, "--name", "seed-query")
+    assert deployed.returncode == 0, deployed.stderr
+    url = f"{seed_cluster.http_url}/v1/apps/seed-query/classes/Model/methods/settings"
+    admin = {"authorization": f"Bearer {seed_cluster.token}"}
+    with httpx.Client(timeout=120) as http:
+        ok = http.post(url, params={"model_id": "q", "temperature": "1.25"}, headers=admin)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["value"] == ["q", 1.25]
+        default = http.post(url, params={"model_id": "q"}, headers=admin)
+        assert default.json()["value"] == ["q", 0.7]
+        for bad in ("warm", "nan"):
+            refused = http.post(url, params={"model_id": "q", "temperature": bad}, headers=admin)
+            assert refused.status_code == 400, refused.text
