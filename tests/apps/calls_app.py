@@ -61,3 +61,12 @@ class SlowStart:
     @corral.method()
     def run(self) -> int:
         return 1
+
+
+@app.function(max_containers=1)
+def sleeper(events: str, seconds: float) -> int:
+    """Blocks in one C call (time.sleep), where a raised InputCancelled cannot reach it."""
+    if seconds:
+        _log(events, f"sleeper started in {os.getpid()}")
+        time.sleep(seconds)
+    return os.getpid()

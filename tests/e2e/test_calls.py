@@ -10,7 +10,7 @@ import pytest
 import calls_app
 import corral
 from conftest import Cluster, read_events, wait_for
-from e2e_helpers import client_for
+from e2e_helpers import client_for, containers
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,17 @@ def test_cancel_stops_a_running_sync_method_and_a_queued_call_never_runs(running
 def test_startup_timeout_bounds_enter_apart_from_timeout(running) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(corral.exception.Error, match="within 2 s"):
         calls_app.SlowStart().run.remote()
+
+
+def test_a_sync_method_that_does_not_stop_within_the_grace_period_gets_its_container_replaced(running, events: Path) -> None:  # type: ignore[no-untyped-def]
+    call = calls_app.sleeper.spawn(str(events), 25)
+    wait_for(lambda: any(line.startswith("sleeper started") for line in read_events(events)), message="the sleeper to start")
+    old_pid = int(read_events(events)[0].rsplit(" ", 1)[1])
+    assert call.cancel() == "stopping"
+    with pytest.raises(corral.exception.InputCancellation):
+        call.get(timeout=60)
+    # Blocked in C past the grace period: its container exits and a new one serves the next call.
+    # (A call pushed to it during the grace period would fail with it: see docs/architecture.md.)
+    client = running.client
+    wait_for(lambda: not containers(client, "calls", "sleeper"), timeout=60, message="the stuck container to exit")
+    assert calls_app.sleeper.remote(str(events), 0) != old_pid
