@@ -2,14 +2,15 @@
 in one. `InputCancelled` is raised in the thread that runs the input (it takes effect at the
 thread's next bytecode, so pure-Python code stops at once and code blocked in C when it returns).
 A method that has not stopped within `CANCEL_GRACE_S` leaves its container no choice: the worker
-tells the control plane it is draining and exits, and the container is replaced.
+tells the control plane it is draining and exits, and the container is replaced (unless other
+inputs wait on it: see `Worker._grace`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 
@@ -47,14 +48,3 @@ class ThreadRegistry:
                 return False
             changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(InputCancelled))
         return changed == 1
-
-
-def watch_grace(registry: ThreadRegistry, input_id: str, give_up: Callable[[str], object]) -> Callable[[], None]:
-    """A callback for `loop.call_later(CANCEL_GRACE_S, ...)`: calls `give_up(reason)` when the
-    input's thread still runs it."""
-
-    def check() -> None:
-        if registry.is_running(input_id):
-            give_up(f"cancelled input {input_id} did not stop within the grace period; the container is replaced")
-
-    return check

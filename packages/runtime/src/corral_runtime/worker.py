@@ -36,7 +36,6 @@ from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from corral_runtime import log_capture
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
-from corral_runtime.cancellation import watch_grace
 from corral_runtime.direct import DirectServer
 from corral_runtime.redaction import Redactor
 from corral_runtime.runner import THREADS, InputRunner
@@ -135,6 +134,7 @@ class Worker:
         self.asgi_apps: dict[str, AsgiApp] = {}
         self.http: HttpInputs | None = None
         self.redactor = Redactor({})
+        self._background: set[asyncio.Future[None]] = set()  # grace watchers
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -377,8 +377,22 @@ class Worker:
     def _stop_sync_method(self, input_id: str) -> None:
         """A cancelled sync method gets InputCancelled in its thread and CANCEL_GRACE_S to stop."""
         if THREADS.interrupt(input_id):
-            check = watch_grace(THREADS, input_id, lambda why: asyncio.ensure_future(self._give_up(why)))
-            asyncio.get_running_loop().call_later(CANCEL_GRACE_S, check)
+            watcher = asyncio.ensure_future(self._grace(input_id))
+            self._background.add(watcher)
+            watcher.add_done_callback(self._background.discard)
+
+    async def _grace(self, input_id: str) -> None:
+        """Replace the container when a cancelled sync method outlives the grace period, unless
+        other inputs wait on it: the control plane already pushed them (it freed the cancelled
+        input's slot), and they would fail with the container; they run once the thread returns."""
+        while True:
+            await asyncio.sleep(CANCEL_GRACE_S)
+            if not THREADS.is_running(input_id):
+                return
+            waiting = any(other != input_id for other in self.tasks) or bool(self.direct is not None and self.direct.running)
+            if not waiting:
+                await self._give_up(f"cancelled input {input_id} did not stop within {CANCEL_GRACE_S:g} s; the container is replaced")
+                return
 
     async def _give_up(self, reason: str) -> None:
         print(f"corral worker: {reason}", file=sys.stderr)

@@ -144,7 +144,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self.plane.forget(inp.call_id)
         return control_pb2.InvokeResponse(call_id=inp.call_id, result=result)
 
-    async def InvokeStream(self, request: control_pb2.InvokeRequest, context: Any) -> AsyncIterator[control_pb2.InvokeStreamResponse]:
+    async def InvokeStream(self, request: control_pb2.InvokeStreamRequest, context: Any) -> AsyncIterator[control_pb2.InvokeStreamResponse]:
         """A generator call: its id, its items as they arrive, its Result. A caller that goes away
         cancels the call, which stops the generator in the container."""
         try:

@@ -34,7 +34,7 @@ def _item_or_end(response: control_pb2.InvokeStreamResponse) -> tuple[bool, Any]
 _SKIP = object()
 
 
-def stream(client: Client, request: control_pb2.InvokeRequest) -> Iterator[Any]:
+def stream(client: Client, request: control_pb2.InvokeStreamRequest) -> Iterator[Any]:
     """Iterate over a generator call's items (blocking): straight from a container when the direct
     path takes the call, else through the control plane."""
     direct = open_stream(client.direct, request.service_id, request.method, request.args)
@@ -50,7 +50,7 @@ def _direct_items(direct: DirectStream) -> Iterator[Any]:
         raise _serialization.exception_from(direct.result)
 
 
-def _queued_items(client: Client, request: control_pb2.InvokeRequest) -> Iterator[Any]:
+def _queued_items(client: Client, request: control_pb2.InvokeStreamRequest) -> Iterator[Any]:
     responses = client.stub.InvokeStream(request, metadata=client.metadata)
     try:
         for response in responses:
@@ -65,7 +65,7 @@ def _queued_items(client: Client, request: control_pb2.InvokeRequest) -> Iterato
         responses.cancel()
 
 
-async def stream_aio(client: Client, request: control_pb2.InvokeRequest) -> AsyncIterator[Any]:
+async def stream_aio(client: Client, request: control_pb2.InvokeStreamRequest) -> AsyncIterator[Any]:
     """Iterate over a generator call's items (asyncio)."""
     call: Any = client.aio_stub().InvokeStream(request, metadata=client.metadata)
     try:

@@ -156,11 +156,11 @@ def cmd_app_list(args: argparse.Namespace) -> int:
     apps = client.call(client.stub.ListApps, control_pb2.ListAppsRequest(include_stopped=args.all)).apps
     state_names = {control_pb2.APP_STATE_RUNNING: "running", control_pb2.APP_STATE_DEPLOYED: "deployed", control_pb2.APP_STATE_STOPPED: "stopped"}
     rows = [
-        (a.app_id, a.name, state_names.get(a.state, "?"), a.version, a.containers, ",".join(a.functions) or "-", ",".join(a.classes) or "-",
+        (a.app_id, a.name, state_names.get(a.state, "?"), a.version, a.containers, ",".join(a.classes) or "-", ",".join(a.functions) or "-",
          _next_runs(a.next_runs), _age(a.created_at))
         for a in apps
     ]
-    print(table(("APP ID", "NAME", "STATE", "VERSION", "CONTAINERS", "FUNCTIONS", "CLASSES", "NEXT RUN", "AGE"), rows))
+    print(table(("APP ID", "NAME", "STATE", "VERSION", "CONTAINERS", "CLASSES", "FUNCTIONS", "NEXT RUN", "AGE"), rows))
     return 0
 
 

@@ -356,11 +356,11 @@ class Method:
             result = (await self._invoke_aio(payload, wait=True))[1].result
         return _serialization.unwrap(result)
 
-    def _stream_request(self, resolved: ResolvedClass, service_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> control_pb2.InvokeRequest:
+    def _stream_request(self, resolved: ResolvedClass, service_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> control_pb2.InvokeStreamRequest:
         if not any(m.name == self.name and m.is_generator for m in resolved.class_def.methods):
             raise InvalidError(f"{self._obj._cls.name}.{self.name} is not a generator; call it with .remote()")
         payload = _serialization.encode_args(args, kwargs, self._what)
-        return control_pb2.InvokeRequest(service_id=service_id, method=self.name, args=payload)
+        return control_pb2.InvokeStreamRequest(service_id=service_id, method=self.name, args=payload)
 
     def _remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         resolved, service_id = self._bound()

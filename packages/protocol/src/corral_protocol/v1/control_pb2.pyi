@@ -701,6 +701,32 @@ class GetRoutesResponse(_message.Message):
 Global___GetRoutesResponse: _TypeAlias = GetRoutesResponse  # noqa: Y015
 
 @_typing.final
+class InvokeStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    method: _builtins.str
+    @_builtins.property
+    def args(self) -> _common_pb2.Payload: ...
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        args: _common_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "method", b"method", "service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvokeStreamRequest: _TypeAlias = InvokeStreamRequest  # noqa: Y015
+
+@_typing.final
 class InvokeStreamResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -82,7 +82,7 @@ class ControlServiceStub:
                 _registered_method=True)
         self.InvokeStream = channel.unary_stream(
                 '/corral.v1.ControlService/InvokeStream',
-                request_serializer=corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
+                request_serializer=corral_dot_v1_dot_control__pb2.InvokeStreamRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.InvokeStreamResponse.FromString,
                 _registered_method=True)
         self.GetLogs = channel.unary_stream(
@@ -213,7 +213,7 @@ class ControlServiceServicer:
     def InvokeStream(self, request, context):
         """Call a generator method: the call id first, then each item as the container yields it, then
         the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
-        stops the generator in the container. `wait` is ignored.
+        stops the generator in the container.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -354,7 +354,7 @@ def add_ControlServiceServicer_to_server(servicer, server):
             ),
             'InvokeStream': grpc.unary_stream_rpc_method_handler(
                     servicer.InvokeStream,
-                    request_deserializer=corral_dot_v1_dot_control__pb2.InvokeRequest.FromString,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.InvokeStreamRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.InvokeStreamResponse.SerializeToString,
             ),
             'GetLogs': grpc.unary_stream_rpc_method_handler(
@@ -692,7 +692,7 @@ class ControlService:
             request,
             target,
             '/corral.v1.ControlService/InvokeStream',
-            corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.InvokeStreamRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.InvokeStreamResponse.FromString,
             options,
             channel_credentials,

@@ -42,10 +42,10 @@ class ControlServiceStub:
     LookupClass: _grpc.UnaryUnaryMultiCallable[_control_pb2.LookupClassRequest, _control_pb2.LookupClassResponse]
     BindService: _grpc.UnaryUnaryMultiCallable[_control_pb2.BindServiceRequest, _control_pb2.BindServiceResponse]
     Invoke: _grpc.UnaryUnaryMultiCallable[_control_pb2.InvokeRequest, _control_pb2.InvokeResponse]
-    InvokeStream: _grpc.UnaryStreamMultiCallable[_control_pb2.InvokeRequest, _control_pb2.InvokeStreamResponse]
+    InvokeStream: _grpc.UnaryStreamMultiCallable[_control_pb2.InvokeStreamRequest, _control_pb2.InvokeStreamResponse]
     """Call a generator method: the call id first, then each item as the container yields it, then
     the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
-    stops the generator in the container. `wait` is ignored.
+    stops the generator in the container.
     """
     GetLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.GetLogsRequest, _control_pb2.GetLogsResponse]
     """Stored container output of an app, a container or an input, oldest first; with `follow`,
@@ -84,10 +84,10 @@ class ControlServiceAsyncStub(ControlServiceStub):
     LookupClass: _aio.UnaryUnaryMultiCallable[_control_pb2.LookupClassRequest, _control_pb2.LookupClassResponse]  # type: ignore[assignment]
     BindService: _aio.UnaryUnaryMultiCallable[_control_pb2.BindServiceRequest, _control_pb2.BindServiceResponse]  # type: ignore[assignment]
     Invoke: _aio.UnaryUnaryMultiCallable[_control_pb2.InvokeRequest, _control_pb2.InvokeResponse]  # type: ignore[assignment]
-    InvokeStream: _aio.UnaryStreamMultiCallable[_control_pb2.InvokeRequest, _control_pb2.InvokeStreamResponse]  # type: ignore[assignment]
+    InvokeStream: _aio.UnaryStreamMultiCallable[_control_pb2.InvokeStreamRequest, _control_pb2.InvokeStreamResponse]  # type: ignore[assignment]
     """Call a generator method: the call id first, then each item as the container yields it, then
     the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
-    stops the generator in the container. `wait` is ignored.
+    stops the generator in the container.
     """
     GetLogs: _aio.UnaryStreamMultiCallable[_control_pb2.GetLogsRequest, _control_pb2.GetLogsResponse]  # type: ignore[assignment]
     """Stored container output of an app, a container or an input, oldest first; with `follow`,
@@ -181,12 +181,12 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def InvokeStream(
         self,
-        request: _control_pb2.InvokeRequest,
+        request: _control_pb2.InvokeStreamRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.InvokeStreamResponse], _abc.AsyncIterator[_control_pb2.InvokeStreamResponse]]:
         """Call a generator method: the call id first, then each item as the container yields it, then
         the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
-        stops the generator in the container. `wait` is ignored.
+        stops the generator in the container.
         """
 
     @_abc_1.abstractmethod
