@@ -8,9 +8,10 @@ inputs wait on it: see `Worker._grace`).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -48,3 +49,17 @@ class ThreadRegistry:
                 return False
             changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(InputCancelled))
         return changed == 1
+
+
+async def outlive_grace(registry: ThreadRegistry, input_id: str, grace_s: float, others_waiting: Callable[[], bool],
+                        give_up: Callable[[str], Awaitable[None]]) -> None:
+    """After each `grace_s`, give up on the container when the cancelled input's thread still runs
+    it, unless other inputs wait on the container: the control plane already pushed them (it
+    freed the cancelled input's slot), they would fail with it, and they run once the thread returns."""
+    while True:
+        await asyncio.sleep(grace_s)
+        if not registry.is_running(input_id):
+            return
+        if not others_waiting():
+            await give_up(f"cancelled input {input_id} did not stop within {grace_s:g} s; the container is replaced")
+            return

@@ -36,6 +36,7 @@ from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from corral_runtime import log_capture
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
+from corral_runtime.cancellation import outlive_grace
 from corral_runtime.direct import DirectServer
 from corral_runtime.redaction import Redactor
 from corral_runtime.runner import THREADS, InputRunner
@@ -382,17 +383,10 @@ class Worker:
             watcher.add_done_callback(self._background.discard)
 
     async def _grace(self, input_id: str) -> None:
-        """Replace the container when a cancelled sync method outlives the grace period, unless
-        other inputs wait on it: the control plane already pushed them (it freed the cancelled
-        input's slot), and they would fail with the container; they run once the thread returns."""
-        while True:
-            await asyncio.sleep(CANCEL_GRACE_S)
-            if not THREADS.is_running(input_id):
-                return
-            waiting = any(other != input_id for other in self.tasks) or bool(self.direct is not None and self.direct.running)
-            if not waiting:
-                await self._give_up(f"cancelled input {input_id} did not stop within {CANCEL_GRACE_S:g} s; the container is replaced")
-                return
+        def others_waiting() -> bool:
+            return any(other != input_id for other in self.tasks) or bool(self.direct is not None and self.direct.running)
+
+        await outlive_grace(THREADS, input_id, CANCEL_GRACE_S, others_waiting, self._give_up)
 
     async def _give_up(self, reason: str) -> None:
         print(f"corral worker: {reason}", file=sys.stderr)

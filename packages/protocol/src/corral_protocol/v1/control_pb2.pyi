@@ -71,8 +71,9 @@ class _CancelOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CancelO
     """It had not started (queued, or waiting for a retry): no code of it runs."""
     CANCEL_OUTCOME_STOPPING_RUNNING: _CancelOutcome.ValueType  # 2
     """It was running: its container was told to stop it. An async method stops at its current await;
-    a sync one gets InputCancellation raised in its thread, and a container whose method has not
-    stopped within the grace period (CANCEL_GRACE_S in corral_protocol.options) replaces itself.
+    a sync one gets an exception raised in its thread, and a container whose method has not stopped
+    within the grace period (CANCEL_GRACE_S in corral_protocol.options) replaces itself, unless
+    other calls already wait on it.
     """
     CANCEL_OUTCOME_ALREADY_DONE: _CancelOutcome.ValueType  # 3
     """It had already finished: its result stands."""
@@ -85,8 +86,9 @@ CANCEL_OUTCOME_NOT_STARTED: CancelOutcome.ValueType  # 1
 """It had not started (queued, or waiting for a retry): no code of it runs."""
 CANCEL_OUTCOME_STOPPING_RUNNING: CancelOutcome.ValueType  # 2
 """It was running: its container was told to stop it. An async method stops at its current await;
-a sync one gets InputCancellation raised in its thread, and a container whose method has not
-stopped within the grace period (CANCEL_GRACE_S in corral_protocol.options) replaces itself.
+a sync one gets an exception raised in its thread, and a container whose method has not stopped
+within the grace period (CANCEL_GRACE_S in corral_protocol.options) replaces itself, unless
+other calls already wait on it.
 """
 CANCEL_OUTCOME_ALREADY_DONE: CancelOutcome.ValueType  # 3
 """It had already finished: its result stands."""
