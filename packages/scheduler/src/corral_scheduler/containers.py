@@ -41,7 +41,8 @@ from corral_scheduler.events import (
     WorkerOutput,
     WorkerReady,
 )
-from corral_scheduler.lifecycle import ContainerState
+from corral_scheduler.inputs import timer_key
+from corral_scheduler.lifecycle import ContainerState, InputState
 from corral_scheduler.model import Container, Service, failure
 from corral_scheduler.placement import Unplaceable, choose_node
 from corral_scheduler.snapshot_keys import StartMode
@@ -261,8 +262,27 @@ class Containers:
             return
         if container.state.is_connected:
             self.core.move_container(container, CS.LOST, "its session ended")
+        self._requeue_undelivered(container, event.undelivered)
         self.core.emit(ArmTimer(_lost_key(container.container_id), self.core.LOST_WORKER_GRACE_S,
                                 LostWorkerGraceExpired(container.container_id)))
+
+    def _requeue_undelivered(self, container: Container, call_ids: tuple[str, ...]) -> None:
+        """Inputs that never left the plane never started: back to the front of the queue, the
+        attempt not counted, and onto another container at once."""
+        service = self.core.registry.services[container.service_id]
+        for call_id in reversed(call_ids):
+            inp = container.running.pop(call_id, None)
+            if inp is None or inp.done:
+                continue
+            self.core.emit(CancelTimer(timer_key(call_id)))
+            self.core.move_input(inp, InputState.QUEUED, f"never sent to {container.container_id}, whose stream ended")
+            inp.attempts -= 1
+            inp.container_id = None
+            inp.queued_at = self.core.now
+            self.core.durable.attempted(inp)
+            service.queue.appendleft(inp)
+        if call_ids:
+            self.core.dispatch.dispatch(service)
 
     def _lost_grace_expired(self, event: LostWorkerGraceExpired) -> None:
         self.gone(event.container_id, None, "the control plane lost its connection to the container", "")

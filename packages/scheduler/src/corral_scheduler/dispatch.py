@@ -44,6 +44,7 @@ class Dispatch:
         self.core.move_input(inp, InputState.RUNNING, f"attempt {inp.attempts} on {container.container_id}")
         inp.container_id = container.container_id
         container.running[inp.call_id] = inp
+        self.core.durable.attempted(inp)
         self.core.emit(PushInput(container.container_id, worker_pb2.Input(
             input_id=inp.call_id, method=inp.method, args=inp.args, http_request=inp.http_request,
         )))

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from corral_scheduler.effects import StopContainer
 from corral_scheduler.errors import NotFound
 from corral_scheduler.events import NodeConnected, NodeHeartbeat, NodeJoined, NodeLost
 from corral_scheduler.model import Container, Node
@@ -75,6 +76,11 @@ class Nodes:
         node.last_heartbeat = self.core.wall
         if event.snapshots is not None:
             self.core.snapshots.node_images(node, event.snapshots)
+        for container_id in event.running or ():
+            if container_id not in node.containers:
+                # It belongs to no live assignment: a restarted plane never placed it, or forgot it.
+                log.warning("node %s runs container %s that the control plane does not know; stopping it", node.name, container_id)
+                self.core.emit(StopContainer(node.node_id, container_id))
 
     def reserve(self, node: Node, container: Container) -> None:
         node.capacity.cpu_reserved += container.resources.cpu

@@ -102,7 +102,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def Invoke(self, request: control_pb2.InvokeRequest, context: Any) -> control_pb2.InvokeResponse:
-        inp = self.plane.invoke(request.service_id, request.method, request.args)
+        inp = self.plane.invoke(request.service_id, request.method, request.args, durable=not request.wait)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)
         try:
@@ -255,7 +255,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             except Exception:
                 log.debug("worker stream of %s ended with an error", container_id, exc_info=True)
             finally:
-                outbox.put_nowait(None)
+                plane.close_worker_session(container_id, outbox)  # nothing more is sent there
 
         reader = asyncio.create_task(read())
         try:

@@ -14,7 +14,7 @@ def node_events(node_id: str, message: node_pb2.NodeSessionRequest) -> list[ev.E
     if kind == "snapshot_result":
         return [ev.SnapshotTaken(node_id, message.snapshot_result)]
     if kind == "heartbeat":
-        return [ev.NodeHeartbeat(node_id, tuple(message.heartbeat.snapshots))]
+        return [ev.NodeHeartbeat(node_id, tuple(message.heartbeat.snapshots), tuple(message.heartbeat.running_containers))]
     if kind == "container_exited":
         exited = message.container_exited
         return [ev.ContainerExited(exited.container_id, exited.exit_code, exited.reason, exited.stderr_tail, node_id)]
