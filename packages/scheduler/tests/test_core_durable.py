@@ -6,6 +6,7 @@ from __future__ import annotations
 from corral_protocol.v1 import common_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
+from corral_scheduler.durable import NODE_REJOIN_GRACE_S
 from corral_scheduler.lifecycle import InputState
 from corral_scheduler.model import StoredCall
 from corral_scheduler.testing import Harness, class_def
@@ -170,3 +171,24 @@ def test_a_node_running_a_container_the_plane_does_not_know_is_told_to_stop_it()
     (known,) = h.live_containers(service)
     h.handle(ev.NodeHeartbeat(node, (), running=(known, "ct-orphan")))
     assert h.nodes[node].stopped == ["ct-orphan"]
+
+
+def test_recovered_calls_wait_for_a_node_to_rejoin_within_a_grace() -> None:
+    h, _, service = _cluster()
+    waiting, late = h.invoke(service, durable=True), h.invoke(service, durable=True)
+
+    after = Harness()
+    after.deploy(class_def("Model"), app_id="ap-app")
+    after.recover({waiting: h.stored_calls[waiting]})
+    assert after.result(waiting) is None  # no node yet, and no failure either
+    node = after.add_node()
+    (container,) = after.started_on(node)
+    after.bring_up(container)
+    assert after.pushed(container) == [waiting]
+
+    alone = Harness()
+    alone.deploy(class_def("Model"), app_id="ap-app")
+    alone.recover({late: h.stored_calls[late]})
+    alone.tick(NODE_REJOIN_GRACE_S + 1)
+    result = alone.result(late)
+    assert result is not None and "no runtime node is connected" in result.message

@@ -19,6 +19,7 @@ from corral_scheduler.autoscaler import init_backoff_s
 from corral_scheduler.effects import (
     ArmTimer,
     CancelTimer,
+    CloseWorkerSession,
     InitWorker,
     RelayHttp,
     ShutdownWorker,
@@ -101,6 +102,8 @@ class Containers:
         try:
             placement = choose_node(core.nodes.connected_capacities(), service.options.resources, key)
         except Unplaceable as err:
+            if not core.nodes.connected_nodes() and core.now < core.nodes.rejoin_until:
+                return False  # after a restart, recovered calls wait for the nodes to come back
             core.inputs.fail_queue(service, failure(S.RESULT_STATUS_INTERNAL_ERROR, f"cannot start {service.class_def.name}: {err}"))
             return False
         if placement is None:
@@ -338,6 +341,9 @@ class Containers:
         del self.containers[container.container_id]
         for key in (_stop_key, _start_key, _lost_key):
             self.core.emit(CancelTimer(key(container.container_id)))
+        # A worker whose container the plane forgot (its node was lost, say) must not live on outside
+        # the cluster: its session ends, and a worker without a session exits.
+        self.core.emit(CloseWorkerSession(container.container_id))
         self.tokens.pop(container.token, None)
         self.tokens.pop(container.pre_snapshot_token, None)
         self.core.snapshots.container_gone(container)

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from corral_scheduler.core import PlaneCore
 
 S = common_pb2
+# How long recovered calls wait for a node to (re)join before "no runtime node" fails them: a node
+# daemon reconnects within 5 s of a restart (its backoff), an embedded one as the plane starts.
+NODE_REJOIN_GRACE_S = 60.0
 
 
 class DurableCalls:
@@ -89,6 +92,7 @@ class DurableCalls:
                        "its retry policy allows no other attempt")
             core.inputs.finish(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, message))
             return
+        core.nodes.rejoin_until = max(core.nodes.rejoin_until, core.now + NODE_REJOIN_GRACE_S)
         service.queue.append(inp)
         core.dispatch.dispatch(service)
 

@@ -23,6 +23,8 @@ class Nodes:
     def __init__(self, core: PlaneCore) -> None:
         self.core = core
         self.nodes: dict[str, Node] = {}
+        # Until then, calls recovered after a restart wait for a node instead of failing for want of one.
+        self.rejoin_until = 0.0
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         return {NodeJoined: self._joined, NodeConnected: self._connected, NodeLost: self._lost, NodeHeartbeat: self._heartbeat}
