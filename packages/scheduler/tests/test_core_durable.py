@@ -140,6 +140,7 @@ def test_a_call_of_an_app_gone_with_the_restart_fails_with_the_reason() -> None:
 def test_inputs_that_never_left_the_plane_go_back_to_the_queue_at_once() -> None:
     h, _, service = _cluster(max_containers=2)
     first, second = h.invoke(service), h.invoke(service)
+    h.backlog()
     one, two = h.live_containers(service)
     h.bring_up(one)
     assert h.pushed(one) == [first]

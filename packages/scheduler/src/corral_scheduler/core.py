@@ -57,6 +57,10 @@ class PlaneCore:
     STOP_GRACE_S = 30.0
     LOST_WORKER_GRACE_S = 3.0
     MIN_STARTUP_TIMEOUT_S = 5.0
+    # The autoscaler adds containers past the first when the oldest queued input has waited this long.
+    SCALE_UP_WAIT_S = 0.5
+    # Cores of the cluster left to the control plane when bounding container starts per tick.
+    PLANE_RESERVED_CORES = 1
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ log = logging.getLogger("corral.scheduler")
 class Dispatch:
     def __init__(self, core: PlaneCore) -> None:
         self.core = core
+        self._starts_left: int | None = None  # None: a new tick's budget, computed when first needed
 
     def dispatch(self, service: Service) -> None:
         """Fill the free slots of the service's READY containers from its queue, then scale."""
@@ -52,15 +53,42 @@ class Dispatch:
         self.core.emit(ArmTimer(timer_key(inp.call_id), timeout, InputTimedOut(inp.call_id, container.container_id, inp.attempts)))
 
     def scale(self, service: Service) -> None:
-        """Start the containers the service is missing, unless an init failure's backoff holds it."""
+        """Start the containers the service is missing, unless an init failure's backoff holds it.
+
+        Growth past the first container (and past `min_containers`) waits for a sustained backlog:
+        the oldest queued input has waited `SCALE_UP_WAIT_S`. A burst that the running containers
+        clear sooner starts nothing. Starts are bounded per tick by the cluster's spare cores."""
         if self.core.shutting_down:
             return
-        missing = self.desired(service) - len(service.live_containers)
+        live = len(service.live_containers)
+        missing = self.desired(service) - live
         if missing <= 0 or self.core.now < service.next_start_at:
             return
-        for _ in range(missing):
+        if live >= max(1, service.autoscaler.min_containers) and not self.backlog_sustained(service):
+            return
+        for started in range(missing):
+            if self.starts_left <= 0 and (live or started):
+                break  # the first container of a service is never held back: its caller waits on it
             if not self.core.containers.start(service):
                 break
+            self.starts_left -= 1
+
+    def backlog_sustained(self, service: Service) -> bool:
+        """The oldest queued input has waited long enough that more containers are worth their start."""
+        return bool(service.queue) and self.core.now - service.queue[0].queued_at >= self.core.SCALE_UP_WAIT_S
+
+    @property
+    def starts_left(self) -> int:
+        """Container starts still allowed this tick: one per core of the connected nodes, less one
+        core left to the control plane, and at least one."""
+        if self._starts_left is None:
+            cores = sum(int(node.inventory.cpu) for node in self.core.nodes.connected_nodes())
+            self._starts_left = max(1, cores - self.core.PLANE_RESERVED_CORES)
+        return self._starts_left
+
+    @starts_left.setter
+    def starts_left(self, value: int) -> None:
+        self._starts_left = value
 
     def fair_order(self) -> list[Service]:
         """Services ordered so that those holding the fewest containers get capacity first: a hot
@@ -82,6 +110,7 @@ class Dispatch:
         """Scale-down of containers idle past the scaledown window; retired services without
         containers are forgotten; blocked scale-ups are tried again."""
         now = self.core.now
+        self._starts_left = None
         for service in self.fair_order():
             if service.retired and not service.containers:
                 del self.core.registry.services[service.service_id]

@@ -164,6 +164,10 @@ class Harness:
         self.advance(seconds)
         self.handle(ev.Tick())
 
+    def backlog(self) -> None:
+        """Let the queued inputs wait long enough for the autoscaler to add containers (a tick)."""
+        self.tick(self.core.SCALE_UP_WAIT_S)
+
     def timer_armed(self, key: str) -> bool:
         return key in self._armed
 

@@ -1,0 +1,76 @@
+"""The autoscaler does not thrash: it grows on a sustained backlog (queue wait), not on the
+instantaneous queue length, and bounds container starts per tick by the cluster's spare cores."""
+
+from __future__ import annotations
+
+from corral_scheduler.testing import Harness, class_def
+
+
+def test_a_burst_the_running_container_clears_quickly_starts_nothing_more() -> None:
+    h = Harness()
+    h.add_node(cpu=16)
+    service = h.bind(h.deploy(class_def(max_inputs=1)))
+    first = h.invoke(service)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+    h.output(container, first)
+    # 200 requests, 64 at a time, each answered in a millisecond: the queue is long but never old.
+    for _ in range(200 // 64 + 1):
+        calls = [h.invoke(service) for _ in range(64)]
+        for call in calls:
+            h.advance(0.001)
+            h.output(container, call)
+        h.tick()
+    assert h.live_containers(service) == [container]
+
+
+def test_a_sustained_backlog_scales_out_a_bounded_number_per_tick() -> None:
+    h = Harness()
+    h.add_node(cpu=4)  # 3 starts per tick: one core is left to the control plane
+    service = h.bind(h.deploy(class_def(cpu=0.1)))
+    for _ in range(10):
+        h.invoke(service)
+    assert len(h.live_containers(service)) == 1
+    h.tick(h.core.SCALE_UP_WAIT_S - 0.1)
+    assert len(h.live_containers(service)) == 1  # not yet waited long enough
+    h.tick(0.1)
+    assert len(h.live_containers(service)) == 4
+    h.tick(0.2)
+    assert len(h.live_containers(service)) == 7
+    h.tick(0.2)
+    h.tick(0.2)
+    assert len(h.live_containers(service)) == 10  # one per queued input, reached in bounded steps
+
+
+def test_a_two_core_node_starts_one_container_per_tick() -> None:
+    h = Harness()
+    h.add_node(cpu=2)
+    service = h.bind(h.deploy(class_def(cpu=0.1)))
+    for _ in range(4):
+        h.invoke(service)
+    counts = []
+    for _ in range(4):
+        h.tick(h.core.SCALE_UP_WAIT_S)
+        counts.append(len(h.live_containers(service)))
+    assert counts == [2, 3, 4, 4]
+
+
+def test_the_first_container_of_each_service_is_never_held_back() -> None:
+    h = Harness()
+    h.add_node(cpu=2)
+    app = h.deploy(*(class_def(f"C{i}", cpu=0.1) for i in range(3)))
+    services = [h.bind(app, f"C{i}") for i in range(3)]
+    for service in services:
+        h.invoke(service)
+    assert [len(h.live_containers(s)) for s in services] == [1, 1, 1]
+
+
+def test_containers_started_for_a_backlog_still_count_toward_it() -> None:
+    h = Harness()
+    h.add_node(cpu=16)
+    service = h.bind(h.deploy(class_def(cpu=0.1)))
+    for _ in range(3):
+        h.invoke(service)
+    for _ in range(10):  # the containers take long to start: the backlog persists, nothing more starts
+        h.tick(h.core.SCALE_UP_WAIT_S)
+    assert len(h.live_containers(service)) == 3
