@@ -6,9 +6,9 @@ from __future__ import annotations
 from corral_protocol.v1 import common_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
-from corral_scheduler.durable import NODE_REJOIN_GRACE_S
 from corral_scheduler.lifecycle import InputState
 from corral_scheduler.model import StoredCall
+from corral_scheduler.nodes import NODE_REJOIN_GRACE_S
 from corral_scheduler.testing import Harness, class_def
 
 S = common_pb2
@@ -193,3 +193,20 @@ def test_recovered_calls_wait_for_a_node_to_rejoin_within_a_grace() -> None:
     alone.tick(NODE_REJOIN_GRACE_S + 1)
     result = alone.result(late)
     assert result is not None and "no runtime node is connected" in result.message
+
+
+def test_the_queue_waits_for_a_node_to_come_back_after_its_only_node_is_lost() -> None:
+    h, _, service = _cluster(retries=1, max_containers=1)
+    node = next(iter(h.nodes))
+    running, queued = h.invoke(service), h.invoke(service)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+    h.handle(ev.NodeLost(node))
+    h.tick(1.5)  # the retry is due; no node yet
+    assert h.result(running) is None and h.result(queued) is None
+    second = h.add_node()
+    (replacement,) = h.started_on(second)
+    h.bring_up(replacement)
+    assert h.pushed(replacement) == [running]
+    h.tick(NODE_REJOIN_GRACE_S)  # past the grace with a node: nothing fails
+    assert h.result(queued) is None

@@ -25,14 +25,12 @@ from corral_scheduler.errors import ApiError
 from corral_scheduler.events import CallRecovered, Event
 from corral_scheduler.lifecycle import InputState
 from corral_scheduler.model import Input, Service, StoredCall, failure
+from corral_scheduler.nodes import NODE_REJOIN_GRACE_S
 
 if TYPE_CHECKING:
     from corral_scheduler.core import PlaneCore
 
 S = common_pb2
-# How long recovered calls wait for a node to (re)join before "no runtime node" fails them: a node
-# daemon reconnects within 5 s of a restart (its backoff), an embedded one as the plane starts.
-NODE_REJOIN_GRACE_S = 60.0
 
 
 class DurableCalls:

@@ -18,12 +18,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.scheduler")
 
+# How long queued calls wait for a node to (re)join before "no runtime node" fails them: a node
+# daemon reconnects within 5 s of a restart of the plane (its backoff), an embedded one at once.
+NODE_REJOIN_GRACE_S = 60.0
+
 
 class Nodes:
     def __init__(self, core: PlaneCore) -> None:
         self.core = core
         self.nodes: dict[str, Node] = {}
-        # Until then, calls recovered after a restart wait for a node instead of failing for want of one.
+        # Until then, queued calls wait for a node instead of failing for want of one: after a
+        # restart (recovered calls), or after the loss of a node.
         self.rejoin_until = 0.0
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
@@ -67,6 +72,8 @@ class Nodes:
         if node is None:
             return
         node.connected = False
+        # Its queued work waits a while for a node to come back rather than failing at once.
+        self.rejoin_until = max(self.rejoin_until, self.core.now + NODE_REJOIN_GRACE_S)
         self.core.snapshots.forget_node(node.node_id)
         for container_id in list(node.containers):
             self.core.containers.gone(container_id, None, f"its node {node.name} disconnected", "")
