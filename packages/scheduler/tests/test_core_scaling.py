@@ -82,9 +82,13 @@ def test_running_direct_inputs_count_as_load() -> None:
     h.handle(ev.WorkerLoad(container, direct_running=4, direct_served=10))
     assert h.container(container).load == 4 and h.container(container).inputs_served == 10
     assert h.core.dispatch.desired(h.service(service)) == 2
-    # Load alone is not a backlog: the direct callers it turns away queue here, and their wait scales.
+    # A full container is not a backlog by itself; inputs waiting inside it, for a while, are.
     h.backlog()
     assert len(h.live_containers(service)) == 1
+    h.handle(ev.WorkerLoad(container, direct_running=5, direct_served=10))  # one more than its slots
+    assert len(h.live_containers(service)) == 1
+    h.backlog()
+    assert len(h.live_containers(service)) == 3  # ceil(5 / 2)
 
 
 def test_idle_containers_scale_down_after_the_scaledown_window() -> None:

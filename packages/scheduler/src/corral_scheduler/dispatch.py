@@ -60,6 +60,7 @@ class Dispatch:
         clear sooner starts nothing. Starts are bounded per tick by the cluster's spare cores."""
         if self.core.shutting_down:
             return
+        self._note_overload(service)
         live = len(service.live_containers)
         missing = self.desired(service) - live
         if missing <= 0 or self.core.now < service.next_start_at:
@@ -74,8 +75,19 @@ class Dispatch:
             self.starts_left -= 1
 
     def backlog_sustained(self, service: Service) -> bool:
-        """The oldest queued input has waited long enough that more containers are worth their start."""
-        return bool(service.queue) and self.core.now - service.queue[0].queued_at >= self.core.SCALE_UP_WAIT_S
+        """Inputs have waited long enough that more containers are worth their start: the oldest
+        queued one, or those waiting inside overloaded containers."""
+        now, wait = self.core.now, self.core.SCALE_UP_WAIT_S
+        if service.queue and now - service.queue[0].queued_at >= wait:
+            return True
+        return service.overloaded_since is not None and now - service.overloaded_since >= wait
+
+    def _note_overload(self, service: Service) -> None:
+        overloaded = any(c.load > c.slots for c in service.containers.values() if c.state == ContainerState.READY)
+        if not overloaded:
+            service.overloaded_since = None
+        elif service.overloaded_since is None:
+            service.overloaded_since = self.core.now
 
     @property
     def starts_left(self) -> int:

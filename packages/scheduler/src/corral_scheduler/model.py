@@ -145,6 +145,9 @@ class Service:
     last_init_error: common_pb2.Result | None = None
     autoscaler_override: common_pb2.AutoscalerSettings = field(default_factory=common_pb2.AutoscalerSettings)
     retired: bool = False
+    # Since when a READY container has held more inputs than its slots (pushed ones waiting behind
+    # direct ones): a backlog the queue does not show. None when none does.
+    overloaded_since: float | None = None
 
     _autoscaler: AutoscalerConfig | None = field(default=None, init=False, repr=False, compare=False)
 
