@@ -24,22 +24,33 @@ def test_a_burst_the_running_container_clears_quickly_starts_nothing_more() -> N
     assert h.live_containers(service) == [container]
 
 
-def test_a_sustained_backlog_scales_out_a_bounded_number_per_tick() -> None:
+def test_a_sustained_backlog_behind_a_serving_container_scales_out() -> None:
+    h = Harness()
+    h.add_node(cpu=16)
+    service = h.bind(h.deploy(class_def(cpu=0.1)))
+    first = h.invoke(service)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+    assert h.pushed(container) == [first]  # a slow input: it runs on
+    for _ in range(3):
+        h.invoke(service)
+    h.tick(h.core.SCALE_UP_WAIT_S - 0.1)
+    assert len(h.live_containers(service)) == 1  # not yet waited long enough
+    h.tick(0.1)
+    assert len(h.live_containers(service)) == 4
+
+
+def test_scale_up_from_zero_starts_at_once_a_bounded_number_per_tick() -> None:
     h = Harness()
     h.add_node(cpu=4)  # 3 starts per tick: one core is left to the control plane
     service = h.bind(h.deploy(class_def(cpu=0.1)))
     for _ in range(10):
         h.invoke(service)
-    assert len(h.live_containers(service)) == 1
-    h.tick(h.core.SCALE_UP_WAIT_S - 0.1)
-    assert len(h.live_containers(service)) == 1  # not yet waited long enough
-    h.tick(0.1)
-    assert len(h.live_containers(service)) == 4
-    h.tick(0.2)
-    assert len(h.live_containers(service)) == 7
-    h.tick(0.2)
-    h.tick(0.2)
-    assert len(h.live_containers(service)) == 10  # one per queued input, reached in bounded steps
+    counts = [len(h.live_containers(service))]
+    for _ in range(3):
+        h.tick(0.2)
+        counts.append(len(h.live_containers(service)))
+    assert counts == [3, 6, 9, 10]  # none is ready: every input waits a cold start anyway
 
 
 def test_a_two_core_node_starts_one_container_per_tick() -> None:
@@ -48,11 +59,11 @@ def test_a_two_core_node_starts_one_container_per_tick() -> None:
     service = h.bind(h.deploy(class_def(cpu=0.1)))
     for _ in range(4):
         h.invoke(service)
-    counts = []
+    counts = [len(h.live_containers(service))]
     for _ in range(4):
-        h.tick(h.core.SCALE_UP_WAIT_S)
+        h.tick(0.2)
         counts.append(len(h.live_containers(service)))
-    assert counts == [2, 3, 4, 4]
+    assert counts == [1, 2, 3, 4, 4]
 
 
 def test_the_first_container_of_each_service_is_never_held_back() -> None:

@@ -55,9 +55,11 @@ class Dispatch:
     def scale(self, service: Service) -> None:
         """Start the containers the service is missing, unless an init failure's backoff holds it.
 
-        Growth past the first container (and past `min_containers`) waits for a sustained backlog:
-        the oldest queued input has waited `SCALE_UP_WAIT_S`. A burst that the running containers
-        clear sooner starts nothing. Starts are bounded per tick by the cluster's spare cores."""
+        While a container of the service is READY, growth (past `min_containers`) waits for a
+        sustained backlog: inputs have waited `SCALE_UP_WAIT_S` (see `backlog_sustained`), so a burst
+        that the serving containers clear sooner starts nothing. While none is READY every queued
+        input waits at least a cold start anyway, so the missing containers start at once. Starts are
+        bounded per tick by the cluster's cores (see `starts_left`)."""
         if self.core.shutting_down:
             return
         self._note_overload(service)
@@ -65,7 +67,8 @@ class Dispatch:
         missing = self.desired(service) - live
         if missing <= 0 or self.core.now < service.next_start_at:
             return
-        if live >= max(1, service.autoscaler.min_containers) and not self.backlog_sustained(service):
+        serving = any(c.state == ContainerState.READY for c in service.containers.values())
+        if serving and live >= service.autoscaler.min_containers and not self.backlog_sustained(service):
             return
         for started in range(missing):
             if self.starts_left <= 0 and (live or started):
