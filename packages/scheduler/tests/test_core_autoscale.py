@@ -3,6 +3,7 @@ instantaneous queue length, and bounds container starts per tick by the cluster'
 
 from __future__ import annotations
 
+from corral_scheduler.lifecycle import ContainerState
 from corral_scheduler.testing import Harness, class_def
 
 
@@ -85,3 +86,44 @@ def test_containers_started_for_a_backlog_still_count_toward_it() -> None:
     for _ in range(10):  # the containers take long to start: the backlog persists, nothing more starts
         h.tick(h.core.SCALE_UP_WAIT_S)
     assert len(h.live_containers(service)) == 3
+
+
+def test_a_service_starved_of_capacity_gets_a_container_from_the_one_holding_most() -> None:
+    h = Harness()
+    h.add_node(cpu=2)
+    app = h.deploy(class_def("Hot"), class_def("Cold"))
+    hot, cold = h.bind(app, "Hot"), h.bind(app, "Cold")
+    hot_calls = [h.invoke(hot) for _ in range(20)]
+    h.tick(0.2)  # one start per tick on two cores
+    one, two = h.live_containers(hot)  # the node is full
+    h.bring_up(one)
+    h.bring_up(two)
+    cold_call = h.invoke(cold)
+    assert h.live_containers(cold) == []
+    h.tick(h.core.SCALE_UP_WAIT_S)
+    draining = h.containers(hot, ContainerState.DRAINING)
+    assert len(draining) == 1 and h.worker(draining[0]).shutdown
+    h.tick(0.2)
+    assert len(h.containers(hot, ContainerState.DRAINING)) == 1  # one at a time
+    # It finishes the input it runs, exits, and the freed capacity goes to Cold.
+    (victim,) = draining
+    h.output(victim, h.pushed(victim)[-1])
+    h.exit(victim, 0)
+    (cold_container,) = h.live_containers(cold)
+    h.bring_up(cold_container)
+    assert h.pushed(cold_container) == [cold_call]
+    assert len(h.live_containers(hot)) == 1 and sum(h.result(c) is None for c in hot_calls) == 19
+
+
+def test_the_last_container_of_a_service_is_never_taken() -> None:
+    h = Harness()
+    h.add_node(cpu=1)
+    app = h.deploy(class_def("Hot"), class_def("Cold"))
+    hot, cold = h.bind(app, "Hot"), h.bind(app, "Cold")
+    for _ in range(5):
+        h.invoke(hot)
+    (only,) = h.live_containers(hot)
+    h.bring_up(only)
+    h.invoke(cold)
+    h.tick(h.core.SCALE_UP_WAIT_S * 4)
+    assert h.container(only).state == ContainerState.READY

@@ -378,5 +378,5 @@ class Containers:
         container.running.clear()
         if exit_code not in (None, 0) or previous not in (CS.DRAINING, CS.KILLED):
             log.info("container %s exited%s: %s", container_id, code, why)
-        self.core.dispatch.dispatch(service)
         self.core.dispatch.scale_fairly()  # the freed capacity goes to the services with the fewest containers first
+        self.core.dispatch.dispatch(service)

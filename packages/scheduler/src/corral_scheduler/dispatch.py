@@ -142,3 +142,31 @@ class Dispatch:
                     log.info("scaling down idle container %s", container.container_id)
                     self.core.containers.stop(container, "scaled down: idle past its scaledown window")
             self.dispatch(service)
+        self.rebalance()
+
+    def rebalance(self) -> None:
+        """A service whose inputs have waited a while with no container at all, because the cluster
+        is full, gets one: the service holding the most containers (at least two) drains its least
+        loaded one, and the freed capacity goes to the service with the fewest (`scale_fairly`). One
+        drain at a time: while a container drains, capacity is already on its way."""
+        services = list(self.core.registry.services.values())
+        if any(c.state == ContainerState.DRAINING for c in self.core.containers.containers.values()):
+            return
+        now = self.core.now
+        for starved in services:
+            if starved.retired or starved.containers or not starved.queue or now < starved.next_start_at:
+                continue
+            if now - starved.queue[0].queued_at < self.core.SCALE_UP_WAIT_S:
+                continue
+            donors = [s for s in services if s is not starved and len(s.live_containers) >= 2]
+            if not donors:
+                return
+            donor = max(donors, key=lambda s: len(s.live_containers))
+            ready = [c for c in donor.live_containers if c.state == ContainerState.READY]
+            if not ready:
+                continue
+            victim = min(ready, key=lambda c: c.load)
+            log.info("draining container %s of %s: %s has none and the cluster is full", victim.container_id,
+                     donor.class_def.name, starved.class_def.name)
+            self.core.containers.stop(victim, f"its capacity goes to {starved.class_def.name}, which has none (fairness)")
+            return
