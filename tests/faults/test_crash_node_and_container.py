@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,31 @@ def test_kill_9_of_a_node_daemon_loses_no_call(tmp_path: Path) -> None:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+def test_a_container_dying_after_a_direct_input_was_sent_fails_its_caller_clearly(cluster: Cluster) -> None:
+    name = "faults-crash-direct"
+    deploy(cluster, "deploy_model.py", name)
+    client = client_for(cluster)
+    model = corral.Cls.from_name(name, "Model", client=client)(tag="direct")  # no retries: the direct path
+    pid = model.pid.remote()
+    outcome: list[BaseException | str] = []
+
+    def call() -> None:
+        try:
+            outcome.append(model.sleep.remote(60))
+        except BaseException as err:  # noqa: BLE001 - the test inspects it
+            outcome.append(err)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_for(lambda: any(c.running_inputs == 1 for c in containers(client, name, "Model")), timeout=60, message="the direct input to run")
+    os.kill(pid, signal.SIGKILL)
+    caller.join(timeout=BOUND_S)
+    assert not caller.is_alive(), "the caller was not answered"
+    (error,) = outcome
+    assert isinstance(error, corral.exception.ContainerExitedError), error
+    assert "closed the connection before answering" in str(error), error  # the direct path, not the queue
+    assert model.pid.remote() != pid  # the service recovers with a new container
+    client.close()
+    assert cluster.corral("app", "stop", name).returncode == 0
