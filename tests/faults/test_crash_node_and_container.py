@@ -109,6 +109,16 @@ def test_a_container_dying_after_a_direct_input_was_sent_fails_its_caller_clearl
     client = client_for(cluster)
     model = corral.Cls.from_name(name, "Model", client=client)(tag="direct")  # no retries: the direct path
     pid = model.pid.remote()
+    service_id = model._bind()[1]
+    wait_for(lambda: len(client.call(client.stub.GetRoutes, control_pb2.GetRoutesRequest(service_id=service_id)).routes) == 1,
+             message="a route to the READY container")
+
+    def routed() -> bool:
+        model.pid.remote()  # a call refreshes the client's stale routes
+        table = client.direct._tables.get(service_id)
+        return table is not None and bool(table.routes)
+
+    wait_for(routed, message="the client to know the route")
     outcome: list[BaseException | str] = []
 
     def call() -> None:
