@@ -41,10 +41,12 @@ def wrk(url: str, seconds: int) -> tuple[float, float, int]:
     p99 = re.search(r"^\s+99%\s+([0-9.]+)(us|ms|s)\s*$", out, re.MULTILINE)
     rate = re.search(r"^Requests/sec:\s+([0-9.]+)", out, re.MULTILINE)
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    if p99 is None or rate is None:
+    done = re.search(r"^\s+(\d+) requests in", out, re.MULTILINE)
+    if p99 is None or rate is None or done is None:
         raise RuntimeError(f"could not read wrk's output:\n{out}")
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p99.group(2)]
-    return float(p99.group(1)) * scale, float(rate.group(1)), int(errors.group(1)) if errors else 0
+    latency = float(p99.group(1)) * scale if int(done.group(1)) else float("inf")  # nothing answered in time
+    return latency, float(rate.group(1)), int(errors.group(1)) if errors else 0
 
 
 def live_containers(client: object, app_id: str) -> int:
