@@ -67,3 +67,20 @@ class BadEnter:
     @corral.method()
     def work(self) -> str:
         return "unreachable"
+
+
+@app.cls(scaledown_window=60)
+class HangingExit:
+    """Its @exit hook never returns: the control plane kills it after the stop grace."""
+
+    path: str = corral.parameter()
+
+    @corral.exit()
+    def teardown(self) -> None:
+        _count(self.path)
+        while True:
+            time.sleep(1)
+
+    @corral.method()
+    def pid(self) -> int:
+        return os.getpid()
