@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import corral
 import gaps_gpu_app
-from conftest import APPS, Cluster, free_port, require_snapshot_prerequisites, wait_for
+from conftest import APPS, free_port, require_snapshot_prerequisites, wait_for
 from corral_protocol.v1 import control_pb2
 
 NODE = """
