@@ -1,8 +1,11 @@
-"""Gaps of the suite closed, end to end: a hanging @exit is killed after the stop grace, and a web
-client that goes away cancels its input (the container is not killed by the input's timeout)."""
+"""Gaps of the suite closed, end to end: a hanging @exit is killed after the stop grace, a web client
+that goes away cancels its input (the container is not killed by the input's timeout), and an
+ephemeral app dies when its client stops heartbeating."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 import gaps_app
 import web_app
 from conftest import Cluster, wait_for
+from corral_protocol.v1 import control_pb2
 from e2e.e2e_helpers import client_for, containers, pids_with
 
 
@@ -43,3 +47,38 @@ def test_a_web_client_that_goes_away_cancels_its_input(cluster: Cluster) -> None
         assert [c.container_id for c in containers(client, "web", "Slow")] == [before.container_id]
         assert httpx.get(url, params={"seconds": 0}, timeout=60).status_code == 200
     client.close()
+
+
+CLIENT = """
+import sys, time
+import deploy_model
+with deploy_model.app.run():
+    model = deploy_model.Model(tag="orphaned-client")
+    model.pid.remote()
+    print(deploy_model.app.running.app_id, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_an_ephemeral_app_dies_when_its_client_stops_heartbeating(cluster: Cluster) -> None:
+    client = client_for(cluster)
+    process = subprocess.Popen([sys.executable, "-c", CLIENT], env=cluster.env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        app_id = process.stdout.readline().strip()
+        assert app_id.startswith("ap"), app_id
+        (container,) = [c for c in containers(client, "e2e-deploy", "Model") if c.app_id == app_id]
+        process.kill()  # no more heartbeats, and no goodbye
+        process.wait(timeout=30)
+
+        def stopped() -> bool:
+            apps = client.call(client.stub.ListApps, control_pb2.ListAppsRequest()).apps
+            return all(a.state != control_pb2.APP_STATE_RUNNING for a in apps if a.app_id == app_id)
+
+        wait_for(stopped, timeout=150, message="the ephemeral app to be stopped (60 s without heartbeats)")
+        wait_for(lambda: not pids_with(container.container_id), timeout=60, message="its container to exit")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        client.close()
