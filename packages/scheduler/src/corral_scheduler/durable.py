@@ -45,6 +45,7 @@ class DurableCalls:
     # What the store learns ------------------------------------------------------------------------
 
     def accepted(self, inp: Input, service: Service) -> None:
+        """A durable input joined its queue: the store keeps it, with what binds its service again."""
         self.core.emit(PersistInput(StoredCall(
             call_id=inp.call_id, app_id=service.app_id, class_name=service.class_def.name,
             parameters=tuple(service.parameters), override=service.override, method=inp.method, args=inp.args,
@@ -52,14 +53,17 @@ class DurableCalls:
         )))
 
     def attempted(self, inp: Input) -> None:
+        """Its attempt count changed (pushed to a container, or given back undelivered)."""
         if inp.durable:
             self.core.emit(PersistAttempt(inp.call_id, inp.attempts))
 
     def finished(self, inp: Input, result: common_pb2.Result) -> None:
+        """It is done: its result waits in the store for the caller."""
         if inp.durable:
             self.core.emit(PersistResult(inp.call_id, result, self.core.wall))
 
     def forgotten(self, inp: Input) -> None:
+        """Its result was read, or expired: the store drops it."""
         if inp.durable:
             self.core.emit(ForgetInput(inp.call_id))
 

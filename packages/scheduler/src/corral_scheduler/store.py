@@ -232,6 +232,9 @@ class Store:
         ).fetchall()
         calls = []
         for call_id, blob, sealed, method, args, attempts, result, created_at, finished_at in rows:
+            if sealed and self._box is None:
+                log.warning("durable call %s is sealed and the secrets key is missing; it cannot resume", call_id)
+                continue
             binding = control_pb2.BindServiceRequest.FromString(self._box.open(blob) if sealed and self._box else blob)
             calls.append(StoredCall(
                 call_id=call_id, app_id=binding.app_id, class_name=binding.class_name, parameters=tuple(binding.parameters),
