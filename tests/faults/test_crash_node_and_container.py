@@ -136,6 +136,15 @@ def test_a_container_dying_after_a_direct_input_was_sent_fails_its_caller_clearl
     (error,) = outcome
     assert isinstance(error, corral.exception.ContainerExitedError), error
     assert "closed the connection before answering" in str(error), error  # the direct path, not the queue
-    assert model.pid.remote() != pid  # the service recovers with a new container
+    # The service recovers with a new container. (A connection the client pooled to the dead
+    # container can still fail one call with "Connection reset by peer" before its input was sent;
+    # falling back to the queue there is the direct port's part of issue 15, not tested here.)
+    def recovered() -> bool:
+        try:
+            return model.pid.remote() != pid
+        except corral.exception.ContainerExitedError:
+            return False
+
+    wait_for(recovered, timeout=BOUND_S, message="a call served by a new container")
     client.close()
     assert cluster.corral("app", "stop", name).returncode == 0
