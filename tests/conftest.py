@@ -111,7 +111,7 @@ class Cluster:
         return subprocess.run([sys.executable, *args], env=self.env(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def start_cluster(home: Path, port: int | None = None, extra_env: dict[str, str] | None = None) -> Cluster:
+def start_cluster(home: Path, port: int | None = None, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Cluster:
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
     log_path = home.parent / f"{home.name}-corral-up.log"
@@ -121,7 +121,7 @@ def start_cluster(home: Path, port: int | None = None, extra_env: dict[str, str]
     env.pop("CORRAL_TOKEN", None)
     log = open(log_path, "a")
     process = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--http-port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--http-port", "0", *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     cluster = Cluster(home, port, process, log_path)
     deadline = time.monotonic() + 30
@@ -159,11 +159,41 @@ def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
         cluster.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def container_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The one host directory every test cluster's containers see (read-write, at the same path):
+    test classes write their events and markers there. Isolated containers see nothing else of
+    the host's files, the clusters' CORRAL_HOMEs least of all."""
+    root = tmp_path_factory.getbasetemp() / "container-volume"
+    root.mkdir(mode=0o777, exist_ok=True)
+    os.chmod(root, 0o777)  # containers run as an unprivileged user
+    previous = os.environ.get("CORRAL_NODE_VOLUMES")
+    os.environ["CORRAL_NODE_VOLUMES"] = str(root)
+    try:
+        yield root
+    finally:
+        if previous is None:
+            os.environ.pop("CORRAL_NODE_VOLUMES", None)
+        else:
+            os.environ["CORRAL_NODE_VOLUMES"] = previous
+
+
 @pytest.fixture
-def events(tmp_path: Path) -> Path:
+def shared_dir(container_volume: Path, request: pytest.FixtureRequest) -> Path:
+    """A directory of this test's own that both the test and its containers can write to."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)[:80]
+    path = container_volume / name
+    path.mkdir(mode=0o777, exist_ok=True)
+    os.chmod(path, 0o777)
+    return path
+
+
+@pytest.fixture
+def events(shared_dir: Path) -> Path:
     """A file that test classes' hooks append lines to (its path is passed as a parameter)."""
-    path = tmp_path / "events.log"
+    path = shared_dir / "events.log"
     path.touch()
+    os.chmod(path, 0o666)
     return path
 
 

@@ -32,3 +32,27 @@ def test_buf_lint_is_clean() -> None:
     assert BUF.exists(), f"buf is not installed at {BUF.relative_to(ROOT)}; run tools/dev-install"
     result = _run(BUF, "lint", PROTO_ROOT.relative_to(ROOT))
     assert result.returncode == 0, f"buf lint found problems in the corral.v1 protos:\n{result.stdout}{result.stderr}"
+
+
+BASELINE = ROOT / "packages" / "protocol" / "baseline" / "corral-v1.binpb"
+
+
+def test_no_breaking_change_against_the_released_protocol() -> None:
+    """The guard .ci/run runs: buf breaking against the committed baseline, the newest protocol-v* tag
+    and the merge base with main (docs/protocol.md, 'Compatibility')."""
+    result = _run(ROOT / "tools" / "check-protocol-compat")
+    assert result.returncode == 0, f"corral.v1 has a breaking change:\n{result.stdout}{result.stderr}"
+
+
+def test_the_guard_catches_a_removed_field(tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "proto"
+    shutil.copytree(PROTO_ROOT, copy)
+    control = copy / "corral" / "v1" / "control.proto"
+    text = control.read_text()
+    assert "  bool wait = 4;\n" in text
+    control.write_text(text.replace("  bool wait = 4;\n", ""))
+    result = _run(BUF, "breaking", copy, "--against", BASELINE)
+    assert result.returncode != 0
+    assert 'name "wait"' in result.stdout + result.stderr

@@ -71,7 +71,9 @@ def test_a_bound_handle_rebinds_after_a_redeploy(cluster: Cluster) -> None:
 
     deploy(cluster, "deploy_model.py", name)
     with pytest.raises(grpc.RpcError) as raised:
-        client.stub.Invoke(control_pb2.InvokeRequest(service_id=old.service_id, method="bump", wait=True), metadata=client.metadata)
+        client.stub.Invoke(control_pb2.InvokeRequest(
+            service_id=old.service_id, method="bump", args=common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON), wait=True,
+        ), metadata=client.metadata)
     err = raised.value
     assert isinstance(err, grpc.Call)
     assert err.code() == grpc.StatusCode.NOT_FOUND

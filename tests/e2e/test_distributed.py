@@ -28,10 +28,12 @@ def test_a_node_joins_a_control_plane_started_without_one(tmp_path: Path) -> Non
         assert nodes.returncode == 0 and "-local" not in nodes.stdout
 
         node_env = dict(env, CORRAL_HOME=str(tmp_path / "node-home"))
+        # The token never goes on the command line (every user of the host can read argv): here it comes
+        # from the environment; below, from a file.
         node = subprocess.Popen(
-            [sys.executable, "-m", "corral_runtime.node", "--server", url, "--token", token, "--name", "worker-host",
+            [sys.executable, "-m", "corral_runtime.node_cli", "--server", url, "--name", "worker-host",
              "--work-dir", str(tmp_path / "node-work")],
-            env=node_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(node_env, CORRAL_TOKEN=token), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         wait_for(
             lambda: "worker-host" in subprocess.run([sys.executable, "-m", "corral.cli", "node", "list"], env=client_env,
@@ -47,11 +49,22 @@ def test_a_node_joins_a_control_plane_started_without_one(tmp_path: Path) -> Non
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "42"
 
+        assert token.encode() not in Path(f"/proc/{node.pid}/cmdline").read_bytes()
+
+        wrong = tmp_path / "wrong-token"
+        wrong.write_text("wrong\n")
+        wrong.chmod(0o600)
         bad = subprocess.run(
-            [sys.executable, "-m", "corral_runtime.node", "--server", url, "--token", "wrong", "--work-dir", str(tmp_path / "bad")],
+            [sys.executable, "-m", "corral_runtime.node_cli", "--server", url, "--token-file", str(wrong), "--work-dir", str(tmp_path / "bad")],
             env=node_env, capture_output=True, text=True, timeout=60,
         )
         assert bad.returncode != 0 and "refused this node" in bad.stderr
+
+        on_argv = subprocess.run(
+            [sys.executable, "-m", "corral_runtime.node_cli", "--server", url, "--token", token, "--work-dir", str(tmp_path / "argv")],
+            env=node_env, capture_output=True, text=True, timeout=60,
+        )
+        assert on_argv.returncode == 2 and "--token is not accepted" in on_argv.stderr and "--token-file" in on_argv.stderr
     finally:
         for process in (node, control):
             if process is not None and process.poll() is None:

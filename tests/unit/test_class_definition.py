@@ -115,8 +115,10 @@ def test_enter_hooks_order_snap_first_then_definition_order_bases_first() -> Non
     ("kwargs", "message"),
     [
         ({"gpu": "A100:0"}, "between 1 and 8"),
-        ({"gpu": "bad model!"}, "MODEL:COUNT"),
-        ({"gpu": ["A100", "H100:2"]}, "same count"),
+        ({"gpu": "H100:two"}, "MODEL:COUNT"),
+        ({"gpu": "A10X"}, "unknown GPU 'A10X'; choose one of T4, L4, A10, A10G, A100, A100-40GB, A100-80GB, L40S, H100"),
+        ({"gpu": "H100 80GB"}, "unknown GPU"),
+        ({"gpu": ["H100", "h100:2"]}, "name a model twice"),
         ({"cpu": 0}, "cpu must be between"),
         ({"cpu": (2.0, 1.0)}, "below its request"),
         ({"memory": 1.5}, "int number of MiB"),
@@ -146,6 +148,7 @@ def test_valid_options_are_recorded() -> None:
     assert Configured.definition is not None
     options = Configured.definition.options
     assert list(options.resources.gpu.models) == ["H100", "A100"]
+    assert [(c.model, c.count) for c in options.resources.gpu.choices] == [("H100", 1), ("A100", 1)]
     assert options.resources.cpu == 1.0 and options.resources.cpu_limit == 2.0
     assert options.resources.memory_mib == 512
     assert options.timeout_s == 30

@@ -90,6 +90,21 @@ def test_parameter_kinds_and_bool_spellings_are_written_only_in_corral_protocol(
     assert not found, "use corral_protocol.parameters:\n" + "\n".join(found)
 
 
+def test_gpu_names_are_written_only_in_corral_protocol_gpus() -> None:
+    """GPU request names and NVML model names are the table's (`corral_protocol.gpus`): the SDK's
+    validation, the control plane's placement and the node's simulated inventory all read it."""
+    from corral_protocol import gpus
+
+    names = {*gpus.REQUEST_NAMES, *gpus.NVML_MODELS, *(m.nvml_name for m in gpus.REQUEST_NAMES.values())}
+    found = [
+        f"{_where(path, node)} {node.value!r}"
+        for name, path, tree in _all_modules() if name != "corral_protocol.gpus"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+    ]
+    assert not found, "use corral_protocol.gpus for GPU names:\n" + "\n".join(found)
+
+
 def test_no_client_matches_error_text_to_decide() -> None:
     """Clients act on the protocol's ErrorReason, never on the words of a message."""
     found = [

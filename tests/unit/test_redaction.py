@@ -91,3 +91,18 @@ def test_successes_and_clean_errors_pass_untouched() -> None:
     assert redactor.result(success) is success
     clean = _serialization.user_error(ValueError("nothing secret"))
     assert redactor.result(clean) is clean
+
+
+def test_a_json_callers_exception_is_masked_and_stays_json() -> None:
+    import json
+
+    redactor = Redactor({"API_KEY": "sk-live-123456"})
+    try:
+        raise RuntimeError('token "sk-live-123456" refused')
+    except RuntimeError as exc:
+        result = _serialization.user_error(exc, _serialization.JSON, dev_mode=True)
+    masked = redactor.result(result)
+    body = json.loads(masked.exception.data)
+    assert masked.exception.format == common_pb2.PAYLOAD_FORMAT_JSON
+    assert "sk-live-123456" not in masked.exception.data.decode() + masked.message + masked.traceback
+    assert body["message"] == 'token "<secret API_KEY>" refused' and "<secret API_KEY>" in body["traceback"]

@@ -52,8 +52,37 @@ def test_bad_arguments_fail_only_their_own_input(loop: asyncio.AbstractEventLoop
     batcher = Batcher(lambda xs: xs, max_batch_size=2, wait_ms=20, loop=loop)
     bad = batcher.submit(_input(1, 2))
     good = batcher.submit(_input(7))
-    assert bad.result(timeout=10).status == common_pb2.RESULT_STATUS_USER_ERROR
+    assert bad.result(timeout=10).status == common_pb2.RESULT_STATUS_INVALID_ARGUMENT
     assert _serialization.unwrap(good.result(timeout=10)) == 7
+    batcher.close()
+
+
+def _json_input(body: str) -> worker_pb2.Input:
+    return worker_pb2.Input(input_id="j", method="f", args=common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON, data=body.encode()))
+
+
+def test_json_inputs_of_a_batch_are_converted_and_answered_in_json(loop: asyncio.AbstractEventLoop) -> None:
+    def double(xs: list[int]) -> list[int]:
+        return [x * 2 for x in xs]
+
+    batcher = Batcher(double, max_batch_size=2, wait_ms=60_000, loop=loop)
+    from_json, from_python = batcher.submit(_json_input('{"args": ["21"]}')), batcher.submit(_input(4))
+    answer = from_json.result(timeout=10)
+    assert answer.value.format == common_pb2.PAYLOAD_FORMAT_JSON and answer.value.data == b"42"
+    assert _serialization.unwrap(from_python.result(timeout=10)) == 8
+    refused = batcher.submit(_json_input('{"args": ["x"]}')).result(timeout=10)
+    assert refused.status == common_pb2.RESULT_STATUS_INVALID_ARGUMENT and "'xs' must be an integer" in refused.message
+    batcher.close()
+
+
+def test_a_failed_batch_answers_each_caller_in_its_own_format(loop: asyncio.AbstractEventLoop) -> None:
+    def broken(xs: list[int]) -> list[int]:
+        raise ValueError("broken batch")
+
+    batcher = Batcher(broken, max_batch_size=2, wait_ms=60_000, loop=loop)
+    from_json, from_python = batcher.submit(_json_input('{"args": [1]}')), batcher.submit(_input(2))
+    assert from_json.result(timeout=10).exception.format == common_pb2.PAYLOAD_FORMAT_JSON
+    assert from_python.result(timeout=10).exception.format == common_pb2.PAYLOAD_FORMAT_PICKLE
     batcher.close()
 
 

@@ -335,11 +335,12 @@ def test_gpus_are_reserved_per_container_and_released_on_exit() -> None:
     h.invoke(service)
     (container,) = h.live_containers(service)
     assert list(h.nodes[node].started[0].gpu_indices) == [0]
+    assert list(h.nodes[node].started[0].gpu_uuids) == ["GPU-0"]
     h.bring_up(container)
     h.exit(container, 1, "crash")
     assert h.result(first_call).status == S.RESULT_STATUS_INTERNAL_ERROR  # type: ignore[union-attr]
     assert len(h.live_containers(service)) == 1  # the freed GPU went to the next start
-    assert h.core.nodes.nodes[node].capacity.gpus_in_use == {0}
+    assert h.core.nodes.nodes[node].capacity.gpus_in_use == {"GPU-0"}
 
 
 def test_shutdown_stops_every_container_and_starts_none() -> None:

@@ -9,5 +9,8 @@ PROTOCOL_VERSION = 1
 
 VERSION_METADATA_KEY = "corral-protocol-version"
 AUTHORIZATION_METADATA_KEY = "authorization"
+CALL_ID_METADATA_KEY = "corral-call-id"
+"""Initial metadata of `Invoke(wait=true)`: the call's id, sent before the result, so a caller whose
+deadline fires can still collect the result with `GetResult`."""
 
-__all__ = ["AUTHORIZATION_METADATA_KEY", "PROTOCOL_VERSION", "VERSION_METADATA_KEY"]
+__all__ = ["AUTHORIZATION_METADATA_KEY", "CALL_ID_METADATA_KEY", "PROTOCOL_VERSION", "VERSION_METADATA_KEY"]

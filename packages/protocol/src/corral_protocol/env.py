@@ -11,6 +11,9 @@ Example:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 # Where a client (the SDK, the CLI, a node daemon) finds its server.
 CORRAL_SERVER_URL = "CORRAL_SERVER_URL"
 """The control plane's URL, `grpc://host:port` or `grpcs://host:port`."""
@@ -18,6 +21,9 @@ CORRAL_TOKEN = "CORRAL_TOKEN"
 """The control plane's admin token, with `CORRAL_SERVER_URL`."""
 CORRAL_HOME = "CORRAL_HOME"
 """The folder of the embedded cluster's state (default: the user's data directory)."""
+CORRAL_TLS_CA = "CORRAL_TLS_CA"
+"""A PEM file of the certificate(s) to trust for `grpcs://` servers, e.g. the self-signed one of
+`corral up --tls-self-signed` (pinned); default: the system's roots."""
 
 # What the node gives each container (the worker's identity).
 CORRAL_CONTAINER_ID = "CORRAL_CONTAINER_ID"
@@ -42,17 +48,36 @@ CORRAL_APP_KIND = "CORRAL_APP_KIND"
 APP_KIND_DEPLOYED = "deployed"
 APP_KIND_EPHEMERAL = "ephemeral"
 
+
+def is_dev_mode(environ: Mapping[str, str] = os.environ) -> bool:
+    """True inside a container of an ephemeral (dev) app: its errors carry tracebacks to every
+    caller, JSON and web callers included (deployed apps keep server paths to themselves)."""
+    return environ.get(CORRAL_APP_KIND) == APP_KIND_EPHEMERAL
+
 # Settings of the control plane's process.
 CORRAL_MAX_QUEUE = "CORRAL_MAX_QUEUE"
 """Inputs each service's queue holds at most (default 100,000)."""
 CORRAL_HTTP_MAX_BODY = "CORRAL_HTTP_MAX_BODY"
-"""Bytes a web request's body may have at most (default 16 MiB)."""
+"""Bytes a web request's body may have at most (default 16 MiB, never more than the payload limit)."""
+
+# Read by every process (SDK, control plane, node, worker): see corral_protocol.payloads.
+CORRAL_MAX_PAYLOAD_BYTES = "CORRAL_MAX_PAYLOAD_BYTES"
+"""Bytes an input's serialized arguments, or a serialized result, may have at most (default 64 MiB)."""
 
 # Settings of a node daemon.
 CORRAL_NODE_ADVERTISE_HOST = "CORRAL_NODE_ADVERTISE_HOST"
 """The host clients reach this node's containers on (default 127.0.0.1)."""
 CORRAL_SNAPSHOT_LAZY_PAGES = "CORRAL_SNAPSHOT_LAZY_PAGES"
 """`auto`, `on` or `off`: whether snapshot restores use CRIU's lazy pages."""
+CORRAL_SIMULATE_GPUS = "CORRAL_SIMULATE_GPUS"
+"""GPUs a node declares instead of reading NVML, e.g. `H100:8` or `H100:4,A100-80GB:4` (also read by
+the node `corral up` embeds): for tests and capacity planning only; `corral node list` says "simulated"."""
+
+CORRAL_NODE_ISOLATION = "CORRAL_NODE_ISOLATION"
+"""`auto` (runc where the node is root and has it, else plain processes), `runc`, or `none` (plain
+processes, no isolation; also read by the node `corral up` embeds)."""
+CORRAL_NODE_VOLUMES = "CORRAL_NODE_VOLUMES"
+"""Host directories every container of the node sees, `HOST[:CONTAINER][:ro|rw]`, comma-separated."""
 
 NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME)
 """The node's own credentials and state, never passed on to a container's environment."""

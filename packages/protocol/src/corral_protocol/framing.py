@@ -9,8 +9,20 @@ from __future__ import annotations
 import socket
 import struct
 
+from corral_protocol import payloads
+
 HEADER = struct.Struct("<I")
-MAX_FRAME_BYTES = 256 * 1024 * 1024
+
+# Bounds of the direct port, shared by the container (which enforces them) and the SDK.
+HELLO_TIMEOUT_S = 2.0
+"""A new connection's hello must have arrived whole within this long, or it is closed."""
+MAX_HELLO_BYTES = 4096
+"""The largest frame read before a connection is authenticated (a hello is ~100 bytes)."""
+IDLE_TIMEOUT_S = 60.0
+"""An authenticated connection with no input for this long is closed by the container."""
+CLIENT_REUSE_S = 30.0
+"""Clients reuse a pooled connection only if it was idle for less than this (half the idle timeout),
+so the container never closes a connection that a client is about to send an input on."""
 
 
 class FrameError(ConnectionError):
@@ -36,32 +48,37 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(sock: socket.socket) -> bytes | None:
-    """The next frame's message bytes, or None when the peer closed the connection between frames."""
+def read_frame(sock: socket.socket, max_bytes: int | None = None) -> bytes | None:
+    """The next frame's message bytes, or None when the peer closed the connection between frames.
+
+    A frame declaring more than `max_bytes` (default: `payloads.message_limit()`) raises FrameError
+    before anything of it is read or allocated."""
     header = sock.recv(HEADER.size, socket.MSG_WAITALL)
     if not header:
         return None
     if len(header) < HEADER.size:
         header += _read_exact(sock, HEADER.size - len(header))
     (length,) = HEADER.unpack(header)
-    if length > MAX_FRAME_BYTES:
-        raise FrameError(f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+    limit = payloads.message_limit() if max_bytes is None else max_bytes
+    if length > limit:
+        raise FrameError(f"frame of {length} bytes is over the {limit}-byte limit")
     return _read_exact(sock, length) if length else b""
 
 
 class FrameBuffer:
     """Accumulates received bytes and yields whole frames (for asyncio protocols)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._buffer = bytearray()
+        self._max_bytes = payloads.message_limit() if max_bytes is None else max_bytes
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
         frames = []
         while len(self._buffer) >= HEADER.size:
             (length,) = HEADER.unpack_from(self._buffer)
-            if length > MAX_FRAME_BYTES:
-                raise FrameError(f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+            if length > self._max_bytes:
+                raise FrameError(f"frame of {length} bytes is over the {self._max_bytes}-byte limit")
             end = HEADER.size + length
             if len(self._buffer) < end:
                 break

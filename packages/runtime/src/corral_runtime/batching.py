@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral import container_api as sdk
+from corral_protocol import env
+from corral_protocol.arguments import ArgumentError, invalid_argument
 from corral_protocol.v1 import common_pb2, worker_pb2
 
 
@@ -47,6 +49,7 @@ class Batcher:
         self._signature = inspect.signature(function)
         self._parameters = [p.name for p in self._signature.parameters.values()]
         self._is_async = inspect.iscoroutinefunction(function)
+        self.dev_mode = env.is_dev_mode()
         self._pending: list[_Pending] = []
         self._first_at = 0.0
         self._cond = threading.Condition()
@@ -57,13 +60,16 @@ class Batcher:
     def submit(self, inp: worker_pb2.Input) -> Future[common_pb2.Result]:
         """Queue one input (any thread); the future resolves with that input's own Result."""
         future: Future[common_pb2.Result] = Future()
-        fmt = inp.args.format or sdk.PICKLE
+        fmt = inp.args.format
         try:
-            args, kwargs = sdk.decode_args(inp.args)
+            args, kwargs = sdk.decode_call(inp.args, self.function, self._signature, batched=True)
             bound = self._signature.bind(*args, **kwargs)
             bound.apply_defaults()
-        except Exception as exc:  # bad arguments fail this input only
-            future.set_result(sdk.user_error(exc))
+        except ArgumentError as exc:  # bad arguments fail this input only
+            future.set_result(invalid_argument(f"{self.name}: {exc}"))
+            return future
+        except Exception as exc:
+            future.set_result(sdk.user_error(exc, fmt, self.dev_mode))
             return future
         with self._cond:
             if not self._pending:
@@ -98,7 +104,7 @@ class Batcher:
             # One batch at a time, on this thread; the next one fills meanwhile.
             self._deliver(batch, self._call(batch))
 
-    def _call(self, batch: list[_Pending]) -> list[Any] | common_pb2.Result:
+    def _call(self, batch: list[_Pending]) -> list[Any] | Exception:
         columns = {name: [p.arguments[name] for p in batch] for name in self._parameters}
         try:
             if self._is_async:
@@ -106,24 +112,23 @@ class Batcher:
             else:
                 values = self.function(**columns)
         except Exception as exc:
-            return sdk.user_error(exc)
+            return exc
         if not isinstance(values, list):
-            return sdk.user_error(BatchError(
+            return BatchError(
                 f"batched method {self.name} must return a list with one element per input "
                 f"({len(batch)} here), got {type(values).__name__}"
-            ))
+            )
         if len(values) != len(batch):
-            return sdk.user_error(BatchError(
+            return BatchError(
                 f"batched method {self.name} returned a list of {len(values)} for a batch of {len(batch)} inputs; "
                 "it must return one element per input"
-            ))
+            )
         return values
 
-    @staticmethod
-    def _deliver(batch: list[_Pending], outcome: list[Any] | common_pb2.Result) -> None:
-        if isinstance(outcome, common_pb2.Result):
+    def _deliver(self, batch: list[_Pending], outcome: list[Any] | Exception) -> None:
+        if isinstance(outcome, Exception):  # every input of the batch fails, each in its caller's format
             for pending in batch:
-                pending.future.set_result(outcome)
+                pending.future.set_result(sdk.user_error(outcome, pending.format, self.dev_mode))
             return
         for pending, value in zip(batch, outcome, strict=True):
-            pending.future.set_result(sdk.encode_result(value, pending.format))
+            pending.future.set_result(sdk.encode_result(value, pending.format, self.name, self.dev_mode))

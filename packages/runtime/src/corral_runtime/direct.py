@@ -6,6 +6,15 @@ carries one input at a time, so a sync method runs on the thread that read its i
 its output: no thread hop on the hot path. Admission shares the container's `SlotGate` with the
 pushed inputs; a full or draining container answers at once with `DirectRejected`, and the
 client sends the input through the control plane's queue instead. Nothing is dropped.
+
+The port is open to anyone who can reach the node, so everything before the token check is bounded:
+the hello must arrive whole within `HELLO_TIMEOUT_S` and fit in `MAX_HELLO_BYTES` (a frame declaring
+more is refused from its 4-byte header, before anything is allocated), at most
+`MAX_UNAUTHENTICATED` connections wait for their hello, and at most `MAX_CONNECTIONS` are open at
+all; a connection beyond either bound is closed at once. Clients ask for `DirectAccepted` before
+they send an input (`DirectHello.want_accepted`), so such a close sends them to the queue, never
+fails their call. Authenticated connections idle for `IDLE_TIMEOUT_S` are closed; an input over
+the payload limit is answered `DIRECT_REJECT_REASON_TOO_LARGE` without being run.
 """
 
 from __future__ import annotations
@@ -17,14 +26,34 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from corral_protocol import PROTOCOL_VERSION
-from corral_protocol.framing import FrameError, encode, read_frame
+from corral_protocol import PROTOCOL_VERSION, payloads
+from corral_protocol.framing import HEADER, HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_HELLO_BYTES, FrameError, encode
 from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_runtime.runner import InputRunner
 from corral_runtime.slots import SlotGate
 
-MAX_CONNECTIONS = 4096
+MAX_CONNECTIONS = 512
+MAX_UNAUTHENTICATED = 32
+_REFUSAL_LOG_EVERY_S = 10.0
+_DISCARD_CHUNK = 1024 * 1024
 W = worker_pb2
+_ANSWERED = W.DirectRequest()  # _next_request: a frame already answered (too large); read the next one
+
+
+def _read_exactly(sock: socket.socket, n: int, deadline: float | None, what: str) -> bytes:
+    """n bytes, each recv bounded by the time left before `deadline` (or by the socket's own timeout)."""
+    data = bytearray()
+    while len(data) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FrameError(f"{what} did not arrive within {HELLO_TIMEOUT_S:g} s")
+            sock.settimeout(left)
+        chunk = sock.recv(min(n - len(data), _DISCARD_CHUNK))
+        if not chunk:
+            raise FrameError("the connection closed mid-frame" if data else "the connection closed")
+        data += chunk
+    return bytes(data)
 
 
 @dataclass(eq=False)
@@ -59,8 +88,13 @@ class DirectServer:
         self.running: dict[str, RunningInput] = {}
         self.served = 0
         self.draining = False
+        self.max_payload_bytes = payloads.max_payload_bytes()
+        self.max_frame_bytes = payloads.message_limit()
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
+        self._unauthenticated = 0
+        self.refused_connections = 0
+        self._refusal_logged_at = float("-inf")
         self._listener = socket.create_server((host, 0), backlog=1024)
         bound_host, port = self._listener.getsockname()[:2]
         self.address = f"{bound_host}:{port}"
@@ -99,44 +133,112 @@ class DirectServer:
                 sock, _ = self._listener.accept()
             except OSError:
                 return  # drained
-            if len(self._connections) >= MAX_CONNECTIONS:
+            with self._lock:
+                full = len(self._connections) >= MAX_CONNECTIONS or self._unauthenticated >= MAX_UNAUTHENTICATED
+                if not full:
+                    self._unauthenticated += 1
+                    connection = _Connection(sock)
+                    self._connections.add(connection)
+            if full:
+                # Closed before its hello is answered: a client sends its input through the queue.
                 sock.close()
+                self._note_refusal()
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            connection = _Connection(sock)
-            with self._lock:
-                self._connections.add(connection)
             threading.Thread(target=self._serve, args=(connection,), name="corral-direct", daemon=True).start()
+
+    def _note_refusal(self) -> None:
+        self.refused_connections += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= _REFUSAL_LOG_EVERY_S:
+            self._refusal_logged_at = now
+            print(
+                f"corral worker: direct port at its bound ({len(self._connections)} connections, {self._unauthenticated} "
+                f"awaiting a hello); refused {self.refused_connections} so far (their callers use the queue)",
+                file=sys.stderr,
+            )
 
     def _serve(self, connection: _Connection) -> None:
         sock = connection.sock
+        authenticated = False
         try:
-            if not self._hello(connection):
+            try:
+                accepted = self._hello(connection)
+            finally:
+                with self._lock:
+                    self._unauthenticated -= 1
+            if not accepted:
                 return
+            authenticated = True
+            sock.settimeout(IDLE_TIMEOUT_S)  # bounds every wait for the next frame, and every read inside one
             while True:
-                frame = read_frame(sock)
-                if frame is None:
+                request = self._next_request(connection)
+                if request is None:
                     return
-                request = W.DirectRequest.FromString(frame)
+                if request is _ANSWERED:
+                    continue
                 if request.WhichOneof("message") != "input":
                     return
                 self._handle(connection, request.input)
         except (OSError, FrameError):
             return
         except Exception as err:  # a malformed frame: drop this connection, keep serving others
-            print(f"corral worker: closing a direct connection: {err}", file=sys.stderr)
+            if authenticated:
+                print(f"corral worker: closing a direct connection: {err}", file=sys.stderr)
         finally:
             with self._lock:
                 self._connections.discard(connection)
             sock.close()
 
+    def _next_request(self, connection: _Connection) -> worker_pb2.DirectRequest | None:
+        """The next request, None at a clean close (or idle timeout). A frame over the payload limit is
+        read and dropped, and answered TOO_LARGE: the caller gets InvalidError, the connection lives."""
+        sock = connection.sock
+        try:
+            header = sock.recv(HEADER.size, socket.MSG_WAITALL)
+        except TimeoutError:
+            return None  # idle for IDLE_TIMEOUT_S
+        if not header:
+            return None
+        if len(header) < HEADER.size:
+            header += _read_exactly(sock, HEADER.size - len(header), None, "a frame")
+        (length,) = HEADER.unpack(header)
+        if length > self.max_frame_bytes:
+            left = length
+            while left:
+                left -= len(_read_exactly(sock, min(left, _DISCARD_CHUNK), None, "a frame"))
+            self._too_large(connection, "", length)
+            return _ANSWERED
+        request = W.DirectRequest.FromString(_read_exactly(sock, length, None, "a frame") if length else b"")
+        if request.WhichOneof("message") == "input" and len(request.input.args.data) > self.max_payload_bytes:
+            self._too_large(connection, request.input.input_id, len(request.input.args.data), request.input.method)
+            return _ANSWERED
+        return request
+
+    def _too_large(self, connection: _Connection, input_id: str, size: int, method: str = "") -> None:
+        what = f"the arguments of {method}" if method else "the input"
+        message = payloads.too_large(what, size, self.max_payload_bytes)
+        connection.send(W.DirectResponse(rejected=W.DirectRejected(input_id=input_id, reason=W.DIRECT_REJECT_REASON_TOO_LARGE, message=message)))
+
     def _hello(self, connection: _Connection) -> bool:
-        frame = read_frame(connection.sock)
-        if frame is None:
+        """Read and check the hello: whole within HELLO_TIMEOUT_S, at most MAX_HELLO_BYTES."""
+        sock = connection.sock
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        try:
+            header = _read_exactly(sock, HEADER.size, deadline, "the hello")
+            (length,) = HEADER.unpack(header)
+            if length > MAX_HELLO_BYTES:  # refused from the header alone: nothing of it is read or allocated
+                return False
+            request = W.DirectRequest.FromString(_read_exactly(sock, length, deadline, "the hello"))
+        except (OSError, FrameError):
             return False
-        request = W.DirectRequest.FromString(frame)
+        except Exception:  # not a DirectRequest
+            return False
         hello = request.hello if request.WhichOneof("message") == "hello" else None
         if hello is not None and hello.protocol_version == PROTOCOL_VERSION and hmac.compare_digest(hello.token, self.token):
+            sock.settimeout(None)
+            if hello.want_accepted:
+                connection.send(W.DirectResponse(accepted=W.DirectAccepted()))
             return True
         why = "protocol version mismatch" if hello is not None and hmac.compare_digest(hello.token, self.token) else "bad token"
         connection.send(W.DirectResponse(rejected=W.DirectRejected(reason=W.DIRECT_REJECT_REASON_REFUSED, message=why)))

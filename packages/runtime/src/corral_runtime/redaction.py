@@ -122,6 +122,10 @@ class Redactor:
         masked.CopyFrom(result)
         masked.message = self.text(result.message)
         masked.traceback = self.text(result.traceback)
+        if result.exception.format == common_pb2.PAYLOAD_FORMAT_JSON:
+            # Type, message and traceback as JSON text: the escaped forms of each value are masked.
+            masked.exception.data = self.data(result.exception.data)
+            return masked
         if result.HasField("exception") and self.found_in(result.exception.data):
             masked.ClearField("exception")
             try:

@@ -31,6 +31,9 @@ from corral_runtime.runner import InputRunner
 
 SendMessage = Callable[[worker_pb2.WorkerSessionRequest], Awaitable[None]]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# A response body travels to the gateway in chunks of at most this much, whatever size the app
+# writes at once, so no single message nears the gRPC message limit.
+BODY_CHUNK_BYTES = 1024 * 1024
 
 
 class BadRequest(Exception):
@@ -99,7 +102,11 @@ class HttpInputs:
             )))
 
         async def body(data: bytes, more: bool) -> None:
-            await send(worker_pb2.WorkerSessionRequest(http_body=worker_pb2.HttpBodyChunk(input_id=inp.input_id, data=data, more_body=more)))
+            for start_at in range(0, max(len(data) - BODY_CHUNK_BYTES, 0), BODY_CHUNK_BYTES):
+                chunk = data[start_at:start_at + BODY_CHUNK_BYTES]
+                await send(worker_pb2.WorkerSessionRequest(http_body=worker_pb2.HttpBodyChunk(input_id=inp.input_id, data=chunk, more_body=True)))
+            last = data[(max(len(data) - 1, 0) // BODY_CHUNK_BYTES) * BODY_CHUNK_BYTES:]
+            await send(worker_pb2.WorkerSessionRequest(http_body=worker_pb2.HttpBodyChunk(input_id=inp.input_id, data=last, more_body=more)))
 
         async def respond(status: int, payload: Any) -> None:
             await start(status, _JSON_HEADERS)
@@ -170,12 +177,16 @@ class HttpInputs:
                 payload = json.loads(request.body) if request.body.strip() else {}
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise BadRequest(f"malformed JSON body: {err}") from None
+            except RecursionError:  # the gateway refuses deep bodies first; this covers other senders
+                raise BadRequest("the JSON body nests too deeply") from None
             if len(params) == 1 and _takes_whole_body(hints.get(params[0].name)) and params[0].name not in query:
+                if not isinstance(payload, dict):  # `data: dict` or a pydantic model: the body must be an object
+                    raise BadRequest(f"argument {params[0].name!r} must be a JSON object, got {_json_type(payload)}")
                 kwargs = {params[0].name: payload}
             elif isinstance(payload, dict):
                 kwargs = {**query, **payload}
             else:
-                raise BadRequest(f"the JSON body must be an object of keyword arguments, got {type(payload).__name__}")
+                raise BadRequest(f"the JSON body must be an object of keyword arguments, got {_json_type(payload)}")
         for name, value in kwargs.items():
             annotation = _unwrap_optional(hints.get(name))
             if _is_model(annotation) and isinstance(value, dict):
@@ -188,6 +199,12 @@ class HttpInputs:
         except TypeError as err:
             raise BadRequest(f"{err} (calling {self.definition.name}.{info.name})") from None
         return kwargs
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (`array`, not `list`)."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _format(exc: BaseException) -> str:

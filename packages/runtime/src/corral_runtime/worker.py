@@ -29,7 +29,7 @@ from typing import Any, cast
 import grpc
 
 from corral import container_api as sdk
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
 from corral_protocol.options import batched_method, effective_max_inputs, effective_timeout_s
 from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -44,6 +44,18 @@ from corral_runtime.web import HttpInputs
 
 # Worker._session's code for "the snap hooks ran and no connection is open: dump me now".
 SNAPSHOT_POINT = -1
+# Exit code of a worker whose session with the control plane ended without a Shutdown.
+SESSION_LOST = 4
+# Payloads up to the limit (corral_protocol.payloads) in both directions: gRPC's default 4 MiB
+# receive limit once ended the session, and so the container, on any larger pushed input.
+CHANNEL_OPTIONS = [
+    *payloads.grpc_message_options(),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_CLOSE = object()  # the outbox's last item: finish writing
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,11 @@ class Worker:
         self.metadata = self._metadata(identity)
         self.shutdown = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self._write_lock = asyncio.Lock()
+        # One writer task owns the stream; everything else queues its messages here. Cancelling an
+        # input's task can then never land inside a stream write (gRPC would cancel the whole stream).
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.lost: str | None = None  # why the session ended without a Shutdown
+        self.graceful = False  # a Shutdown (or SIGTERM) came first: what happens to the stream later is no loss
         self._executor: ThreadPoolExecutor | None = None
         self.definition: sdk.ClassDefinition | None = None
         self.instance: Any = None
@@ -121,7 +137,7 @@ class Worker:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.shutdown.set)
+            loop.add_signal_handler(sig, self._stop_gracefully)
         code = await self._session(loop, restored=False)
         while code == SNAPSHOT_POINT:
             # No connection is open: the node dumps this process now, or this is a restored copy.
@@ -148,7 +164,7 @@ class Worker:
         target = self.identity.control_url.split("://", 1)[-1]
         # Secrets arrive with the identity (after the dump, for a snapshot's worker): read them now.
         self.redactor = Redactor.from_environ()
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
             stream = worker_pb2_grpc.WorkerServiceStub(channel).WorkerSession(metadata=self.metadata)
             hello = worker_pb2.WorkerHello(container_id=self.identity.container_id, restored=restored)
             await stream.write(worker_pb2.WorkerSessionRequest(hello=hello))
@@ -175,31 +191,74 @@ class Worker:
                 while await stream.read() is not grpc.aio.EOF:  # the control plane ends the session
                     pass
             else:
-                await self._serve(loop, stream, init)
-                return 0
+                return await self._serve(loop, stream, init)
         # The channel is closed: tell the node (on stdout, which it reads) to dump this process.
         print(SNAPSHOT_POINT_LINE, flush=True)
         return SNAPSHOT_POINT
 
-    async def _serve(self, loop: asyncio.AbstractEventLoop, stream: Any, init: worker_pb2.ContainerInit) -> None:
-        """Ready, then inputs until shutdown; drain and run the exit hooks."""
+    async def _serve(self, loop: asyncio.AbstractEventLoop, stream: Any, init: worker_pb2.ContainerInit) -> int:
+        """Ready, then inputs until shutdown; drain and run the exit hooks. Returns the exit code:
+        0 after a Shutdown (or SIGTERM), SESSION_LOST when the session ended any other way."""
         capacity = self._start_serving(init, loop)
         address = self.direct.start() if self.direct is not None else ""
         await stream.write(worker_pb2.WorkerSessionRequest(ready=worker_pb2.WorkerReady(slots=capacity, direct_address=address)))
+        writer = asyncio.create_task(self._write(stream))
         background = [
             asyncio.create_task(self._read(stream)),
-            asyncio.create_task(self._report_load(stream)),
-            asyncio.create_task(self._watch_direct_timeouts(stream)),
+            asyncio.create_task(self._report_load()),
+            asyncio.create_task(self._watch_direct_timeouts()),
         ]
         await self.shutdown.wait()
+        if self.lost is not None:
+            # The control plane has given up on this container (and requeues its pushed inputs):
+            # their answers have nowhere to go. Direct callers still get theirs.
+            print(f"corral worker: {self.lost}; finishing direct inputs, then exiting", file=sys.stderr)
+            for task in list(self.tasks.values()):
+                task.cancel()
         await self._drain()
         for task in background:
             task.cancel()
-        await self._report_load_once(stream, force=True)
+        await self._report_load_once(force=True)
         await shutdown_asgi_apps(self.asgi_apps)  # ASGI lifespan shutdown, before the @exit hooks
         await self._exit_hooks()
+        self._outbox.put_nowait(_CLOSE)
         with contextlib.suppress(Exception):
-            await stream.done_writing()
+            await asyncio.wait_for(writer, timeout=10)
+        if not writer.done():
+            writer.cancel()
+        if self.lost is None:
+            with contextlib.suppress(Exception):
+                await stream.done_writing()
+        if self.lost is not None:
+            print(f"corral worker: exiting with code {SESSION_LOST}: {self.lost}", file=sys.stderr)
+            return SESSION_LOST
+        return 0
+
+    def _stop_gracefully(self) -> None:
+        self.graceful = True
+        self.shutdown.set()
+
+    def _lose(self, why: str) -> None:
+        if self.graceful:  # already stopping on request; the control plane may close its side first
+            print(f"corral worker: while stopping: {why}", file=sys.stderr)
+        elif self.lost is None:
+            self.lost = why
+        self.shutdown.set()
+
+    async def _write(self, stream: Any) -> None:
+        """The only task that writes to the stream, in the order messages were queued."""
+        while True:
+            message = await self._outbox.get()
+            if message is _CLOSE:
+                return
+            try:
+                await stream.write(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the stream is gone: nothing more can be sent on it
+                code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else type(err).__name__
+                self._lose(f"lost the control plane while sending ({code}: {err})")
+                return
 
     def _start_serving(self, init: worker_pb2.ContainerInit, loop: asyncio.AbstractEventLoop) -> int:
         """Slots, the thread pool, the batcher and the direct server; returns the container's capacity."""
@@ -271,11 +330,12 @@ class Worker:
                 print(f"corral worker: @exit hook {hook.name} raised:", file=sys.stderr)
                 traceback.print_exc()
 
-    async def _send(self, stream: Any, message: worker_pb2.WorkerSessionRequest) -> None:
-        async with self._write_lock:
-            await stream.write(message)
+    async def _send(self, message: worker_pb2.WorkerSessionRequest) -> None:
+        """Queue a message for the writer task; never blocks, so a cancellation cannot split a write."""
+        self._outbox.put_nowait(message)
 
     async def _read(self, stream: Any) -> None:
+        why = "the control plane ended the session without a Shutdown"
         try:
             while True:
                 message = await stream.read()
@@ -284,25 +344,36 @@ class Worker:
                 kind = message.WhichOneof("message")
                 if kind == "input":
                     inp = message.input
-                    self.tasks[inp.input_id] = asyncio.create_task(self._run_input(stream, inp))
+                    self.tasks[inp.input_id] = asyncio.create_task(self._run_input(inp))
                 elif kind == "shutdown":
+                    why = ""
+                    self.graceful = True
                     break
                 elif kind == "cancel":
+                    # Only the input's own task: its user call and its response stop, nothing else.
                     task = self.tasks.get(message.cancel.input_id)
                     if task is not None:
                         task.cancel()
+        except asyncio.CancelledError:
+            why = ""  # the worker itself is stopping (SIGTERM, drained)
+            raise
         except grpc.aio.AioRpcError as err:
-            print(f"corral worker: lost the control plane ({err.code().name}); shutting down", file=sys.stderr)
+            why = f"lost the control plane ({err.code().name}: {err.details()})"
+        except Exception as err:
+            why = f"the session with the control plane failed ({type(err).__name__}: {err})"
         finally:
-            self.shutdown.set()
+            if why:
+                self._lose(why)
+            else:
+                self.shutdown.set()
 
-    async def _run_input(self, stream: Any, inp: worker_pb2.Input) -> None:
+    async def _run_input(self, inp: worker_pb2.Input) -> None:
         assert self.gate is not None and self.runner is not None and self.http is not None
         try:
             await self.gate.acquire()
             try:
                 if inp.HasField("http_request"):  # answered with a streamed HTTP response, not an Output
-                    await self.http.serve(inp, lambda message: self._send(stream, message))
+                    await self.http.serve(inp, self._send)
                     self.tasks.pop(inp.input_id, None)
                     return
                 result = await self.runner.run_on_loop(inp)
@@ -316,7 +387,7 @@ class Worker:
             self.tasks.pop(inp.input_id, None)
             return
         try:
-            await self._send(stream, worker_pb2.WorkerSessionRequest(output=worker_pb2.Output(input_id=inp.input_id, result=result)))
+            await self._send(worker_pb2.WorkerSessionRequest(output=worker_pb2.Output(input_id=inp.input_id, result=result)))
         except Exception as err:
             print(f"corral worker: could not send the output of {inp.input_id}: {err}", file=sys.stderr)
         finally:
@@ -326,12 +397,12 @@ class Worker:
 
     _last_load: tuple[int, int] = (0, 0)
 
-    async def _report_load(self, stream: Any) -> None:
+    async def _report_load(self) -> None:
         while True:
             await asyncio.sleep(self.LOAD_REPORT_S)
-            await self._report_load_once(stream)
+            await self._report_load_once()
 
-    async def _report_load_once(self, stream: Any, force: bool = False) -> None:
+    async def _report_load_once(self, force: bool = False) -> None:
         if self.direct is None:
             return
         load = (len(self.direct.running), self.direct.served)
@@ -339,9 +410,9 @@ class Worker:
             return
         self._last_load = load
         with contextlib.suppress(Exception):
-            await self._send(stream, worker_pb2.WorkerSessionRequest(load=worker_pb2.WorkerLoad(direct_running=load[0], direct_served=load[1])))
+            await self._send(worker_pb2.WorkerSessionRequest(load=worker_pb2.WorkerLoad(direct_running=load[0], direct_served=load[1])))
 
-    async def _watch_direct_timeouts(self, stream: Any) -> None:
+    async def _watch_direct_timeouts(self) -> None:
         """A direct input past the class's timeout fails with a timeout, and the container exits:
         a Python thread cannot be interrupted safely (the control plane does the same for pushed inputs)."""
         while True:
@@ -362,7 +433,7 @@ class Worker:
             # pushed input's timeout; exit anyway if it cannot be told or does not act.
             reason = f"input {expired[0].input_id} ran past the class's timeout ({self.direct.timeout_s:g} s)"
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._send(stream, worker_pb2.WorkerSessionRequest(draining=worker_pb2.WorkerDraining(reason=reason))), 1)
+                await self._send(worker_pb2.WorkerSessionRequest(draining=worker_pb2.WorkerDraining(reason=reason)))
                 await asyncio.sleep(5)
             os._exit(3)
 

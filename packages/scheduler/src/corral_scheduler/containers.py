@@ -45,7 +45,7 @@ from corral_scheduler.events import (
 from corral_scheduler.inputs import timer_key
 from corral_scheduler.lifecycle import ContainerState, InputState
 from corral_scheduler.model import Container, Service, failure
-from corral_scheduler.placement import Unplaceable, choose_node
+from corral_scheduler.placement import Unplaceable
 from corral_scheduler.snapshot_keys import StartMode
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Containers:
         core = self.core
         key = core.snapshots.key_for(service)
         try:
-            placement = choose_node(core.nodes.connected_capacities(), service.options.resources, key)
+            placement = core.nodes.place(service.options.resources, key)
         except Unplaceable as err:
             if not core.nodes.connected_nodes() and core.now < core.nodes.rejoin_until:
                 return False  # after a restart, recovered calls wait for the nodes to come back
@@ -113,13 +113,13 @@ class Containers:
         resources = service.options.resources
         container = Container(
             container_id=core.new_id("ct"), token=core.new_token(), service_id=service.service_id,
-            node_id=node.node_id, resources=resources, gpu_indices=placement.gpu_indices,
+            node_id=node.node_id, resources=resources, gpu_indices=placement.gpu_indices, gpu_uuids=placement.gpu_uuids,
             slots=effective_max_inputs(service.options), started_at=core.wall, idle_since=core.now,
             direct_token=core.new_token() if service.direct_enabled else "",
         )
         start = node_pb2.StartContainer(
             container_id=container.container_id, container_token=container.token, app_id=service.app_id,
-            bundle_hash=app.bundle_hash, resources=resources, gpu_indices=list(placement.gpu_indices),
+            bundle_hash=app.bundle_hash, resources=resources, gpu_indices=list(placement.gpu_indices), gpu_uuids=placement.gpu_uuids,
             control_url=core.control_url, class_name=service.class_def.name,
         )
         core.snapshots.plan(service, node, container, start, key)
@@ -132,7 +132,8 @@ class Containers:
         kind = APP_KIND_DEPLOYED if app.kind == control_pb2.APP_KIND_DEPLOYED else APP_KIND_EPHEMERAL
         start.env.update({CORRAL_APP_ID: app.app_id, CORRAL_APP_NAME: app.name, CORRAL_APP_KIND: kind})
         core.emit(StartContainer(node.node_id, start, tuple(service.options.secrets)))
-        log.info("starting container %s for %s on node %s", container.container_id, service.class_def.name, node.name)
+        log.info("starting container %s for %s on node %s%s", container.container_id, service.class_def.name, node.name,
+                 f" with GPU(s) {', '.join(placement.gpu_uuids)} ({placement.choice})" if placement.gpu_uuids else "")
         # A container's start (process, imports) is not shortened below a floor by a tiny input timeout.
         startup_timeout = max(core.MIN_STARTUP_TIMEOUT_S, effective_timeout_s(service.options))
         core.emit(ArmTimer(_start_key(container.container_id), startup_timeout, StartupTimedOut(container.container_id, startup_timeout)))
@@ -373,7 +374,10 @@ class Containers:
             message = f"{service.class_def.name}'s container exited before it was ready{code}: {why}"
             self.init_failure(service, failure(S.RESULT_STATUS_INIT_ERROR, message + detail, stderr_tail))
         for inp in list(container.running.values()):
-            message = f"the container running {service.class_def.name}.{inp.method} exited unexpectedly{code}: {why}{detail}"
+            if why.startswith("out of memory"):  # the kernel's verdict first: it is what the caller must fix
+                message = f"{why}: the container running {service.class_def.name}.{inp.method} was killed{code}{detail}"
+            else:
+                message = f"the container running {service.class_def.name}.{inp.method} exited unexpectedly{code}: {why}{detail}"
             self.core.inputs.fail_or_retry(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, message), service)
         container.running.clear()
         if exit_code not in (None, 0) or previous not in (CS.DRAINING, CS.KILLED):

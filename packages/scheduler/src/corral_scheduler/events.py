@@ -205,6 +205,8 @@ class NodeHeartbeat(Event):
     node_id: str
     snapshots: tuple[common_pb2.SnapshotImage, ...] | None = ()  # None: a message without a heartbeat
     running: tuple[str, ...] | None = None  # the containers the node runs (None: not reported)
+    inventory: common_pb2.NodeInventory | None = None  # the node's current inventory, when it sent one
+    usage: tuple[common_pb2.ContainerUsage, ...] | None = None  # its containers' use against their limits
 
 
 @dataclass(frozen=True)

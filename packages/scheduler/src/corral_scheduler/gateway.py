@@ -5,6 +5,13 @@ parameters from the query string), and enqueued with `ControlPlane.invoke` as an
 the HTTP request, so web traffic shares the queues, slots, batching and autoscaler of `.remote()`
 calls. The container answers with a streamed response (HttpResponseStart, HttpBodyChunks), which
 passes through as it arrives.
+
+Slow or endless clients are bounded (docs/reliability.md): a request's line and headers must arrive
+within `HEADER_TIMEOUT_S` (at most `MAX_HEADER_BYTES`), its body may not stall for more than
+`BODY_IDLE_TIMEOUT_S` (408, then the connection closes), an idle keep-alive connection closes after
+`KEEP_ALIVE_TIMEOUT_S`, and past `MAX_CONNECTIONS` open connections new requests are answered 503.
+A JSON body nested deeper than `corral_protocol.web.MAX_JSON_DEPTH` is a 400 here, before it reaches
+a container.
 """
 
 from __future__ import annotations
@@ -19,14 +26,19 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+import h11
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from corral_protocol.parameters import parse_parameter
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
+from corral_protocol.web import MAX_JSON_DEPTH, json_depth_exceeds
+from corral_scheduler import http_invoke
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, QueueFull
+from corral_scheduler.tls import TlsFiles
 from corral_scheduler.web_routes import RouteTable, WebRoute
 
 log = logging.getLogger("corral.gateway")
@@ -40,8 +52,15 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # Past the limit the body is still read (and dropped) up to this much more, so that the client
 # reads a clean 413 instead of a reset connection; beyond it the connection is cut.
 _DRAIN_BYTES = 64 * 1024 * 1024
-KEY_HEADER = "corral-key"
-SECRET_HEADER = "corral-secret"
+HEADER_TIMEOUT_S = 10.0
+BODY_IDLE_TIMEOUT_S = 10.0
+KEEP_ALIVE_TIMEOUT_S = 5
+MAX_CONNECTIONS = 1024
+MAX_HEADER_BYTES = 16 * 1024
+# Bodies larger than this are checked for JSON depth on a thread (the scan is linear but in Python).
+_DEPTH_CHECK_INLINE_BYTES = 256 * 1024
+KEY_HEADER = http_invoke.KEY_HEADER
+SECRET_HEADER = http_invoke.SECRET_HEADER
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 _EMPTY_ARGS = common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON, data=b"{}")
 S = common_pb2
@@ -50,6 +69,10 @@ OPENAPI_PATH = "/openapi.json"
 # Swagger UI from a CDN, as FastAPI's default docs page does.
 SWAGGER_JS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
 SWAGGER_CSS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
+
+
+class _ClientGone(Exception):
+    """The client disconnected while its request was being read."""
 
 
 class HttpError(Exception):
@@ -95,9 +118,18 @@ class WebGateway:
             await self._serve(Request(scope, receive), receive, send)
         except HttpError as err:
             await err.response()(scope, receive, send)
+        except _ClientGone:
+            return
 
     async def _serve(self, request: Request, receive: Receive, send: Send) -> None:
         path = request.scope["path"]
+        if path.startswith(http_invoke.PREFIX):  # HTTP/JSON invocation of any method
+            try:
+                response = await http_invoke.answer(self.plane, request, lambda req: self._read_json_body(req, receive))
+            except http_invoke.Refused as err:
+                raise HttpError(err.status, err.message, err.headers) from None
+            await response(request.scope, receive, send)
+            return
         found = self.routes.resolve(path)
         if found is None:
             raise HttpError(404, f"no web endpoint at {path}")
@@ -113,7 +145,8 @@ class WebGateway:
                                 {"allow": route.endpoint.http_method})
         if route.endpoint.requires_proxy_auth:
             self._check_proxy_auth(request)
-        body = await self._read_body(request)
+        body = await (self._read_body(request, receive) if route.is_asgi and "json" not in request.headers.get("content-type", "")
+                      else self._read_json_body(request, receive))
         query = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)
         http_request = worker_pb2.HttpRequest(
             method=request.method, path=route.prefix + "/" if route.is_asgi and not rest else path,
@@ -157,7 +190,14 @@ class WebGateway:
                      "made with `corral token create`",
             )
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_json_body(self, request: Request, receive: Receive) -> bytes:
+        """The body, refused with a 400 when it nests JSON deeper than MAX_JSON_DEPTH."""
+        body = await self._read_body(request, receive)
+        if body and await _too_deep(body):
+            raise HttpError(400, f"the JSON body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
+        return body
+
+    async def _read_body(self, request: Request, receive: Receive) -> bytes:
         limit = self.max_body_bytes
         declared = request.headers.get("content-length", "")
         too_large = declared.isdigit() and int(declared) > limit + _DRAIN_BYTES
@@ -165,7 +205,18 @@ class WebGateway:
             raise HttpError(413, f"the request body is larger than the limit of {limit} bytes")
         body = bytearray()
         size = 0
-        async for chunk in request.stream():
+        more = True
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), BODY_IDLE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                got = f"{size} of {declared} bytes" if declared else f"{size} bytes"
+                raise HttpError(408, f"the request body stalled: no data for {BODY_IDLE_TIMEOUT_S:g} s after {got}",
+                                {"connection": "close"}) from None
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
             size += len(chunk)
             if size > limit + _DRAIN_BYTES:
                 break
@@ -229,6 +280,12 @@ class WebGateway:
         return HttpError(status, message).response(extra)
 
 
+async def _too_deep(body: bytes) -> bool:
+    if len(body) <= _DEPTH_CHECK_INLINE_BYTES:
+        return json_depth_exceeds(body)
+    return await asyncio.to_thread(json_depth_exceeds, body)
+
+
 def openapi_document(route: WebRoute) -> bytes:
     """The endpoint's OpenAPI description with its path (`/` in what the SDK built) made the route's."""
     document = json.loads(route.endpoint.openapi_json)
@@ -266,6 +323,41 @@ const ui = SwaggerUIBundle({{
 """
 
 
+class _TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request's line and headers.
+
+    uvicorn bounds only the idle time between requests (`timeout_keep_alive`); a client that
+    dribbles its headers would hold the connection forever. The deadline starts when the
+    connection opens and again when a response completes; if the request's head has not been read
+    whole by then (h11 still waits for it), the connection is closed."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport is not None and not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self.transport.close()
+
+
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn inside the control plane's loop: the host process owns the signals."""
 
@@ -288,8 +380,10 @@ class HttpGateway:
             await asyncio.wait_for(self._task, timeout=5)
 
 
-async def start_gateway(plane: ControlPlane, host: str, port: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> HttpGateway:
-    """Serve web endpoints on host:port (0 picks a free port) and record the URL on the plane."""
+async def start_gateway(
+    plane: ControlPlane, host: str, port: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, tls: TlsFiles | None = None,
+) -> HttpGateway:
+    """Serve web endpoints on host:port (0 picks a free port) and record the URL on the plane; HTTPS with `tls`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so. Without it a response's
     # body write waits for the client's delayed ACK (~40 ms on every keep-alive request).
@@ -302,8 +396,12 @@ async def start_gateway(plane: ControlPlane, host: str, port: int, max_body_byte
         raise OSError(f"the web gateway cannot listen on {host}:{port} ({err.strerror}); pick another with --http-port") from None
     sock.listen(1024)
     sock.setblocking(False)
-    config = uvicorn.Config(WebGateway(plane, max_body_bytes), lifespan="off", log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        WebGateway(plane, max_body_bytes), lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=2,
+        http=_TimedH11Protocol, timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S, limit_concurrency=MAX_CONNECTIONS,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        ssl_certfile=str(tls.cert) if tls is not None else None, ssl_keyfile=str(tls.key) if tls is not None else None,
+    )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="corral-web-gateway")
     while not server.started:
@@ -312,6 +410,6 @@ async def start_gateway(plane: ControlPlane, host: str, port: int, max_body_byte
             raise OSError("the web gateway stopped while starting")
         await asyncio.sleep(0.01)
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    url = f"http://{connect_host}:{sock.getsockname()[1]}"
+    url = f"{'https' if tls is not None else 'http'}://{connect_host}:{sock.getsockname()[1]}"
     plane.http_url = url
     return HttpGateway(server, task, url)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from corral_protocol.arguments import refusal as argument_refusal
 from corral_protocol.v1 import common_pb2
 from corral_scheduler.autoscaler import retry_delay_s
 from corral_scheduler.effects import ArmTimer, CancelInput, CancelTimer, DropCall, ResolveCall
@@ -62,6 +63,10 @@ class Inputs:
                     queued_at=self.core.now)
         inp.history.record(self.core.now, None, InputState.QUEUED, "invoked")
         self.inputs[inp.call_id] = inp
+        refused = None if event.http_request is not None else argument_refusal(service.class_def, event.method, event.args)
+        if refused is not None:  # JSON arguments that do not fit the method's signature: no container starts
+            self.finish(inp, refused)
+            return
         if inp.durable:
             self.core.durable.accepted(inp, service)
         service.queue.append(inp)

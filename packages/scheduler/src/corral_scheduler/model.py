@@ -87,6 +87,7 @@ class Container:
     node_id: str
     resources: common_pb2.Resources
     gpu_indices: tuple[int, ...] = ()
+    gpu_uuids: tuple[str, ...] = ()
     state: ContainerState = ContainerState.PLACED
     history: History = field(default_factory=History, repr=False)
     slots: int = 1
@@ -211,12 +212,15 @@ class Node:
     containers: set[str] = field(default_factory=set)
     last_heartbeat: float = 0.0  # wall clock
     connected: bool = False
+    # Each container's resource use from the node's latest heartbeat, by container id.
+    usage: dict[str, common_pb2.ContainerUsage] = field(default_factory=dict)
 
     def info(self) -> control_pb2.NodeInfo:
         return control_pb2.NodeInfo(
             node_id=self.node_id, name=self.name, inventory=self.inventory,
             cpu_reserved=self.capacity.cpu_reserved, memory_reserved_mib=self.capacity.memory_reserved_mib,
             containers=len(self.containers), last_heartbeat=self.last_heartbeat,
+            gpus_in_use=sorted(self.capacity.gpus_in_use),
         )
 
 

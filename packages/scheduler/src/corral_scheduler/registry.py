@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from corral_protocol.names import NAME_RULE, is_valid_name
+from corral_protocol import gpus
+from corral_protocol.names import name_problem
 from corral_protocol.options import batching_violation, merge_options
 from corral_protocol.parameters import matches as parameter_matches
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2
@@ -48,13 +49,23 @@ def validate_app(request: control_pb2.CreateAppRequest) -> None:
     for class_def in request.classes:
         if not class_def.methods:
             raise InvalidArgument(f"class {class_def.name} has no methods")
+        check_gpu(class_def.name, class_def.options)
     if request.kind == control_pb2.APP_KIND_DEPLOYED:
         if not request.name:
             raise InvalidArgument("a deployed app needs a name")
-        if not is_valid_name(request.name):
-            raise InvalidArgument(f"app name {request.name!r} must be {NAME_RULE}")
+        problem = name_problem("app", request.name)
+        if problem:
+            raise InvalidArgument(problem)
     elif request.kind != control_pb2.APP_KIND_EPHEMERAL:
         raise InvalidArgument("app kind must be EPHEMERAL or DEPLOYED")
+
+
+def check_gpu(class_name: str, options: common_pb2.ServiceOptions) -> None:
+    """The SDK refuses unknown GPU names at definition time; other clients are checked here."""
+    try:
+        gpus.check_request(options.resources.gpu)
+    except gpus.GpuSpecError as err:
+        raise InvalidArgument(f"class {class_name}: {err}") from None
 
 
 def check_parameters(class_def: common_pb2.ClassDef, given: list[common_pb2.NamedParameter]) -> list[common_pb2.NamedParameter]:
@@ -138,6 +149,7 @@ class Registry:
         violation = batching_violation(class_name, [m.name for m in class_def.methods], with_batching=bool(override.batching.max_batch_size))
         if violation:
             raise InvalidArgument(violation)
+        check_gpu(class_name, override)
         service_id = ids.service_id(app_id, record.version, class_name, bound, override)
         event = ServiceBound(service_id, app_id, class_name, tuple(bound), override)
         return Binding(service_id, service_id in self.services, event)

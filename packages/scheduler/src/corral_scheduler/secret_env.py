@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from corral_protocol.names import NAME_RULE, is_valid_name
+from corral_protocol.names import name_problem
 from corral_protocol.v1 import common_pb2
 from corral_scheduler.errors import InvalidArgument, NotFound
 from corral_scheduler.store import Store
@@ -17,8 +17,9 @@ class Secrets:
         self.store = store
 
     def set(self, name: str, values: dict[str, str]) -> None:
-        if not is_valid_name(name):
-            raise InvalidArgument(f"secret name {name!r} must be {NAME_RULE}")
+        problem = name_problem("secret", name)
+        if problem:
+            raise InvalidArgument(problem)
         for key in values:
             if not key.isidentifier():
                 raise InvalidArgument(f"secret key {key!r} is not a valid environment variable name")

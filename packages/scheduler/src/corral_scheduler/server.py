@@ -8,17 +8,19 @@ from pathlib import Path
 
 import grpc
 
-from corral_protocol import env
+from corral_protocol import env, payloads
 from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
 from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
 from corral_scheduler.store import Store
+from corral_scheduler.tls import TlsFiles
 
+# Messages up to one payload at the limit (corral_protocol.payloads) plus its envelope; Invoke
+# checks the payload itself, so a caller over the limit gets INVALID_ARGUMENT naming both sizes.
 SERVER_OPTIONS = [
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    *payloads.grpc_message_options(receive_factor=2),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -34,6 +36,7 @@ class RunningServer:
     port: int
     host: str
     gateway: HttpGateway | None = None
+    tls: TlsFiles | None = None
 
     @property
     def http_url(self) -> str:
@@ -42,7 +45,7 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        return f"grpc://{self.host}:{self.port}"
+        return f"{'grpcs' if self.tls is not None else 'grpc'}://{self.host}:{self.port}"
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.gateway is not None:
@@ -54,11 +57,16 @@ class RunningServer:
 
 async def serve(
     state_dir: Path, admin_token: str, host: str = "127.0.0.1", port: int = 0, http_port: int | None = None,
+    tls: TlsFiles | None = None,
 ) -> RunningServer:
     """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port),
     and the web gateway on host:http_port (None: no gateway; 0 picks a port).
 
-    CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies."""
+    CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies.
+
+    With `tls`, the gRPC port and the gateway speak TLS only; an extra plaintext gRPC port on
+    127.0.0.1 serves the node that runs in this process and its containers, so nothing leaves
+    the machine in plaintext (a remote node's containers need TLS in the worker: not yet)."""
     store = Store(state_dir)
     max_queue = os.environ.get(env.CORRAL_MAX_QUEUE)
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
@@ -68,17 +76,24 @@ async def serve(
     control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(plane), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(plane), server)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(plane), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is not None:
+        cert, key = tls.read()
+        bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port} (is the port in use?)")
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     plane.control_url = f"grpc://{connect_host}:{bound}"
+    if tls is not None:
+        plane.control_url = f"grpc://127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     gateway = None
     if http_port is not None:
         max_body = os.environ.get(env.CORRAL_HTTP_MAX_BODY, str(DEFAULT_MAX_BODY_BYTES))
         if not max_body.isdigit() or int(max_body) < 1:
             raise ValueError(f"{env.CORRAL_HTTP_MAX_BODY} must be a positive number of bytes, got {max_body!r}")
-        gateway = await start_gateway(plane, host, http_port, int(max_body))
+        # A request body becomes the input's payload: it is bounded by the payload limit too.
+        gateway = await start_gateway(plane, host, http_port, min(int(max_body), payloads.max_payload_bytes()), tls)
     await server.start()
     await plane.start()
-    return RunningServer(server, plane, bound, connect_host, gateway)
+    return RunningServer(server, plane, bound, connect_host, gateway, tls)

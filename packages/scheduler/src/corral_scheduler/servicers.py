@@ -10,7 +10,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from corral_protocol import CALL_ID_METADATA_KEY, payloads
+from corral_protocol.arguments import format_problem
 from corral_protocol.errors import reason_metadata
+from corral_protocol.names import name_problem
 from corral_protocol.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -45,9 +48,19 @@ def api(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+def _has_deadline(context: Any) -> bool:
+    """True when the client set a deadline on this RPC.
+
+    gRPC cannot tell a server whether a client's deadline fired or the client cancelled (both
+    arrive as a cancellation, and the client's clock runs ahead of the server's), so the rule
+    is the deadline's presence: a deterministic one that clients can rely on."""
+    return context.time_remaining() is not None
+
+
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
+        self.max_payload_bytes = payloads.max_payload_bytes()
 
     @api
     async def HasBundle(self, request: control_pb2.HasBundleRequest, context: Any) -> control_pb2.HasBundleResponse:
@@ -75,6 +88,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def CreateApp(self, request: control_pb2.CreateAppRequest, context: Any) -> control_pb2.CreateAppResponse:
+        # Deployed and ephemeral apps alike (an ephemeral app is served under /<name>-dev/).
+        problems = [name_problem("app", request.name)] if request.name else []
+        problems += [name_problem("class", class_def.name) for class_def in request.classes]
+        for problem in problems:
+            if problem:
+                raise InvalidArgument(problem)
         return self.plane.create_app(request)
 
     @api
@@ -102,14 +121,25 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def Invoke(self, request: control_pb2.InvokeRequest, context: Any) -> control_pb2.InvokeResponse:
+        problem = format_problem(request.args)
+        if problem is not None:
+            raise InvalidArgument(problem)
+        size = len(request.args.data)
+        if size > self.max_payload_bytes:  # the SDK checks first; this is the authority for every client
+            raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
         inp = self.plane.invoke(request.service_id, request.method, request.args, durable=not request.wait)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)
         try:
+            await context.send_initial_metadata(((CALL_ID_METADATA_KEY, inp.call_id),))
             result = await asyncio.shield(inp.future)
         except asyncio.CancelledError:
-            self.plane.cancel(inp.call_id, "the caller went away")
-            self.plane.forget(inp.call_id)
+            # A caller that set a deadline has the call id and may collect the result with
+            # GetResult (or cancel it with CancelCall); without one (the Python SDK), a cancelled
+            # or disconnected caller wants the call cancelled.
+            if not _has_deadline(context):
+                self.plane.cancel(inp.call_id, "the caller went away")
+                self.plane.forget(inp.call_id)
             raise
         self.plane.forget(inp.call_id)
         return control_pb2.InvokeResponse(call_id=inp.call_id, result=result)

@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from corral_protocol import gpus
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
@@ -62,7 +63,7 @@ def class_def(
     timeout_s: float | None = None,
     cpu: float = 1.0,
     memory_mib: int = 512,
-    gpu: tuple[str, int] | None = None,
+    gpu: tuple[str, int] | str | list[str] | None = None,
     snapshot: bool = False,
     secrets: Iterable[str] = (),
     parameters: Iterable[common_pb2.ParameterSpec] = (),
@@ -75,9 +76,11 @@ def class_def(
         enable_memory_snapshot=snapshot,
         secrets=[common_pb2.SecretRef(name=s) for s in secrets],
     )
-    if gpu is not None:
+    if isinstance(gpu, tuple):  # the first protocol version's form: models and one count
         options.resources.gpu.models.append(gpu[0])
         options.resources.gpu.count = gpu[1]
+    elif gpu is not None:
+        options.resources.gpu.CopyFrom(gpus.parse_request(gpu))
     if timeout_s is not None:
         options.timeout_s = timeout_s
     autoscaler = options.autoscaler

@@ -18,15 +18,15 @@ import grpc
 from corral import exception
 from corral._direct import DirectPath
 from corral._home import corral_home, read_server_record, read_token
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
 from corral_protocol.errors import error_reason
 from corral_protocol.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 T = TypeVar("T")
 
+# Messages up to one payload at the limit (corral_protocol.payloads) plus its envelope.
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    *payloads.grpc_message_options(),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -70,6 +70,15 @@ def translate_rpc_error(err: grpc.RpcError, url: str) -> exception.Error:
     return exception.Error(f"Corral server error ({code.name if code else 'unknown'}): {details}")
 
 
+def _channel_credentials(ca: str | None) -> grpc.ChannelCredentials:
+    if not ca:
+        return grpc.ssl_channel_credentials()
+    try:
+        return grpc.ssl_channel_credentials(root_certificates=open(ca, "rb").read())
+    except OSError as err:
+        raise exception.InvalidError(f"cannot read the TLS certificate to trust ({env.CORRAL_TLS_CA}={ca}): {err.strerror}") from None
+
+
 class Client:
     """A connection to one Corral server.
 
@@ -78,15 +87,18 @@ class Client:
         Model = corral.Cls.from_name("my-app", "Model", client=client)
     """
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, ca: str | None = None) -> None:
+        """`ca`: a PEM file of the certificate(s) to trust for a `grpcs://` URL (default:
+        `CORRAL_TLS_CA`, else the system's roots)."""
         self.url = url
         self._target, self._tls = target_of(url)
+        self._credentials = _channel_credentials(ca or os.environ.get(env.CORRAL_TLS_CA)) if self._tls else None
         self.metadata: tuple[tuple[str, str], ...] = (
             (AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),
             (VERSION_METADATA_KEY, str(PROTOCOL_VERSION)),
         )
-        if self._tls:
-            self._channel = grpc.secure_channel(self._target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS)
+        if self._credentials is not None:
+            self._channel = grpc.secure_channel(self._target, self._credentials, options=CHANNEL_OPTIONS)
         else:
             self._channel = grpc.insecure_channel(self._target, options=CHANNEL_OPTIONS)
         self.stub = control_pb2_grpc.ControlServiceStub(self._channel)
@@ -115,8 +127,8 @@ class Client:
         loop = asyncio.get_running_loop()
         stub = self._aio.get(loop)
         if stub is None:
-            if self._tls:
-                channel = grpc.aio.secure_channel(self._target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS)
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(self._target, self._credentials, options=CHANNEL_OPTIONS)
             else:
                 channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
             stub = control_pb2_grpc.ControlServiceStub(channel)
@@ -164,7 +176,7 @@ class Client:
         record = read_server_record(home)
         token = read_token(home)
         if record is not None and record.is_alive() and token:
-            return cls(record.url, token)
+            return cls(record.url, token, record.ca or None)
         if env.CORRAL_CONTAINER_ID in os.environ:
             # Inside a container, a call with no server configured is almost always module-level code
             # (`with app.run():` outside `if __name__ == "__main__":`) running again on import. Starting

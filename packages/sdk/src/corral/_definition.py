@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from corral import _openapi, _web
+from corral import _json, _openapi, _web
 from corral._parameters import ParameterField, collect_parameters
 from corral._partial import PartialFunction, Role
 from corral.exception import InvalidError
@@ -56,6 +56,10 @@ class MethodInfo:
 
     def to_proto(self) -> common_pb2.MethodDef:
         proto = common_pb2.MethodDef(name=self.name, is_async=self.is_async, is_generator=self.is_generator)
+        try:
+            proto.signature.CopyFrom(_json.method_signature(self.function, batched=self.batching is not None))
+        except (TypeError, ValueError):  # no inspectable signature: the container alone checks calls
+            pass
         if self.batching is not None:
             proto.batching.CopyFrom(self.batching)
         if self.web_endpoint is not None:

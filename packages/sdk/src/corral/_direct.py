@@ -8,7 +8,10 @@ input (no route yet, every known container busy or stopping, the service has a r
 call goes through the control plane's queue as before. An input is only ever sent to one place.
 
 Connections carry one input at a time; idle ones are pooled per container (blocking sockets for
-sync callers, asyncio transports per event loop for `.aio` callers).
+sync callers, asyncio transports per event loop for `.aio` callers), and reused only while idle
+for less than `CLIENT_REUSE_S` (the container closes them after twice that). A new connection
+waits for the container's `DirectAccepted` before it sends an input: a container at its connection
+bound closes new connections, and such a caller uses the queue instead of failing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import select
 import socket
 import threading
 import time
@@ -23,9 +27,9 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from corral.exception import ContainerExitedError
+from corral.exception import ContainerExitedError, InvalidError
 from corral_protocol import PROTOCOL_VERSION
-from corral_protocol.framing import FrameBuffer, FrameError, encode, read_frame
+from corral_protocol.framing import CLIENT_REUSE_S, MAX_HELLO_BYTES, FrameBuffer, FrameError, encode, read_frame
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 
 W = worker_pb2
@@ -33,6 +37,12 @@ REFRESH_S = 1.0  # how old a route table may get while it has routes
 REFRESH_EMPTY_S = 0.25  # ... and while it has none (a scale-up from zero is under way)
 REFRESH_DISABLED_S = 30.0
 MAX_IDLE_PER_ROUTE = 256
+CONNECT_TIMEOUT_S = 5.0
+# How long a new connection waits for DirectAccepted. A container that sends none within it is taken
+# for a runtime older than DirectAccepted (it waits for the input instead): the input follows on the
+# same connection, and later connections to it send hello and input together, as before.
+ACCEPT_WAIT_S = 1.0
+_ACCEPTED = W.DirectResponse(accepted=W.DirectAccepted()).SerializeToString()
 
 _input_ids = itertools.count()
 _id_prefix = os.urandom(4).hex()
@@ -43,7 +53,12 @@ def _new_input_id() -> str:
 
 
 class _NotSent(Exception):
-    """The input never left this process; the control plane may take it."""
+    """The input never left this process; the control plane may take it. `forget`: the container
+    itself looks gone (connection refused), so drop its route too."""
+
+    def __init__(self, message: str, forget: bool = True) -> None:
+        super().__init__(message)
+        self.forget = forget
 
 
 @dataclass(eq=False)
@@ -55,7 +70,8 @@ class _Route:
     slots: int
     inflight: int = 0
     dead: bool = False
-    idle: list[socket.socket] = field(default_factory=list)
+    accepts: bool = True  # False: the container does not answer want_accepted (an older runtime)
+    idle: list[tuple[socket.socket, float]] = field(default_factory=list)  # (connection, idle since)
     aio_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_AioConnection]] = field(
         default_factory=weakref.WeakKeyDictionary
     )
@@ -63,12 +79,12 @@ class _Route:
     @classmethod
     def from_proto(cls, route: control_pb2.ContainerRoute) -> _Route:
         host, _, port = route.address.rpartition(":")
-        hello = W.DirectRequest(hello=W.DirectHello(token=route.token, protocol_version=PROTOCOL_VERSION))
+        hello = W.DirectRequest(hello=W.DirectHello(token=route.token, protocol_version=PROTOCOL_VERSION, want_accepted=True))
         return cls(route.container_id, host.strip("[]"), int(port), encode(hello.SerializeToString()), max(1, route.slots))
 
     def close(self) -> None:
         self.dead = True
-        for sock in self.idle:
+        for sock, _ in self.idle:
             sock.close()
         self.idle.clear()
         for loop, conns in list(self.aio_idle.items()):
@@ -195,6 +211,8 @@ class DirectPath:
             if response.output.result.status == common_pb2.RESULT_STATUS_TIMEOUT:
                 self._forget(table, route)  # a container that timed out an input exits right after answering
             return response.output.result
+        if response.rejected.reason == W.DIRECT_REJECT_REASON_TOO_LARGE:
+            raise InvalidError(response.rejected.message)
         if response.rejected.reason != W.DIRECT_REJECT_REASON_BUSY:
             self._forget(table, route)
         return None
@@ -239,8 +257,9 @@ class DirectPath:
         response = None
         try:
             response = self._exchange(route, self._request(method, args))
-        except _NotSent:
-            self._forget(table, route)
+        except _NotSent as err:
+            if err.forget:
+                self._forget(table, route)
         except BaseException as err:
             lost = self._failed(table, route, method, err)
             if lost is None:
@@ -252,21 +271,26 @@ class DirectPath:
         sock = self._checkout(route)
         if sock is None:
             try:
-                sock = socket.create_connection((route.host, route.port), timeout=5)
-                sock.settimeout(None)
+                sock = socket.create_connection((route.host, route.port), timeout=CONNECT_TIMEOUT_S)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as err:
                 raise _NotSent(str(err)) from None
-            request = route.hello + request
+            if route.accepts:
+                route.accepts = self._handshake(sock, route)
+            else:
+                request = route.hello + request
         try:
             sock.sendall(request)
         except OSError as err:
             sock.close()
             raise _NotSent(str(err)) from None
         try:
-            frame = read_frame(sock)
-            if frame is None:
-                raise FrameError("the container closed the connection")
+            while True:
+                frame = read_frame(sock)
+                if frame is None:
+                    raise FrameError("the container closed the connection")
+                if frame != _ACCEPTED:  # a late acceptance (see ACCEPT_WAIT_S) carries nothing
+                    break
         except BaseException:
             sock.close()
             raise
@@ -277,12 +301,39 @@ class DirectPath:
             sock.close()
         return response
 
+    @staticmethod
+    def _handshake(sock: socket.socket, route: _Route) -> bool:
+        """Send the hello and wait for DirectAccepted: True once accepted, False when no answer came
+        within ACCEPT_WAIT_S (an older runtime). A close or refusal raises _NotSent: the input was
+        never sent."""
+        try:
+            sock.sendall(route.hello)
+            readable, _, _ = select.select([sock], [], [], ACCEPT_WAIT_S)
+            if not readable:
+                sock.settimeout(None)
+                return False
+            frame = read_frame(sock, MAX_HELLO_BYTES)
+        except (OSError, FrameError) as err:  # closed at the container's connection bound, or gone
+            sock.close()
+            raise _NotSent(str(err) or type(err).__name__, forget=False) from None
+        sock.settimeout(None)
+        response = W.DirectResponse.FromString(frame) if frame is not None else None
+        if response is None or response.WhichOneof("message") != "accepted":
+            sock.close()
+            # A refused hello (token revoked, version) means the route is useless; an EOF is a full container.
+            raise _NotSent("the container did not accept the connection", forget=response is not None)
+        return True
+
     def _checkout(self, route: _Route) -> socket.socket | None:
+        now = time.monotonic()
         while True:
             try:
-                sock = route.idle.pop()
+                sock, since = route.idle.pop()
             except IndexError:
                 return None
+            if now - since >= CLIENT_REUSE_S:
+                sock.close()  # the container may be closing it for idleness right now
+                continue
             try:
                 sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -296,7 +347,7 @@ class DirectPath:
         if route.dead or len(route.idle) >= MAX_IDLE_PER_ROUTE:
             sock.close()
         else:
-            route.idle.append(sock)
+            route.idle.append((sock, time.monotonic()))
 
     # Asyncio callers ---------------------------------------------------------------------------
 
@@ -312,8 +363,9 @@ class DirectPath:
         response = None
         try:
             response = await self._exchange_aio(route, self._request(method, args))
-        except _NotSent:
-            self._forget(table, route)
+        except _NotSent as err:
+            if err.forget:
+                self._forget(table, route)
         except BaseException as err:
             lost = self._failed(table, route, method, err)
             if lost is None:
@@ -327,17 +379,23 @@ class DirectPath:
         if pool is None:
             pool = route.aio_idle.setdefault(loop, [])
         conn = None
+        now = time.monotonic()
         while pool:
             candidate = pool.pop()
-            if not candidate.closed:
+            if not candidate.closed and now - candidate.idle_since < CLIENT_REUSE_S:
                 conn = candidate
                 break
+            candidate.close()
         if conn is None:
             try:
-                _, conn = await loop.create_connection(_AioConnection, route.host, route.port)
-            except OSError as err:
-                raise _NotSent(str(err)) from None
-            request = route.hello + request
+                _, fresh = await asyncio.wait_for(loop.create_connection(_AioConnection, route.host, route.port), CONNECT_TIMEOUT_S)
+            except (OSError, asyncio.TimeoutError) as err:
+                raise _NotSent(str(err) or type(err).__name__) from None
+            if route.accepts:
+                route.accepts = await self._handshake_aio(fresh, route)
+            else:
+                request = route.hello + request
+            conn = fresh
         try:
             frame = await conn.exchange(request)
         except BaseException:
@@ -346,6 +404,7 @@ class DirectPath:
         response = W.DirectResponse.FromString(frame)
         if (response.WhichOneof("message") == "output" or response.rejected.reason == W.DIRECT_REJECT_REASON_BUSY) and not route.dead:
             if len(pool) < MAX_IDLE_PER_ROUTE:
+                conn.idle_since = time.monotonic()
                 pool.append(conn)
             else:
                 conn.close()
@@ -354,12 +413,33 @@ class DirectPath:
         return response
 
 
+    @staticmethod
+    async def _handshake_aio(conn: _AioConnection, route: _Route) -> bool:
+        """As `_handshake`, for an asyncio connection."""
+        conn.handshaking = True
+        try:
+            frame = await asyncio.wait_for(conn.exchange(route.hello), ACCEPT_WAIT_S)
+        except asyncio.TimeoutError:
+            return False  # an older runtime: it waits for the input on this connection
+        except (OSError, FrameError) as err:
+            conn.close()
+            raise _NotSent(str(err) or type(err).__name__, forget=False) from None
+        finally:
+            conn.handshaking = False
+        if frame != _ACCEPTED:
+            conn.close()
+            raise _NotSent("the container did not accept the connection")
+        return True
+
+
 class _AioConnection(asyncio.Protocol):
     """One asyncio connection to a container, one input at a time."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.idle_since = time.monotonic()
+        self.handshaking = False  # deliver DirectAccepted to the waiter; otherwise it is dropped
         self._frames = FrameBuffer()
         self._waiter: asyncio.Future[bytes] | None = None
 
@@ -377,6 +457,8 @@ class _AioConnection(asyncio.Protocol):
             self._fail(err)
             return
         for frame in frames:
+            if frame == _ACCEPTED and not self.handshaking:
+                continue  # a late acceptance (see ACCEPT_WAIT_S) carries nothing
             waiter, self._waiter = self._waiter, None
             if waiter is None or waiter.done():
                 self._fail(FrameError("the container sent a frame nobody asked for"))

@@ -21,9 +21,10 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from corral._home import SERVER_FILE, TOKEN_FILE, corral_home
+from corral_protocol import env
 
 DEFAULT_PORT = 7470
 DEFAULT_HTTP_PORT = 7471
@@ -56,13 +57,17 @@ async def run_cluster(
     advertise: bool,
     with_node: bool = True,
     http_port: int | None = 0,
+    tls: Any = None,
+    pinned_ca: str = "",
 ) -> None:
+    """`tls`: a `corral_scheduler.tls.TlsFiles` (None: plaintext); `pinned_ca`: the certificate
+    clients on this host pin (a self-signed one), recorded in server.json."""
     from corral_runtime.node import NodeDaemon
     from corral_scheduler.auth import load_or_create_token
     from corral_scheduler.server import serve
 
     token = load_or_create_token(home / TOKEN_FILE)
-    server = await serve(home / "state", token, host, port, http_port=http_port)
+    server = await serve(home / "state", token, host, port, http_port=http_port, tls=tls)
     node: NodeDaemon | None = None
     node_task: asyncio.Task[None] | None = None
     if with_node:
@@ -74,7 +79,10 @@ async def run_cluster(
             await asyncio.sleep(0.01)
     server_file = home / SERVER_FILE
     if advertise:
-        server_file.write_text(json.dumps({"url": server.url, "http_url": server.http_url, "pid": os.getpid()}))
+        record = {"url": server.url, "http_url": server.http_url, "pid": os.getpid()}
+        if pinned_ca:
+            record["ca"] = pinned_ca
+        server_file.write_text(json.dumps(record))
     try:
         announce(server.url, server.http_url, token, home)
         await stop.wait()
@@ -93,18 +101,44 @@ async def run_cluster(
 
 def up(
     host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: Path | None = None, with_node: bool = True,
-    http_port: int = DEFAULT_HTTP_PORT,
+    http_port: int = DEFAULT_HTTP_PORT, tls_cert: str | None = None, tls_key: str | None = None,
+    tls_self_signed: bool = False, insecure: bool = False,
 ) -> int:
-    """`corral up`: run in the foreground until Ctrl-C or SIGTERM."""
+    """`corral up`: run in the foreground until Ctrl-C or SIGTERM.
+
+    Listening beyond loopback needs TLS (`tls_cert` + `tls_key`, or `tls_self_signed`) or an
+    explicit `insecure`."""
     from corral_scheduler.secret_box import SecretKeyError
+    from corral_scheduler.tls import TlsFiles, is_loopback, self_signed
 
     home = home or corral_home()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if bool(tls_cert) != bool(tls_key):
+        print("corral up: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    wants_tls = bool(tls_cert) or tls_self_signed
+    if not is_loopback(host) and not wants_tls and not insecure:
+        print(
+            f"corral up: --host {host} listens beyond this machine, and without TLS the token and every payload would "
+            "cross the network in plaintext. Pass --tls-cert FILE --tls-key FILE, or --tls-self-signed (clients pin "
+            f"{home / 'tls' / 'cert.pem'} with {env.CORRAL_TLS_CA}), or --insecure to serve plaintext anyway.",
+            file=sys.stderr,
+        )
+        return 2
+    if not is_loopback(host) and insecure and not wants_tls:
+        print(f"corral up: WARNING: serving plaintext gRPC and HTTP on {host} (--insecure)", file=sys.stderr)
     try:
         lock = lock_home(home)
     except HomeBusy as err:
         print(f"corral up: {err}", file=sys.stderr)
         return 1
+    tls = None
+    pinned_ca = ""
+    if tls_cert and tls_key:
+        tls = TlsFiles(Path(tls_cert), Path(tls_key))
+    elif tls_self_signed:
+        tls = self_signed(home / "tls", host)
+        pinned_ca = str(tls.cert)
 
     def announce(url: str, http_url: str, token: str, state: Path) -> None:
         print(
@@ -117,7 +151,8 @@ def up(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_cluster(home, host, port, stop, announce, advertise=True, with_node=with_node, http_port=http_port)
+        await run_cluster(home, host, port, stop, announce, advertise=True, with_node=with_node, http_port=http_port,
+                          tls=tls, pinned_ca=pinned_ca)
 
     try:
         asyncio.run(main())

@@ -31,6 +31,8 @@ class ServerRecord:
 
     url: str
     pid: int
+    ca: str = ""
+    """The certificate to pin for a TLS server (a self-signed one), as a path; empty otherwise."""
 
     def is_alive(self) -> bool:
         try:
@@ -45,7 +47,7 @@ class ServerRecord:
 def read_server_record(home: Path) -> ServerRecord | None:
     try:
         data = json.loads((home / SERVER_FILE).read_text())
-        return ServerRecord(url=str(data["url"]), pid=int(data["pid"]))
+        return ServerRecord(url=str(data["url"]), pid=int(data["pid"]), ca=str(data.get("ca") or ""))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

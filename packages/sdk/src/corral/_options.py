@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ from corral.exception import InvalidError
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
+from corral_protocol import gpus
 from corral_protocol.options import DEFAULT_TIMEOUT_S
 from corral_protocol.v1 import common_pb2
 
@@ -18,30 +18,15 @@ DEFAULT_MEMORY_MIB = 128
 DEFAULT_SCALEDOWN_WINDOW_S = 60.0
 MAX_TIMEOUT_S = 24 * 3600.0
 
-_GPU_PATTERN = re.compile(r"^(?P<model>[A-Za-z0-9][A-Za-z0-9_.-]*)(?::(?P<count>\d+))?$")
-
-
 def parse_gpu(gpu: str | Sequence[str] | None) -> common_pb2.GpuRequest | None:
-    """`"A100"`, `"H100:2"`, `"any"`, or a list of fallbacks such as `["H100", "A100"]`."""
+    """`"A100"`, `"H100:2"`, `"any"`, or an ordered list of fallbacks each with its own count, such
+    as `["H100", "A100-80GB:2"]`; names are `corral_protocol.gpus.REQUEST_NAMES` (or `"any"`)."""
     if gpu is None:
         return None
-    choices = [gpu] if isinstance(gpu, str) else list(gpu)
-    if not choices or not all(isinstance(c, str) for c in choices):
-        raise InvalidError(f"gpu must be a string like 'A100' or 'H100:2', or a list of them; got {gpu!r}")
-    models: list[str] = []
-    counts: set[int] = set()
-    for choice in choices:
-        match = _GPU_PATTERN.match(choice.strip())
-        if not match:
-            raise InvalidError(f"gpu {choice!r} is not of the form MODEL or MODEL:COUNT (e.g. 'A100', 'H100:2', 'any')")
-        count = int(match["count"] or 1)
-        if not 1 <= count <= 8:
-            raise InvalidError(f"gpu count must be between 1 and 8, got {count} in {choice!r}")
-        models.append(match["model"].upper() if match["model"].lower() != "any" else "any")
-        counts.add(count)
-    if len(counts) > 1:
-        raise InvalidError(f"gpu fallbacks must all ask for the same count, got {gpu!r}")
-    return common_pb2.GpuRequest(models=models, count=counts.pop())
+    try:
+        return gpus.parse_request(gpu)
+    except gpus.GpuSpecError as err:
+        raise InvalidError(str(err)) from None
 
 
 def _number(name: str, value: Any, low: float, high: float) -> float:
@@ -68,7 +53,10 @@ def _request_and_limit(name: str, value: Any, low: float, high: float) -> tuple[
         if limit < request:
             raise InvalidError(f"{name} limit {limit:g} is below its request {request:g}")
         return request, limit
-    return _number(name, value, low, high), 0.0
+    # One number is both the reservation and the hard limit (a CPU quota, a memory limit); a class
+    # that sets neither has no hard limit.
+    number = _number(name, value, low, high)
+    return number, number
 
 
 def build_options(

@@ -1,23 +1,34 @@
-"""Payloads on the wire: arguments, return values and exceptions."""
+"""Payloads on the wire: arguments, return values and exceptions.
+
+PICKLE (cloudpickle) is the Python SDK's own format; JSON is for clients in any language. The
+container answers in the format of the call's arguments: a JSON caller never gets a pickle.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import pickle
 import traceback as traceback_module
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
+from corral import _json
 from corral.exception import (
     ContainerExitedError,
     ExecutionError,
     FunctionTimeoutError,
     InitError,
     InputCancellation,
+    InvalidArgumentError,
+    InvalidError,
     RemoteError,
     RemoteTraceback,
 )
+from corral_protocol import payloads
+from corral_protocol.arguments import ArgumentError, format_problem, parse_call
 from corral_protocol.v1 import common_pb2
 
 PICKLE = common_pb2.PAYLOAD_FORMAT_PICKLE
@@ -47,23 +58,55 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> common_pb2.Payload:
-    return common_pb2.Payload(format=PICKLE, data=dumps((args, kwargs)))
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the arguments") -> common_pb2.Payload:
+    """The pickled (args, kwargs); InvalidError, before anything is sent, when it is over the payload limit."""
+    data = dumps((args, kwargs))
+    limit = payloads.max_payload_bytes()
+    if len(data) > limit:
+        raise InvalidError(payloads.too_large(what, len(data), limit))
+    return common_pb2.Payload(format=PICKLE, data=data)
 
 
 def decode_args(payload: common_pb2.Payload) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of a call as sent (no signature check, no conversion); raises ArgumentError
+    for a payload that cannot be decoded."""
+    problem = format_problem(payload)
+    if problem is not None:
+        raise ArgumentError(problem)
     if payload.format == JSON:
-        body = json.loads(payload.data or b"{}")
-        if not isinstance(body, dict):
-            raise ValueError('JSON arguments must be an object {"args": [...], "kwargs": {...}}')
-        return tuple(body.get("args", ())), dict(body.get("kwargs", {}))
+        args, kwargs = parse_call(payload.data)
+        return tuple(args), kwargs
     args, kwargs = pickle.loads(payload.data)
     return tuple(args), dict(kwargs)
 
 
+def decode_call(
+    payload: common_pb2.Payload,
+    function: Callable[..., Any],
+    signature: inspect.Signature | None = None,
+    batched: bool = False,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of a call to `function` (a bound method), checked against its signature and,
+    for JSON, converted to its annotated types. Raises ArgumentError when they do not fit: the
+    caller gets RESULT_STATUS_INVALID_ARGUMENT and no user code runs. `signature` saves looking it
+    up on every call."""
+    problem = format_problem(payload)
+    if problem is not None:
+        raise ArgumentError(problem)
+    if payload.format == JSON:
+        return _json.arguments_from_json(function, payload.data, batched)
+    args, kwargs = pickle.loads(payload.data)
+    try:
+        (signature or inspect.signature(function)).bind(*args, **kwargs)
+    except TypeError as err:
+        raise ArgumentError(str(err)) from None
+    return tuple(args), dict(kwargs)
+
+
 def encode_value(value: Any, fmt: int = PICKLE) -> common_pb2.Payload:
+    """A value in `fmt`; raises TypeError (naming the type) for a value JSON cannot encode."""
     if fmt == JSON:
-        return common_pb2.Payload(format=JSON, data=json.dumps(value).encode())
+        return common_pb2.Payload(format=JSON, data=_json.to_json(value))
     return common_pb2.Payload(format=PICKLE, data=dumps(value))
 
 
@@ -77,22 +120,33 @@ def success(value: Any, fmt: int = PICKLE) -> common_pb2.Result:
     return common_pb2.Result(status=common_pb2.RESULT_STATUS_SUCCESS, value=encode_value(value, fmt))
 
 
-def encode_result(value: Any, fmt: int = PICKLE, method: str = "the method") -> common_pb2.Result:
-    """A success Result, or a clear user error when the value cannot be serialized."""
+def encode_result(value: Any, fmt: int = PICKLE, method: str = "the method", dev_mode: bool = True) -> common_pb2.Result:
+    """A success Result, or a clear user error when the value cannot be serialized or is over the
+    payload limit (then the caller gets `InvalidError` naming both sizes; the container lives on)."""
     try:
-        return success(value, fmt)
+        result = success(value, fmt)
     except Exception as exc:
-        return user_error(TypeError(f"the return value of {method} could not be serialized: {exc}"))
+        return user_error(TypeError(f"the return value of {method} could not be serialized: {exc}"), fmt, dev_mode)
+    limit = payloads.max_payload_bytes()
+    if len(result.value.data) > limit:
+        return user_error(InvalidError(payloads.too_large(f"the return value of {method}", len(result.value.data), limit)), fmt, dev_mode)
+    return result
 
 
-def user_error(exc: BaseException) -> common_pb2.Result:
-    """A Result for an exception raised by user code, pickled when that works and round-trips."""
+def user_error(exc: BaseException, fmt: int = PICKLE, dev_mode: bool = True) -> common_pb2.Result:
+    """A Result for an exception raised by user code, in the caller's format: for PICKLE the
+    exception itself, pickled when that works and round-trips; for JSON its type and message (and
+    traceback only in dev mode: a deployed app's traceback would show server paths)."""
+    formatted = "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
     result = common_pb2.Result(
         status=common_pb2.RESULT_STATUS_USER_ERROR,
         exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
         message=str(exc),
-        traceback="".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__)),
+        traceback=formatted if fmt != JSON or dev_mode else "",
     )
+    if fmt == JSON:
+        result.exception.CopyFrom(common_pb2.Payload(format=JSON, data=_json.exception_to_json(exc, result.traceback)))
+        return result
     try:
         data = dumps(exc)
         pickle.loads(data)
@@ -130,4 +184,6 @@ def exception_from(result: common_pb2.Result) -> BaseException:
         return ContainerExitedError(result.message)
     if status == common_pb2.RESULT_STATUS_CANCELLED:
         return InputCancellation(result.message or "the call was cancelled")
+    if status == common_pb2.RESULT_STATUS_INVALID_ARGUMENT:
+        return InvalidArgumentError(result.message)
     return ExecutionError(result.message or f"call failed with status {status}")

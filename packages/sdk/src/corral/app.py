@@ -18,7 +18,7 @@ from corral.exception import InvalidError
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
-from corral_protocol.names import NAME_RULE, is_valid_name
+from corral_protocol.names import name_problem
 from corral_protocol.options import merge_options
 from corral_protocol.v1 import common_pb2, control_pb2
 
@@ -80,8 +80,9 @@ class App:
     """
 
     def __init__(self, name: str | None = None, *, image: Image | None = None, secrets: Sequence[Secret] = ()) -> None:
-        if name is not None and not is_valid_name(name):
-            raise InvalidError(f"app name {name!r} must be {NAME_RULE}")
+        problem = None if name is None else name_problem("app", name)
+        if problem:
+            raise InvalidError(problem)
         self.name = name
         self._image = image
         self._secrets = list(secrets)
@@ -110,7 +111,8 @@ class App:
 
         - image: the environment recipe (see `Image`).
         - gpu: "A100", "H100:2", "any", or a list of fallbacks; placed on nodes whose NVML inventory matches.
-        - cpu, memory: cores and MiB reserved per container, or (request, limit) tuples.
+        - cpu, memory: cores and MiB per container, reserved for placement and enforced as a hard limit
+          (a CPU quota, a memory limit: the kernel kills a container above it); or (request, limit).
         - secrets: `Secret`s injected as environment variables.
         - timeout: seconds an input may run (default 300) before it fails with `FunctionTimeoutError`.
         - retries: an int or `Retries`; failed inputs run again.
@@ -131,6 +133,9 @@ class App:
         options = merge_options(_options.class_defaults(), options)
 
         def wrap(user_cls: type) -> Cls:
+            problem = name_problem("class", user_cls.__name__)
+            if problem:
+                raise InvalidError(problem)
             definition = ClassDefinition.from_class(user_cls, options)
             if not definition.methods:
                 raise InvalidError(f"{definition.name} has no @corral.method(); nothing could be called")

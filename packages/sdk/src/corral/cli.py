@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,9 @@ from corral._client import default_client
 from corral._home import corral_home
 from corral.app import App
 from corral.exception import Error, InvalidError
-from corral_protocol.v1 import control_pb2
+from corral_protocol import env as corral_env
+from corral_protocol import gpus
+from corral_protocol.v1 import common_pb2, control_pb2
 
 
 def import_target(ref: str) -> tuple[ModuleType, str | None]:
@@ -87,7 +90,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ImportError:
         print("corral up needs the server side: pip install 'corral[local]'", file=sys.stderr)
         return 1
-    return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port)
+    if args.simulate_gpus:
+        try:
+            gpus.parse_simulated(args.simulate_gpus)
+        except gpus.GpuSpecError as err:
+            print(f"corral up: --simulate-gpus: {err}", file=sys.stderr)
+            return 2
+        os.environ[corral_env.CORRAL_SIMULATE_GPUS] = args.simulate_gpus  # read by the embedded node's inventory
+    return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port, tls_cert=args.tls_cert,
+              tls_key=args.tls_key, tls_self_signed=args.tls_self_signed, insecure=args.insecure)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -155,10 +166,10 @@ def cmd_container_list(args: argparse.Namespace) -> int:
         (c.app_name, c.class_name, c.service_id, c.container_id, states.get(c.state, "?"), f"{c.running_inputs}/{c.max_inputs}",
          c.inputs_served,
          ",".join(f"{p.name}={getattr(p.value, p.value.WhichOneof('kind') or 'string_value')!r}" for p in c.parameters) or "-",
-         c.node_id, _age(c.started_at))
+         c.node_id, _age(c.started_at), *_usage_columns(c))
         for c in sorted(containers, key=lambda c: (c.app_name, c.class_name, c.service_id, c.started_at))
     ]
-    print(table(("APP", "CLASS", "SERVICE", "CONTAINER ID", "STATE", "LOAD", "SERVED", "PARAMETERS", "NODE", "AGE"), rows))
+    print(table(("APP", "CLASS", "SERVICE", "CONTAINER ID", "STATE", "LOAD", "SERVED", "PARAMETERS", "NODE", "AGE", "MEMORY", "CPU"), rows))
     if args.verbose:
         for c in sorted(containers, key=lambda c: (c.app_name, c.class_name, c.service_id, c.started_at)):
             print(f"\n{c.container_id} ({c.class_name}):")
@@ -167,12 +178,24 @@ def cmd_container_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage_columns(container: control_pb2.ContainerInfo) -> tuple[str, str]:
+    """MEMORY (used/limit MiB) and CPU (cores used/limit), from the node's latest report; "-" when
+    the node reports none (containers without isolation)."""
+    if not container.HasField("usage"):
+        return "-", "-"
+    usage = container.usage
+    memory = f"{usage.memory_bytes / 2**20:.0f}"
+    memory += f"/{usage.memory_limit_bytes / 2**20:.0f} MiB" if usage.memory_limit_bytes else " MiB"
+    cpu = f"{usage.cpu_cores:.2f}" + (f"/{usage.cpu_limit:.2f}" if usage.cpu_limit else "")
+    return memory, cpu
+
+
 def cmd_node_list(args: argparse.Namespace) -> int:
     client = default_client()
     nodes = client.call(client.stub.ListNodes, control_pb2.ListNodesRequest()).nodes
     rows = [
         (n.node_id, n.name, f"{n.cpu_reserved:g}/{n.inventory.cpu:g}", f"{n.memory_reserved_mib}/{n.inventory.memory_mib} MiB",
-         ", ".join(g.model for g in n.inventory.gpus) or "none", n.containers)
+         _gpu_summary(n), n.containers)
         for n in nodes
     ]
     print(table(("NODE ID", "NAME", "CPU", "MEMORY", "GPUS", "CONTAINERS"), rows))
@@ -184,7 +207,32 @@ def cmd_node_list(args: argparse.Namespace) -> int:
         state = (f"available (criu {snap.criu_version})" if snap.available
                  else f"unavailable ({snap.reason or 'not reported by this node'})")
         print(f"{n.name} ({n.node_id}): snapshots: {state}")
+        isolation = n.inventory.isolation
+        if isolation.mode == "none":
+            print(f"{n.name} ({n.node_id}): isolation: none ({isolation.reason}); containers are plain processes of the node's user")
+        elif isolation.mode:
+            print(f"{n.name} ({n.node_id}): isolation: {isolation.mode} (cgroup v{isolation.cgroup_version})")
+        else:
+            print(f"{n.name} ({n.node_id}): isolation: not reported by this node")
+        for g in n.inventory.gpus if args.verbose else ():
+            mig = {common_pb2.GPU_MIG_MODE_ENABLED: ", MIG on", common_pb2.GPU_MIG_MODE_DISABLED: ", MIG off"}.get(g.mig_mode, "")
+            use = "in use" if g.uuid in n.gpus_in_use else "free"
+            print(f"  gpu {g.index} {g.uuid} {g.model}: {g.memory_free_mib}/{g.memory_mib} MiB free, "
+                  f"{g.utilization_percent}% busy{mig}, {use}")
     return 0
+
+
+def _gpu_summary(n: control_pb2.NodeInfo) -> str:
+    """`6/8 free: 8x NVIDIA H100 80GB HBM3 (simulated)`, or `none`."""
+    gpus = n.inventory.gpus
+    if not gpus:
+        return "none"
+    models: dict[str, int] = {}
+    for g in gpus:
+        models[g.model] = models.get(g.model, 0) + 1
+    free = sum(g.uuid not in n.gpus_in_use for g in gpus)
+    described = ", ".join(f"{count}x {model}" for model, count in models.items())
+    return f"{free}/{len(gpus)} free: {described}" + (" (simulated)" if n.inventory.simulated_gpus else "")
 
 
 def cmd_snapshot_list(args: argparse.Namespace) -> int:
@@ -253,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7470)
     p.add_argument("--no-node", action="store_true", help="run only the control plane; nodes join with corral-node")
     p.add_argument("--http-port", type=int, default=7471, help="port of the web endpoint gateway (0 picks a free one)")
+    p.add_argument("--simulate-gpus", default=None, metavar="SPEC",
+                   help="the embedded node declares GPUs that do not exist, e.g. H100:8 (tests and capacity planning only)")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve gRPC and the gateway over TLS")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-self-signed", action="store_true",
+                   help="serve over TLS with a self-signed pair made once in $CORRAL_HOME/tls (clients pin its cert.pem)")
+    p.add_argument("--insecure", action="store_true", help="allow a --host beyond loopback without TLS (plaintext)")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("run", help="run FILE's @app.local_entrypoint() with its app running")
@@ -279,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_container_list)
 
     node = sub.add_parser("node", help="inspect runtime nodes").add_subparsers(dest="node_command", required=True)
-    node.add_parser("list", help="list nodes with their inventory").set_defaults(handler=cmd_node_list)
+    p = node.add_parser("list", help="list nodes with their inventory")
+    p.add_argument("--verbose", "-v", action="store_true", help="also each GPU: UUID, memory, utilisation, MIG, in use")
+    p.set_defaults(handler=cmd_node_list)
 
     secret = sub.add_parser("secret", help="manage secrets").add_subparsers(dest="secret_command", required=True)
     p = secret.add_parser("create", help="create or replace a secret")

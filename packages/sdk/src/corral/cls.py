@@ -333,8 +333,12 @@ class Method:
                 self._obj._rebind_after_redeploy()
         raise AssertionError("unreachable")
 
+    @property
+    def _what(self) -> str:
+        return f"the arguments of {self._obj._cls.name}.{self.name}"
+
     def _remote(self, *args: Any, **kwargs: Any) -> Any:
-        payload = _serialization.encode_args(args, kwargs)
+        payload = _serialization.encode_args(args, kwargs, self._what)
         resolved, service_id = self._bound()
         result = resolved.client.direct.call(service_id, self.name, payload)
         if result is None:
@@ -342,7 +346,7 @@ class Method:
         return _serialization.unwrap(result)
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
-        payload = _serialization.encode_args(args, kwargs)
+        payload = _serialization.encode_args(args, kwargs, self._what)
         resolved, service_id = await self._bound_aio()
         result = await resolved.client.direct.call_aio(service_id, self.name, payload)
         if result is None:
@@ -350,11 +354,11 @@ class Method:
         return _serialization.unwrap(result)
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        resolved, response = self._invoke(_serialization.encode_args(args, kwargs), wait=False)
+        resolved, response = self._invoke(_serialization.encode_args(args, kwargs, self._what), wait=False)
         return FunctionCall(response.call_id, resolved.client)
 
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        resolved, response = await self._invoke_aio(_serialization.encode_args(args, kwargs), wait=False)
+        resolved, response = await self._invoke_aio(_serialization.encode_args(args, kwargs, self._what), wait=False)
         return FunctionCall(response.call_id, resolved.client)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:

@@ -9,8 +9,9 @@ a worker against an SDK it was not built with. Everything else in `corral._*` st
 Example:
     definition = load_class(init.class_def, bundle_dir)
     instance = definition.new_instance(decode_parameters(init.parameters))  # corral_protocol.parameters
-    args, kwargs = decode_args(inp.args)
-    result = encode_result(getattr(instance, inp.method)(*args, **kwargs), inp.args.format or PICKLE)
+    method = getattr(instance, inp.method)
+    args, kwargs = decode_call(inp.args, method)  # ArgumentError: answer invalid_argument(...)
+    result = encode_result(method(*args, **kwargs), inp.args.format)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from typing import Any
 
 from corral._definition import ClassDefinition, Hook, MethodInfo
-from corral._serialization import PICKLE, decode_args, decode_value, encode_args, encode_result, user_error
+from corral._serialization import JSON, PICKLE, decode_args, decode_call, decode_value, encode_args, encode_result, user_error
 from corral.cls import Cls
 from corral_protocol.v1 import common_pb2
 
@@ -42,11 +43,13 @@ def load_class(class_def: common_pb2.ClassDef, bundle_dir: str) -> ClassDefiniti
 
 
 __all__ = [
+    "JSON",
     "PICKLE",
     "ClassDefinition",
     "Hook",
     "MethodInfo",
     "decode_args",
+    "decode_call",
     "decode_value",
     "encode_args",
     "encode_result",

@@ -17,6 +17,12 @@ class InvalidError(Error):
     """Something was used the wrong way: a bad decorator argument, a bad parameter, a bad option."""
 
 
+class InvalidArgumentError(InvalidError, builtins.TypeError):
+    """A call's arguments do not fit the method's signature (missing, unknown or extra arguments, a
+    value of the wrong type); the method never ran. A TypeError, as calling the method locally with
+    the same arguments would raise."""
+
+
 class NotFoundError(Error):
     """An app, class, method, call or secret that was looked up does not exist."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from corral.exception import InvalidError
+from corral_protocol.names import name_problem
 from corral_protocol.v1 import common_pb2
 
 
@@ -25,6 +26,9 @@ class Secret:
         """A secret stored on the server with `corral secret create NAME KEY=VALUE ...`."""
         if not isinstance(name, str) or not name:
             raise InvalidError("Secret.from_name needs a non-empty name")
+        problem = name_problem("secret", name)
+        if problem:
+            raise InvalidError(problem)
         return cls(name=name)
 
     @classmethod

@@ -17,6 +17,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _PayloadFormat:
@@ -26,21 +31,35 @@ class _PayloadFormat:
 class _PayloadFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayloadFormat.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PAYLOAD_FORMAT_UNSPECIFIED: _PayloadFormat.ValueType  # 0
+    """Never valid: a payload must name its format. Invoke refuses it with INVALID_ARGUMENT."""
     PAYLOAD_FORMAT_PICKLE: _PayloadFormat.ValueType  # 1
-    """cloudpickle; the Python SDK's default."""
+    """cloudpickle; the Python SDK's own format. Only Python clients can use it."""
     PAYLOAD_FORMAT_JSON: _PayloadFormat.ValueType  # 2
-    """UTF-8 JSON; third-party clients and web endpoints. Arguments are {"args": [...], "kwargs": {...}}."""
-    PAYLOAD_FORMAT_CBOR: _PayloadFormat.ValueType  # 3
+    """UTF-8 JSON; third-party clients and web endpoints. Arguments are {"args": [...], "kwargs": {...}};
+    the result and a user exception come back in JSON too.
+    """
+    @_builtins.property
+    @_deprecated("""This enum value has been marked as deprecated using proto enum value options.""")
+    def PAYLOAD_FORMAT_CBOR(self) -> _PayloadFormat.ValueType:   # 3
+        """Reserved, not implemented: Invoke refuses it with INVALID_ARGUMENT. (Kept as a value rather
+        than deleted, since the number may never be reused for anything else.)
+        """
 
 class PayloadFormat(_PayloadFormat, metaclass=_PayloadFormatEnumTypeWrapper):
-    """Wire format of a serialized value."""
+    """Wire format of a serialized value. docs/protocol.md has the JSON schema."""
 
 PAYLOAD_FORMAT_UNSPECIFIED: PayloadFormat.ValueType  # 0
+"""Never valid: a payload must name its format. Invoke refuses it with INVALID_ARGUMENT."""
 PAYLOAD_FORMAT_PICKLE: PayloadFormat.ValueType  # 1
-"""cloudpickle; the Python SDK's default."""
+"""cloudpickle; the Python SDK's own format. Only Python clients can use it."""
 PAYLOAD_FORMAT_JSON: PayloadFormat.ValueType  # 2
-"""UTF-8 JSON; third-party clients and web endpoints. Arguments are {"args": [...], "kwargs": {...}}."""
+"""UTF-8 JSON; third-party clients and web endpoints. Arguments are {"args": [...], "kwargs": {...}};
+the result and a user exception come back in JSON too.
+"""
 PAYLOAD_FORMAT_CBOR: PayloadFormat.ValueType  # 3
+"""Reserved, not implemented: Invoke refuses it with INVALID_ARGUMENT. (Kept as a value rather
+than deleted, since the number may never be reused for anything else.)
+"""
 Global___PayloadFormat: _TypeAlias = PayloadFormat  # noqa: Y015
 
 class _ParameterType:
@@ -81,6 +100,84 @@ WEB_ENDPOINT_KIND_FUNCTION: WebEndpointKind.ValueType  # 1
 WEB_ENDPOINT_KIND_ASGI_APP: WebEndpointKind.ValueType  # 2
 Global___WebEndpointKind: _TypeAlias = WebEndpointKind  # noqa: Y015
 
+class _ArgumentKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArgumentKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArgumentKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARGUMENT_KIND_UNSPECIFIED: _ArgumentKind.ValueType  # 0
+    ARGUMENT_KIND_POSITIONAL_ONLY: _ArgumentKind.ValueType  # 1
+    """Only by position (before a `/` in Python)."""
+    ARGUMENT_KIND_POSITIONAL_OR_KEYWORD: _ArgumentKind.ValueType  # 2
+    """By position or by name."""
+    ARGUMENT_KIND_VAR_POSITIONAL: _ArgumentKind.ValueType  # 3
+    """Any number of extra positional arguments (`*args`)."""
+    ARGUMENT_KIND_KEYWORD_ONLY: _ArgumentKind.ValueType  # 4
+    """Only by name (after `*` or `*args`)."""
+    ARGUMENT_KIND_VAR_KEYWORD: _ArgumentKind.ValueType  # 5
+    """Any number of extra named arguments (`**kwargs`)."""
+
+class ArgumentKind(_ArgumentKind, metaclass=_ArgumentKindEnumTypeWrapper):
+    """How a method's argument may be passed (Python's inspect.Parameter kinds)."""
+
+ARGUMENT_KIND_UNSPECIFIED: ArgumentKind.ValueType  # 0
+ARGUMENT_KIND_POSITIONAL_ONLY: ArgumentKind.ValueType  # 1
+"""Only by position (before a `/` in Python)."""
+ARGUMENT_KIND_POSITIONAL_OR_KEYWORD: ArgumentKind.ValueType  # 2
+"""By position or by name."""
+ARGUMENT_KIND_VAR_POSITIONAL: ArgumentKind.ValueType  # 3
+"""Any number of extra positional arguments (`*args`)."""
+ARGUMENT_KIND_KEYWORD_ONLY: ArgumentKind.ValueType  # 4
+"""Only by name (after `*` or `*args`)."""
+ARGUMENT_KIND_VAR_KEYWORD: ArgumentKind.ValueType  # 5
+"""Any number of extra named arguments (`**kwargs`)."""
+Global___ArgumentKind: _TypeAlias = ArgumentKind  # noqa: Y015
+
+class _ArgumentType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArgumentTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArgumentType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARGUMENT_TYPE_UNSPECIFIED: _ArgumentType.ValueType  # 0
+    ARGUMENT_TYPE_STRING: _ArgumentType.ValueType  # 1
+    """A JSON string."""
+    ARGUMENT_TYPE_INTEGER: _ArgumentType.ValueType  # 2
+    """A JSON integer, or a string of decimal digits (for integers beyond 2^53)."""
+    ARGUMENT_TYPE_NUMBER: _ArgumentType.ValueType  # 3
+    """A JSON number."""
+    ARGUMENT_TYPE_BOOLEAN: _ArgumentType.ValueType  # 4
+    """true or false."""
+    ARGUMENT_TYPE_BYTES: _ArgumentType.ValueType  # 5
+    """A base64 string (RFC 4648, standard alphabet, padded)."""
+    ARGUMENT_TYPE_ARRAY: _ArgumentType.ValueType  # 6
+    """A JSON array."""
+    ARGUMENT_TYPE_OBJECT: _ArgumentType.ValueType  # 7
+    """A JSON object."""
+
+class ArgumentType(_ArgumentType, metaclass=_ArgumentTypeEnumTypeWrapper):
+    """The JSON value an argument takes, from its annotation. UNSPECIFIED: any value (no annotation, or
+    one that JSON cannot describe unambiguously; the method itself decides).
+    """
+
+ARGUMENT_TYPE_UNSPECIFIED: ArgumentType.ValueType  # 0
+ARGUMENT_TYPE_STRING: ArgumentType.ValueType  # 1
+"""A JSON string."""
+ARGUMENT_TYPE_INTEGER: ArgumentType.ValueType  # 2
+"""A JSON integer, or a string of decimal digits (for integers beyond 2^53)."""
+ARGUMENT_TYPE_NUMBER: ArgumentType.ValueType  # 3
+"""A JSON number."""
+ARGUMENT_TYPE_BOOLEAN: ArgumentType.ValueType  # 4
+"""true or false."""
+ARGUMENT_TYPE_BYTES: ArgumentType.ValueType  # 5
+"""A base64 string (RFC 4648, standard alphabet, padded)."""
+ARGUMENT_TYPE_ARRAY: ArgumentType.ValueType  # 6
+"""A JSON array."""
+ARGUMENT_TYPE_OBJECT: ArgumentType.ValueType  # 7
+"""A JSON object."""
+Global___ArgumentType: _TypeAlias = ArgumentType  # noqa: Y015
+
 class _ResultStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -98,6 +195,10 @@ class _ResultStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResultSt
     RESULT_STATUS_INTERNAL_ERROR: _ResultStatus.ValueType  # 5
     """The container died or the platform failed."""
     RESULT_STATUS_CANCELLED: _ResultStatus.ValueType  # 6
+    RESULT_STATUS_INVALID_ARGUMENT: _ResultStatus.ValueType  # 7
+    """The arguments do not fit the method's signature (missing, unknown or extra arguments, a value
+    of the wrong type), or the JSON payload is malformed. No user code ran.
+    """
 
 class ResultStatus(_ResultStatus, metaclass=_ResultStatusEnumTypeWrapper): ...
 
@@ -112,7 +213,31 @@ RESULT_STATUS_INIT_ERROR: ResultStatus.ValueType  # 4
 RESULT_STATUS_INTERNAL_ERROR: ResultStatus.ValueType  # 5
 """The container died or the platform failed."""
 RESULT_STATUS_CANCELLED: ResultStatus.ValueType  # 6
+RESULT_STATUS_INVALID_ARGUMENT: ResultStatus.ValueType  # 7
+"""The arguments do not fit the method's signature (missing, unknown or extra arguments, a value
+of the wrong type), or the JSON payload is malformed. No user code ran.
+"""
 Global___ResultStatus: _TypeAlias = ResultStatus  # noqa: Y015
+
+class _GpuMigMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GpuMigModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GpuMigMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GPU_MIG_MODE_UNSPECIFIED: _GpuMigMode.ValueType  # 0
+    """The device does not support MIG (or NVML could not tell)."""
+    GPU_MIG_MODE_DISABLED: _GpuMigMode.ValueType  # 1
+    GPU_MIG_MODE_ENABLED: _GpuMigMode.ValueType  # 2
+
+class GpuMigMode(_GpuMigMode, metaclass=_GpuMigModeEnumTypeWrapper):
+    """Multi-Instance GPU mode of a device. A device with MIG enabled is not placed whole."""
+
+GPU_MIG_MODE_UNSPECIFIED: GpuMigMode.ValueType  # 0
+"""The device does not support MIG (or NVML could not tell)."""
+GPU_MIG_MODE_DISABLED: GpuMigMode.ValueType  # 1
+GPU_MIG_MODE_ENABLED: GpuMigMode.ValueType  # 2
+Global___GpuMigMode: _TypeAlias = GpuMigMode  # noqa: Y015
 
 class _ErrorReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -253,24 +378,56 @@ class GpuRequest(_message.Message):
 
     MODELS_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Acceptable models in order of preference; "any" accepts every model."""
+        """Acceptable models in order of preference; "any" accepts every model. With `count`, the form of
+        the first protocol version (one count for every model); writers also fill `choices`.
+        """
+
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuChoice]:
+        """The fallbacks in order of preference, each with its own count (`["H100", "A100-80GB:2"]`).
+        Names are corral_protocol.gpus' request names. Readers use these when present.
+        """
 
     def __init__(
         self,
         *,
         models: _abc.Iterable[_builtins.str] | None = ...,
         count: _builtins.int = ...,
+        choices: _abc.Iterable[Global___GpuChoice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "count", b"count", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GpuRequest: _TypeAlias = GpuRequest  # noqa: Y015
+
+@_typing.final
+class GpuChoice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuChoice: _TypeAlias = GpuChoice  # noqa: Y015
 
 @_typing.final
 class Resources(_message.Message):
@@ -671,6 +828,65 @@ class WebEndpoint(_message.Message):
 Global___WebEndpoint: _TypeAlias = WebEndpoint  # noqa: Y015
 
 @_typing.final
+class ArgumentSpec(_message.Message):
+    """One argument of a method, after `self`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    HAS_DEFAULT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    NULLABLE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    kind: Global___ArgumentKind.ValueType
+    has_default: _builtins.bool
+    """The argument may be left out."""
+    type: Global___ArgumentType.ValueType
+    nullable: _builtins.bool
+    """null is accepted too (`Optional[X]`, `X | None`)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___ArgumentKind.ValueType = ...,
+        has_default: _builtins.bool = ...,
+        type: Global___ArgumentType.ValueType = ...,
+        nullable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_default", b"has_default", "kind", b"kind", "name", b"name", "nullable", b"nullable", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArgumentSpec: _TypeAlias = ArgumentSpec  # noqa: Y015
+
+@_typing.final
+class MethodSignature(_message.Message):
+    """A method's signature, so that clients in any language (and the control plane, before a container
+    starts) can check a JSON call. Arguments are in declaration order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def arguments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArgumentSpec]: ...
+    def __init__(
+        self,
+        *,
+        arguments: _abc.Iterable[Global___ArgumentSpec] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MethodSignature: _TypeAlias = MethodSignature  # noqa: Y015
+
+@_typing.final
 class MethodDef(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -679,6 +895,7 @@ class MethodDef(_message.Message):
     IS_GENERATOR_FIELD_NUMBER: _builtins.int
     WEB_ENDPOINT_FIELD_NUMBER: _builtins.int
     BATCHING_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     is_async: _builtins.bool
     is_generator: _builtins.bool
@@ -686,6 +903,10 @@ class MethodDef(_message.Message):
     def web_endpoint(self) -> Global___WebEndpoint: ...
     @_builtins.property
     def batching(self) -> Global___BatchingConfig: ...
+    @_builtins.property
+    def signature(self) -> Global___MethodSignature:
+        """Unset in definitions deployed by SDKs older than this field: then only the container checks."""
+
     def __init__(
         self,
         *,
@@ -694,10 +915,11 @@ class MethodDef(_message.Message):
         is_generator: _builtins.bool = ...,
         web_endpoint: Global___WebEndpoint | None = ...,
         batching: Global___BatchingConfig | None = ...,
+        signature: Global___MethodSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_batching", b"_batching", "_web_endpoint", b"_web_endpoint", "batching", b"batching", "web_endpoint", b"web_endpoint"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batching", b"_batching", "_web_endpoint", b"_web_endpoint", "batching", b"batching", "signature", b"signature", "web_endpoint", b"web_endpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batching", b"_batching", "_web_endpoint", b"_web_endpoint", "batching", b"batching", "is_async", b"is_async", "is_generator", b"is_generator", "name", b"name", "web_endpoint", b"web_endpoint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batching", b"_batching", "_web_endpoint", b"_web_endpoint", "batching", b"batching", "is_async", b"is_async", "is_generator", b"is_generator", "name", b"name", "signature", b"signature", "web_endpoint", b"web_endpoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batching: _TypeAlias = _typing.Literal["batching"]  # noqa: Y015
     _WhichOneofArgType__batching: _TypeAlias = _typing.Literal["_batching", b"_batching"]  # noqa: Y015
@@ -761,16 +983,20 @@ class Result(_message.Message):
     TRACEBACK_FIELD_NUMBER: _builtins.int
     status: Global___ResultStatus.ValueType
     exception_type: _builtins.str
+    """The exception's type: its Python qualified name (`builtins.ValueError`)."""
     message: _builtins.str
     traceback: _builtins.str
-    """The remote traceback as text."""
+    """The remote traceback as text. For JSON callers only in dev mode (ephemeral apps)."""
     @_builtins.property
     def value(self) -> Global___Payload:
-        """The return value on success."""
+        """The return value on success, in the format of the call's arguments."""
 
     @_builtins.property
     def exception(self) -> Global___Payload:
-        """The pickled exception, when it could be pickled."""
+        """RESULT_STATUS_USER_ERROR: the exception, in the format of the call's arguments. PICKLE: the
+        pickled exception, when it could be pickled. JSON: {"type", "qualified_type", "message"} and
+        "traceback" in dev mode (docs/protocol.md).
+        """
 
     def __init__(
         self,
@@ -798,10 +1024,19 @@ class GpuDevice(_message.Message):
     UUID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
+    MEMORY_FREE_MIB_FIELD_NUMBER: _builtins.int
+    UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
+    MIG_MODE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     uuid: _builtins.str
     model: _builtins.str
+    """NVML's model name, e.g. "NVIDIA H100 80GB HBM3"."""
     memory_mib: _builtins.int
+    """Total memory."""
+    memory_free_mib: _builtins.int
+    """Free memory and utilisation (percent of time a kernel ran), as of the last reading."""
+    utilization_percent: _builtins.int
+    mig_mode: Global___GpuMigMode.ValueType
     def __init__(
         self,
         *,
@@ -809,10 +1044,13 @@ class GpuDevice(_message.Message):
         uuid: _builtins.str = ...,
         model: _builtins.str = ...,
         memory_mib: _builtins.int = ...,
+        memory_free_mib: _builtins.int = ...,
+        utilization_percent: _builtins.int = ...,
+        mig_mode: Global___GpuMigMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_mib", b"memory_mib", "model", b"model", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_free_mib", b"memory_free_mib", "memory_mib", b"memory_mib", "mig_mode", b"mig_mode", "model", b"model", "utilization_percent", b"utilization_percent", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -899,15 +1137,28 @@ class NodeInventory(_message.Message):
     PYTHON_VERSION_FIELD_NUMBER: _builtins.int
     KERNEL_FIELD_NUMBER: _builtins.int
     DRIVER_VERSION_FIELD_NUMBER: _builtins.int
+    CUDA_VERSION_FIELD_NUMBER: _builtins.int
+    SIMULATED_GPUS_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
     cpu: _builtins.float
     memory_mib: _builtins.int
     python_version: _builtins.str
     kernel: _builtins.str
     driver_version: _builtins.str
+    cuda_version: _builtins.str
+    """The CUDA version the driver supports, e.g. "12.4"."""
+    simulated_gpus: _builtins.bool
+    """The GPUs were declared (`corral-node --simulate-gpus`), not read through NVML: for tests and
+    capacity planning only.
+    """
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuDevice]: ...
     @_builtins.property
     def snapshots(self) -> Global___SnapshotSupport: ...
+    @_builtins.property
+    def isolation(self) -> Global___ContainerIsolation:
+        """How this node isolates its containers (runc, or none and why)."""
+
     def __init__(
         self,
         *,
@@ -918,11 +1169,86 @@ class NodeInventory(_message.Message):
         python_version: _builtins.str = ...,
         kernel: _builtins.str = ...,
         driver_version: _builtins.str = ...,
+        cuda_version: _builtins.str = ...,
+        simulated_gpus: _builtins.bool = ...,
+        isolation: Global___ContainerIsolation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshots", b"snapshots"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "snapshots", b"snapshots"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "driver_version", b"driver_version", "gpus", b"gpus", "kernel", b"kernel", "memory_mib", b"memory_mib", "python_version", b"python_version", "snapshots", b"snapshots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "cuda_version", b"cuda_version", "driver_version", b"driver_version", "gpus", b"gpus", "isolation", b"isolation", "kernel", b"kernel", "memory_mib", b"memory_mib", "python_version", b"python_version", "simulated_gpus", b"simulated_gpus", "snapshots", b"snapshots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeInventory: _TypeAlias = NodeInventory  # noqa: Y015
+
+@_typing.final
+class ContainerIsolation(_message.Message):
+    """A node's container runtime: "runc" (OCI containers: own pid, mount, IPC and UTS namespaces,
+    cgroup limits, no capabilities, seccomp, read-only root), or "none" (plain processes of the
+    node's user, no isolation) with the reason.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CGROUP_VERSION_FIELD_NUMBER: _builtins.int
+    mode: _builtins.str
+    reason: _builtins.str
+    """Why the node runs without isolation; empty with runc."""
+    cgroup_version: _builtins.int
+    """1 or 2 with runc."""
+    def __init__(
+        self,
+        *,
+        mode: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        cgroup_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_version", b"cgroup_version", "mode", b"mode", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerIsolation: _TypeAlias = ContainerIsolation  # noqa: Y015
+
+@_typing.final
+class ContainerUsage(_message.Message):
+    """A container's resource use against its limits, read from its cgroup by its node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    CPU_LIMIT_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    memory_bytes: _builtins.int
+    memory_limit_bytes: _builtins.int
+    """0: no limit."""
+    cpu_cores: _builtins.float
+    """CPU cores used, averaged since the node's previous report."""
+    cpu_limit: _builtins.float
+    """The CPU quota in cores; 0: no limit."""
+    cpu_seconds: _builtins.float
+    """CPU time used since the container started."""
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        memory_bytes: _builtins.int = ...,
+        memory_limit_bytes: _builtins.int = ...,
+        cpu_cores: _builtins.float = ...,
+        cpu_limit: _builtins.float = ...,
+        cpu_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "cpu_cores", b"cpu_cores", "cpu_limit", b"cpu_limit", "cpu_seconds", b"cpu_seconds", "memory_bytes", b"memory_bytes", "memory_limit_bytes", b"memory_limit_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerUsage: _TypeAlias = ContainerUsage  # noqa: Y015

@@ -503,9 +503,14 @@ class InvokeRequest(_message.Message):
     service_id: _builtins.str
     method: _builtins.str
     wait: _builtins.bool
-    """True: answer once the result is known. False: answer at once with the call id (spawn)."""
+    """True: answer once the result is known, however long that takes; the call id comes at once in
+    the `corral-call-id` initial metadata, so a caller whose deadline fires can collect the result
+    with GetResult. False: answer at once with the call id (spawn).
+    """
     @_builtins.property
-    def args(self) -> _common_pb2.Payload: ...
+    def args(self) -> _common_pb2.Payload:
+        """PICKLE or JSON; any other format is refused with INVALID_ARGUMENT."""
+
     def __init__(
         self,
         *,
@@ -773,6 +778,7 @@ class ContainerInfo(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     RESTORED_FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     app_id: _builtins.str
     app_name: _builtins.str
@@ -794,6 +800,10 @@ class ContainerInfo(_message.Message):
         snapshot phases, for example); for `corral container list --verbose`.
         """
 
+    @_builtins.property
+    def usage(self) -> _common_pb2.ContainerUsage:
+        """Memory and CPU use against its limits, from its node's latest heartbeat; unset when unknown."""
+
     def __init__(
         self,
         *,
@@ -811,10 +821,11 @@ class ContainerInfo(_message.Message):
         parameters: _abc.Iterable[_common_pb2.NamedParameter] | None = ...,
         restored_from_snapshot: _builtins.bool = ...,
         history: _abc.Iterable[_builtins.str] | None = ...,
+        usage: _common_pb2.ContainerUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name", "container_id", b"container_id", "history", b"history", "inputs_served", b"inputs_served", "max_inputs", b"max_inputs", "node_id", b"node_id", "parameters", b"parameters", "restored_from_snapshot", b"restored_from_snapshot", "running_inputs", b"running_inputs", "service_id", b"service_id", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name", "container_id", b"container_id", "history", b"history", "inputs_served", b"inputs_served", "max_inputs", b"max_inputs", "node_id", b"node_id", "parameters", b"parameters", "restored_from_snapshot", b"restored_from_snapshot", "running_inputs", b"running_inputs", "service_id", b"service_id", "started_at", b"started_at", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -866,6 +877,7 @@ class NodeInfo(_message.Message):
     MEMORY_RESERVED_MIB_FIELD_NUMBER: _builtins.int
     CONTAINERS_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
+    GPUS_IN_USE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     name: _builtins.str
     cpu_reserved: _builtins.float
@@ -874,6 +886,10 @@ class NodeInfo(_message.Message):
     last_heartbeat: _builtins.float
     @_builtins.property
     def inventory(self) -> _common_pb2.NodeInventory: ...
+    @_builtins.property
+    def gpus_in_use(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """UUIDs of the node's GPUs that containers hold."""
+
     def __init__(
         self,
         *,
@@ -884,10 +900,11 @@ class NodeInfo(_message.Message):
         memory_reserved_mib: _builtins.int = ...,
         containers: _builtins.int = ...,
         last_heartbeat: _builtins.float = ...,
+        gpus_in_use: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "cpu_reserved", b"cpu_reserved", "inventory", b"inventory", "last_heartbeat", b"last_heartbeat", "memory_reserved_mib", b"memory_reserved_mib", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "cpu_reserved", b"cpu_reserved", "gpus_in_use", b"gpus_in_use", "inventory", b"inventory", "last_heartbeat", b"last_heartbeat", "memory_reserved_mib", b"memory_reserved_mib", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -110,21 +110,35 @@ class NodeHeartbeat(_message.Message):
 
     RUNNING_CONTAINERS_FIELD_NUMBER: _builtins.int
     SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    INVENTORY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def running_containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SnapshotImage]:
         """Every memory snapshot image this node holds that it can restore (its own host fingerprint)."""
 
+    @_builtins.property
+    def inventory(self) -> _common_pb2.NodeInventory:
+        """The node's inventory as of now (GPU memory and utilisation refreshed from NVML); absent from
+        nodes of the first protocol version, whose registration inventory then stands.
+        """
+
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ContainerUsage]:
+        """Each running container's memory and CPU use against its limits (isolated containers only)."""
+
     def __init__(
         self,
         *,
         running_containers: _abc.Iterable[_builtins.str] | None = ...,
         snapshots: _abc.Iterable[_common_pb2.SnapshotImage] | None = ...,
+        inventory: _common_pb2.NodeInventory | None = ...,
+        usage: _abc.Iterable[_common_pb2.ContainerUsage] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["running_containers", b"running_containers", "snapshots", b"snapshots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory", "running_containers", b"running_containers", "snapshots", b"snapshots", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +308,7 @@ class StartContainer(_message.Message):
     TAKE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     PRE_SNAPSHOT_TOKEN_FIELD_NUMBER: _builtins.int
     CLASS_NAME_FIELD_NUMBER: _builtins.int
+    GPU_UUIDS_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     container_token: _builtins.str
     """The bearer token that lets this container reach only its own inputs."""
@@ -316,6 +331,12 @@ class StartContainer(_message.Message):
     def resources(self) -> _common_pb2.Resources: ...
     @_builtins.property
     def gpu_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The GPUs given to this container, by NVML UUID (the order of `gpu_indices`): the node sets
+        CUDA_VISIBLE_DEVICES to these.
+        """
+
     def __init__(
         self,
         *,
@@ -331,10 +352,11 @@ class StartContainer(_message.Message):
         take_snapshot: _builtins.bool = ...,
         pre_snapshot_token: _builtins.str = ...,
         class_name: _builtins.str = ...,
+        gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "bundle_hash", b"bundle_hash", "class_name", b"class_name", "container_id", b"container_id", "container_token", b"container_token", "control_url", b"control_url", "env", b"env", "gpu_indices", b"gpu_indices", "pre_snapshot_token", b"pre_snapshot_token", "resources", b"resources", "snapshot_key", b"snapshot_key", "take_snapshot", b"take_snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "bundle_hash", b"bundle_hash", "class_name", b"class_name", "container_id", b"container_id", "container_token", b"container_token", "control_url", b"control_url", "env", b"env", "gpu_indices", b"gpu_indices", "gpu_uuids", b"gpu_uuids", "pre_snapshot_token", b"pre_snapshot_token", "resources", b"resources", "snapshot_key", b"snapshot_key", "take_snapshot", b"take_snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

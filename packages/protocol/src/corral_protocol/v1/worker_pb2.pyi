@@ -33,6 +33,10 @@ class _DirectRejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Di
     """The container is stopping; forget this route."""
     DIRECT_REJECT_REASON_REFUSED: _DirectRejectReason.ValueType  # 3
     """The hello's token or protocol version was refused."""
+    DIRECT_REJECT_REASON_TOO_LARGE: _DirectRejectReason.ValueType  # 4
+    """The input is over the container's payload limit (corral_protocol.payloads); the message names
+    both sizes. The input was not run; the connection stays usable.
+    """
 
 class DirectRejectReason(_DirectRejectReason, metaclass=_DirectRejectReasonEnumTypeWrapper): ...
 
@@ -43,6 +47,10 @@ DIRECT_REJECT_REASON_DRAINING: DirectRejectReason.ValueType  # 2
 """The container is stopping; forget this route."""
 DIRECT_REJECT_REASON_REFUSED: DirectRejectReason.ValueType  # 3
 """The hello's token or protocol version was refused."""
+DIRECT_REJECT_REASON_TOO_LARGE: DirectRejectReason.ValueType  # 4
+"""The input is over the container's payload limit (corral_protocol.payloads); the message names
+both sizes. The input was not run; the connection stays usable.
+"""
 Global___DirectRejectReason: _TypeAlias = DirectRejectReason  # noqa: Y015
 
 @_typing.final
@@ -610,21 +618,46 @@ class DirectHello(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    WANT_ACCEPTED_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     protocol_version: _builtins.int
+    want_accepted: _builtins.bool
+    """Ask the container to answer the hello with DirectResponse.accepted before any input is sent.
+    A connection refused, closed or reset before that answer never delivered an input, so the
+    client sends it through the control plane's queue instead (the container may be at its
+    connection bound; that is not a container failure).
+    """
     def __init__(
         self,
         *,
         token: _builtins.str = ...,
         protocol_version: _builtins.int = ...,
+        want_accepted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["protocol_version", b"protocol_version", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["protocol_version", b"protocol_version", "token", b"token", "want_accepted", b"want_accepted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DirectHello: _TypeAlias = DirectHello  # noqa: Y015
+
+@_typing.final
+class DirectAccepted(_message.Message):
+    """The hello was accepted (answer to DirectHello.want_accepted): inputs may follow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectAccepted: _TypeAlias = DirectAccepted  # noqa: Y015
 
 @_typing.final
 class DirectRejected(_message.Message):
@@ -657,21 +690,25 @@ class DirectResponse(_message.Message):
 
     OUTPUT_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def output(self) -> Global___Output: ...
     @_builtins.property
     def rejected(self) -> Global___DirectRejected: ...
+    @_builtins.property
+    def accepted(self) -> Global___DirectAccepted: ...
     def __init__(
         self,
         *,
         output: Global___Output | None = ...,
         rejected: Global___DirectRejected | None = ...,
+        accepted: Global___DirectAccepted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["output", "rejected"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["output", "rejected", "accepted"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

@@ -1,0 +1,57 @@
+"""Classes for the fault suite (tests/faults): payloads at and over the limit, a web endpoint under
+load with impatient clients, and endpoints that take a typed body."""
+
+from __future__ import annotations
+
+import os
+
+import corral
+
+app = corral.App("faults")
+
+
+@app.cls(cpu=0.01, max_containers=1, scaledown_window=600)
+class Payloads:
+    """Echoes sizes; its container's pid tells a test whether the container survived (it is never
+    scaled down during a test, which may sit idle past the direct port's 60 s idle timeout)."""
+
+    @corral.method()
+    def size(self, data: bytes) -> tuple[int, int]:
+        return os.getpid(), len(data)
+
+    @corral.method()
+    def make(self, n: int) -> bytes:
+        return b"x" * n
+
+    @corral.method()
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@app.cls(cpu=0.01, max_containers=1, scaledown_window=60, retries=1)
+class RetriedPayloads:
+    """With a retry policy every input goes through the control plane (no direct path)."""
+
+    @corral.method()
+    def size(self, data: bytes) -> tuple[int, int]:
+        return os.getpid(), len(data)
+
+
+@app.cls(cpu=0.01, max_containers=2, scaledown_window=60)
+@corral.concurrent(max_inputs=8)
+class Web:
+    """Web endpoints for the gateway and cancellation tests."""
+
+    @corral.method()
+    @corral.web_endpoint()
+    def ping(self, delay_ms: int = 0) -> dict[str, int]:
+        if delay_ms:
+            import time
+
+            time.sleep(delay_ms / 1000)
+        return {"pid": os.getpid()}
+
+    @corral.method()
+    @corral.web_endpoint(method="POST")
+    def takes_dict(self, data: dict) -> dict[str, object]:
+        return {"keys": sorted(data)}
