@@ -1,4 +1,4 @@
-"""Classes for the simulated-GPU test: what a container sees of the GPUs it was given."""
+"""Classes for the simulated-GPU gap test: what a container sees of the GPUs it was given."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ import corral
 app = corral.App("gaps-gpu")
 
 
-@app.cls(gpu="Simulated:1", cpu=0.01, scaledown_window=2)
+@app.cls(gpu="H100", cpu=(0.01, 8), scaledown_window=2)
 class OneGpu:
     @corral.method()
     def visible(self) -> str | None:
         return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
-@app.cls(gpu="Simulated:2", cpu=0.01, scaledown_window=2)
+@app.cls(gpu="H100:2", cpu=(0.01, 8), scaledown_window=2)
 class TwoGpus:
     @corral.method()
     def visible(self) -> str | None:
         return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
-@app.cls(gpu="Simulated:1", cpu=0.01, enable_memory_snapshot=True, scaledown_window=2)
+@app.cls(gpu="H100", cpu=(0.01, 8), enable_memory_snapshot=True, scaledown_window=2)
 class SnapGpu:
     @corral.enter(snap=True)
     def before_dump(self) -> None:

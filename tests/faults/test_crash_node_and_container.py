@@ -130,7 +130,8 @@ def test_a_container_dying_after_a_direct_input_was_sent_fails_its_caller_clearl
     caller = threading.Thread(target=call)
     caller.start()
     wait_for(lambda: any(c.running_inputs == 1 for c in containers(client, name, "Model")), timeout=60, message="the direct input to run")
-    os.kill(pid, signal.SIGKILL)
+    for host_pid in pids_with(pid):  # `pid` is the container's id (every container is pid 1 inside)
+        os.kill(host_pid, signal.SIGKILL)
     caller.join(timeout=BOUND_S)
     assert not caller.is_alive(), "the caller was not answered"
     (error,) = outcome

@@ -20,9 +20,9 @@ from e2e.e2e_helpers import client_for, containers, pids_with
 
 
 @pytest.mark.timeout(300)
-def test_a_hanging_exit_hook_is_killed_after_the_stop_grace(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_hanging_exit_hook_is_killed_after_the_stop_grace(cluster: Cluster, shared_dir: Path) -> None:
     client = client_for(cluster)
-    path = tmp_path / "exits"
+    path = shared_dir / "exits"
     with gaps_app.app.run(client=client):
         gaps_app.HangingExit(path=str(path)).pid.remote()
         (container,) = containers(client, "gaps", "HangingExit")

@@ -33,22 +33,22 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def test_a_user_exception_is_retried_by_the_policy(small: tuple[Cluster, corral.Client], tmp_path: Path) -> None:
-    path = tmp_path / "attempts"
+def test_a_user_exception_is_retried_by_the_policy(small: tuple[Cluster, corral.Client], shared_dir: Path) -> None:
+    path = shared_dir / "attempts"
     assert gaps_app.Retried().fail_until.remote(str(path), 3) == 3  # two failures, then success
-    exhausted = tmp_path / "exhausted"
+    exhausted = shared_dir / "exhausted"
     with pytest.raises(gaps_app.Flaky, match="attempt 3 fails"):
         gaps_app.Retried().fail_until.remote(str(exhausted), 99)
     assert _lines(exhausted) == 3  # max_retries=2: three attempts, no more
 
 
-def test_a_timeout_is_retried_by_the_policy(small: tuple[Cluster, corral.Client], tmp_path: Path) -> None:
-    path = tmp_path / "attempts"
+def test_a_timeout_is_retried_by_the_policy(small: tuple[Cluster, corral.Client], shared_dir: Path) -> None:
+    path = shared_dir / "attempts"
     assert gaps_app.Retried().hang_once.remote(str(path)) == 2
 
 
-def test_an_enter_failure_is_never_retried(small: tuple[Cluster, corral.Client], tmp_path: Path) -> None:
-    path = tmp_path / "enters"
+def test_an_enter_failure_is_never_retried(small: tuple[Cluster, corral.Client], shared_dir: Path) -> None:
+    path = shared_dir / "enters"
     with pytest.raises(corral.exception.InitError, match="enter fails"):
         gaps_app.BadEnter(path=str(path)).work.remote()
     assert _lines(path) == 1  # retries=3, and still one start for this call
