@@ -50,9 +50,9 @@ def _nodes(client: corral.Client) -> list[control_pb2.NodeInfo]:
 
 def _node(url: str, token: str, tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "corral_runtime.node", "--server", url, "--token", token, "--name", "fault-node",
+        [sys.executable, "-m", "corral_runtime.node_cli", "--server", url, "--name", "fault-node",
          "--work-dir", str(tmp_path / "node-work")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        env=dict(env, CORRAL_TOKEN=token), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
     )
 
 
