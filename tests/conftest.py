@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,35 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 APPS = TESTS / "apps"
 sys.path.insert(0, str(APPS))
+
+
+CRIU_PATHS = ("/usr/local/sbin/criu", "/usr/sbin/criu", "/sbin/criu")
+
+
+def in_ci() -> bool:
+    """Whether this runs in CI: CI=1 (what `.ci/run` exports) or CI=true (what CI services set)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def criu_binary() -> str | None:
+    """The criu installed on this machine, found without the runtime's own code."""
+    return shutil.which("criu") or next((p for p in CRIU_PATHS if Path(p).is_file()), None)
+
+
+def require_snapshot_prerequisites() -> None:
+    """Skip (fail under CI) when the machine lacks what memory snapshots need: root and a criu
+    binary. Facts of the machine only, never `criu.detect()`, which is code under test: where they
+    hold and detection still says no, the test runs and fails."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root")
+    if criu_binary() is None:
+        missing.append("a criu binary (tools/install-criu installs it)")
+    if missing:
+        reason = f"memory snapshots need {' and '.join(missing)}"
+        if in_ci():
+            pytest.fail(f"{reason}; CI must provide them")
+        pytest.skip(f"{reason}; under CI (CI=1 or CI=true) this is a failure")
 
 
 def free_port() -> int:
@@ -129,11 +159,41 @@ def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
         cluster.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def container_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The one host directory every test cluster's containers see (read-write, at the same path):
+    test classes write their events and markers there. Isolated containers see nothing else of
+    the host's files, the clusters' CORRAL_HOMEs least of all."""
+    root = tmp_path_factory.getbasetemp() / "container-volume"
+    root.mkdir(mode=0o777, exist_ok=True)
+    os.chmod(root, 0o777)  # containers run as an unprivileged user
+    previous = os.environ.get("CORRAL_NODE_VOLUMES")
+    os.environ["CORRAL_NODE_VOLUMES"] = str(root)
+    try:
+        yield root
+    finally:
+        if previous is None:
+            os.environ.pop("CORRAL_NODE_VOLUMES", None)
+        else:
+            os.environ["CORRAL_NODE_VOLUMES"] = previous
+
+
 @pytest.fixture
-def events(tmp_path: Path) -> Path:
+def shared_dir(container_volume: Path, request: pytest.FixtureRequest) -> Path:
+    """A directory of this test's own that both the test and its containers can write to."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)[:80]
+    path = container_volume / name
+    path.mkdir(mode=0o777, exist_ok=True)
+    os.chmod(path, 0o777)
+    return path
+
+
+@pytest.fixture
+def events(shared_dir: Path) -> Path:
     """A file that test classes' hooks append lines to (its path is passed as a parameter)."""
-    path = tmp_path / "events.log"
+    path = shared_dir / "events.log"
     path.touch()
+    os.chmod(path, 0o666)
     return path
 
 

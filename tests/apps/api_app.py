@@ -5,6 +5,12 @@ import os
 
 import corral
 
+
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
 app = corral.App("api")
 
 
@@ -18,12 +24,12 @@ class Model:
     @corral.enter()
     def load(self):
         self.calls = 0
-        self.loaded_in = os.getpid()
+        self.loaded_in = container_id()
 
     @corral.method()
     def predict(self, x: int) -> dict:
         self.calls += 1
-        return {"name": self.name, "y": x * self.scale, "calls": self.calls, "pid": os.getpid(), "flag": self.flag, "blob": self.blob}
+        return {"name": self.name, "y": x * self.scale, "calls": self.calls, "pid": container_id(), "flag": self.flag, "blob": self.blob}
 
     @corral.method()
     async def apredict(self, x: int) -> int:

@@ -4,6 +4,12 @@ import os
 
 import corral
 
+
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
 app = corral.App("auth-app")
 
 
@@ -18,5 +24,5 @@ class AuthIdentity:
             "container_token": os.environ["CORRAL_CONTAINER_TOKEN"],
             "control_url": os.environ["CORRAL_CONTROL_URL"],
             "env": dict(os.environ),
-            "pid": os.getpid(),
+            "pid": container_id(),
         }

@@ -5,13 +5,19 @@ import time
 
 import corral
 
+
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
 app = corral.App("e2e-deploy")
 
 
 def record(path: str, line: str) -> None:
     if path:
         with open(path, "a") as f:
-            f.write(f"{line} pid={os.getpid()}\n")
+            f.write(f"{line} pid={container_id()}\n")
 
 
 @app.cls(scaledown_window=1)
@@ -38,8 +44,8 @@ class Model:
         return os.environ.get(name)
 
     @corral.method()
-    def pid(self) -> int:
-        return os.getpid()
+    def pid(self) -> str:
+        return container_id()
 
     @corral.method()
     def sleep(self, seconds: float) -> str:

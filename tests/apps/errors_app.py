@@ -6,6 +6,12 @@ import time
 
 import corral
 
+
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
 app = corral.App("errors-app")
 
 
@@ -31,7 +37,7 @@ class ErrorsGeneratorError(Exception):
 
 def record(path: str, line: str) -> None:
     with open(path, "a") as f:
-        f.write(f"{line} pid={os.getpid()}\n")
+        f.write(f"{line} pid={container_id()}\n")
 
 
 @app.cls(scaledown_window=5)
@@ -65,8 +71,8 @@ class ErrorsSlow:
         return "slept"
 
     @corral.method()
-    def pid(self) -> int:
-        return os.getpid()
+    def pid(self) -> str:
+        return container_id()
 
 
 @app.cls(scaledown_window=5)
@@ -74,12 +80,12 @@ class ErrorsCrasher:
     """Dies with os._exit(1) while it runs an input, unless `marker` exists (then it succeeds)."""
 
     @corral.method()
-    def die_once(self, marker: str) -> int:
+    def die_once(self, marker: str) -> str:
         if not os.path.exists(marker):
             with open(marker, "a") as f:
-                f.write(f"{os.getpid()}\n")
+                f.write(f"{container_id()}\n")
             os._exit(1)
-        return os.getpid()
+        return container_id()
 
     @corral.method()
     def die_always(self) -> None:
@@ -89,12 +95,12 @@ class ErrorsCrasher:
 @app.cls(scaledown_window=5, retries=1)
 class ErrorsRetriedCrasher:
     @corral.method()
-    def die_once(self, marker: str) -> int:
+    def die_once(self, marker: str) -> str:
         if not os.path.exists(marker):
             with open(marker, "a") as f:
-                f.write(f"{os.getpid()}\n")
+                f.write(f"{container_id()}\n")
             os._exit(1)
-        return os.getpid()
+        return container_id()
 
 
 @app.cls(scaledown_window=5)
@@ -174,7 +180,7 @@ class ErrorsAlwaysCrasher:
     @corral.method()
     def die_counted(self, marker: str) -> None:
         with open(marker, "a") as f:
-            f.write(f"{os.getpid()}\n")
+            f.write(f"{container_id()}\n")
         os._exit(1)
 
 

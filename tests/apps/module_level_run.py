@@ -6,7 +6,7 @@ import corral
 app = corral.App("e2e-module-level-run")
 
 
-@app.cls(cpu=0.01)
+@app.cls(cpu=(0.01, 8))
 class Eager:
     @corral.method()
     def f(self) -> int:

@@ -4,6 +4,12 @@ import os
 
 import corral
 
+
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
 app = corral.App("e2e-scaling-warm")
 
 
@@ -16,6 +22,6 @@ class Warm:
         self.calls = 0
 
     @corral.method()
-    def pid(self) -> int:
+    def pid(self) -> str:
         self.calls += 1
-        return os.getpid()
+        return container_id()

@@ -12,10 +12,16 @@ import time
 
 import corral
 
+
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
 app = corral.App("serving")
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 @corral.concurrent(max_inputs=10)
 class SyncSlots:
     """Ten sync inputs at once on one container (the decorator form)."""
@@ -24,10 +30,10 @@ class SyncSlots:
     def nap(self, seconds: float) -> tuple[int, float, float]:
         start = time.time()
         time.sleep(seconds)
-        return os.getpid(), start, time.time()
+        return container_id(), start, time.time()
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 class AsyncSlots:
     """Async inputs share the container's event loop; made concurrent with `with_concurrency`."""
 
@@ -35,10 +41,10 @@ class AsyncSlots:
     async def nap(self, seconds: float) -> tuple[int, float, float]:
         start = time.time()
         await asyncio.sleep(seconds)
-        return os.getpid(), start, time.time()
+        return container_id(), start, time.time()
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 class Embedder:
     """`@corral.batched`: one list per argument in, one list out."""
 
@@ -47,7 +53,7 @@ class Embedder:
         return [(x * 10 + y, len(xs)) for x, y in zip(xs, ys, strict=True)]
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 class QuickBatch:
     """Batched with a short wait: a lone input closes its batch after `wait_ms`."""
 
@@ -56,7 +62,7 @@ class QuickBatch:
         return [(x * 2, len(xs)) for x in xs]
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 class Scaler:
     """A plain method, batched only through `Cls.with_batching`."""
 
@@ -65,7 +71,7 @@ class Scaler:
         return [x * 3 for x in xs]
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 class BadBatch:
     """Breaks the batching contract on request: raise, return a non-list, or a short list."""
 
@@ -80,7 +86,7 @@ class BadBatch:
         return modes
 
 
-@app.cls(cpu=0.01, max_containers=4, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=4, scaledown_window=30)
 class SlowStart:
     """Its enter hook takes a while and records when it ran: scale-up starts containers in parallel."""
 
@@ -91,15 +97,15 @@ class SlowStart:
         start = time.time()
         time.sleep(1.0)
         with open(self.events, "a") as f:
-            f.write(f"enter {os.getpid()} {start} {time.time()}\n")
+            f.write(f"enter {container_id()} {start} {time.time()}\n")
 
     @corral.method()
     def work(self, seconds: float) -> int:
         time.sleep(seconds)
-        return os.getpid()
+        return container_id()
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 class Blocker:
     """Holds its only container while the queue behind it fills (backpressure)."""
 
@@ -110,7 +116,7 @@ class Blocker:
         return "released"
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 class Bystander:
     @corral.method()
     def ping(self) -> str:
@@ -120,7 +126,7 @@ class Bystander:
 bound_app = corral.App("serving-bound")
 
 
-@bound_app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@bound_app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 class QueueHolder:
     """Like Blocker, in an app of its own, for a cluster whose queues hold 5 inputs."""
 

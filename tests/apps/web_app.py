@@ -12,6 +12,12 @@ from fastapi.responses import Response, StreamingResponse
 
 import corral
 
+
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
 app = corral.App("web")
 
 
@@ -20,7 +26,7 @@ class Item(pydantic.BaseModel):
     price: float
 
 
-@app.cls(cpu=0.01, max_containers=2, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=2, scaledown_window=30)
 class API:
     @corral.method()
     @corral.web_endpoint()
@@ -61,7 +67,7 @@ class API:
         return "classified"
 
 
-@app.cls(cpu=0.01, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), scaledown_window=30)
 class Greeter:
     """Parameter values come from the query string, typed by the schema."""
 
@@ -72,10 +78,10 @@ class Greeter:
     @corral.web_endpoint()
     def greet(self, name: str) -> dict[str, object]:
         text = " ".join([f"{self.greeting} {name}"] * self.times)
-        return {"message": text.upper() if self.shout else text, "pid": os.getpid()}
+        return {"message": text.upper() if self.shout else text, "pid": container_id()}
 
 
-@app.cls(cpu=0.01, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), scaledown_window=30)
 class Catalog:
     """Endpoints with docs=True: /docs and /openapi.json under each endpoint's URL."""
 
@@ -91,7 +97,7 @@ class Catalog:
         return item
 
 
-@app.cls(cpu=0.01, timeout=2, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), timeout=2, scaledown_window=30)
 class Slow:
     @corral.web_endpoint()
     def nap(self, seconds: float) -> dict[str, float]:
@@ -99,17 +105,17 @@ class Slow:
         return {"slept": seconds}
 
 
-@app.cls(cpu=0.01, max_containers=3, scaledown_window=60)
+@app.cls(cpu=(0.01, 8), max_containers=3, scaledown_window=60)
 class Burst:
     """One input per container: a burst needs several containers."""
 
     @corral.web_endpoint()
     def work(self, i: int) -> dict[str, int]:
         time.sleep(0.3)
-        return {"i": i, "pid": os.getpid()}
+        return {"i": i, "pid": container_id()}
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=30)
 class Doubler:
     """A batched web endpoint: concurrent requests are grouped into one call."""
 
@@ -119,7 +125,7 @@ class Doubler:
         return [{"value": x * 2, "batch": len(xs)} for x in xs]
 
 
-@app.cls(cpu=0.01, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), scaledown_window=30)
 class Site:
     """An ASGI app, built once per container after the enter hook."""
 
@@ -135,7 +141,7 @@ class Site:
 
         @api.get("/hello/{name}")
         def hello(name: str) -> dict[str, object]:
-            return {"message": f"{self.prefix} {name}", "builds": self.builds, "pid": os.getpid()}
+            return {"message": f"{self.prefix} {name}", "builds": self.builds, "pid": container_id()}
 
         @api.post("/echo")
         async def echo(request: Request) -> Response:
@@ -163,7 +169,7 @@ class Site:
         return api
 
 
-@app.cls(cpu=0.01, scaledown_window=30)
+@app.cls(cpu=(0.01, 8), scaledown_window=30)
 class Private:
     @corral.asgi_app(requires_proxy_auth=True)
     def web(self) -> FastAPI:

@@ -12,6 +12,12 @@ from fastapi import FastAPI, Request
 
 import corral
 
+
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
 app = corral.App("web-lifespan")
 
 
@@ -21,7 +27,7 @@ def _append(path: str, line: str) -> None:
             f.write(line + "\n")
 
 
-@app.cls(cpu=0.01, scaledown_window=60)
+@app.cls(cpu=(0.01, 8), scaledown_window=60)
 class Life:
     marker: str = corral.parameter(default="")
 
@@ -36,7 +42,7 @@ class Life:
         @contextlib.asynccontextmanager
         async def lifespan(api: FastAPI):  # type: ignore[no-untyped-def]
             _append(self.marker, "lifespan-startup")
-            api.state.started = f"started by {os.getpid()}"
+            api.state.started = f"started by {container_id()}"
             yield {"pool": "ready"}  # lifespan state: copied into every request's scope
             _append(self.marker, "lifespan-shutdown")
 
@@ -44,7 +50,7 @@ class Life:
 
         @api.get("/state")
         def state(request: Request) -> dict[str, Any]:
-            return {"started": request.app.state.started, "pool": request.state.pool, "pid": os.getpid()}
+            return {"started": request.app.state.started, "pool": request.state.pool, "pid": container_id()}
 
         return api
 
@@ -53,7 +59,7 @@ class Life:
         _append(self.marker, "exit")
 
 
-@app.cls(cpu=0.01, scaledown_window=60)
+@app.cls(cpu=(0.01, 8), scaledown_window=60)
 class Broken:
     @corral.asgi_app(label="broken")
     def web(self) -> FastAPI:
@@ -65,7 +71,7 @@ class Broken:
         return FastAPI(lifespan=lifespan)
 
 
-@app.cls(cpu=0.01, scaledown_window=60)
+@app.cls(cpu=(0.01, 8), scaledown_window=60)
 class Bare:
     """A plain ASGI callable that knows only HTTP: it raises on the lifespan scope."""
 

@@ -103,8 +103,8 @@ def test_a_broken_batch_fails_every_input_with_the_same_error(running: corral.Cl
     assert len({str(o) for o in outcomes}) == 1
 
 
-def test_scale_up_from_zero_starts_containers_in_parallel(running: corral.Client, tmp_path: Path) -> None:
-    events = tmp_path / "enter.log"
+def test_scale_up_from_zero_starts_containers_in_parallel(running: corral.Client, shared_dir: Path) -> None:
+    events = shared_dir / "enter.log"
     obj = serving_app.SlowStart(events=str(events))
     with ThreadPoolExecutor(8) as pool:
         pids = list(pool.map(lambda _: obj.work.remote(0.5), range(8)))
@@ -114,10 +114,10 @@ def test_scale_up_from_zero_starts_containers_in_parallel(running: corral.Client
     assert all(float(start) < first_end for _, _, start, _ in enters), "containers were started one after another"
 
 
-def test_queue_bound_refuses_with_a_clear_error_and_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_queue_bound_refuses_with_a_clear_error_and_loses_nothing(tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORRAL_MAX_QUEUE", "5")
     cluster = start_cluster(tmp_path / "home")
-    release = tmp_path / "release"
+    release = shared_dir / "release"
     try:
         client = client_for(cluster)
         with serving_app.bound_app.run(client=client):
@@ -133,8 +133,8 @@ def test_queue_bound_refuses_with_a_clear_error_and_loses_nothing(tmp_path: Path
         cluster.stop()
 
 
-def test_a_hot_service_does_not_starve_another(running: corral.Client, tmp_path: Path) -> None:
-    release = tmp_path / "release"
+def test_a_hot_service_does_not_starve_another(running: corral.Client, shared_dir: Path) -> None:
+    release = shared_dir / "release"
     blocker = serving_app.Blocker()
     calls = [blocker.hold.spawn(str(release)) for _ in range(200)]
     try:

@@ -187,8 +187,8 @@ def test_asgi_app_serves_its_routes_under_the_class_prefix(running, http: httpx.
     assert http.get("/web-dev/site/hello/cy").json()["message"] == "hi cy"
 
 
-def test_asgi_lifespan_runs_at_start_and_at_a_graceful_stop(cluster: Cluster, http: httpx.Client, tmp_path: Path) -> None:
-    marker = tmp_path / "lifespan.log"
+def test_asgi_lifespan_runs_at_start_and_at_a_graceful_stop(cluster: Cluster, http: httpx.Client, shared_dir: Path) -> None:
+    marker = shared_dir / "lifespan.log"
     with web_lifespan_app.app.run(client=client_for(cluster)):
         state = http.get("/web-lifespan-dev/life/state", params={"marker": str(marker)})
         assert state.status_code == 200, state.text
@@ -206,8 +206,8 @@ def test_asgi_lifespan_runs_at_start_and_at_a_graceful_stop(cluster: Cluster, ht
     assert marker.read_text().splitlines() == ["enter", "build", "lifespan-startup", "lifespan-shutdown", "exit"]
 
 
-def test_asgi_streaming_response_passes_through(running, http: httpx.Client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    release = tmp_path / "release"
+def test_asgi_streaming_response_passes_through(running, http: httpx.Client, shared_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    release = shared_dir / "release"
     with http.stream("GET", "/web-dev/site/stream", params={"release": str(release)}) as response:
         lines = response.iter_lines()
         # The first chunk arrives while the app still waits: nothing is buffered along the way.

@@ -30,7 +30,7 @@ def _gb() -> float:
     return float(os.environ.get("CORRAL_BENCH_GB", "1"))
 
 
-@app.cls(enable_memory_snapshot=True, scaledown_window=1, max_containers=4, cpu=0.01, memory=64)
+@app.cls(enable_memory_snapshot=True, scaledown_window=1, max_containers=4, cpu=(0.01, 8), memory=(64, 8192))
 class Snapshotted:
     @corral.enter(snap=True)
     def load(self):
@@ -42,7 +42,7 @@ class Snapshotted:
         return {"container": os.environ["CORRAL_CONTAINER_ID"], "entries": len(self.state["objects"])}
 
 
-@app.cls(scaledown_window=1, max_containers=4, cpu=0.01, memory=64)
+@app.cls(scaledown_window=1, max_containers=4, cpu=(0.01, 8), memory=(64, 8192))
 class Cold:
     @corral.enter()
     def load(self):

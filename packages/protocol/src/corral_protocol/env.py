@@ -73,5 +73,11 @@ CORRAL_SIMULATE_GPUS = "CORRAL_SIMULATE_GPUS"
 """GPUs a node declares instead of reading NVML, e.g. `H100:8` or `H100:4,A100-80GB:4` (also read by
 the node `corral up` embeds): for tests and capacity planning only; `corral node list` says "simulated"."""
 
+CORRAL_NODE_ISOLATION = "CORRAL_NODE_ISOLATION"
+"""`auto` (runc where the node is root and has it, else plain processes), `runc`, or `none` (plain
+processes, no isolation; also read by the node `corral up` embeds)."""
+CORRAL_NODE_VOLUMES = "CORRAL_NODE_VOLUMES"
+"""Host directories every container of the node sees, `HOST[:CONTAINER][:ro|rw]`, comma-separated."""
+
 NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME)
 """The node's own credentials and state, never passed on to a container's environment."""

@@ -8,6 +8,7 @@ import os
 import signal
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from corral_protocol.v1 import node_pb2, worker_pb2
 from corral_runtime import namespaces
@@ -17,8 +18,9 @@ STDERR_TAIL_LINES = 30
 
 @dataclass
 class ContainerProcess:
-    """One running container: a cold-started worker, a taking worker in its own pid namespace, or
-    a `criu restore` standing in for a restored worker."""
+    """One running container: a cold-started worker, a taking worker in its own pid namespace, a
+    `criu restore` standing in for a restored worker, or (isolated) `runc run` / `runc restore`
+    standing in for the worker in its container."""
 
     container_id: str
     process: asyncio.subprocess.Process
@@ -35,12 +37,19 @@ class ContainerProcess:
     # A lazy restore's `criu lazy-pages` daemon, until it has served every page (then it exits by
     # itself) or the container is gone (then the node ends it).
     lazy_pages: asyncio.subprocess.Process | None = None
+    # Containers run by runc: the file runc writes the worker's host pid to.
+    pid_file: Path | None = None
+    # The previous CPU time reading (seconds of CPU, monotonic time), for the CPU rate in heartbeats.
+    cpu_sample: tuple[float, float] | None = None
 
     def signal_pid(self) -> int | None:
         """The worker's host pid when it runs in its own pid namespace, else None."""
         if not self.in_namespace:
             return None
-        if not self.worker_pid:
+        if not self.worker_pid and self.pid_file is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.worker_pid = int(self.pid_file.read_text().strip() or 0)
+        elif not self.worker_pid:
             self.worker_pid = namespaces.child_pid(self.process.pid) or 0
         return self.worker_pid or None
 
@@ -50,7 +59,8 @@ class ContainerProcess:
         if worker_pid is not None:  # pid 1 of its namespace: SIGKILL ends the whole namespace
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(worker_pid, sig)
-            if sig != signal.SIGKILL:
+            # runc stays the container's parent and exits once its pid 1 is gone: leave it be.
+            if sig != signal.SIGKILL or self.pid_file is not None:
                 return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import zipfile
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
@@ -23,10 +24,11 @@ import grpc
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
 from corral_protocol import env as corral_env
 from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
-from corral_runtime import criu, namespaces
+from corral_runtime import criu, namespaces, oci, runtimes
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
 from corral_runtime.redaction import Redactor, secret_keys
+from corral_runtime.runc import RuncRuntime, parse_volumes
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
 from corral_runtime.snapshots import IDENTITY_FILE, CriuError, SnapshotStore
 from corral_runtime.snapshotter import LAZY_PAGES_ENV, Snapshotter, release_lazy_pages
@@ -37,6 +39,7 @@ log = logging.getLogger("corral.runtime")
 
 # Credentials of the node or the user never reach a container: it gets only its own token.
 _SCRUBBED_ENV = corral_env.NODE_CREDENTIALS
+MIB = 1024 * 1024
 
 
 class NodeDaemon:
@@ -55,6 +58,8 @@ class NodeDaemon:
         advertise_host: str = "127.0.0.1",
         lazy_pages: str | None = None,
         simulate_gpus: str | None = None,
+        isolation: str | None = None,
+        volumes: str | None = None,
     ) -> None:
         self.control_url = control_url
         self.target = control_url.split("://", 1)[-1]
@@ -73,19 +78,56 @@ class NodeDaemon:
         self._log_stream = log_stream or sys.stderr
         self.registered = asyncio.Event()
         self.advertise_host = advertise_host  # where this node's containers accept direct inputs
+        self.sandbox = self._sandbox(isolation, volumes)
         self.snapshots: SnapshotStore | None = None
         self.snapshotter: Snapshotter | None = None
         criu_path = criu.find_criu() if self.inventory.snapshots.available else None
+        if self.sandbox is not None and not self.sandbox.capabilities.checkpoint_restore:
+            criu_path = None
+            self.inventory.snapshots.available = False
+            self.inventory.snapshots.reason = f"the container runtime ({self.sandbox.name}) cannot checkpoint containers"
         if criu_path is not None:
-            self.snapshots = SnapshotStore(work_dir / "snapshots", criu_path, self.inventory.snapshots.criu_version)
+            self.snapshots = SnapshotStore(work_dir / "snapshots", criu_path, self.inventory.snapshots.criu_version,
+                                           runtime=self.sandbox.name if self.sandbox is not None else "process")
             removed = self.snapshots.collect_garbage()
             if removed:
                 log.info("removed %d snapshot image(s) this host can no longer restore", removed)
             self.snapshotter = Snapshotter(
                 self.snapshots, gpu_checkpoint=self.inventory.snapshots.gpu_checkpoint,
                 lazy_pages=lazy_pages if lazy_pages is not None else os.environ.get(LAZY_PAGES_ENV),
-                spawn_task=self._spawn_task,
+                spawn_task=self._spawn_task, sandbox=self.sandbox,
             )
+
+    def _sandbox(self, setting: str | None, volumes: str | None) -> runtimes.OciRuntime | None:
+        """The runc runtime, or None (plain processes, with a loud warning) where it cannot run.
+        Removes this node's leftover containers from an earlier run and starts its reaper."""
+        isolation = runtimes.detect(setting if setting is not None else os.environ.get(corral_env.CORRAL_NODE_ISOLATION))
+        runtime: RuncRuntime | None = None
+        if isolation.mode == "runc":
+            private = [Path(os.environ[corral_env.CORRAL_HOME])] if os.environ.get(corral_env.CORRAL_HOME) else []
+            try:
+                runtime = RuncRuntime(isolation.runtime_path, self.work_dir, cgroup_version=isolation.cgroup_version,
+                                      volumes=parse_volumes(volumes if volumes is not None else os.environ.get(corral_env.CORRAL_NODE_VOLUMES, "")),
+                                      private_paths=private)
+                leftovers = runtime.sweep()
+                if leftovers:
+                    log.warning("removed %d container(s) an earlier run of this node left behind", leftovers)
+                runtime.start_reaper()
+            except (OSError, ValueError) as err:
+                isolation = runtimes.Isolation("none", f"runc could not be set up: {err}")
+                runtime = None
+        if runtime is None:
+            log.warning(
+                "CONTAINERS ARE NOT ISOLATED on this node: %s. They run as plain processes of the node's user and "
+                "can read its files (the admin token included), signal its processes and use any amount of CPU and "
+                "memory. Run the node as root with runc installed to isolate them.", isolation.reason,
+            )
+        else:
+            log.info("containers: runc (%s), cgroup v%d", runtime.runc, isolation.cgroup_version)
+        self.inventory.isolation.CopyFrom(common_pb2.ContainerIsolation(
+            mode=isolation.mode, reason=isolation.reason, cgroup_version=isolation.cgroup_version,
+        ))
+        return runtime
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting to the control plane when the connection drops."""
@@ -148,7 +190,26 @@ class NodeDaemon:
         images = [image.to_proto() for image in self.snapshots.images()] if self.snapshots is not None else []
         if self.gpu_source is not None:
             self.inventory = with_gpus(self.inventory, self.gpu_source.read())
-        return node_pb2.NodeHeartbeat(running_containers=list(self.containers), snapshots=images, inventory=self.inventory)
+        return node_pb2.NodeHeartbeat(running_containers=list(self.containers), snapshots=images, inventory=self.inventory,
+                                      usage=self._usage())
+
+    def _usage(self) -> list[common_pb2.ContainerUsage]:
+        """Each isolated container's memory and CPU against its limits, from its cgroup."""
+        if self.sandbox is None:
+            return []
+        now = time.monotonic()
+        reports = []
+        for container_id, container in self.containers.items():
+            usage = self.sandbox.usage(container_id)
+            previous, container.cpu_sample = container.cpu_sample, (usage.cpu_seconds, now)
+            cores = 0.0
+            if previous is not None and now > previous[1]:
+                cores = max(0.0, (usage.cpu_seconds - previous[0]) / (now - previous[1]))
+            reports.append(common_pb2.ContainerUsage(
+                container_id=container_id, memory_bytes=usage.memory_bytes, memory_limit_bytes=usage.memory_limit_bytes,
+                cpu_cores=cores, cpu_limit=usage.cpu_limit, cpu_seconds=usage.cpu_seconds,
+            ))
+        return reports
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -186,7 +247,7 @@ class NodeDaemon:
             corral_env.CORRAL_CONTAINER_ID: start.container_id,
             corral_env.CORRAL_CONTAINER_TOKEN: start.container_token,
             corral_env.CORRAL_CONTROL_URL: self.control_url,
-            corral_env.CORRAL_BUNDLE_DIR: str(bundle),
+            corral_env.CORRAL_BUNDLE_DIR: oci.BUNDLE_MOUNT if self.sandbox is not None else str(bundle),
             corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(start),
             "PYTHONUNBUFFERED": "1",
@@ -211,7 +272,7 @@ class NodeDaemon:
             if image is not None:
                 assert self.snapshotter is not None
                 try:
-                    container = await self.snapshotter.restore(start, image, workdir, container_env)
+                    container = await self.snapshotter.restore(start, image, workdir, container_env, bundle)
                 except (CriuError, OSError) as err:
                     snapshot_error = str(err)
                     log.warning("container %s: restore of snapshot %s failed, starting cold instead: %s",
@@ -219,9 +280,11 @@ class NodeDaemon:
                     assert self.snapshots is not None
                     self.snapshots.remove(image.path)  # corrupt or unusable here; the next start takes a new one
             if container is None:
-                container = await self._spawn(start, workdir, container_env)
+                container = await self._spawn(start, workdir, container_env, bundle)
         except Exception as err:
             log.exception("cannot start container %s", container_id)
+            if self.sandbox is not None:
+                await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
             self._emit(container_exited=node_pb2.ContainerExited(container_id=container_id, exit_code=-1, reason=f"the node could not start it: {err}"))
             return
         restored = image is not None and not snapshot_error
@@ -241,6 +304,13 @@ class NodeDaemon:
         await release_lazy_pages(container, self.work_dir / "containers" / container_id)
         with contextlib.suppress(OSError):  # a worker that died before reading its identity leaves its secrets there
             (self.work_dir / "containers" / container_id / IDENTITY_FILE).unlink()
+        if self.sandbox is not None and container.pid_file is not None:
+            usage = await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
+            if code > 128:  # runc reports a container killed by signal N as 128 + N
+                code = 128 - code
+            if (usage.oom_kills or (code == -signal.SIGKILL and usage.limit_hits)) and not container.kill_reason:
+                limit = f" (limit {usage.memory_limit_bytes // MIB} MiB)" if usage.memory_limit_bytes else ""
+                container.kill_reason = f"out of memory{limit}"
         if container.stdin_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(container.stdin_fd)
@@ -250,17 +320,15 @@ class NodeDaemon:
             container_id=container_id, exit_code=code, reason=reason, stderr_tail="".join(container.stderr_tail),
         ))
 
-    async def _spawn(self, start: node_pb2.StartContainer, workdir: Path, container_env: dict[str, str]) -> ContainerProcess:
+    async def _spawn(self, start: node_pb2.StartContainer, workdir: Path, container_env: dict[str, str], bundle: Path) -> ContainerProcess:
         """A cold start. When it is to take a snapshot, the worker runs as pid 1 of its own pid
         namespace, without secrets, its real token or GPUs; those come with its identity after the dump."""
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         argv = [sys.executable, "-m", "corral_runtime.worker"]
         take = start.take_snapshot and self.snapshots is not None
+        gpu_visible = not take or self.inventory.snapshots.gpu_checkpoint
         cwd = workdir
         if take:
-            cwd = self.work_dir / "snapshot-cwd"  # outlives this container: restored copies start there
-            cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
-            gpu_visible = self.inventory.snapshots.gpu_checkpoint
             env.update({
                 corral_env.CORRAL_CONTAINER_ID: start.container_id,
                 corral_env.CORRAL_CONTAINER_TOKEN: start.pre_snapshot_token,
@@ -269,18 +337,48 @@ class NodeDaemon:
                 "CUDA_VISIBLE_DEVICES": container_env["CUDA_VISIBLE_DEVICES"] if gpu_visible else "",
                 "PYTHONUNBUFFERED": "1",
             })
-            argv = namespaces.command(argv)
         else:
             env.update(container_env)
-        process = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE if take else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-        )
-        container = ContainerProcess(start.container_id, process, in_namespace=take)
+        stdin = asyncio.subprocess.PIPE if take else asyncio.subprocess.DEVNULL
+        if self.sandbox is not None:
+            # The worker's environment is in config.json; runc itself runs with the node's.
+            env.pop("TMPDIR", None)  # the host's; the container has its own /tmp
+            env.update(HOME=oci.CONTAINER_CWD, PYTHONDONTWRITEBYTECODE="1")
+            self._prepare_sandbox(start, workdir, argv, env, bundle, gpu_visible=gpu_visible)
+            process = await asyncio.create_subprocess_exec(
+                *self.sandbox.run_argv(start.container_id, workdir), cwd=workdir, stdin=stdin,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            )
+            container = ContainerProcess(start.container_id, process, in_namespace=True, pid_file=self.sandbox.pid_file(workdir))
+            identity_workdir = oci.CONTAINER_CWD
+        else:
+            if take:
+                cwd = self.work_dir / "snapshot-cwd"  # outlives this container: restored copies start there
+                cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
+                argv = namespaces.command(argv)
+            process = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=env, stdin=stdin,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            )
+            container = ContainerProcess(start.container_id, process, in_namespace=take)
+            identity_workdir = str(workdir)
         if take:
             container.start = start
-            container.identity = worker_pb2.SnapshotIdentity(env=container_env, workdir=str(workdir), restored=False)
+            container.identity = worker_pb2.SnapshotIdentity(env=container_env, workdir=identity_workdir, restored=False)
         return container
+
+    def _prepare_sandbox(self, start: node_pb2.StartContainer, workdir: Path, argv: list[str], env: dict[str, str], bundle: Path,
+                      *, gpu_visible: bool) -> None:
+        """The container's OCI bundle and cgroup, its limits from the class's cpu= and memory=."""
+        assert self.sandbox is not None
+        if (start.gpu_indices or start.gpu_uuids) and gpu_visible and not self.sandbox.capabilities.gpu:
+            raise RuntimeError(f"this node's container runtime ({self.sandbox.name}) cannot give containers GPUs")
+        resources = start.resources
+        self.sandbox.prepare(
+            start.container_id, workdir, args=argv, env=env, code_bundle=bundle,
+            cpu=resources.cpu_limit, memory_mib=resources.memory_limit_mib,
+            gpu_indices=list(start.gpu_indices) if gpu_visible else [],
+        )
 
     async def _take_snapshot(self, container: ContainerProcess) -> None:
         """The worker reached its snapshot point: the snapshotter dumps it; the result goes to the control plane."""
@@ -337,3 +435,5 @@ class NodeDaemon:
         await asyncio.gather(*(self._stop(cid, grace_s) for cid in list(self.containers)))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.stop_reaper)  # it removes anything still left

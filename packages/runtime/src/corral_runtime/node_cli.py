@@ -22,7 +22,7 @@ from pathlib import Path
 
 from corral_protocol import env as corral_env
 from corral_protocol import gpus
-from corral_runtime import criu
+from corral_runtime import criu, runtimes
 from corral_runtime.node import LAZY_PAGES_ENV, NodeDaemon
 
 _TOKEN_ON_ARGV = (
@@ -74,6 +74,16 @@ def parser() -> argparse.ArgumentParser:
         help="declare GPUs that do not exist instead of reading NVML, e.g. H100:8 or H100:4,A100-80GB:4: for tests and "
              f"capacity planning only; `corral node list` shows them as simulated (default ${corral_env.CORRAL_SIMULATE_GPUS})",
     )
+    p.add_argument(
+        "--isolation", choices=runtimes.ISOLATION_SETTINGS, default=os.environ.get(corral_env.CORRAL_NODE_ISOLATION) or "auto",
+        help="run containers with runc (auto: when the node is root and runc is installed) or as plain processes "
+             f"with no isolation (none); default auto, or ${corral_env.CORRAL_NODE_ISOLATION}",
+    )
+    p.add_argument(
+        "--volume", action="append", default=[],
+        help="a host directory every container sees, HOST[:CONTAINER][:ro|rw] (read-write unless :ro); repeatable "
+             f"(also ${corral_env.CORRAL_NODE_VOLUMES}, comma-separated)",
+    )
     return p
 
 
@@ -93,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     work_dir = Path(args.work_dir or Path.home() / ".local" / "share" / "corral-node")
     daemon = NodeDaemon(args.server, token, work_dir, name=args.name, advertise_host=args.advertise_host,
-                        lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus)
+                        lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus, isolation=args.isolation,
+                        volumes=",".join(args.volume) if args.volume else None)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -2,13 +2,15 @@
 
 At the snapshot point the worker holds no connection. The node dumps it (or, later, restores a copy
 of it in a new container), writes the worker's identity and environment to a file and writes that
-file's path as one line on the worker's stdin, a pipe. The worker reads it, deletes the file,
+file's path as one line on the worker's stdin, a pipe (a container isolated by runc, which sees no
+node file, gets the identity itself on that line, as JSON). The worker reads it, deletes the file,
 applies it, reseeds its random generators and reconnects. Secrets and per-container values arrive
 only this way, after the dump, so they never enter an image.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import sys
@@ -19,6 +21,8 @@ from corral_protocol.v1 import worker_pb2
 
 # The line a worker prints on stdout at its snapshot point; the node dumps it when it reads it.
 SNAPSHOT_POINT_LINE = "\x00corral-snapshot-point"
+# A stdin line that carries the identity itself (base64 of the SnapshotIdentity), not a file's path.
+INLINE_PREFIX = "inline:"
 
 
 class SnapshotPointError(Exception):
@@ -35,6 +39,12 @@ def wait_for_identity() -> worker_pb2.SnapshotIdentity:
         raise SnapshotPointError("the node closed stdin at the snapshot point")
     path = line.decode().strip()
     identity = worker_pb2.SnapshotIdentity()
+    if path.startswith(INLINE_PREFIX):
+        try:
+            identity.ParseFromString(base64.b64decode(path[len(INLINE_PREFIX):], validate=True))
+        except (ValueError, DecodeError) as err:
+            raise SnapshotPointError(f"unreadable identity: {err}") from err
+        return identity
     try:
         with open(path, "rb") as f:
             identity.ParseFromString(f.read())

@@ -21,6 +21,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +50,13 @@ def cpu_flags() -> str:
     return platform.machine()
 
 
-def host_fingerprint(criu_version: str) -> str:
-    """What must match between dump and restore besides the service itself."""
+def host_fingerprint(criu_version: str, runtime: str = "process") -> str:
+    """What must match between dump and restore besides the service itself (the container runtime
+    too: a runc checkpoint is restored only by runc)."""
     uname = os.uname()
     parts = [sys.version, sys.executable, f"criu {criu_version}", uname.release, uname.version, uname.machine, cpu_flags()]
+    if runtime != "process":
+        parts.append(f"runtime {runtime}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -96,10 +100,10 @@ def _private_dir(path: Path) -> None:
 class SnapshotStore:
     """The images of one node. Every method is cheap filesystem work, safe on the event loop."""
 
-    def __init__(self, root: Path, criu: str, criu_version: str) -> None:
+    def __init__(self, root: Path, criu: str, criu_version: str, *, runtime: str = "process") -> None:
         self.root = root
         self.criu = criu
-        self.fingerprint = host_fingerprint(criu_version)
+        self.fingerprint = host_fingerprint(criu_version, runtime)
         self.restores: dict[str, int] = {}
         _private_dir(root)
 
@@ -165,8 +169,11 @@ class SnapshotStore:
                 app_dir.rmdir()  # only when empty
         return removed
 
-    async def dump(self, pid: int, app_id: str, snapshot_key: str, meta: dict[str, object]) -> Image:
-        """Dump the process tree rooted at `pid` (left running) as the image for this key."""
+    async def dump(self, pid: int, app_id: str, snapshot_key: str, meta: dict[str, object],
+                   checkpoint_argv: Callable[[Path], list[str]] | None = None) -> Image:
+        """Dump the process tree rooted at `pid` (left running) as the image for this key; with
+        `checkpoint_argv` (an image directory -> argv, e.g. `runc checkpoint --leave-running`), that
+        command dumps it instead of `criu dump` (its log is dump.log in the image directory too)."""
         final = self.image_dir(app_id, snapshot_key)
         _private_dir(final.parent)
         staging = final.with_name(f"{final.name}.dump{os.getpid()}.{time.monotonic_ns()}")
@@ -174,7 +181,9 @@ class SnapshotStore:
         stdio = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in range(3)]
         try:
             started = time.monotonic()
-            await run_criu([self.criu, "dump", "-t", str(pid), "-D", str(staging), "--leave-running", "-o", "dump.log"], staging, "dump.log")
+            argv = checkpoint_argv(staging) if checkpoint_argv is not None else [
+                self.criu, "dump", "-t", str(pid), "-D", str(staging), "--leave-running", "-o", "dump.log"]
+            await run_criu(argv, staging, "dump.log")
             files = {f.name: f.stat().st_size for f in staging.iterdir() if f.is_file() and f.name.endswith(".img")}
             size = sum(files.values())
             meta = {

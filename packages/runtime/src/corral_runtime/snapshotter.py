@@ -8,10 +8,12 @@ Images themselves (where they live, their keys, CRIU's argv) are `corral_runtime
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from corral_protocol import env
 from corral_protocol.v1 import node_pb2, worker_pb2
 from corral_runtime import criu
 from corral_runtime.container_process import ContainerProcess
+from corral_runtime.runtimes import OciRuntime
+from corral_runtime.snapshot_point import INLINE_PREFIX
 from corral_runtime.snapshots import (
     LAZY_PAGES_LOG,
     LAZY_PAGES_SOCKET,
@@ -34,6 +38,9 @@ from corral_runtime.snapshots import (
 )
 
 log = logging.getLogger("corral.runtime")
+
+RUNC_PIDFILE = "container.pid"
+RUNC_RESTORE_LOG = "restore.log"  # runc's name for CRIU's restore log, in the work path
 
 # Lazy-pages restores (CRIU with userfaultfd): the switch's environment variable, how long the
 # `criu lazy-pages` daemon may take to listen, and after how many failed lazy restores (each then
@@ -50,8 +57,10 @@ class Snapshotter:
 
     `spawn_task` runs a background coroutine for the node (the watch over a lazy-pages daemon)."""
 
-    def __init__(self, store: SnapshotStore, *, gpu_checkpoint: bool, lazy_pages: str | None, spawn_task: SpawnTask) -> None:
+    def __init__(self, store: SnapshotStore, *, gpu_checkpoint: bool, lazy_pages: str | None, spawn_task: SpawnTask,
+                 sandbox: OciRuntime | None = None) -> None:
         self.store = store
+        self.sandbox = sandbox  # containers run by runc: `runc checkpoint` and `runc restore` drive CRIU
         self._spawn_task = spawn_task
         self._dump_locks: dict[str, asyncio.Lock] = {}
         self._gpu_checkpoint = gpu_checkpoint
@@ -81,15 +90,16 @@ class Snapshotter:
         return True
 
     async def restore(
-        self, start: node_pb2.StartContainer, image: Image, workdir: Path, container_env: dict[str, str],
+        self, start: node_pb2.StartContainer, image: Image, workdir: Path, container_env: dict[str, str], bundle: Path,
     ) -> ContainerProcess:
         """Restore `image` as this container: criu restores the worker at its snapshot point, with
         new pipes as its stdio; the node then hands it its identity. With lazy pages on, a failed
-        lazy restore is retried eagerly (and a failed eager restore is the caller's cold start)."""
+        lazy restore is retried eagerly (and a failed eager restore is the caller's cold start).
+        `bundle` is the container's code bundle (runc mounts it where the image expects it)."""
         self.store.check(image)
         if self.lazy_pages:
             try:
-                return await self._restore_once(start, image, workdir, container_env, lazy=True)
+                return await self._restore_once(start, image, workdir, container_env, bundle, lazy=True)
             except (CriuError, OSError) as err:
                 self._lazy_failures += 1
                 log.warning("container %s: lazy restore of snapshot %s failed, restoring it eagerly instead: %s",
@@ -97,12 +107,12 @@ class Snapshotter:
                 if self._lazy_failures >= LAZY_PAGES_MAX_FAILURES and self.lazy_pages:
                     self.lazy_pages = False
                     log.warning("snapshot restores: %d lazy restores failed; this node restores eagerly from now on", self._lazy_failures)
-                for name in (PIDFILE, LAZY_PAGES_SOCKET):
+                for name in (PIDFILE, LAZY_PAGES_SOCKET, RUNC_PIDFILE):
                     with contextlib.suppress(OSError):
                         (workdir / name).unlink()
                 with contextlib.suppress(OSError):
                     os.replace(workdir / RESTORE_LOG, workdir / f"lazy-{RESTORE_LOG}")
-        return await self._restore_once(start, image, workdir, container_env, lazy=False)
+        return await self._restore_once(start, image, workdir, container_env, bundle, lazy=False)
 
     async def _start_lazy_pages(self, image: Image, workdir: Path) -> asyncio.subprocess.Process:
         """Start the `criu lazy-pages` daemon for one lazy restore into `workdir`; returns once it listens."""
@@ -146,11 +156,13 @@ class Snapshotter:
         return daemon
 
     async def _restore_once(
-        self, start: node_pb2.StartContainer, image: Image, workdir: Path, container_env: dict[str, str], *, lazy: bool,
+        self, start: node_pb2.StartContainer, image: Image, workdir: Path, container_env: dict[str, str], bundle: Path, *, lazy: bool,
     ) -> ContainerProcess:
         loop = asyncio.get_running_loop()
         began = loop.time()
         daemon = await self._start_lazy_pages(image, workdir) if lazy else None
+        if self.sandbox is not None:
+            return await self._restore_runc(start, image, workdir, container_env, bundle, daemon, began)
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
@@ -201,6 +213,68 @@ class Snapshotter:
         hand_identity(container, worker_pb2.SnapshotIdentity(env=container_env, workdir=str(workdir), restored=True), workdir)
         return container
 
+    async def _restore_runc(
+        self, start: node_pb2.StartContainer, image: Image, workdir: Path, container_env: dict[str, str], bundle: Path,
+        daemon: asyncio.subprocess.Process | None, began: float,
+    ) -> ContainerProcess:
+        """`runc restore` of a checkpoint as this container: a new OCI bundle and cgroup (its own
+        limits), the image's mounts at the same places, runc's stdio (new pipes) as the worker's."""
+        runc = self.sandbox
+        assert runc is not None
+        loop = asyncio.get_running_loop()
+        lazy_ready = loop.time() - began
+        resources = start.resources
+        runc.prepare(start.container_id, workdir, args=[sys.executable, "-m", "corral_runtime.worker"], env={"HOME": "/tmp"},
+                     code_bundle=bundle, cpu=resources.cpu_limit, memory_mib=resources.memory_limit_mib,
+                     gpu_indices=list(start.gpu_indices))
+        pid_file = runc.pid_file(workdir)
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *runc.restore_argv(start.container_id, image.path, workdir, lazy=daemon is not None), cwd=workdir,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except BaseException:
+            if daemon is not None:
+                await _end_lazy_pages(daemon)
+            await runc.remove(start.container_id, workdir)
+            raise
+        container = ContainerProcess(start.container_id, process, in_namespace=True, lazy_pages=daemon, pid_file=pid_file)
+        deadline = began + RESTORE_TIMEOUT_S
+        try:
+            while not pid_file.exists() or not pid_file.read_text().strip():
+                if process.returncode is not None:
+                    raise CriuError(f"runc restore failed: {criu_log_errors(workdir / RUNC_RESTORE_LOG) or await _stderr_tail(process)}")
+                # runc writes its pid file only once the whole restore is done; by then a small
+                # image's lazy-pages daemon may have served every page and exited 0.
+                if daemon is not None and daemon.returncode not in (None, 0):
+                    raise CriuError(f"criu lazy-pages failed during the restore: {criu_log_errors(workdir / LAZY_PAGES_LOG) or f'exit status {daemon.returncode}'}")
+                if loop.time() > deadline:
+                    raise CriuError(f"runc restore did not finish in {RESTORE_TIMEOUT_S:g} s")
+                await asyncio.sleep(0.005)
+            container.worker_pid = int(pid_file.read_text().strip())
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(process.wait(), timeout=10)
+            if daemon is not None:
+                await _end_lazy_pages(daemon)
+            await runc.remove(start.container_id, workdir)
+            raise
+        self.store.count_restore(start.snapshot_key)
+        log.info("container %s restored from snapshot %s in %.3f s (%d MB image%s) by runc; criu restore %.3f s%s",
+                 start.container_id, start.snapshot_key[:12], loop.time() - began,
+                 int(image.meta.get("size_bytes", 0)) // 1_000_000,  # type: ignore[call-overload]
+                 ", lazy pages" if daemon is not None else "", criu_log_seconds(workdir / RUNC_RESTORE_LOG),
+                 f", lazy-pages daemon ready after {lazy_ready:.3f} s" if daemon is not None else "")
+        if daemon is not None:
+            self._spawn_task(self._watch_lazy_pages(container, began, workdir))
+        hand_identity(container, worker_pb2.SnapshotIdentity(env=container_env, workdir="/tmp", restored=True), workdir)
+        return container
+
     async def _watch_lazy_pages(self, container: ContainerProcess, began: float, workdir: Path) -> None:
         """The lazy-pages daemon exits 0 once every page arrived (or the restored tree is gone). If
         it fails while the worker still runs, pages the worker has not touched yet can never
@@ -233,9 +307,11 @@ class Snapshotter:
             try:
                 if pid is None:
                     raise CriuError("the worker's pid is unknown")
+                runc = self.sandbox
+                checkpoint = (lambda image_dir: runc.checkpoint_argv(container.container_id, image_dir)) if runc is not None else None
                 image = await self.store.dump(pid, start.app_id, start.snapshot_key, {
                     "bundle_hash": start.bundle_hash, "class_name": start.class_name,
-                })
+                }, checkpoint_argv=checkpoint)
                 result.ok = True
                 result.image.CopyFrom(image.to_proto())
             except (CriuError, OSError) as err:
@@ -249,9 +325,13 @@ class Snapshotter:
 
 
 def hand_identity(container: ContainerProcess, identity: worker_pb2.SnapshotIdentity, workdir: Path) -> None:
-    """Write the worker's identity file and tell the worker its path, one line on its stdin."""
-    path = write_identity(workdir, identity)
-    line = f"{path}\n".encode()
+    """Hand the worker its identity, one line on its stdin: the path of a file the node writes
+    (the worker deletes it once read), or for a runc container, which sees no node file, the
+    identity itself (`inline:` and the message in base64)."""
+    if container.pid_file is not None:
+        line = f"{INLINE_PREFIX}{base64.b64encode(identity.SerializeToString()).decode()}\n".encode()
+    else:
+        line = f"{write_identity(workdir, identity)}\n".encode()
     if container.stdin_fd >= 0:
         os.write(container.stdin_fd, line)
     else:
@@ -277,6 +357,27 @@ async def _end_lazy_pages(daemon: asyncio.subprocess.Process) -> None:
             os.killpg(daemon.pid, signal.SIGKILL)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(daemon.wait(), timeout=10)
+
+
+def criu_log_seconds(path: Path) -> float:
+    """How long CRIU itself worked, from the timestamp of its log's last line ("(00.103260) ...")."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            last = f.read().decode(errors="replace").strip().splitlines()[-1]
+        return float(last[1:last.index(")")])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+async def _stderr_tail(process: asyncio.subprocess.Process) -> str:
+    """What a failed `runc restore` said (its last lines), or its exit status."""
+    text = b""
+    if process.stderr is not None:
+        with contextlib.suppress(asyncio.TimeoutError, OSError):
+            text = await asyncio.wait_for(process.stderr.read(), timeout=1)
+    lines = [line for line in text.decode(errors="replace").splitlines() if line.strip()]
+    return " | ".join(lines[-3:]) or f"exit status {process.returncode}"
 
 
 async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:

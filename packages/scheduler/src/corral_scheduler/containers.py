@@ -19,6 +19,7 @@ from corral_scheduler.autoscaler import init_backoff_s
 from corral_scheduler.effects import (
     ArmTimer,
     CancelTimer,
+    CloseWorkerSession,
     InitWorker,
     RelayHttp,
     RelayItem,
@@ -43,7 +44,8 @@ from corral_scheduler.events import (
     WorkerOutput,
     WorkerReady,
 )
-from corral_scheduler.lifecycle import ContainerState
+from corral_scheduler.inputs import timer_key
+from corral_scheduler.lifecycle import ContainerState, InputState
 from corral_scheduler.model import Container, Service, failure
 from corral_scheduler.placement import Unplaceable
 from corral_scheduler.snapshot_keys import StartMode
@@ -102,6 +104,8 @@ class Containers:
         try:
             placement = core.nodes.place(service.options.resources, key)
         except Unplaceable as err:
+            if not core.nodes.connected_nodes() and core.now < core.nodes.rejoin_until:
+                return False  # after a restart, recovered calls wait for the nodes to come back
             core.inputs.fail_queue(service, failure(S.RESULT_STATUS_INTERNAL_ERROR, f"cannot start {service.class_def.name}: {err}"))
             return False
         if placement is None:
@@ -269,8 +273,27 @@ class Containers:
             return
         if container.state.is_connected:
             self.core.move_container(container, CS.LOST, "its session ended")
+        self._requeue_undelivered(container, event.undelivered)
         self.core.emit(ArmTimer(_lost_key(container.container_id), self.core.LOST_WORKER_GRACE_S,
                                 LostWorkerGraceExpired(container.container_id)))
+
+    def _requeue_undelivered(self, container: Container, call_ids: tuple[str, ...]) -> None:
+        """Inputs that never left the plane never started: back to the front of the queue, the
+        attempt not counted, and onto another container at once."""
+        service = self.core.registry.services[container.service_id]
+        for call_id in reversed(call_ids):
+            inp = container.running.pop(call_id, None)
+            if inp is None or inp.done:
+                continue
+            self.core.emit(CancelTimer(timer_key(call_id)))
+            self.core.move_input(inp, InputState.QUEUED, f"never sent to {container.container_id}, whose stream ended")
+            inp.attempts -= 1
+            inp.container_id = None
+            inp.queued_at = self.core.now
+            self.core.durable.attempted(inp)
+            service.queue.appendleft(inp)
+        if call_ids:
+            self.core.dispatch.dispatch(service)
 
     def _lost_grace_expired(self, event: LostWorkerGraceExpired) -> None:
         self.gone(event.container_id, None, "the control plane lost its connection to the container", "")
@@ -326,6 +349,9 @@ class Containers:
         del self.containers[container.container_id]
         for key in (_stop_key, _start_key, _lost_key):
             self.core.emit(CancelTimer(key(container.container_id)))
+        # A worker whose container the plane forgot (its node was lost, say) must not live on outside
+        # the cluster: its session ends, and a worker without a session exits.
+        self.core.emit(CloseWorkerSession(container.container_id))
         self.tokens.pop(container.token, None)
         self.tokens.pop(container.pre_snapshot_token, None)
         self.core.snapshots.container_gone(container)
@@ -355,10 +381,13 @@ class Containers:
             message = f"{service.class_def.name}'s container exited before it was ready{code}: {why}"
             self.init_failure(service, failure(S.RESULT_STATUS_INIT_ERROR, message + detail, stderr_tail))
         for inp in list(container.running.values()):
-            message = f"the container running {service.class_def.name}.{inp.method} exited unexpectedly{code}: {why}{detail}"
+            if why.startswith("out of memory"):  # the kernel's verdict first: it is what the caller must fix
+                message = f"{why}: the container running {service.class_def.name}.{inp.method} was killed{code}{detail}"
+            else:
+                message = f"the container running {service.class_def.name}.{inp.method} exited unexpectedly{code}: {why}{detail}"
             self.core.inputs.fail_or_retry(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, message), service)
         container.running.clear()
         if exit_code not in (None, 0) or previous not in (CS.DRAINING, CS.KILLED):
             log.info("container %s exited%s: %s", container_id, code, why)
-        self.core.dispatch.dispatch(service)
         self.core.dispatch.scale_fairly()  # the freed capacity goes to the services with the fewest containers first
+        self.core.dispatch.dispatch(service)

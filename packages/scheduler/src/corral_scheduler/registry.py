@@ -222,7 +222,7 @@ class Registry:
         class_def = self.apps[event.app_id].class_defs[event.class_name]
         service = self.services[event.service_id] = Service(
             service_id=event.service_id, app_id=event.app_id, class_def=class_def, parameters=list(event.parameters),
-            options=merge_options(class_def.options, event.override),
+            options=merge_options(class_def.options, event.override), override=event.override,
         )
         self.core.dispatch.scale(service)
 

@@ -127,7 +127,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         size = len(request.args.data)
         if size > self.max_payload_bytes:  # the SDK checks first; this is the authority for every client
             raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
-        inp = self.plane.invoke(request.service_id, request.method, request.args)
+        inp = self.plane.invoke(request.service_id, request.method, request.args, durable=not request.wait)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)
         try:
@@ -335,7 +335,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             except Exception:
                 log.debug("worker stream of %s ended with an error", container_id, exc_info=True)
             finally:
-                outbox.put_nowait(None)
+                plane.close_worker_session(container_id, outbox)  # nothing more is sent there
 
         reader = asyncio.create_task(read())
         try:

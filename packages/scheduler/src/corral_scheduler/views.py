@@ -51,12 +51,14 @@ def container_infos(plane: ControlPlane, app_id: str = "") -> list[control_pb2.C
         if app_id and service.app_id != app_id:
             continue
         app = plane.apps[service.app_id]
+        node = plane.nodes.get(container.node_id)
+        usage = node.usage.get(container.container_id) if node is not None else None
         infos.append(control_pb2.ContainerInfo(
             container_id=container.container_id, app_id=app.app_id, app_name=app.name,
             class_name=service.class_def.name, service_id=service.service_id, node_id=container.node_id,
             state=container.state.wire, running_inputs=container.load, max_inputs=container.slots,
             started_at=container.started_at, inputs_served=container.inputs_served, parameters=service.parameters,
-            restored_from_snapshot=container.restored, history=history_lines(container.history.steps, time.monotonic()),
+            restored_from_snapshot=container.restored, usage=usage, history=history_lines(container.history.steps, time.monotonic()),
         ))
     return infos
 

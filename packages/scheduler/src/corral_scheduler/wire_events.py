@@ -16,7 +16,7 @@ def node_events(node_id: str, message: node_pb2.NodeSessionRequest) -> list[ev.E
     if kind == "heartbeat":
         heartbeat = message.heartbeat
         inventory = heartbeat.inventory if heartbeat.HasField("inventory") else None
-        return [ev.NodeHeartbeat(node_id, tuple(heartbeat.snapshots), inventory)]
+        return [ev.NodeHeartbeat(node_id, tuple(heartbeat.snapshots), tuple(heartbeat.running_containers), inventory, tuple(heartbeat.usage))]
     if kind == "container_exited":
         exited = message.container_exited
         return [ev.ContainerExited(exited.container_id, exited.exit_code, exited.reason, exited.stderr_tail, node_id)]

@@ -53,7 +53,10 @@ def _request_and_limit(name: str, value: Any, low: float, high: float) -> tuple[
         if limit < request:
             raise InvalidError(f"{name} limit {limit:g} is below its request {request:g}")
         return request, limit
-    return _number(name, value, low, high), 0.0
+    # One number is both the reservation and the hard limit (a CPU quota, a memory limit); a class
+    # that sets neither has no hard limit.
+    number = _number(name, value, low, high)
+    return number, number
 
 
 def build_options(

@@ -127,7 +127,8 @@ class App:
 
         - image: the environment recipe (see `Image`).
         - gpu: "A100", "H100:2", "any", or a list of fallbacks; placed on nodes whose NVML inventory matches.
-        - cpu, memory: cores and MiB reserved per container, or (request, limit) tuples.
+        - cpu, memory: cores and MiB per container, reserved for placement and enforced as a hard limit
+          (a CPU quota, a memory limit: the kernel kills a container above it); or (request, limit).
         - secrets: `Secret`s injected as environment variables.
         - timeout: seconds an input may run (default 300) before it fails with `FunctionTimeoutError`.
         - startup_timeout: seconds a container may take to start (imports, `@enter` hooks) before it

@@ -202,16 +202,28 @@ def cmd_container_list(args: argparse.Namespace) -> int:
         (c.app_name, c.class_name, c.service_id, c.container_id, states.get(c.state, "?"), f"{c.running_inputs}/{c.max_inputs}",
          c.inputs_served,
          ",".join(f"{p.name}={getattr(p.value, p.value.WhichOneof('kind') or 'string_value')!r}" for p in c.parameters) or "-",
-         c.node_id, _age(c.started_at))
+         c.node_id, _age(c.started_at), *_usage_columns(c))
         for c in sorted(containers, key=lambda c: (c.app_name, c.class_name, c.service_id, c.started_at))
     ]
-    print(table(("APP", "CLASS", "SERVICE", "CONTAINER ID", "STATE", "LOAD", "SERVED", "PARAMETERS", "NODE", "AGE"), rows))
+    print(table(("APP", "CLASS", "SERVICE", "CONTAINER ID", "STATE", "LOAD", "SERVED", "PARAMETERS", "NODE", "AGE", "MEMORY", "CPU"), rows))
     if args.verbose:
         for c in sorted(containers, key=lambda c: (c.app_name, c.class_name, c.service_id, c.started_at)):
             print(f"\n{c.container_id} ({c.class_name}):")
             for line in c.history:
                 print(f"  {line}")
     return 0
+
+
+def _usage_columns(container: control_pb2.ContainerInfo) -> tuple[str, str]:
+    """MEMORY (used/limit MiB) and CPU (cores used/limit), from the node's latest report; "-" when
+    the node reports none (containers without isolation)."""
+    if not container.HasField("usage"):
+        return "-", "-"
+    usage = container.usage
+    memory = f"{usage.memory_bytes / 2**20:.0f}"
+    memory += f"/{usage.memory_limit_bytes / 2**20:.0f} MiB" if usage.memory_limit_bytes else " MiB"
+    cpu = f"{usage.cpu_cores:.2f}" + (f"/{usage.cpu_limit:.2f}" if usage.cpu_limit else "")
+    return memory, cpu
 
 
 def cmd_node_list(args: argparse.Namespace) -> int:
@@ -231,6 +243,13 @@ def cmd_node_list(args: argparse.Namespace) -> int:
         state = (f"available (criu {snap.criu_version})" if snap.available
                  else f"unavailable ({snap.reason or 'not reported by this node'})")
         print(f"{n.name} ({n.node_id}): snapshots: {state}")
+        isolation = n.inventory.isolation
+        if isolation.mode == "none":
+            print(f"{n.name} ({n.node_id}): isolation: none ({isolation.reason}); containers are plain processes of the node's user")
+        elif isolation.mode:
+            print(f"{n.name} ({n.node_id}): isolation: {isolation.mode} (cgroup v{isolation.cgroup_version})")
+        else:
+            print(f"{n.name} ({n.node_id}): isolation: not reported by this node")
         for g in n.inventory.gpus if args.verbose else ():
             mig = {common_pb2.GPU_MIG_MODE_ENABLED: ", MIG on", common_pb2.GPU_MIG_MODE_DISABLED: ", MIG off"}.get(g.mig_mode, "")
             use = "in use" if g.uuid in n.gpus_in_use else "free"

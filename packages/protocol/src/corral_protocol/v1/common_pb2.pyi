@@ -1267,6 +1267,7 @@ class NodeInventory(_message.Message):
     DRIVER_VERSION_FIELD_NUMBER: _builtins.int
     CUDA_VERSION_FIELD_NUMBER: _builtins.int
     SIMULATED_GPUS_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
     cpu: _builtins.float
     memory_mib: _builtins.int
     python_version: _builtins.str
@@ -1282,6 +1283,10 @@ class NodeInventory(_message.Message):
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuDevice]: ...
     @_builtins.property
     def snapshots(self) -> Global___SnapshotSupport: ...
+    @_builtins.property
+    def isolation(self) -> Global___ContainerIsolation:
+        """How this node isolates its containers (runc, or none and why)."""
+
     def __init__(
         self,
         *,
@@ -1294,11 +1299,84 @@ class NodeInventory(_message.Message):
         driver_version: _builtins.str = ...,
         cuda_version: _builtins.str = ...,
         simulated_gpus: _builtins.bool = ...,
+        isolation: Global___ContainerIsolation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshots", b"snapshots"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "snapshots", b"snapshots"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "cuda_version", b"cuda_version", "driver_version", b"driver_version", "gpus", b"gpus", "kernel", b"kernel", "memory_mib", b"memory_mib", "python_version", b"python_version", "simulated_gpus", b"simulated_gpus", "snapshots", b"snapshots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "cuda_version", b"cuda_version", "driver_version", b"driver_version", "gpus", b"gpus", "isolation", b"isolation", "kernel", b"kernel", "memory_mib", b"memory_mib", "python_version", b"python_version", "simulated_gpus", b"simulated_gpus", "snapshots", b"snapshots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeInventory: _TypeAlias = NodeInventory  # noqa: Y015
+
+@_typing.final
+class ContainerIsolation(_message.Message):
+    """A node's container runtime: "runc" (OCI containers: own pid, mount, IPC and UTS namespaces,
+    cgroup limits, no capabilities, seccomp, read-only root), or "none" (plain processes of the
+    node's user, no isolation) with the reason.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CGROUP_VERSION_FIELD_NUMBER: _builtins.int
+    mode: _builtins.str
+    reason: _builtins.str
+    """Why the node runs without isolation; empty with runc."""
+    cgroup_version: _builtins.int
+    """1 or 2 with runc."""
+    def __init__(
+        self,
+        *,
+        mode: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        cgroup_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_version", b"cgroup_version", "mode", b"mode", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerIsolation: _TypeAlias = ContainerIsolation  # noqa: Y015
+
+@_typing.final
+class ContainerUsage(_message.Message):
+    """A container's resource use against its limits, read from its cgroup by its node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    CPU_LIMIT_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    memory_bytes: _builtins.int
+    memory_limit_bytes: _builtins.int
+    """0: no limit."""
+    cpu_cores: _builtins.float
+    """CPU cores used, averaged since the node's previous report."""
+    cpu_limit: _builtins.float
+    """The CPU quota in cores; 0: no limit."""
+    cpu_seconds: _builtins.float
+    """CPU time used since the container started."""
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        memory_bytes: _builtins.int = ...,
+        memory_limit_bytes: _builtins.int = ...,
+        cpu_cores: _builtins.float = ...,
+        cpu_limit: _builtins.float = ...,
+        cpu_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "cpu_cores", b"cpu_cores", "cpu_limit", b"cpu_limit", "cpu_seconds", b"cpu_seconds", "memory_bytes", b"memory_bytes", "memory_limit_bytes", b"memory_limit_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerUsage: _TypeAlias = ContainerUsage  # noqa: Y015

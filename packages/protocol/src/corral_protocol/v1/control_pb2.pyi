@@ -969,6 +969,7 @@ class ContainerInfo(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     RESTORED_FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     app_id: _builtins.str
     app_name: _builtins.str
@@ -990,6 +991,10 @@ class ContainerInfo(_message.Message):
         snapshot phases, for example); for `corral container list --verbose`.
         """
 
+    @_builtins.property
+    def usage(self) -> _common_pb2.ContainerUsage:
+        """Memory and CPU use against its limits, from its node's latest heartbeat; unset when unknown."""
+
     def __init__(
         self,
         *,
@@ -1007,10 +1012,11 @@ class ContainerInfo(_message.Message):
         parameters: _abc.Iterable[_common_pb2.NamedParameter] | None = ...,
         restored_from_snapshot: _builtins.bool = ...,
         history: _abc.Iterable[_builtins.str] | None = ...,
+        usage: _common_pb2.ContainerUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name", "container_id", b"container_id", "history", b"history", "inputs_served", b"inputs_served", "max_inputs", b"max_inputs", "node_id", b"node_id", "parameters", b"parameters", "restored_from_snapshot", b"restored_from_snapshot", "running_inputs", b"running_inputs", "service_id", b"service_id", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name", "container_id", b"container_id", "history", b"history", "inputs_served", b"inputs_served", "max_inputs", b"max_inputs", "node_id", b"node_id", "parameters", b"parameters", "restored_from_snapshot", b"restored_from_snapshot", "running_inputs", b"running_inputs", "service_id", b"service_id", "started_at", b"started_at", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

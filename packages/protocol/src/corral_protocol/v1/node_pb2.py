@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from corral_protocol.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/node.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"d\n\x13RegisterNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\tinventory\x18\x02 \x01(\x0b\x32\x18.corral.v1.NodeInventory\x12\x12\n\nworker_url\x18\x03 \x01(\t\"E\n\x14RegisterNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"\x85\x02\n\x12NodeSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.corral.v1.NodeHeartbeatH\x00\x12\x38\n\x11\x63ontainer_started\x18\x03 \x01(\x0b\x32\x1b.corral.v1.ContainerStartedH\x00\x12\x36\n\x10\x63ontainer_exited\x18\x04 \x01(\x0b\x32\x1a.corral.v1.ContainerExitedH\x00\x12\x34\n\x0fsnapshot_result\x18\x05 \x01(\x0b\x32\x19.corral.v1.SnapshotResultH\x00\x42\x07\n\x05\x65vent\"\x85\x01\n\rNodeHeartbeat\x12\x1a\n\x12running_containers\x18\x01 \x03(\t\x12+\n\tsnapshots\x18\x02 \x03(\x0b\x32\x18.corral.v1.SnapshotImage\x12+\n\tinventory\x18\x03 \x01(\x0b\x32\x18.corral.v1.NodeInventory\"m\n\x10\x43ontainerStarted\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x1e\n\x16restored_from_snapshot\x18\x03 \x01(\x08\x12\x16\n\x0esnapshot_error\x18\x04 \x01(\t\"_\n\x0f\x43ontainerExited\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x04 \x01(\t\"\x80\x01\n\x0eSnapshotResult\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x05image\x18\x05 \x01(\x0b\x32\x18.corral.v1.SnapshotImage\"\xf4\x01\n\x13NodeSessionResponse\x12\x34\n\x0fstart_container\x18\x01 \x01(\x0b\x32\x19.corral.v1.StartContainerH\x00\x12\x32\n\x0estop_container\x18\x02 \x01(\x0b\x32\x18.corral.v1.StopContainerH\x00\x12\x30\n\rtake_snapshot\x18\x03 \x01(\x0b\x32\x17.corral.v1.TakeSnapshotH\x00\x12\x36\n\x10\x64\x65lete_snapshots\x18\x04 \x01(\x0b\x32\x1a.corral.v1.DeleteSnapshotsH\x00\x42\t\n\x07\x63ommand\"\x84\x03\n\x0eStartContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ontainer_token\x18\x02 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x03 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x04 \x01(\t\x12/\n\x03\x65nv\x18\x05 \x03(\x0b\x32\".corral.v1.StartContainer.EnvEntry\x12\'\n\tresources\x18\x06 \x01(\x0b\x32\x14.corral.v1.Resources\x12\x13\n\x0bgpu_indices\x18\x07 \x03(\r\x12\x14\n\x0csnapshot_key\x18\x08 \x01(\t\x12\x13\n\x0b\x63ontrol_url\x18\t \x01(\t\x12\x15\n\rtake_snapshot\x18\n \x01(\x08\x12\x1a\n\x12pre_snapshot_token\x18\x0b \x01(\t\x12\x12\n\nclass_name\x18\x0c \x01(\t\x12\x11\n\tgpu_uuids\x18\r \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\rStopContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07grace_s\x18\x02 \x01(\x01\":\n\x0cTakeSnapshot\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x02 \x01(\t\"R\n\x0f\x44\x65leteSnapshots\x12\x15\n\rsnapshot_keys\x18\x01 \x03(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x18\n\x10keep_bundle_hash\x18\x03 \x01(\t\" \n\x10GetBundleRequest\x12\x0c\n\x04hash\x18\x01 \x01(\t\"!\n\x11GetBundleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xfa\x01\n\x0bNodeService\x12O\n\x0cRegisterNode\x12\x1e.corral.v1.RegisterNodeRequest\x1a\x1f.corral.v1.RegisterNodeResponse\x12P\n\x0bNodeSession\x12\x1d.corral.v1.NodeSessionRequest\x1a\x1e.corral.v1.NodeSessionResponse(\x01\x30\x01\x12H\n\tGetBundle\x12\x1b.corral.v1.GetBundleRequest\x1a\x1c.corral.v1.GetBundleResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/node.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"d\n\x13RegisterNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\tinventory\x18\x02 \x01(\x0b\x32\x18.corral.v1.NodeInventory\x12\x12\n\nworker_url\x18\x03 \x01(\t\"E\n\x14RegisterNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"\x85\x02\n\x12NodeSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.corral.v1.NodeHeartbeatH\x00\x12\x38\n\x11\x63ontainer_started\x18\x03 \x01(\x0b\x32\x1b.corral.v1.ContainerStartedH\x00\x12\x36\n\x10\x63ontainer_exited\x18\x04 \x01(\x0b\x32\x1a.corral.v1.ContainerExitedH\x00\x12\x34\n\x0fsnapshot_result\x18\x05 \x01(\x0b\x32\x19.corral.v1.SnapshotResultH\x00\x42\x07\n\x05\x65vent\"\xaf\x01\n\rNodeHeartbeat\x12\x1a\n\x12running_containers\x18\x01 \x03(\t\x12+\n\tsnapshots\x18\x02 \x03(\x0b\x32\x18.corral.v1.SnapshotImage\x12+\n\tinventory\x18\x03 \x01(\x0b\x32\x18.corral.v1.NodeInventory\x12(\n\x05usage\x18\x04 \x03(\x0b\x32\x19.corral.v1.ContainerUsage\"m\n\x10\x43ontainerStarted\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x1e\n\x16restored_from_snapshot\x18\x03 \x01(\x08\x12\x16\n\x0esnapshot_error\x18\x04 \x01(\t\"_\n\x0f\x43ontainerExited\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x04 \x01(\t\"\x80\x01\n\x0eSnapshotResult\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x05image\x18\x05 \x01(\x0b\x32\x18.corral.v1.SnapshotImage\"\xf4\x01\n\x13NodeSessionResponse\x12\x34\n\x0fstart_container\x18\x01 \x01(\x0b\x32\x19.corral.v1.StartContainerH\x00\x12\x32\n\x0estop_container\x18\x02 \x01(\x0b\x32\x18.corral.v1.StopContainerH\x00\x12\x30\n\rtake_snapshot\x18\x03 \x01(\x0b\x32\x17.corral.v1.TakeSnapshotH\x00\x12\x36\n\x10\x64\x65lete_snapshots\x18\x04 \x01(\x0b\x32\x1a.corral.v1.DeleteSnapshotsH\x00\x42\t\n\x07\x63ommand\"\x84\x03\n\x0eStartContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ontainer_token\x18\x02 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x03 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x04 \x01(\t\x12/\n\x03\x65nv\x18\x05 \x03(\x0b\x32\".corral.v1.StartContainer.EnvEntry\x12\'\n\tresources\x18\x06 \x01(\x0b\x32\x14.corral.v1.Resources\x12\x13\n\x0bgpu_indices\x18\x07 \x03(\r\x12\x14\n\x0csnapshot_key\x18\x08 \x01(\t\x12\x13\n\x0b\x63ontrol_url\x18\t \x01(\t\x12\x15\n\rtake_snapshot\x18\n \x01(\x08\x12\x1a\n\x12pre_snapshot_token\x18\x0b \x01(\t\x12\x12\n\nclass_name\x18\x0c \x01(\t\x12\x11\n\tgpu_uuids\x18\r \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\rStopContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07grace_s\x18\x02 \x01(\x01\":\n\x0cTakeSnapshot\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x02 \x01(\t\"R\n\x0f\x44\x65leteSnapshots\x12\x15\n\rsnapshot_keys\x18\x01 \x03(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x18\n\x10keep_bundle_hash\x18\x03 \x01(\t\" \n\x10GetBundleRequest\x12\x0c\n\x04hash\x18\x01 \x01(\t\"!\n\x11GetBundleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xfa\x01\n\x0bNodeService\x12O\n\x0cRegisterNode\x12\x1e.corral.v1.RegisterNodeRequest\x1a\x1f.corral.v1.RegisterNodeResponse\x12P\n\x0bNodeSession\x12\x1d.corral.v1.NodeSessionRequest\x1a\x1e.corral.v1.NodeSessionResponse(\x01\x30\x01\x12H\n\tGetBundle\x12\x1b.corral.v1.GetBundleRequest\x1a\x1c.corral.v1.GetBundleResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,29 +41,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESESSIONREQUEST']._serialized_start=233
   _globals['_NODESESSIONREQUEST']._serialized_end=494
   _globals['_NODEHEARTBEAT']._serialized_start=497
-  _globals['_NODEHEARTBEAT']._serialized_end=630
-  _globals['_CONTAINERSTARTED']._serialized_start=632
-  _globals['_CONTAINERSTARTED']._serialized_end=741
-  _globals['_CONTAINEREXITED']._serialized_start=743
-  _globals['_CONTAINEREXITED']._serialized_end=838
-  _globals['_SNAPSHOTRESULT']._serialized_start=841
-  _globals['_SNAPSHOTRESULT']._serialized_end=969
-  _globals['_NODESESSIONRESPONSE']._serialized_start=972
-  _globals['_NODESESSIONRESPONSE']._serialized_end=1216
-  _globals['_STARTCONTAINER']._serialized_start=1219
-  _globals['_STARTCONTAINER']._serialized_end=1607
-  _globals['_STARTCONTAINER_ENVENTRY']._serialized_start=1565
-  _globals['_STARTCONTAINER_ENVENTRY']._serialized_end=1607
-  _globals['_STOPCONTAINER']._serialized_start=1609
-  _globals['_STOPCONTAINER']._serialized_end=1663
-  _globals['_TAKESNAPSHOT']._serialized_start=1665
-  _globals['_TAKESNAPSHOT']._serialized_end=1723
-  _globals['_DELETESNAPSHOTS']._serialized_start=1725
-  _globals['_DELETESNAPSHOTS']._serialized_end=1807
-  _globals['_GETBUNDLEREQUEST']._serialized_start=1809
-  _globals['_GETBUNDLEREQUEST']._serialized_end=1841
-  _globals['_GETBUNDLERESPONSE']._serialized_start=1843
-  _globals['_GETBUNDLERESPONSE']._serialized_end=1876
-  _globals['_NODESERVICE']._serialized_start=1879
-  _globals['_NODESERVICE']._serialized_end=2129
+  _globals['_NODEHEARTBEAT']._serialized_end=672
+  _globals['_CONTAINERSTARTED']._serialized_start=674
+  _globals['_CONTAINERSTARTED']._serialized_end=783
+  _globals['_CONTAINEREXITED']._serialized_start=785
+  _globals['_CONTAINEREXITED']._serialized_end=880
+  _globals['_SNAPSHOTRESULT']._serialized_start=883
+  _globals['_SNAPSHOTRESULT']._serialized_end=1011
+  _globals['_NODESESSIONRESPONSE']._serialized_start=1014
+  _globals['_NODESESSIONRESPONSE']._serialized_end=1258
+  _globals['_STARTCONTAINER']._serialized_start=1261
+  _globals['_STARTCONTAINER']._serialized_end=1649
+  _globals['_STARTCONTAINER_ENVENTRY']._serialized_start=1607
+  _globals['_STARTCONTAINER_ENVENTRY']._serialized_end=1649
+  _globals['_STOPCONTAINER']._serialized_start=1651
+  _globals['_STOPCONTAINER']._serialized_end=1705
+  _globals['_TAKESNAPSHOT']._serialized_start=1707
+  _globals['_TAKESNAPSHOT']._serialized_end=1765
+  _globals['_DELETESNAPSHOTS']._serialized_start=1767
+  _globals['_DELETESNAPSHOTS']._serialized_end=1849
+  _globals['_GETBUNDLEREQUEST']._serialized_start=1851
+  _globals['_GETBUNDLEREQUEST']._serialized_end=1883
+  _globals['_GETBUNDLERESPONSE']._serialized_start=1885
+  _globals['_GETBUNDLERESPONSE']._serialized_end=1918
+  _globals['_NODESERVICE']._serialized_start=1921
+  _globals['_NODESERVICE']._serialized_end=2171
 # @@protoc_insertion_point(module_scope)

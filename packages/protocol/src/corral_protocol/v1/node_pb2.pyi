@@ -111,6 +111,7 @@ class NodeHeartbeat(_message.Message):
     RUNNING_CONTAINERS_FIELD_NUMBER: _builtins.int
     SNAPSHOTS_FIELD_NUMBER: _builtins.int
     INVENTORY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def running_containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -123,16 +124,21 @@ class NodeHeartbeat(_message.Message):
         nodes of the first protocol version, whose registration inventory then stands.
         """
 
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ContainerUsage]:
+        """Each running container's memory and CPU use against its limits (isolated containers only)."""
+
     def __init__(
         self,
         *,
         running_containers: _abc.Iterable[_builtins.str] | None = ...,
         snapshots: _abc.Iterable[_common_pb2.SnapshotImage] | None = ...,
         inventory: _common_pb2.NodeInventory | None = ...,
+        usage: _abc.Iterable[_common_pb2.ContainerUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory", "running_containers", b"running_containers", "snapshots", b"snapshots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory", "running_containers", b"running_containers", "snapshots", b"snapshots", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
