@@ -9,6 +9,12 @@ import corral
 app = corral.App("calls")
 
 
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
+
 def _log(path: str, line: str) -> None:
     with open(path, "a") as f:
         f.write(line + "\n")
@@ -17,10 +23,10 @@ def _log(path: str, line: str) -> None:
 @app.function(max_containers=1)
 def busy(events: str, tag: str) -> str:
     """Runs until cancelled (bounded: 60 s), in pure Python so that a cancellation can stop it.
-    With tag "pid" it answers its process id at once."""
+    With tag "pid" it answers its container's id at once."""
     if tag == "pid":
-        return str(os.getpid())
-    _log(events, f"{tag} started in {os.getpid()}")
+        return container_id()
+    _log(events, f"{tag} started in {container_id()}")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -32,8 +38,8 @@ def busy(events: str, tag: str) -> str:
 
 
 @app.function(max_containers=1)
-def pid() -> int:
-    return os.getpid()
+def pid() -> str:
+    return container_id()
 
 
 @app.function()
@@ -64,9 +70,9 @@ class SlowStart:
 
 
 @app.function(max_containers=1)
-def sleeper(events: str, seconds: float) -> int:
+def sleeper(events: str, seconds: float) -> str:
     """Blocks in one C call (time.sleep), where a raised InputCancelled cannot reach it."""
     if seconds:
-        _log(events, f"sleeper started in {os.getpid()}")
+        _log(events, f"sleeper started in {container_id()}")
         time.sleep(seconds)
-    return os.getpid()
+    return container_id()

@@ -8,6 +8,12 @@ import corral
 app = corral.App("functions")
 
 
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
+
 @app.function(scaledown_window=5, timeout=60)
 def square(x: int) -> int:
     return x * x
@@ -20,8 +26,8 @@ async def add(a: int, b: int = 1) -> int:
 
 
 @app.function()
-def pid() -> int:
-    return os.getpid()
+def pid() -> str:
+    return container_id()
 
 
 @app.function()

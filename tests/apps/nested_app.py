@@ -10,13 +10,19 @@ from corral_protocol.v1 import control_pb2
 app = corral.App("nested")
 
 
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
+
 @app.cls()
 class Recorder:
     @corral.method()
-    def record(self, path: str, line: str) -> int:
+    def record(self, path: str, line: str) -> str:
         with open(path, "a") as f:
             f.write(line + "\n")
-        return os.getpid()
+        return container_id()
 
 
 @app.function()
@@ -39,7 +45,7 @@ def orchestrate(path: str) -> dict:
     pid = Recorder().record.remote(path, "direct call")
     call = Recorder().record.spawn(path, "spawned")
     spawned_pid = call.get(timeout=60)
-    return {"caller": os.getpid(), "recorder": pid, "spawned": spawned_pid, "items": list(countdown.remote_gen(3))}
+    return {"caller": container_id(), "recorder": pid, "spawned": spawned_pid, "items": list(countdown.remote_gen(3))}
 
 
 @app.function()

@@ -9,6 +9,12 @@ import corral
 app = corral.App("streaming")
 
 
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
+
 def _wait_for_file(path: str) -> None:
     deadline = time.monotonic() + 30  # bounds a hang only
     while not os.path.exists(path):
@@ -72,8 +78,8 @@ class Tokens:
                 f.write("async closed\n")
 
     @corral.method()
-    def pid(self) -> int:
-        return os.getpid()
+    def pid(self) -> str:
+        return container_id()
 
 
 @app.function()

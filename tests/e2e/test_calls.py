@@ -56,7 +56,7 @@ def test_startup_timeout_bounds_enter_apart_from_timeout(running) -> None:  # ty
 def test_a_sync_method_that_does_not_stop_within_the_grace_period_gets_its_container_replaced(running, events: Path) -> None:  # type: ignore[no-untyped-def]
     call = calls_app.sleeper.spawn(str(events), 25)
     wait_for(lambda: any(line.startswith("sleeper started") for line in read_events(events)), message="the sleeper to start")
-    old_pid = int(read_events(events)[0].rsplit(" ", 1)[1])
+    old_pid = read_events(events)[0].rsplit(" ", 1)[1]
     assert call.cancel() == "stopping"
     with pytest.raises(corral.exception.InputCancellation):
         call.get(timeout=60)

@@ -31,8 +31,8 @@ def test_sync_and_async_generators_stream_their_items(running) -> None:  # type:
     assert list(streaming_app.countdown.remote_gen(0)) == []
 
 
-def test_an_item_arrives_before_the_generator_finishes(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    gate = tmp_path / "gate"
+def test_an_item_arrives_before_the_generator_finishes(running, shared_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    gate = shared_dir / "gate"  # in the container volume: the container sees it appear
     items = streaming_app.handshake.remote_gen(str(gate))
     assert next(items) == "first"  # the generator now waits for `gate`: it cannot have finished
     gate.touch()
@@ -107,12 +107,12 @@ def test_a_sync_consumer_streams_on_the_direct_path_when_a_route_exists(running,
     assert tokens.pid.remote() == tokens.pid.remote()
 
 
-def test_a_generator_endpoint_streams_to_the_http_client(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_generator_endpoint_streams_to_the_http_client(running, shared_dir: Path) -> None:  # type: ignore[no-untyped-def]
     import httpx
 
     url = running.web_urls["tokens.tokens"]
     assert httpx.get(url, params={"n": 3}, timeout=60).text == "tok0 tok1 tok2 "
-    gate = tmp_path / "gate"
+    gate = shared_dir / "gate"  # in the container volume: the container sees it appear
     with httpx.stream("GET", url, params={"n": 2, "gate": str(gate)}, timeout=60) as response:
         chunks = response.iter_text()
         assert next(chunks) == "tok0 "  # the endpoint now waits for `gate`: the first token came early
