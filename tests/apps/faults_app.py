@@ -10,46 +10,52 @@ import corral
 app = corral.App("faults")
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=600)
+def container_id() -> str:
+    """Which container runs this code: every isolated container is pid 1 of its own pid namespace,
+    so pids no longer tell containers apart (outside a container: this process's pid)."""
+    return os.environ.get("CORRAL_CONTAINER_ID") or str(os.getpid())
+
+
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=600)
 class Payloads:
-    """Echoes sizes; its container's pid tells a test whether the container survived (it is never
+    """Echoes sizes; its container's id tells a test whether the container survived (it is never
     scaled down during a test, which may sit idle past the direct port's 60 s idle timeout)."""
 
     @corral.method()
-    def size(self, data: bytes) -> tuple[int, int]:
-        return os.getpid(), len(data)
+    def size(self, data: bytes) -> tuple[str, int]:
+        return container_id(), len(data)
 
     @corral.method()
     def make(self, n: int) -> bytes:
         return b"x" * n
 
     @corral.method()
-    def pid(self) -> int:
-        return os.getpid()
+    def pid(self) -> str:
+        return container_id()
 
 
-@app.cls(cpu=0.01, max_containers=1, scaledown_window=60, retries=1)
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=60, retries=1)
 class RetriedPayloads:
     """With a retry policy every input goes through the control plane (no direct path)."""
 
     @corral.method()
-    def size(self, data: bytes) -> tuple[int, int]:
-        return os.getpid(), len(data)
+    def size(self, data: bytes) -> tuple[str, int]:
+        return container_id(), len(data)
 
 
-@app.cls(cpu=0.01, max_containers=2, scaledown_window=60)
+@app.cls(cpu=(0.01, 8), max_containers=2, scaledown_window=60)
 @corral.concurrent(max_inputs=8)
 class Web:
     """Web endpoints for the gateway and cancellation tests."""
 
     @corral.method()
     @corral.web_endpoint()
-    def ping(self, delay_ms: int = 0) -> dict[str, int]:
+    def ping(self, delay_ms: int = 0) -> dict[str, str]:
         if delay_ms:
             import time
 
             time.sleep(delay_ms / 1000)
-        return {"pid": os.getpid()}
+        return {"pid": container_id()}
 
     @corral.method()
     @corral.web_endpoint(method="POST")

@@ -188,20 +188,23 @@ def test_container_env_has_its_own_token_only(running: corral.App, cluster: Clus
 
 
 @pytest.mark.timeout(120)
-def test_container_token_cannot_use_control_or_node_service(running: corral.App, cluster: Cluster, channel: grpc.Channel) -> None:
+def test_container_token_may_only_make_calls_and_never_use_the_node_service(running: corral.App, cluster: Cluster, channel: grpc.Channel) -> None:
+    """A container's token is its code's credential for calls (issue 14): lookup, bind, invoke,
+    results, cancel. Everything else on the control service is refused, the node service too."""
     identity = Lasting(tag="control").identity.remote()
     metadata = _metadata(identity["container_token"])
     control = control_pb2_grpc.ControlServiceStub(channel)
     for call, request in (
         (control.ListApps, control_pb2.ListAppsRequest()),
         (control.ListContainers, control_pb2.ListContainersRequest()),
-        (control.LookupClass, control_pb2.LookupClassRequest(app_name="auth-app", class_name="AuthIdentity")),
         (control.ListSecrets, control_pb2.ListSecretsRequest()),
         (control.DeleteSecret, control_pb2.DeleteSecretRequest(name="any")),
+        (control.CreateProxyToken, control_pb2.CreateProxyTokenRequest(name="any")),
+        (control.StopApp, control_pb2.StopAppRequest(app="auth-app")),
     ):
         with pytest.raises(grpc.RpcError) as info:
             call(request, metadata=metadata, timeout=10)
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     node = node_pb2_grpc.NodeServiceStub(channel)
     with pytest.raises(grpc.RpcError) as info:
         node.RegisterNode(node_pb2.RegisterNodeRequest(name="from-a-container"), metadata=metadata, timeout=10)

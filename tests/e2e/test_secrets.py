@@ -17,9 +17,8 @@ import pytest
 
 import corral
 import secrets_app
-from conftest import Cluster, start_cluster, wait_for
+from conftest import Cluster, require_snapshot_prerequisites, start_cluster, wait_for
 from corral_protocol.v1 import control_pb2
-from corral_runtime import criu
 from e2e_helpers import client_for, deploy
 
 APP = "e2e-secrets"
@@ -145,11 +144,7 @@ def test_corral_up_refuses_an_unusable_key_file(tmp_path: Path) -> None:
 def test_a_snapshot_workers_secrets_are_masked_too(cluster: Cluster) -> None:
     """A snapshot-enabled worker gets its secrets after the dump, with its identity; its errors and
     output are masked all the same."""
-    support = criu.detect()
-    if not support.available:
-        if os.environ.get("CI"):
-            pytest.fail(f"memory snapshots are unavailable in CI: {support.reason}")
-        pytest.skip(f"memory snapshots are unavailable here: {support.reason}")
+    require_snapshot_prerequisites()
     value = f"corral-e2e-snap-secret-{secrets.token_hex(12)}"
     for name, pair in ((secrets_app.SNAP_SECRET_NAME, f"SNAP_LEAKY={value}"), (secrets_app.SECRET_NAME, "UNUSED=x")):
         created = cluster.corral("secret", "create", name, pair)

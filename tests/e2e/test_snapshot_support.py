@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cluster
+from conftest import Cluster, in_ci
 
 SBIN_PATHS = ("/usr/local/sbin/criu", "/usr/sbin/criu", "/sbin/criu")
 
@@ -33,9 +33,9 @@ def installed_criu() -> tuple[str, str] | None:
 def test_node_list_shows_snapshot_support(cluster: Cluster) -> None:
     found = installed_criu()
     if found is None:
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail("criu is not installed; CI installs it with tools/install-criu")
-        pytest.skip("criu is not installed (tools/install-criu installs it); set CI=1 to make this a failure")
+        pytest.skip("criu is not installed (tools/install-criu installs it); under CI (CI=1 or CI=true) this is a failure")
     _, version = found
 
     listed = cluster.corral("node", "list")

@@ -19,7 +19,7 @@ import pytest
 
 import corral
 import snapshot_app
-from conftest import Cluster, read_events, start_cluster, wait_for
+from conftest import Cluster, read_events, require_snapshot_prerequisites, start_cluster, wait_for
 from corral_protocol.v1 import control_pb2
 from corral_runtime import criu
 from e2e_helpers import client_for, containers
@@ -27,11 +27,7 @@ from e2e_helpers import client_for, containers
 
 @pytest.fixture(autouse=True)
 def _needs_criu() -> None:
-    support = criu.detect()
-    if not support.available:
-        if os.environ.get("CI"):
-            pytest.fail(f"memory snapshots are unavailable in CI: {support.reason}")
-        pytest.skip(f"memory snapshots are unavailable here: {support.reason}")
+    require_snapshot_prerequisites()
 
 
 @pytest.fixture

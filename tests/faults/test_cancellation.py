@@ -4,7 +4,6 @@ kill a container per cancellation that landed inside the worker's stream write).
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -18,6 +17,7 @@ from faults_helpers import client_for
 import corral
 import faults_app
 from conftest import Cluster, start_cluster
+from e2e.e2e_helpers import pids_with
 
 WELL_BEHAVED = 16
 IMPATIENT = 8
@@ -36,12 +36,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
         cluster.stop()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _alive(container_id: str) -> bool:
+    return bool(pids_with(container_id))
 
 
 def test_impatient_http_clients_cause_no_errors_for_others_and_no_container_restarts(running) -> None:  # type: ignore[no-untyped-def]
@@ -52,7 +48,7 @@ def test_impatient_http_clients_cause_no_errors_for_others_and_no_container_rest
     stop = time.monotonic() + LOAD_S
     statuses: Counter[int] = Counter()
     failures: list[str] = []
-    pids: set[int] = {first_pid}
+    pids: set[str] = {first_pid}
     given_up = Counter[str]()
     lock = threading.Lock()
 

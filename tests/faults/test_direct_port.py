@@ -21,6 +21,7 @@ from corral_protocol import PROTOCOL_VERSION
 from corral_protocol.framing import HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, encode, read_frame
 from corral_protocol.v1 import control_pb2, worker_pb2
 from corral_runtime.direct import MAX_CONNECTIONS
+from e2e.e2e_helpers import pids_with
 
 W = worker_pb2
 FLOOD = 300  # idle connections: far above the container's 32 waiting for a hello
@@ -52,11 +53,15 @@ def _direct_address(client: corral.Client) -> tuple[str, int, str]:
     return host, int(port), routes[0].token
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+def _rss_kib(container_id: str) -> int:
+    """The resident memory of the container's worker process, seen from the host."""
+    for pid in pids_with(container_id):
+        if b"corral_runtime.worker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            continue
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no worker process of {container_id}")
 
 
 def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:

@@ -37,11 +37,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
         cluster.stop()
 
 
-def _pid(cluster: Cluster) -> int:
+def _pid(cluster: Cluster) -> str:
     with httpx.Client(base_url=cluster.http_url, timeout=60) as http:
         response = http.get("/faults-dev/Web-ping")
         assert response.status_code == 200, response.text
-        return int(response.json()["pid"])
+        return str(response.json()["pid"])  # the container's id (every container is pid 1 inside)
 
 
 def _read_until_closed(sock: socket.socket, within_s: float) -> tuple[bytes, bool]:

@@ -24,11 +24,32 @@ def test_custom_init_is_refused_with_a_pointer_to_parameter() -> None:
             def f(self) -> None: ...
 
 
-@pytest.mark.parametrize("annotation", [float, list, dict])
+@pytest.mark.parametrize("annotation", [list, dict, complex])
 def test_unsupported_parameter_types_are_refused(annotation: type) -> None:
     app = make_app()
-    with pytest.raises(InvalidError, match="str, int, bool or bytes"):
+    with pytest.raises(InvalidError, match="str, int, float, bool or bytes"):
         app.cls()(type("Bad", (), {"__annotations__": {"x": annotation}, "x": corral.parameter(), "f": corral.method()(lambda self: 1)}))
+
+
+def test_float_parameters_take_ints_and_refuse_nan() -> None:
+    app = make_app()
+
+    @app.cls()
+    class Sampler:
+        temperature: float = corral.parameter(default=0.7)
+
+        @corral.method()
+        def f(self) -> None: ...
+
+    (field,) = Sampler.definition.parameters
+    assert field.type is float and field.default == 0.7
+    from corral._parameters import bind_parameters
+
+    assert bind_parameters([field], (), {"temperature": 1}, "Sampler") == {"temperature": 1.0}
+    with pytest.raises(InvalidError, match="finite"):
+        bind_parameters([field], (), {"temperature": float("nan")}, "Sampler")
+    with pytest.raises(InvalidError, match="expects float"):
+        bind_parameters([field], (), {"temperature": "hot"}, "Sampler")
 
 
 def test_parameter_default_of_wrong_type_is_refused() -> None:
@@ -71,14 +92,21 @@ def test_hooks_take_only_self() -> None:
         corral.enter()(lambda self, x: None)
 
 
-def test_generator_methods_are_refused() -> None:
+def test_generator_methods_are_recorded_as_generators() -> None:
     app = make_app()
-    with pytest.raises(InvalidError, match="generator"):
-        @app.cls()
-        class Gen:
-            @corral.method()
-            def stream(self):  # type: ignore[no-untyped-def]
-                yield 1
+
+    @app.cls()
+    class Gen:
+        @corral.method()
+        def stream(self):  # type: ignore[no-untyped-def]
+            yield 1
+
+        @corral.method()
+        async def astream(self):  # type: ignore[no-untyped-def]
+            yield 1
+
+    assert Gen.definition is not None
+    assert [m.is_generator for m in Gen.definition.to_proto().methods] == [True, True]
 
 
 def test_class_without_methods_is_refused() -> None:

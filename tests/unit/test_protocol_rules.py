@@ -76,7 +76,29 @@ def test_parameter_values_round_trip_in_canonical_order() -> None:
     assert parameters.decode_parameters(wire) == {"a": 1, "b": b"x", "c": True, "d": "s"}
     assert not parameters.matches(S.PARAMETER_TYPE_INT, S.ParameterValue(bool_value=True))
     assert parameters.parameter_type(bool) == S.PARAMETER_TYPE_BOOL
-    assert parameters.parameter_type(float) is None
+    assert parameters.parameter_type(float) == S.PARAMETER_TYPE_FLOAT
+    assert parameters.parameter_type(list) is None
+
+
+def test_float_parameters_have_one_canonical_finite_form() -> None:
+    assert parameters.encode_value(0.7) == S.ParameterValue(float_value=0.7)
+    negative_zero = parameters.encode_value(-0.0)
+    assert negative_zero.SerializeToString(deterministic=True) == parameters.encode_value(0.0).SerializeToString(deterministic=True)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(TypeError, match="finite"):
+            parameters.encode_value(bad)
+    assert parameters.parse_parameter(S.PARAMETER_TYPE_FLOAT, "0.25") == S.ParameterValue(float_value=0.25)
+    assert parameters.parse_parameter(S.PARAMETER_TYPE_FLOAT, "3") == S.ParameterValue(float_value=3.0)
+    for raw, message in (("nan", "finite"), ("inf", "finite"), ("warm", "must be a number")):
+        with pytest.raises(ValueError, match=message):
+            parameters.parse_parameter(S.PARAMETER_TYPE_FLOAT, raw)
+    # What the control plane checks for every bound parameter (third-party clients included).
+    canonical = parameters.canonical(S.PARAMETER_TYPE_FLOAT, S.ParameterValue(float_value=-0.0))
+    assert canonical.SerializeToString(deterministic=True) == S.ParameterValue(float_value=0.0).SerializeToString(deterministic=True)
+    with pytest.raises(ValueError, match="finite"):
+        parameters.canonical(S.PARAMETER_TYPE_FLOAT, S.ParameterValue(float_value=float("nan")))
+    with pytest.raises(ValueError, match="expects float"):
+        parameters.canonical(S.PARAMETER_TYPE_FLOAT, S.ParameterValue(int_value=1))
 
 
 def test_error_reasons_travel_in_trailing_metadata() -> None:

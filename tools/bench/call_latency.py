@@ -10,7 +10,9 @@ What it measures, in one process:
    bytes (de)serializers), a sync `grpc.insecure_channel` client making unary calls with a small
    payload: p50/p99 over N sequential calls, and throughput with 16 threads sharing the channel.
 2. Corral warm `.remote()`: p50/p99 of a trivial method (`Echo.echo`, tools/bench/bench_apps.py)
-   against a `corral up` subprocess with a temporary CORRAL_HOME on a free port.
+   against a `corral up` subprocess with a temporary CORRAL_HOME on a free port. Beside it, the
+   queued paths: `.remote()` through the control plane's queue (retries=1), and `.spawn().get()`,
+   whose call the control plane also writes to its store (a durable call).
 3. Corral throughput with 16 threads calling `.remote()`: on the default class (max_inputs=1, so
    it is pre-scaled to 16 containers) and on `Echo.with_concurrency(max_inputs=16)` (one container).
 4. Cold start: `Cold(key=<new value>).echo.remote(1)` each sample, so each call finds a new service
@@ -338,6 +340,8 @@ class ColdResults:
 @dataclass
 class CorralResults:
     warm: Latency
+    queued: Latency  # `.remote()` through the control plane's queue (retries=1 keeps it off the direct path)
+    spawned: Latency  # `.spawn(...).get()`: the queue, plus the durable call's writes to the store
     throughput_max1: Throughput | None
     scale_up_16_s: float | None
     throughput_max16: Throughput
@@ -392,6 +396,10 @@ def bench_corral(cluster: CorralUp, settings: Settings, quick: bool) -> CorralRe
         echo = bench_apps.Echo()
         meter = CpuMeter(cluster.process.pid) if CpuMeter.available() else None
         warm = measure_latency(lambda: echo.echo.remote("hello"), settings.latency_calls, settings.latency_warmup, meter)
+        # The queued paths, on one container: a waited call, and a spawned (durable) one.
+        queued_echo = bench_apps.Echo.with_options(retries=1)()
+        queued = measure_latency(lambda: queued_echo.echo.remote("hello"), settings.latency_calls, settings.latency_warmup, None)
+        spawned = measure_latency(lambda: queued_echo.echo.spawn("hello").get(), settings.latency_calls, settings.latency_warmup, None)
 
         cold_samples = measure_cold_starts(bench_apps, settings)
 
@@ -415,7 +423,7 @@ def bench_corral(cluster: CorralUp, settings: Settings, quick: bool) -> CorralRe
         throughput_max16 = measure_throughput(call16, THREADS, settings.throughput_s)
 
     cold = ColdResults(Latency(cold_samples), container_start_to_ready(cluster.log_path.read_text()), node_isolation(cluster))
-    return CorralResults(warm, throughput_max1, scale_up_16_s, throughput_max16, cold)
+    return CorralResults(warm, queued, spawned, throughput_max1, scale_up_16_s, throughput_max16, cold)
 
 
 def measure_cold_starts(bench_apps: Any, settings: Settings) -> list[float]:
@@ -504,6 +512,8 @@ def report(
     e, c = echo, corral
     rows.append(("warm latency p50", ms(e.latency.p50), ms(c.warm.p50), f"{c.warm.p50 / e.latency.p50:.1f}x"))
     rows.append(("warm latency p99", ms(e.latency.p99), ms(c.warm.p99), f"{c.warm.p99 / e.latency.p99:.1f}x"))
+    rows.append(("queued .remote() (retries=1) p50 / p99", "", f"{ms(c.queued.p50)} / {ms(c.queued.p99)}", ""))
+    rows.append(("spawn + get (durable) p50 / p99", "", f"{ms(c.spawned.p50)} / {ms(c.spawned.p99)}", ""))
     if e.latency.cpu_per_call and c.warm.cpu_per_call:
 
         def cpu(latency: Latency, parts: tuple[str, ...]) -> str:
@@ -590,6 +600,10 @@ def report(
         "corral": {
             "warm_p50_s": c.warm.p50,
             "warm_p99_s": c.warm.p99,
+            "queued_p50_s": c.queued.p50,
+            "queued_p99_s": c.queued.p99,
+            "spawned_p50_s": c.spawned.p50,
+            "spawned_p99_s": c.spawned.p99,
             "warm_cpu_per_call_s": c.warm.cpu_per_call,
             "throughput_max_inputs_1": tp(c.throughput_max1),
             "scale_up_to_16_s": c.scale_up_16_s,

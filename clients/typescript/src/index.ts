@@ -163,6 +163,7 @@ function parameterValue(spec: ParameterSpec | undefined, name: string, value: Pa
   }
   if (type === "PARAMETER_TYPE_BOOL" && typeof value === "boolean") return { bool_value: value };
   if (type === "PARAMETER_TYPE_BYTES" && value instanceof Uint8Array) return { bytes_value: Buffer.from(value) };
+  if (type === "PARAMETER_TYPE_FLOAT" && typeof value === "number" && Number.isFinite(value)) return { float_value: value + 0 };
   if (spec === undefined) throw new InvalidArgumentError(`unknown parameter ${JSON.stringify(name)}`);
   throw new InvalidArgumentError(`parameter ${JSON.stringify(name)} must be of type ${type}, got ${typeof value}`);
 }

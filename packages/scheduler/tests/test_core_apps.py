@@ -177,6 +177,7 @@ def test_one_container_per_node_and_key_takes_at_a_time() -> None:
     service, node = snapshotting(h)
     h.invoke(service)
     h.invoke(service)
+    h.backlog()
     first, second = h.nodes[node].started
     assert first.take_snapshot and not second.take_snapshot and not second.snapshot_key
 
@@ -190,6 +191,7 @@ def test_later_containers_restore_the_image() -> None:
     image = common_pb2.SnapshotImage(snapshot_key=key, app_id=h.service(service).app_id)
     h.handle(ev.SnapshotTaken(node, node_pb2.SnapshotResult(snapshot_key=key, ok=True, image=image)))
     h.invoke(service)
+    h.backlog()
     restoring = next(c for c in h.live_containers(service) if c != taker)
     assert h.container(restoring).state == ContainerState.RESTORING and not h.container(restoring).restored
     assert h.nodes[node].started[-1].snapshot_key == key and not h.nodes[node].started[-1].take_snapshot

@@ -115,6 +115,7 @@ def test_a_connected_node_gets_the_waiting_work() -> None:
     h.invoke(service)
     h.invoke(service)
     assert len(h.live_containers(service)) == 1  # the node is full; the second input waits
+    h.backlog()
     second_node = h.add_node(cpu=1)
     assert len(h.started_on(second_node)) == 1
 

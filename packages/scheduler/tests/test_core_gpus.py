@@ -71,7 +71,7 @@ def test_a_heartbeat_refreshes_the_inventory_and_a_vanished_gpu_is_not_placed() 
     refreshed.CopyFrom(h.core.nodes.nodes[node].inventory)
     del refreshed.gpus[0]
     refreshed.gpus[0].memory_free_mib = 1234
-    h.handle(ev.NodeHeartbeat(node, (), refreshed))
+    h.handle(ev.NodeHeartbeat(node, (), inventory=refreshed))
     inventory = h.core.nodes.nodes[node].info()  # what `corral node list` shows: the latest reading
     assert [g.memory_free_mib for g in inventory.inventory.gpus] == [1234]
     service = h.bind(h.deploy(class_def(gpu="H100", max_containers=2)))

@@ -29,6 +29,7 @@ def test_target_inputs_divides_the_load() -> None:
     service = h.bind(h.deploy(class_def(max_inputs=4, target_inputs=2)))
     for _ in range(5):
         h.invoke(service)
+    h.backlog()
     assert len(h.live_containers(service)) == 3  # ceil(5 / 2)
 
 
@@ -38,6 +39,7 @@ def test_max_containers_caps_the_scale_up() -> None:
     service = h.bind(h.deploy(class_def(max_containers=2)))
     for _ in range(5):
         h.invoke(service)
+    h.backlog()
     assert len(h.live_containers(service)) == 2
     assert len(h.service(service).queue) == 5
 
@@ -65,6 +67,7 @@ def test_min_plus_buffer_under_load() -> None:
     assert len(h.live_containers(service)) == 1
     for _ in range(3):
         h.invoke(service)
+    h.backlog()
     assert len(h.live_containers(service)) == 4  # ceil(3 / 2) + 2
 
 
@@ -76,7 +79,14 @@ def test_running_direct_inputs_count_as_load() -> None:
     h.bring_up(container, slots=4)
     h.handle(ev.WorkerLoad(container, direct_running=4, direct_served=10))
     assert h.container(container).load == 4 and h.container(container).inputs_served == 10
-    assert len(h.live_containers(service)) == 2
+    assert h.core.dispatch.desired(h.service(service)) == 2
+    # A full container is not a backlog by itself; inputs waiting inside it, for a while, are.
+    h.backlog()
+    assert len(h.live_containers(service)) == 1
+    h.handle(ev.WorkerLoad(container, direct_running=5, direct_served=10))  # one more than its slots
+    assert len(h.live_containers(service)) == 1
+    h.backlog()
+    assert len(h.live_containers(service)) == 3  # ceil(5 / 2)
 
 
 def test_idle_containers_scale_down_after_the_scaledown_window() -> None:
@@ -150,6 +160,7 @@ def test_scale_down_stops_the_longest_idle_first() -> None:
     h.add_node()
     service = h.bind(h.deploy(class_def(scaledown_window_s=10)))
     first_call, second_call = h.invoke(service), h.invoke(service)
+    h.backlog()
     first, second = h.live_containers(service)
     h.bring_up(first)
     h.bring_up(second)
@@ -257,6 +268,7 @@ def test_freed_capacity_goes_to_the_service_with_the_fewest_containers() -> None
     app = h.deploy(class_def("Hot"), class_def("Cold"))
     hot, cold = h.bind(app, "Hot"), h.bind(app, "Cold")
     hot_calls = [h.invoke(hot) for _ in range(3)]
+    h.backlog()
     cold_call = h.invoke(cold)
     first, second = h.live_containers(hot)
     assert h.live_containers(cold) == []  # the node is full
@@ -277,6 +289,7 @@ def test_two_services_share_a_busy_cluster_without_starving_either() -> None:
     a, b = h.bind(app, "A"), h.bind(app, "B")
     for _ in range(4):
         h.invoke(a)
+    h.backlog()  # A takes the whole node
     for _ in range(4):
         h.invoke(b)
     (a1, a2) = h.live_containers(a)

@@ -19,6 +19,23 @@ def effective_timeout_s(options: common_pb2.ServiceOptions) -> float:
     return options.timeout_s or DEFAULT_TIMEOUT_S
 
 
+MIN_DEFAULT_STARTUP_TIMEOUT_S = 5.0
+"""Without `startup_timeout`, a start (process, imports) is not shortened below this by a tiny `timeout`."""
+
+
+def effective_startup_timeout_s(options: common_pb2.ServiceOptions) -> float:
+    """Seconds a container of a service with these (merged) options may take to start: its
+    `startup_timeout` when set (as in Modal, separate from `timeout`), else the input timeout."""
+    if options.HasField("startup_timeout_s"):
+        return options.startup_timeout_s
+    return max(MIN_DEFAULT_STARTUP_TIMEOUT_S, effective_timeout_s(options))
+
+
+CANCEL_GRACE_S = 5.0
+"""Seconds a cancelled sync method has to stop (once InputCancellation is raised in its thread)
+before its container gives up on it and exits, to be replaced."""
+
+
 def effective_max_inputs(options: common_pb2.ServiceOptions) -> int:
     """Inputs one container runs at once (`@corral.concurrent` / `with_concurrency`; default 1)."""
     return options.concurrency.max_inputs or 1
@@ -63,9 +80,9 @@ def merge_options(base: common_pb2.ServiceOptions, override: common_pb2.ServiceO
             merged.resources.memory_mib, merged.resources.memory_limit_mib = res.memory_mib, res.memory_limit_mib
         if res.HasField("gpu"):
             merged.resources.gpu.CopyFrom(res.gpu)
-    for name in ("timeout_s", "retries", "concurrency", "batching", "enable_memory_snapshot", "image"):
+    for name in ("timeout_s", "retries", "concurrency", "batching", "enable_memory_snapshot", "image", "startup_timeout_s"):
         if override.HasField(name):
-            if name in ("timeout_s", "enable_memory_snapshot"):
+            if name in ("timeout_s", "enable_memory_snapshot", "startup_timeout_s"):
                 setattr(merged, name, getattr(override, name))
             else:
                 getattr(merged, name).CopyFrom(getattr(override, name))

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ PYTHON_TYPES: dict[common_pb2.ParameterType.ValueType, type] = {
     common_pb2.PARAMETER_TYPE_INT: int,
     common_pb2.PARAMETER_TYPE_BOOL: bool,
     common_pb2.PARAMETER_TYPE_BYTES: bytes,
+    common_pb2.PARAMETER_TYPE_FLOAT: float,
 }
 """The Python type of each parameter kind."""
 
@@ -29,6 +31,7 @@ VALUE_FIELDS: dict[common_pb2.ParameterType.ValueType, str] = {
     common_pb2.PARAMETER_TYPE_INT: "int_value",
     common_pb2.PARAMETER_TYPE_BOOL: "bool_value",
     common_pb2.PARAMETER_TYPE_BYTES: "bytes_value",
+    common_pb2.PARAMETER_TYPE_FLOAT: "float_value",
 }
 """The `ParameterValue` field (its `kind` oneof) that carries each parameter kind."""
 
@@ -51,6 +54,27 @@ def parameter_type(py_type: Any) -> common_pb2.ParameterType.ValueType | None:
 def matches(kind: common_pb2.ParameterType.ValueType, value: common_pb2.ParameterValue) -> bool:
     """Whether `value` is a value of parameter kind `kind`."""
     return value.WhichOneof("kind") == VALUE_FIELDS.get(kind)
+
+
+def float_problem(value: float) -> str | None:
+    """Why a float cannot be a parameter value (NaN is not equal to itself, so it could not name one
+    service; the infinities are refused with it), or None."""
+    if math.isnan(value) or math.isinf(value):
+        return f"must be a finite number, got {value!r}"
+    return None
+
+
+def canonical(kind: common_pb2.ParameterType.ValueType, value: common_pb2.ParameterValue) -> common_pb2.ParameterValue:
+    """`value` in its one canonical form for kind `kind` (a float's -0.0 becomes 0.0, so a value
+    names one service); ValueError, completing "parameter 'name' ...", when it is not a valid value."""
+    if not matches(kind, value):
+        raise ValueError(f"expects {getattr(PYTHON_TYPES.get(kind), '__name__', 'a known type')}")
+    if kind == common_pb2.PARAMETER_TYPE_FLOAT:
+        problem = float_problem(value.float_value)
+        if problem:
+            raise ValueError(problem)
+        return common_pb2.ParameterValue(float_value=value.float_value + 0.0)
+    return value
 
 
 def parse_bool(raw: str) -> bool:
@@ -76,6 +100,15 @@ def parse_parameter(kind: common_pb2.ParameterType.ValueType, raw: str) -> commo
         return common_pb2.ParameterValue(int_value=number)
     if kind == common_pb2.PARAMETER_TYPE_BOOL:
         return common_pb2.ParameterValue(bool_value=parse_bool(raw))
+    if kind == common_pb2.PARAMETER_TYPE_FLOAT:
+        try:
+            real = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number, got {raw!r}") from None
+        problem = float_problem(real)
+        if problem:
+            raise ValueError(problem)
+        return common_pb2.ParameterValue(float_value=real + 0.0)
     if kind == common_pb2.PARAMETER_TYPE_BYTES:
         return common_pb2.ParameterValue(bytes_value=raw.encode())
     return common_pb2.ParameterValue(string_value=raw)
@@ -91,6 +124,12 @@ def encode_value(value: Any) -> common_pb2.ParameterValue:
         return common_pb2.ParameterValue(string_value=value)
     if isinstance(value, bytes):
         return common_pb2.ParameterValue(bytes_value=value)
+    if isinstance(value, float):
+        problem = float_problem(value)
+        if problem:
+            raise TypeError(f"cannot encode parameter value {value!r}: {problem}")
+        # -0.0 + 0.0 is 0.0: one value, one serialized form, one service id.
+        return common_pb2.ParameterValue(float_value=value + 0.0)
     raise TypeError(f"cannot encode parameter value {value!r}")
 
 

@@ -209,12 +209,11 @@ class Cgroups:
         return usage
 
     def remove(self, container_id: str) -> None:
-        """Kill whatever is left in the container's cgroup and remove it (runc's below it too), and
-        the node's scope with it once no other container is in it (`create` makes it again)."""
+        """Kill whatever is left in the container's cgroup and remove it (runc's below it too).
+        The node's scope stays until the node stops (`sweep`): removing it when it looks empty
+        races with a container being created in it (runc then fails to mkdir its cgroup)."""
         for path in self._dirs(container_id, every_hierarchy=True).values():
             _remove_tree(path)
-            with contextlib.suppress(OSError):  # busy while other containers run
-                path.parent.rmdir()
 
     def sweep(self) -> int:
         """Remove every container cgroup of this scope (leftovers of a node that died); returns

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from corral_protocol import PROTOCOL_VERSION, payloads
 from corral_protocol.framing import HEADER, HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_HELLO_BYTES, FrameError, encode
 from corral_protocol.v1 import common_pb2, worker_pb2
-from corral_runtime.runner import InputRunner
+from corral_runtime.runner import CallerGone, InputRunner
 from corral_runtime.slots import SlotGate
 
 MAX_CONNECTIONS = 512
@@ -180,7 +180,7 @@ class DirectServer:
                 if request.WhichOneof("message") != "input":
                     return
                 self._handle(connection, request.input)
-        except (OSError, FrameError):
+        except (OSError, FrameError, CallerGone):
             return
         except Exception as err:  # a malformed frame: drop this connection, keep serving others
             if authenticated:
@@ -260,7 +260,11 @@ class DirectServer:
             future.add_done_callback(lambda done: self._finish(connection, inp.input_id, done.result()))
             return
         try:
-            result = self.runner.run_in_thread(inp)
+            if self.runner.is_generator(inp.method):
+                result = self.runner.run_generator_in_thread(inp, lambda value: connection.send(
+                    W.DirectResponse(generator_item=W.GeneratorItem(input_id=inp.input_id, value=value)), inp.input_id))
+            else:
+                result = self.runner.run_in_thread(inp)
         except BaseException:
             self._release(inp.input_id)
             raise

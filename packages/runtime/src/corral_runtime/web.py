@@ -25,7 +25,8 @@ from urllib.parse import parse_qsl
 
 from corral import container_api as sdk
 from corral_protocol.parameters import parse_bool
-from corral_protocol.v1 import common_pb2, worker_pb2
+from corral_protocol.v1 import worker_pb2
+from corral_runtime import web_streams
 from corral_runtime.asgi import AsgiApp, run_asgi
 from corral_runtime.runner import InputRunner
 
@@ -130,13 +131,22 @@ class HttpInputs:
             await respond(400, {"error": str(err)})
             return
         call = worker_pb2.Input(input_id=inp.input_id, method=inp.method, args=sdk.encode_args((), kwargs))
-        result = await self.runner.run_on_loop(call)
-        if result.status != common_pb2.RESULT_STATUS_SUCCESS:
-            name = result.exception_type.rsplit(".", 1)[-1] or "Error"
-            await respond(500, self._error_body(name, result.message, result.traceback))
+        ok, value = await self.runner.call_raw(call)
+        if not ok:
+            name = value.exception_type.rsplit(".", 1)[-1] or "Error"
+            await respond(500, self._error_body(name, value.message, value.traceback))
+            return
+        if web_streams.is_asgi_response(value):  # a StreamingResponse, or any Starlette response
+            await run_asgi(value, inp.http_request, start, body)
+            return
+        if web_streams.is_generator(value):
+            try:
+                await web_streams.stream_generator(value, self.runner, start, body, to_json)
+            except Exception as exc:
+                self._error_body(type(exc).__name__, self.runner.redactor.text(str(exc)), "")
             return
         try:
-            data = to_json(sdk.decode_value(result.value))
+            data = to_json(value)
         except Exception as exc:
             message = f"the return value of {self.definition.name}.{inp.method} could not be serialized as JSON: {exc}"
             await respond(500, self._error_body("TypeError", message, _format(exc)))

@@ -30,14 +30,16 @@ import grpc
 
 from corral import container_api as sdk
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
-from corral_protocol.options import batched_method, effective_max_inputs, effective_timeout_s
+from corral_protocol.options import CANCEL_GRACE_S, batched_method, effective_max_inputs, effective_timeout_s
 from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from corral_runtime import log_capture
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
+from corral_runtime.cancellation import outlive_grace
 from corral_runtime.direct import DirectServer
 from corral_runtime.redaction import Redactor
-from corral_runtime.runner import InputRunner
+from corral_runtime.runner import THREADS, InputRunner
 from corral_runtime.slots import SlotGate
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE, SnapshotPointError, apply_environment, wait_for_identity
 from corral_runtime.web import HttpInputs
@@ -133,9 +135,11 @@ class Worker:
         self.asgi_apps: dict[str, AsgiApp] = {}
         self.http: HttpInputs | None = None
         self.redactor = Redactor({})
+        self._background: set[asyncio.Future[None]] = set()  # grace watchers
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        log_capture.CAPTURE.install()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_gracefully)
         code = await self._session(loop, restored=False)
@@ -164,6 +168,7 @@ class Worker:
         target = self.identity.control_url.split("://", 1)[-1]
         # Secrets arrive with the identity (after the dump, for a snapshot's worker): read them now.
         self.redactor = Redactor.from_environ()
+        log_capture.CAPTURE.redactor = self.redactor
         async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
             stream = worker_pb2_grpc.WorkerServiceStub(channel).WorkerSession(metadata=self.metadata)
             hello = worker_pb2.WorkerHello(container_id=self.identity.container_id, restored=restored)
@@ -207,6 +212,7 @@ class Worker:
             asyncio.create_task(self._read(stream)),
             asyncio.create_task(self._report_load()),
             asyncio.create_task(self._watch_direct_timeouts()),
+            asyncio.create_task(log_capture.ship(log_capture.CAPTURE, self._send)),
         ]
         await self.shutdown.wait()
         if self.lost is not None:
@@ -221,6 +227,7 @@ class Worker:
         await self._report_load_once(force=True)
         await shutdown_asgi_apps(self.asgi_apps)  # ASGI lifespan shutdown, before the @exit hooks
         await self._exit_hooks()
+        await log_capture.flush(log_capture.CAPTURE, self._send)
         self._outbox.put_nowait(_CLOSE)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, timeout=10)
@@ -355,6 +362,7 @@ class Worker:
                     task = self.tasks.get(message.cancel.input_id)
                     if task is not None:
                         task.cancel()
+                        self._stop_sync_method(message.cancel.input_id)
         except asyncio.CancelledError:
             why = ""  # the worker itself is stopping (SIGTERM, drained)
             raise
@@ -368,6 +376,27 @@ class Worker:
             else:
                 self.shutdown.set()
 
+    def _stop_sync_method(self, input_id: str) -> None:
+        """A cancelled sync method gets InputCancelled in its thread and CANCEL_GRACE_S to stop."""
+        if THREADS.interrupt(input_id):
+            watcher = asyncio.ensure_future(self._grace(input_id))
+            self._background.add(watcher)
+            watcher.add_done_callback(self._background.discard)
+
+    async def _grace(self, input_id: str) -> None:
+        def others_waiting() -> bool:
+            return any(other != input_id for other in self.tasks) or bool(self.direct is not None and self.direct.running)
+
+        await outlive_grace(THREADS, input_id, CANCEL_GRACE_S, others_waiting, self._give_up)
+
+    async def _give_up(self, reason: str) -> None:
+        print(f"corral worker: {reason}", file=sys.stderr)
+        sys.stderr.flush()
+        with contextlib.suppress(Exception):
+            await self._send(worker_pb2.WorkerSessionRequest(draining=worker_pb2.WorkerDraining(reason=reason)))
+            await asyncio.sleep(5)
+        os._exit(3)
+
     async def _run_input(self, inp: worker_pb2.Input) -> None:
         assert self.gate is not None and self.runner is not None and self.http is not None
         try:
@@ -377,7 +406,11 @@ class Worker:
                     await self.http.serve(inp, self._send)
                     self.tasks.pop(inp.input_id, None)
                     return
-                result = await self.runner.run_on_loop(inp)
+                if self.runner.is_generator(inp.method):
+                    result = await self.runner.run_generator(inp, lambda value: self._send(worker_pb2.WorkerSessionRequest(
+                        generator_item=worker_pb2.GeneratorItem(input_id=inp.input_id, value=value))))
+                else:
+                    result = await self.runner.run_on_loop(inp)
             finally:
                 self.gate.release()
         except asyncio.CancelledError:

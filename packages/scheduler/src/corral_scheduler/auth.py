@@ -14,6 +14,14 @@ import grpc
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
 
 WORKER_SERVICE_PREFIX = "/corral.v1.WorkerService/"
+CONTROL_SERVICE_PREFIX = "/corral.v1.ControlService/"
+CONTAINER_CALLS = frozenset(
+    f"{CONTROL_SERVICE_PREFIX}{name}"
+    for name in ("LookupClass", "BindService", "Invoke", "InvokeStream", "GetResult", "CancelCall", "GetRoutes")
+)
+"""What code inside a container may do with its container's token: look up, bind, invoke (and
+stream), get results, cancel, and find direct routes. Never deploy, stop, secrets or tokens. The
+token dies with the container."""
 
 
 def new_token() -> str:
@@ -96,6 +104,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             ok = bool(token) and self._is_container_token(token)
         else:
             ok = bool(token) and hmac.compare_digest(token.encode(), self._admin_token.encode())
+            if not ok and token and details.method.startswith(CONTROL_SERVICE_PREFIX) and self._is_container_token(token):
+                if details.method not in CONTAINER_CALLS:
+                    return _abort_handler(
+                        handler, grpc.StatusCode.PERMISSION_DENIED,
+                        "code inside a container may only look up, bind, invoke, get results and cancel calls",
+                    )
+                ok = True
         if not ok:
             return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid or missing bearer token")
         return handler

@@ -13,14 +13,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from corral_protocol.env import APP_KIND_DEPLOYED, APP_KIND_EPHEMERAL, CORRAL_APP_ID, CORRAL_APP_KIND, CORRAL_APP_NAME
-from corral_protocol.options import effective_max_inputs, effective_timeout_s
+from corral_protocol.options import effective_max_inputs, effective_startup_timeout_s
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler.autoscaler import init_backoff_s
 from corral_scheduler.effects import (
     ArmTimer,
     CancelTimer,
+    CloseWorkerSession,
     InitWorker,
     RelayHttp,
+    RelayItem,
     ShutdownWorker,
     StartContainer,
     StopContainer,
@@ -37,11 +39,13 @@ from corral_scheduler.events import (
     WorkerDisconnected,
     WorkerDraining,
     WorkerHttp,
+    WorkerItem,
     WorkerLoad,
     WorkerOutput,
     WorkerReady,
 )
-from corral_scheduler.lifecycle import ContainerState
+from corral_scheduler.inputs import timer_key
+from corral_scheduler.lifecycle import ContainerState, InputState
 from corral_scheduler.model import Container, Service, failure
 from corral_scheduler.placement import Unplaceable
 from corral_scheduler.snapshot_keys import StartMode
@@ -81,7 +85,7 @@ class Containers:
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         return {
             WorkerConnected: self._connected, WorkerReady: self._ready, InitFailed: self._init_failed,
-            WorkerOutput: self._output, WorkerHttp: self._http, WorkerLoad: self._load, WorkerDraining: self._draining,
+            WorkerOutput: self._output, WorkerHttp: self._http, WorkerItem: self._item, WorkerLoad: self._load, WorkerDraining: self._draining,
             WorkerDisconnected: self._disconnected, StartRefused: self._start_refused, ContainerStarted: self._started,
             ContainerExited: self._exited, StopGraceExpired: self._grace_expired, StartupTimedOut: self._startup_timed_out,
             LostWorkerGraceExpired: self._lost_grace_expired,
@@ -100,6 +104,8 @@ class Containers:
         try:
             placement = core.nodes.place(service.options.resources, key)
         except Unplaceable as err:
+            if not core.nodes.connected_nodes() and core.now < core.nodes.rejoin_until:
+                return False  # after a restart, recovered calls wait for the nodes to come back
             core.inputs.fail_queue(service, failure(S.RESULT_STATUS_INTERNAL_ERROR, f"cannot start {service.class_def.name}: {err}"))
             return False
         if placement is None:
@@ -131,8 +137,7 @@ class Containers:
         core.emit(StartContainer(node.node_id, start, tuple(service.options.secrets)))
         log.info("starting container %s for %s on node %s%s", container.container_id, service.class_def.name, node.name,
                  f" with GPU(s) {', '.join(placement.gpu_uuids)} ({placement.choice})" if placement.gpu_uuids else "")
-        # A container's start (process, imports) is not shortened below a floor by a tiny input timeout.
-        startup_timeout = max(core.MIN_STARTUP_TIMEOUT_S, effective_timeout_s(service.options))
+        startup_timeout = effective_startup_timeout_s(service.options)
         core.emit(ArmTimer(_start_key(container.container_id), startup_timeout, StartupTimedOut(container.container_id, startup_timeout)))
         return True
 
@@ -157,7 +162,7 @@ class Containers:
             self.core.snapshots.restore_failed(container, event.snapshot_error)
 
     def _startup_timed_out(self, event: StartupTimedOut) -> None:
-        """A start-up (import and @enter) that outlasts the class's timeout: the container is killed
+        """A start-up (import and @enter) that outlasts the startup timeout: the container is killed
         and counts as an init failure, so callers are not left waiting on a hung hook."""
         container = self.containers.get(event.container_id)
         if container is None or not container.state.is_starting:
@@ -235,6 +240,12 @@ class Containers:
             success = common_pb2.Result(status=S.RESULT_STATUS_SUCCESS)
             self._output(WorkerOutput(event.container_id, inp.call_id, success))
 
+    def _item(self, event: WorkerItem) -> None:
+        container = self.containers.get(event.container_id)
+        inp = container.running.get(event.item.input_id) if container is not None else None
+        if inp is not None:
+            self.core.emit(RelayItem(inp.call_id, event.item.value))
+
     def _load(self, event: WorkerLoad) -> None:
         """The worker's count of direct inputs changed: the autoscaler and dispatch see it."""
         container = self.containers.get(event.container_id)
@@ -263,8 +274,27 @@ class Containers:
             return
         if container.state.is_connected:
             self.core.move_container(container, CS.LOST, "its session ended")
+        self._requeue_undelivered(container, event.undelivered)
         self.core.emit(ArmTimer(_lost_key(container.container_id), self.core.LOST_WORKER_GRACE_S,
                                 LostWorkerGraceExpired(container.container_id)))
+
+    def _requeue_undelivered(self, container: Container, call_ids: tuple[str, ...]) -> None:
+        """Inputs that never left the plane never started: back to the front of the queue, the
+        attempt not counted, and onto another container at once."""
+        service = self.core.registry.services[container.service_id]
+        for call_id in reversed(call_ids):
+            inp = container.running.pop(call_id, None)
+            if inp is None or inp.done:
+                continue
+            self.core.emit(CancelTimer(timer_key(call_id)))
+            self.core.move_input(inp, InputState.QUEUED, f"never sent to {container.container_id}, whose stream ended")
+            inp.attempts -= 1
+            inp.container_id = None
+            inp.queued_at = self.core.now
+            self.core.durable.attempted(inp)
+            service.queue.appendleft(inp)
+        if call_ids:
+            self.core.dispatch.dispatch(service)
 
     def _lost_grace_expired(self, event: LostWorkerGraceExpired) -> None:
         self.gone(event.container_id, None, "the control plane lost its connection to the container", "")
@@ -320,6 +350,9 @@ class Containers:
         del self.containers[container.container_id]
         for key in (_stop_key, _start_key, _lost_key):
             self.core.emit(CancelTimer(key(container.container_id)))
+        # A worker whose container the plane forgot (its node was lost, say) must not live on outside
+        # the cluster: its session ends, and a worker without a session exits.
+        self.core.emit(CloseWorkerSession(container.container_id))
         self.tokens.pop(container.token, None)
         self.tokens.pop(container.pre_snapshot_token, None)
         self.core.snapshots.container_gone(container)
@@ -357,5 +390,5 @@ class Containers:
         container.running.clear()
         if exit_code not in (None, 0) or previous not in (CS.DRAINING, CS.KILLED):
             log.info("container %s exited%s: %s", container_id, code, why)
-        self.core.dispatch.dispatch(service)
         self.core.dispatch.scale_fairly()  # the freed capacity goes to the services with the fewest containers first
+        self.core.dispatch.dispatch(service)

@@ -16,23 +16,26 @@ import time
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
 from corral_scheduler import ids, views
 from corral_scheduler.core import PlaneCore
-from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, PermissionDenied
+from corral_scheduler.errors import ApiError, InvalidArgument, NotFound
 from corral_scheduler.image_builds import ImageBuilds
-from corral_scheduler.lifecycle import Step
+from corral_scheduler.lifecycle import InputState, Step
+from corral_scheduler.logs import LogStore
 from corral_scheduler.model import AppRecord, Container, Node, Service
+from corral_scheduler.plane_store import StoreAccess
+from corral_scheduler.recovery import recover_calls
 from corral_scheduler.registry import validate_app
+from corral_scheduler.schedules import Schedules, validate_schedules
 from corral_scheduler.secret_env import Secrets
+from corral_scheduler.sessions import Sessions
 from corral_scheduler.snapshot_keys import SnapshotBook
 from corral_scheduler.store import Store
 from corral_scheduler.web_routes import web_urls
-from corral_scheduler.wire_events import node_events, worker_events
 
 log = logging.getLogger("corral.scheduler")
 
@@ -47,9 +50,11 @@ class CallHandle:
     call_id: str
     future: asyncio.Future[common_pb2.Result]
     http_events: asyncio.Queue[HttpMessage] | None = None
+    # A generator call's items, for `InvokeStream` (None for other calls: their items are dropped).
+    items: asyncio.Queue[common_pb2.Payload] | None = None
 
 
-class ControlPlane:
+class ControlPlane(StoreAccess, Sessions):
     TICK_S = 0.2
     STOP_GRACE_S = PlaneCore.STOP_GRACE_S
 
@@ -65,8 +70,11 @@ class ControlPlane:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pending: collections.deque[ev.Event] = collections.deque()
         self._handling = False
+        self._writes: list[fx.CallChange] = []  # durable-call changes of the event being handled
         self._ticker: asyncio.Task[None] | None = None
         self.image_builds = ImageBuilds(lambda: list(self._node_outboxes), self._to_node)
+        self.schedules = Schedules(self, store.directory)
+        self.logs = LogStore(store.directory)
 
     @property
     def control_url(self) -> str:
@@ -121,9 +129,23 @@ class ControlPlane:
         finally:
             self._handling = False
             self._pending.clear()
+            self._write_calls()
+
+    def _write_calls(self) -> None:
+        """One transaction for every durable-call change of the event (and those it raised): a
+        spawn is in the store before its caller gets the call id, a result before anyone reads it."""
+        writes, self._writes = self._writes, []
+        if writes:
+            try:
+                self.store.write_calls(writes)
+            except Exception:
+                log.exception("could not write %d durable-call change(s) to the store", len(writes))
 
     def _perform_all(self, effects: list[fx.Effect]) -> None:
         for effect in effects:
+            if isinstance(effect, fx.DURABLE_EFFECTS):
+                self._writes.append(effect)
+                continue
             try:
                 self._perform(effect)
             except Exception:
@@ -136,6 +158,10 @@ class ControlPlane:
             call = self._calls.get(effect.call_id)
             if call is not None and not call.future.done():
                 call.future.set_result(effect.result)
+        elif isinstance(effect, fx.RelayItem):
+            call = self._calls.get(effect.call_id)
+            if call is not None and call.items is not None:
+                call.items.put_nowait(effect.value)
         elif isinstance(effect, fx.RelayHttp):
             call = self._calls.get(effect.call_id)
             if call is not None and call.http_events is not None:
@@ -209,6 +235,7 @@ class ControlPlane:
             self.handle(ev.AppInstalled(deployed.app_id, deployed.version, deployed.definition, deployed.created_at))
         for app_id, name, version, created_at in self.store.stopped_apps():  # history for `corral app list --all`
             self.handle(ev.AppForgotten(app_id, name, version, created_at))
+        recover_calls(self)
         self._ticker = asyncio.create_task(self._tick_forever(), name="corral-control-plane-tick")
 
     async def _tick_forever(self) -> None:
@@ -216,6 +243,7 @@ class ControlPlane:
             await asyncio.sleep(self.TICK_S)
             try:
                 self.handle(ev.Tick())
+                self.schedules.tick(time.time())
             except Exception:
                 log.exception("control plane tick failed")
 
@@ -237,6 +265,8 @@ class ControlPlane:
             outbox.put_nowait(None)
         for worker_outbox in self._worker_outboxes.values():
             worker_outbox.put_nowait(None)
+        self.schedules.store.close()
+        self.logs.close()
 
     def is_container_token(self, token: str) -> bool:
         return self.core.containers.owner_of(token) is not None
@@ -249,6 +279,9 @@ class ControlPlane:
             raise InvalidArgument(f"code bundle {request.bundle_hash!r} was not uploaded")
         for class_def in request.classes:
             self.secrets.check(class_def.options.secrets, hint=True)
+        problem = validate_schedules(request) if request.kind == control_pb2.APP_KIND_DEPLOYED else None
+        if problem:
+            raise InvalidArgument(problem)
         if request.kind == control_pb2.APP_KIND_DEPLOYED:
             app_id, version = self.store.deploy(ids.new_id("ap"), request)
         else:
@@ -269,8 +302,8 @@ class ControlPlane:
     def app_heartbeat(self, app_id: str) -> None:
         self.handle(ev.AppHeartbeat(app_id))
 
-    def lookup_class(self, app_name: str, class_name: str) -> tuple[str, common_pb2.ClassDef]:
-        return self.core.registry.lookup_class(app_name, class_name)
+    def lookup_class(self, app_name: str, class_name: str, app_id: str = "") -> tuple[str, common_pb2.ClassDef]:
+        return self.core.registry.lookup_class(app_name, class_name, app_id)
 
     def bind_service(
         self, app_id: str, class_name: str, parameters: Iterable[common_pb2.NamedParameter], override: common_pb2.ServiceOptions,
@@ -291,16 +324,36 @@ class ControlPlane:
 
     def invoke(
         self, service_id: str, method: str, args: common_pb2.Payload, http_request: worker_pb2.HttpRequest | None = None,
+        stream: bool = False, durable: bool = False,
     ) -> CallHandle:
+        """Queue an input. `durable` (spawned calls): the store keeps it, and its result, across a
+        restart of the control plane, until the result is read or expires."""
         call = CallHandle(ids.new_id("fc"), asyncio.get_running_loop().create_future(),
-                          asyncio.Queue() if http_request is not None else None)
+                          asyncio.Queue() if http_request is not None else None, asyncio.Queue() if stream else None)
         self._calls[call.call_id] = call
         try:
-            self.handle(ev.InvokeRequested(call.call_id, service_id, method, args, http_request))
+            self.handle(ev.InvokeRequested(call.call_id, service_id, method, args, http_request, durable))
         except ApiError:
             self._calls.pop(call.call_id, None)
             raise
         return call
+
+    def log_app_id(self, ref: str) -> str:
+        """The app whose logs `ref` names: an id, a deployed app's name, or the newest app of that name."""
+        apps = self.core.registry.apps
+        if ref in apps:
+            return ref
+        deployed = self.core.registry.deployed.get(ref)
+        if deployed:
+            return deployed
+        named = [record for record in apps.values() if record.name == ref]
+        if not named:
+            raise NotFound(f"app {ref!r} not found")
+        return max(named, key=lambda record: record.created_at).app_id
+
+    def register_call(self, call: CallHandle) -> None:
+        """A caller's handle for a call the core is about to learn of (a call recovered at start)."""
+        self._calls[call.call_id] = call
 
     def get_input(self, call_id: str) -> CallHandle:
         call = self._calls.get(call_id)
@@ -308,8 +361,17 @@ class ControlPlane:
             raise NotFound(f"call {call_id!r} not found (unknown, or its result expired)")
         return call
 
-    def cancel(self, call_id: str, reason: str = "the call was cancelled") -> None:
+    def cancel(self, call_id: str, reason: str = "the call was cancelled") -> control_pb2.CancelOutcome.ValueType:
+        """Cancel a call; the answer says what the cancellation found."""
+        inp = self.core.inputs.inputs.get(call_id)
+        if inp is None or inp.state == InputState.DONE:
+            outcome = control_pb2.CANCEL_OUTCOME_ALREADY_DONE
+        elif inp.state == InputState.RUNNING:
+            outcome = control_pb2.CANCEL_OUTCOME_STOPPING_RUNNING
+        else:
+            outcome = control_pb2.CANCEL_OUTCOME_NOT_STARTED
         self.handle(ev.CancelRequested(call_id, reason))
+        return outcome
 
     def forget(self, call_id: str) -> None:
         self._calls.pop(call_id, None)
@@ -322,82 +384,3 @@ class ControlPlane:
         keys = self.core.snapshots.select(request)
         self.handle(ev.SnapshotsDeleted(tuple(keys)))
         return len(keys)
-
-    def set_secret(self, name: str, values: dict[str, str]) -> None:
-        self.secrets.set(name, values)
-
-    def secret_names(self) -> list[str]:
-        return self.secrets.names()
-
-    def delete_secret(self, name: str) -> None:
-        self.secrets.delete(name)
-
-    def has_bundle(self, bundle_hash: str) -> bool:
-        return self.store.has_bundle(bundle_hash)
-
-    def put_bundle(self, bundle_hash: str, data: bytes) -> None:
-        self.store.put_bundle(bundle_hash, data)
-
-    def bundle_path(self, bundle_hash: str) -> Path:
-        return self.store.bundle_path(bundle_hash)
-
-    def create_proxy_token(self, name: str) -> tuple[str, str]:
-        return self.store.create_proxy_token(name)
-
-    def check_proxy_token(self, token_id: str, secret: str) -> bool:
-        return self.store.check_proxy_token(token_id, secret)
-
-    # Node sessions ----------------------------------------------------------------------------
-
-    def register_node(self, request: node_pb2.RegisterNodeRequest) -> str:
-        """A node joins; returns its id."""
-        node_id = ids.new_id("nd")
-        self.handle(ev.NodeJoined(node_id, request.name or node_id, request.inventory))
-        return node_id
-
-    def open_node_session(self, node_id: str) -> asyncio.Queue[node_pb2.NodeSessionResponse | None]:
-        """The node's session began: commands for it go to the queue returned (None ends it)."""
-        outbox: asyncio.Queue[node_pb2.NodeSessionResponse | None] = asyncio.Queue()
-        previous = self._node_outboxes.get(node_id)
-        self._node_outboxes[node_id] = outbox
-        try:
-            self.handle(ev.NodeConnected(node_id))
-        except ApiError:
-            if previous is None:
-                self._node_outboxes.pop(node_id, None)
-            else:
-                self._node_outboxes[node_id] = previous
-            raise
-        return outbox
-
-    def node_event(self, node_id: str, message: node_pb2.NodeSessionRequest) -> None:
-        for event in node_events(node_id, message):
-            self.handle(event)
-
-    def close_node_session(self, node_id: str, outbox: asyncio.Queue[node_pb2.NodeSessionResponse | None]) -> None:
-        if self._node_outboxes.get(node_id) is outbox:
-            del self._node_outboxes[node_id]
-            self.handle(ev.NodeLost(node_id))
-
-    # Worker sessions ----------------------------------------------------------------------------
-
-    def open_worker_session(self, container_id: str, token: str) -> asyncio.Queue[worker_pb2.WorkerSessionResponse | None]:
-        """A worker connected with its token: its messages go to the queue returned, `ContainerInit` first."""
-        if self.core.containers.owner_of(token) != container_id or container_id not in self.core.containers.containers:
-            raise PermissionDenied(f"this token does not belong to container {container_id!r}")
-        if container_id in self._worker_outboxes:
-            raise PermissionDenied(f"container {container_id!r} is already connected")
-        outbox: asyncio.Queue[worker_pb2.WorkerSessionResponse | None] = asyncio.Queue()
-        self._worker_outboxes[container_id] = outbox
-        self.handle(ev.WorkerConnected(container_id))
-        return outbox
-
-    def worker_message(self, container_id: str, message: worker_pb2.WorkerSessionRequest) -> None:
-        for event in worker_events(container_id, message):
-            self.handle(event)
-
-    def close_worker_session(self, container_id: str, outbox: asyncio.Queue[worker_pb2.WorkerSessionResponse | None]) -> None:
-        """The worker's stream ended; unless the plane ended it on purpose, the worker is lost."""
-        if self._worker_outboxes.get(container_id) is outbox:
-            del self._worker_outboxes[container_id]
-            self.handle(ev.WorkerDisconnected(container_id))

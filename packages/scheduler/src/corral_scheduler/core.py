@@ -7,6 +7,7 @@ effects it returns. Its jobs live in their own modules and share this object:
 
     registry.Registry     apps, services, binding and validation
     inputs.Inputs         the input lifecycle: queue, retries, timeouts, results
+    durable.DurableCalls  what of spawned calls the store keeps, and how they resume after a restart
     dispatch.Dispatch     pushing inputs into free slots; autoscaling and scale-down
     containers.Containers the container lifecycle and the worker's events
     nodes.Nodes           nodes joining and leaving, capacity reservations
@@ -24,6 +25,7 @@ from typing import Any
 from corral_scheduler import ids
 from corral_scheduler.containers import Containers
 from corral_scheduler.dispatch import Dispatch
+from corral_scheduler.durable import DurableCalls
 from corral_scheduler.effects import Effect
 from corral_scheduler.errors import ApiError
 from corral_scheduler.events import Event, ShutdownRequested, Tick
@@ -55,6 +57,10 @@ class PlaneCore:
     STOP_GRACE_S = 30.0
     LOST_WORKER_GRACE_S = 3.0
     MIN_STARTUP_TIMEOUT_S = 5.0
+    # The autoscaler adds containers past the first when the oldest queued input has waited this long.
+    SCALE_UP_WAIT_S = 0.5
+    # Cores of the cluster left to the control plane when bounding container starts per tick.
+    PLANE_RESERVED_CORES = 1
 
     def __init__(
         self,
@@ -80,11 +86,12 @@ class PlaneCore:
         self.containers = Containers(self)
         self.nodes = Nodes(self)
         self.snapshots = Snapshots(self)
+        self.durable = DurableCalls(self)
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             Tick: self._tick,
             ShutdownRequested: self._shutdown,
         }
-        for job in (self.registry, self.inputs, self.containers, self.nodes, self.snapshots):
+        for job in (self.registry, self.inputs, self.containers, self.nodes, self.snapshots, self.durable):
             self._handlers.update(job.handlers())
 
     def handle(self, event: Event, now: float, wall: float) -> list[Effect]:

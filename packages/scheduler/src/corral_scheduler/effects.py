@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from corral_protocol.v1 import common_pb2, node_pb2, worker_pb2
 from corral_scheduler.events import TimerFired
+from corral_scheduler.model import StoredCall
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,14 @@ class ResolveCall(Effect):
 
 
 @dataclass(frozen=True)
+class RelayItem(Effect):
+    """An item of a generator input, for the caller's stream (dropped when nobody streams it)."""
+
+    call_id: str
+    value: common_pb2.Payload
+
+
+@dataclass(frozen=True)
 class RelayHttp(Effect):
     """Part of an HTTP input's response, for the web gateway."""
 
@@ -127,3 +136,41 @@ class MarkAppStopped(Effect):
     """A deployed app was stopped: the store forgets it across restarts."""
 
     app_id: str
+
+
+# Durable calls: the driver writes each handled event's batch of these in one transaction --------
+
+
+@dataclass(frozen=True)
+class PersistInput(Effect):
+    """A spawned call was accepted: the store keeps it until its result is read or expires."""
+
+    call: StoredCall
+
+
+@dataclass(frozen=True)
+class PersistAttempt(Effect):
+    """A durable call was pushed to a container: its attempt count, for its retry policy after a restart."""
+
+    call_id: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class PersistResult(Effect):
+    """A durable call is done: its result waits in the store for the caller."""
+
+    call_id: str
+    result: common_pb2.Result
+    finished_at: float  # wall clock
+
+
+@dataclass(frozen=True)
+class ForgetInput(Effect):
+    """A durable call's result was read or expired: the store drops it."""
+
+    call_id: str
+
+
+CallChange = PersistInput | PersistAttempt | PersistResult | ForgetInput
+DURABLE_EFFECTS = (PersistInput, PersistAttempt, PersistResult, ForgetInput)

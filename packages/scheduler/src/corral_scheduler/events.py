@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
+from corral_scheduler.model import StoredCall
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,17 @@ class InvokeRequested(Event):
     method: str
     args: common_pb2.Payload
     http_request: worker_pb2.HttpRequest | None = None
+    durable: bool = False  # a spawned call: kept in the store until its result is read or expires
+
+
+@dataclass(frozen=True)
+class CallRecovered(Event):
+    """A durable call read back from the store after a restart. `service_id` is its service, bound
+    again; empty when it could not be (`reason` says why: its app is gone, for instance)."""
+
+    call: StoredCall
+    service_id: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,14 @@ class WorkerHttp(Event):
 
 
 @dataclass(frozen=True)
+class WorkerItem(Event):
+    """An item a generator input yielded; the input's Output follows its last item."""
+
+    container_id: str
+    item: worker_pb2.GeneratorItem
+
+
+@dataclass(frozen=True)
 class WorkerLoad(Event):
     container_id: str
     direct_running: int
@@ -153,7 +173,11 @@ class WorkerDraining(Event):
 
 @dataclass(frozen=True)
 class WorkerDisconnected(Event):
+    """The worker's stream ended. `undelivered`: inputs pushed to it that never left the plane's
+    outbox, so they never started; they go back to the front of the queue."""
+
     container_id: str
+    undelivered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,6 +212,7 @@ class NodeLost(Event):
 class NodeHeartbeat(Event):
     node_id: str
     snapshots: tuple[common_pb2.SnapshotImage, ...] | None = ()  # None: a message without a heartbeat
+    running: tuple[str, ...] | None = None  # the containers the node runs (None: not reported)
     inventory: common_pb2.NodeInventory | None = None  # the node's current inventory, when it sent one
     usage: tuple[common_pb2.ContainerUsage, ...] | None = None  # its containers' use against their limits
 

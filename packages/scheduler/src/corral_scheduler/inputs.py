@@ -59,13 +59,16 @@ class Inputs:
                 "retry later, or raise max_containers so that it drains faster"
             )
         inp = Input(call_id=event.call_id, service_id=service.service_id, method=event.method, args=event.args,
-                    http_request=event.http_request)
+                    http_request=event.http_request, durable=event.durable and event.http_request is None,
+                    queued_at=self.core.now)
         inp.history.record(self.core.now, None, InputState.QUEUED, "invoked")
         self.inputs[inp.call_id] = inp
         refused = None if event.http_request is not None else argument_refusal(service.class_def, event.method, event.args)
         if refused is not None:  # JSON arguments that do not fit the method's signature: no container starts
             self.finish(inp, refused)
             return
+        if inp.durable:
+            self.core.durable.accepted(inp, service)
         service.queue.append(inp)
         self.core.dispatch.dispatch(service)
 
@@ -87,7 +90,9 @@ class Inputs:
             self.core.dispatch.dispatch(service)
 
     def _forget(self, event: CallForgotten) -> None:
-        self.inputs.pop(event.call_id, None)
+        inp = self.inputs.pop(event.call_id, None)
+        if inp is not None:
+            self.core.durable.forgotten(inp)
 
     def _timed_out(self, event: InputTimedOut) -> None:
         inp = self.inputs.get(event.call_id)
@@ -112,13 +117,15 @@ class Inputs:
             self.finish(inp, failure(S.RESULT_STATUS_CANCELLED, "the app was stopped before the retry ran"))
             return
         self.core.move_input(inp, InputState.QUEUED, f"retry {inp.attempts + 1}")
+        inp.queued_at = self.core.now
         service.queue.appendleft(inp)
         self.core.dispatch.dispatch(service)
 
     # Transitions shared with other jobs ---------------------------------------------------------
 
-    def finish(self, inp: Input, result: common_pb2.Result) -> None:
-        """Answer the caller; nothing more happens to this input."""
+    def finish(self, inp: Input, result: common_pb2.Result, persist: bool = True) -> None:
+        """Answer the caller; nothing more happens to this input. `persist`: a durable input's
+        result goes to the store (False: it came from there)."""
         if inp.done:
             return
         if inp.state in (InputState.RUNNING, InputState.RETRY_WAIT):
@@ -127,6 +134,8 @@ class Inputs:
         inp.container_id = None
         inp.result = result
         inp.done_at = self.core.now
+        if persist:
+            self.core.durable.finished(inp, result)
         self.core.emit(ResolveCall(inp.call_id, result))
 
     def fail_or_retry(self, inp: Input, result: common_pb2.Result, service: Service) -> None:
@@ -153,5 +162,5 @@ class Inputs:
         self._last_sweep = now
         expired = [k for k, i in self.inputs.items() if i.done_at is not None and now - i.done_at > self.core.RESULT_TTL_S]
         for key in expired:
-            del self.inputs[key]
+            self.core.durable.forgotten(self.inputs.pop(key))
             self.core.emit(DropCall(key))

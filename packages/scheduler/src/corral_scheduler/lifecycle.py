@@ -106,6 +106,7 @@ INPUT_TRANSITIONS: dict[tuple[InputState, InputState], str] = {
     (_I.QUEUED, _I.DONE): "cancelled, or failed before it ran (init failure, no node can run it, app stopped)",
     (_I.RUNNING, _I.DONE): "the container answered, or the call was cancelled, or it failed for good",
     (_I.RUNNING, _I.RETRY_WAIT): "it failed and its retry policy allows another attempt",
+    (_I.RUNNING, _I.QUEUED): "its container's stream ended before the input left the control plane",
     (_I.RETRY_WAIT, _I.QUEUED): "its retry delay passed",
     (_I.RETRY_WAIT, _I.DONE): "cancelled while waiting, or its app stopped",
 }

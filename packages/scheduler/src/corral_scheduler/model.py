@@ -23,6 +23,23 @@ def failure(status: common_pb2.ResultStatus.ValueType, message: str, traceback: 
     return common_pb2.Result(status=status, message=message, traceback=traceback)
 
 
+@dataclass(frozen=True)
+class StoredCall:
+    """A durable call as the store keeps it: enough to bind its service again and run it."""
+
+    call_id: str
+    app_id: str
+    class_name: str
+    parameters: tuple[common_pb2.NamedParameter, ...]
+    override: common_pb2.ServiceOptions
+    method: str
+    args: common_pb2.Payload
+    created_at: float  # wall clock
+    attempts: int = 0
+    result: common_pb2.Result | None = None
+    finished_at: float = 0.0  # wall clock; set with the result
+
+
 @dataclass
 class AppRecord:
     app_id: str
@@ -53,6 +70,9 @@ class Input:
     # An HTTP request from the web gateway: the worker streams the response back as
     # HttpResponseStart and HttpBodyChunk messages, which the driver relays to the gateway.
     http_request: worker_pb2.HttpRequest | None = None
+    # Spawned calls survive a restart of the control plane: the driver writes them to the store.
+    durable: bool = False
+    queued_at: float = 0.0  # monotonic; when it last joined its service's queue (the autoscaler reads it)
 
     @property
     def done(self) -> bool:
@@ -117,6 +137,8 @@ class Service:
     class_def: common_pb2.ClassDef
     parameters: list[common_pb2.NamedParameter]
     options: common_pb2.ServiceOptions
+    # The options the binding overrode: with app, class and parameters, what rebinds it after a restart.
+    override: common_pb2.ServiceOptions = field(default_factory=common_pb2.ServiceOptions)
     queue: deque[Input] = field(default_factory=deque)
     containers: dict[str, Container] = field(default_factory=dict)
     init_failures: int = 0
@@ -124,6 +146,9 @@ class Service:
     last_init_error: common_pb2.Result | None = None
     autoscaler_override: common_pb2.AutoscalerSettings = field(default_factory=common_pb2.AutoscalerSettings)
     retired: bool = False
+    # Since when a READY container has held more inputs than its slots (pushed ones waiting behind
+    # direct ones): a backlog the queue does not show. None when none does.
+    overloaded_since: float | None = None
 
     _autoscaler: AutoscalerConfig | None = field(default=None, init=False, repr=False, compare=False)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from corral_protocol.v1 import common_pb2
+from corral_scheduler.effects import StopContainer
 from corral_scheduler.errors import NotFound
 from corral_scheduler.events import NodeConnected, NodeHeartbeat, NodeJoined, NodeLost
 from corral_scheduler.model import Container, Node
@@ -18,11 +19,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.scheduler")
 
+# How long queued calls wait for a node to (re)join before "no runtime node" fails them: a node
+# daemon reconnects within 5 s of a restart of the plane (its backoff), an embedded one at once.
+NODE_REJOIN_GRACE_S = 60.0
+
 
 class Nodes:
     def __init__(self, core: PlaneCore) -> None:
         self.core = core
         self.nodes: dict[str, Node] = {}
+        # Until then, queued calls wait for a node instead of failing for want of one: after a
+        # restart (recovered calls), or after the loss of a node.
+        self.rejoin_until = 0.0
         self.cluster = Cluster()  # the connected nodes, indexed for placement
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
@@ -73,6 +81,8 @@ class Nodes:
         if node is None:
             return
         node.connected = False
+        # Its queued work waits a while for a node to come back rather than failing at once.
+        self.rejoin_until = max(self.rejoin_until, self.core.now + NODE_REJOIN_GRACE_S)
         self.cluster.remove(node.node_id)
         self.core.snapshots.forget_node(node.node_id)
         for container_id in list(node.containers):
@@ -85,6 +95,11 @@ class Nodes:
         node.last_heartbeat = self.core.wall
         if event.snapshots is not None:
             self.core.snapshots.node_images(node, event.snapshots)
+        for container_id in event.running or ():
+            if container_id not in node.containers:
+                # It belongs to no live assignment: a restarted plane never placed it, or forgot it.
+                log.warning("node %s runs container %s that the control plane does not know; stopping it", node.name, container_id)
+                self.core.emit(StopContainer(node.node_id, container_id))
         if event.inventory is not None:
             # GPU memory and utilisation as of now; a device that vanished is no longer placed.
             node.inventory = event.inventory

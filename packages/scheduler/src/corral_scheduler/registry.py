@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from corral_protocol import gpus
 from corral_protocol.names import name_problem
 from corral_protocol.options import batching_violation, merge_options
-from corral_protocol.parameters import matches as parameter_matches
+from corral_protocol.parameters import canonical as canonical_parameter
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2
 from corral_scheduler import ids
 from corral_scheduler.effects import MarkAppStopped
@@ -82,8 +82,10 @@ def check_parameters(class_def: common_pb2.ClassDef, given: list[common_pb2.Name
         value = by_name[name].value if name in by_name else (spec.default if spec.has_default else None)
         if value is None:
             raise InvalidArgument(f"{class_def.name} is missing required parameter {name!r}")
-        if not parameter_matches(spec.type, value):
-            raise InvalidArgument(f"parameter {name!r} of {class_def.name} has the wrong type")
+        try:
+            value = canonical_parameter(spec.type, value)
+        except ValueError as err:
+            raise InvalidArgument(f"parameter {name!r} of {class_def.name} has the wrong type or value: it {err}") from None
         bound.append(common_pb2.NamedParameter(name=name, value=value))
     return sorted(bound, key=lambda p: p.name)
 
@@ -125,10 +127,17 @@ class Registry:
     def deployed_id(self, name: str) -> str | None:
         return self.deployed.get(name)
 
-    def lookup_class(self, app_name: str, class_name: str) -> tuple[str, common_pb2.ClassDef]:
-        app_id = self.deployed.get(app_name)
-        if app_id is None:
-            raise NotFound(f"app {app_name!r} not found; deploy it with `corral deploy`")
+    def lookup_class(self, app_name: str, class_name: str, app_id: str = "") -> tuple[str, common_pb2.ClassDef]:
+        """A class (or function) of a deployed app by name, or of any live app by id."""
+        if app_id:
+            found = self.apps.get(app_id)
+            if found is None or found.stopped:
+                raise NotFound(f"app {app_id!r} is not running")
+            app_name = found.name
+        else:
+            app_id = self.deployed.get(app_name) or ""
+            if not app_id:
+                raise NotFound(f"app {app_name!r} not found; deploy it with `corral deploy`")
         record = self.apps[app_id]
         class_def = record.class_defs.get(class_name)
         if class_def is None:
@@ -213,7 +222,7 @@ class Registry:
         class_def = self.apps[event.app_id].class_defs[event.class_name]
         service = self.services[event.service_id] = Service(
             service_id=event.service_id, app_id=event.app_id, class_def=class_def, parameters=list(event.parameters),
-            options=merge_options(class_def.options, event.override),
+            options=merge_options(class_def.options, event.override), override=event.override,
         )
         self.core.dispatch.scale(service)
 

@@ -111,7 +111,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def LookupClass(self, request: control_pb2.LookupClassRequest, context: Any) -> control_pb2.LookupClassResponse:
-        app_id, class_def = self.plane.lookup_class(request.app_name, request.class_name)
+        app_id, class_def = self.plane.lookup_class(request.app_name, request.class_name, request.app_id)
         return control_pb2.LookupClassResponse(app_id=app_id, class_def=class_def)
 
     @api
@@ -127,7 +127,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         size = len(request.args.data)
         if size > self.max_payload_bytes:  # the SDK checks first; this is the authority for every client
             raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
-        inp = self.plane.invoke(request.service_id, request.method, request.args)
+        inp = self.plane.invoke(request.service_id, request.method, request.args, durable=not request.wait)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)
         try:
@@ -143,6 +143,57 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             raise
         self.plane.forget(inp.call_id)
         return control_pb2.InvokeResponse(call_id=inp.call_id, result=result)
+
+    async def InvokeStream(self, request: control_pb2.InvokeStreamRequest, context: Any) -> AsyncIterator[control_pb2.InvokeStreamResponse]:
+        """A generator call: its id, its items as they arrive, its Result. A caller that goes away
+        cancels the call, which stops the generator in the container."""
+        try:
+            problem = format_problem(request.args)
+            if problem is not None:
+                raise InvalidArgument(problem)
+            size = len(request.args.data)
+            if size > self.max_payload_bytes:
+                raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
+            call = self.plane.invoke(request.service_id, request.method, request.args, stream=True)
+        except ApiError as err:
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
+            return
+        assert call.items is not None
+        finished = False
+        item_task: asyncio.Future[Any] | None = None
+        try:
+            yield control_pb2.InvokeStreamResponse(call_id=call.call_id)
+            while True:
+                item_task = asyncio.ensure_future(call.items.get())
+                done, _ = await asyncio.wait({item_task, call.future}, return_when=asyncio.FIRST_COMPLETED)
+                if item_task in done:
+                    yield control_pb2.InvokeStreamResponse(item=item_task.result())
+                    continue
+                item_task.cancel()
+                while not call.items.empty():  # items the worker sent before its Output
+                    yield control_pb2.InvokeStreamResponse(item=call.items.get_nowait())
+                finished = True
+                yield control_pb2.InvokeStreamResponse(result=call.future.result())
+                return
+        finally:
+            if item_task is not None:
+                item_task.cancel()
+            if not finished:
+                self.plane.cancel(call.call_id, "the caller stopped consuming the generator")
+            self.plane.forget(call.call_id)
+
+    async def GetLogs(self, request: control_pb2.GetLogsRequest, context: Any) -> AsyncIterator[control_pb2.GetLogsResponse]:
+        """An app's or a container's stored output, then (with `follow`) new lines until cancelled."""
+        try:
+            if not request.app and not request.container_id:
+                raise InvalidArgument("GetLogs needs an app or a container id")
+            app_id = self.plane.log_app_id(request.app) if request.app else ""
+        except ApiError as err:
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
+            return
+        async for page in self.plane.logs.follow(app_id=app_id, container_id=request.container_id, input_id=request.input_id,
+                                                 tail=request.tail, follow=request.follow):
+            yield control_pb2.GetLogsResponse(lines=page)
 
     @api
     async def GetRoutes(self, request: control_pb2.GetRoutesRequest, context: Any) -> control_pb2.GetRoutesResponse:
@@ -161,8 +212,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @api
     async def CancelCall(self, request: control_pb2.CancelCallRequest, context: Any) -> control_pb2.CancelCallResponse:
         self.plane.get_input(request.call_id)
-        self.plane.cancel(request.call_id)
-        return control_pb2.CancelCallResponse()
+        return control_pb2.CancelCallResponse(outcome=self.plane.cancel(request.call_id))
 
     @api
     async def UpdateAutoscaler(self, request: control_pb2.UpdateAutoscalerRequest, context: Any) -> control_pb2.UpdateAutoscalerResponse:
@@ -300,7 +350,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             except Exception:
                 log.debug("worker stream of %s ended with an error", container_id, exc_info=True)
             finally:
-                outbox.put_nowait(None)
+                plane.close_worker_session(container_id, outbox)  # nothing more is sent there
 
         reader = asyncio.create_task(read())
         try:

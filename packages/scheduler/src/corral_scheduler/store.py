@@ -1,7 +1,9 @@
-"""Durable state: deployed apps and their versions, secrets, and code bundles.
+"""Durable state: deployed apps and their versions, secrets, code bundles, and durable calls.
 
-SQLite (WAL) holds the records; bundles are content-addressed files beside it. Live state
-(queues, containers, nodes) is in memory and rebuilt after a restart. Secret values are sealed
+SQLite (WAL) holds the records; bundles are content-addressed files beside it. Durable calls
+(spawned inputs and their uncollected results, `corral_scheduler.durable`) are written through
+two methods, `write_calls` and `stored_calls`, so that another backend implements only those. Other
+live state (queues, containers, nodes) is in memory and rebuilt after a restart. Secret values are sealed
 with the key in `secret_key_file` (see `secret_box.py`) before they reach SQLite.
 """
 
@@ -18,7 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral_protocol.v1 import control_pb2
+from corral_protocol.v1 import common_pb2, control_pb2
+from corral_scheduler.effects import CallChange, PersistAttempt, PersistInput, PersistResult
+from corral_scheduler.model import StoredCall
 from corral_scheduler.secret_box import SecretBox, SecretKeyError
 
 log = logging.getLogger("corral.scheduler")
@@ -45,6 +49,17 @@ CREATE TABLE IF NOT EXISTS proxy_tokens (
     secret_sha256 TEXT NOT NULL,
     name TEXT NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY,
+    binding BLOB NOT NULL,
+    sealed INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    args BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    result BLOB,
+    created_at REAL NOT NULL,
+    finished_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
@@ -182,6 +197,52 @@ class Store:
 
     def stopped_apps(self) -> list[tuple[str, str, int, float]]:
         return self._db.execute("SELECT app_id, name, version, created_at FROM apps WHERE state = 'stopped'").fetchall()
+
+    # Durable calls -------------------------------------------------------------------------
+
+    def write_calls(self, changes: list[CallChange]) -> None:
+        """Apply one batch of changes to durable calls, in order, in one transaction."""
+        with self._db:
+            for change in changes:
+                if isinstance(change, PersistInput):
+                    call = change.call
+                    binding = control_pb2.BindServiceRequest(
+                        app_id=call.app_id, class_name=call.class_name, parameters=call.parameters, options=call.override,
+                    ).SerializeToString()
+                    sealed = any(r.WhichOneof("source") == "inline" and r.inline.values for r in call.override.secrets)
+                    if sealed:
+                        binding = self._secret_box().seal(binding)
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO calls (call_id, binding, sealed, method, args, attempts, result, created_at, finished_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 0)",
+                        (call.call_id, binding, int(sealed), call.method, call.args.SerializeToString(), call.attempts, call.created_at),
+                    )
+                elif isinstance(change, PersistAttempt):
+                    self._db.execute("UPDATE calls SET attempts = ? WHERE call_id = ?", (change.attempts, change.call_id))
+                elif isinstance(change, PersistResult):
+                    self._db.execute("UPDATE calls SET result = ?, finished_at = ? WHERE call_id = ?",
+                                     (change.result.SerializeToString(), change.finished_at, change.call_id))
+                else:
+                    self._db.execute("DELETE FROM calls WHERE call_id = ?", (change.call_id,))
+
+    def stored_calls(self) -> list[StoredCall]:
+        """Every durable call, oldest first."""
+        rows = self._db.execute(
+            "SELECT call_id, binding, sealed, method, args, attempts, result, created_at, finished_at FROM calls ORDER BY created_at, rowid"
+        ).fetchall()
+        calls = []
+        for call_id, blob, sealed, method, args, attempts, result, created_at, finished_at in rows:
+            if sealed and self._box is None:
+                log.warning("durable call %s is sealed and the secrets key is missing; it cannot resume", call_id)
+                continue
+            binding = control_pb2.BindServiceRequest.FromString(self._box.open(blob) if sealed and self._box else blob)
+            calls.append(StoredCall(
+                call_id=call_id, app_id=binding.app_id, class_name=binding.class_name, parameters=tuple(binding.parameters),
+                override=binding.options, method=method, args=common_pb2.Payload.FromString(args), created_at=created_at,
+                attempts=attempts, result=common_pb2.Result.FromString(result) if result is not None else None,
+                finished_at=finished_at,
+            ))
+        return calls
 
     # Secrets -------------------------------------------------------------------------------
 

@@ -29,8 +29,9 @@ from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
 from corral_scheduler.core import PlaneCore
+from corral_scheduler.durable import apply_call_changes, recovery_events
 from corral_scheduler.lifecycle import ContainerState, InputState
-from corral_scheduler.model import Container, Input, Service
+from corral_scheduler.model import Container, Input, Service, StoredCall
 
 S = common_pb2
 
@@ -131,8 +132,10 @@ class Harness:
         self.workers: dict[str, FakeWorker] = defaultdict(lambda: FakeWorker(""))
         self.results: dict[str, common_pb2.Result] = {}
         self.http: dict[str, list[worker_pb2.HttpResponseStart | worker_pb2.HttpBodyChunk]] = defaultdict(list)
+        self.items: dict[str, list[common_pb2.Payload]] = defaultdict(list)
         self.stopped_apps: list[str] = []
         self.effects: list[fx.Effect] = []  # every effect, in order
+        self.stored_calls: dict[str, StoredCall] = {}  # the store's durable calls, by call id
         self._timers: list[tuple[float, int, str]] = []
         self._armed: dict[str, tuple[int, ev.TimerFired]] = {}
         self._seq = itertools.count()
@@ -164,6 +167,10 @@ class Harness:
         """Move the clock (firing timers) and run the periodic work."""
         self.advance(seconds)
         self.handle(ev.Tick())
+
+    def backlog(self) -> None:
+        """Let the queued inputs wait long enough for the autoscaler to add containers (a tick)."""
+        self.tick(self.core.SCALE_UP_WAIT_S)
 
     def timer_armed(self, key: str) -> bool:
         return key in self._armed
@@ -201,8 +208,12 @@ class Harness:
             self.results[effect.call_id] = effect.result
         elif isinstance(effect, fx.RelayHttp):
             self.http[effect.call_id].append(effect.message)
+        elif isinstance(effect, fx.RelayItem):
+            self.items[effect.call_id].append(effect.value)
         elif isinstance(effect, fx.MarkAppStopped):
             self.stopped_apps.append(effect.app_id)
+        elif isinstance(effect, fx.DURABLE_EFFECTS):
+            apply_call_changes(self.stored_calls, [effect])
 
     # Building a cluster -----------------------------------------------------------------------
 
@@ -234,11 +245,19 @@ class Harness:
             self.handle(binding.event)
         return binding.service_id
 
-    def invoke(self, service_id: str, method: str = "run", http: bool = False) -> str:
+    def invoke(self, service_id: str, method: str = "run", http: bool = False, durable: bool = False) -> str:
+        """`durable`: a spawned call, which the store keeps."""
         call_id = f"fc-{next(self._ids)}"
         request = worker_pb2.HttpRequest(method="GET", path="/") if http else None
-        self.handle(ev.InvokeRequested(call_id, service_id, method, common_pb2.Payload(data=b"x"), request))
+        self.handle(ev.InvokeRequested(call_id, service_id, method, common_pb2.Payload(data=b"x"), request, durable))
         return call_id
+
+    def recover(self, stored: dict[str, StoredCall]) -> None:
+        """What the driver does at start: the store's durable calls come back, oldest first."""
+        self.stored_calls = dict(stored)
+        for call in sorted(stored.values(), key=lambda c: c.created_at):
+            for event in recovery_events(self.core, call):
+                self.handle(event)
 
     # Fake workers -------------------------------------------------------------------------------
 

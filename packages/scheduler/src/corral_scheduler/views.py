@@ -35,7 +35,10 @@ def app_infos(plane: ControlPlane, include_stopped: bool) -> list[control_pb2.Ap
         )
         infos.append(control_pb2.AppInfo(
             app_id=record.app_id, name=record.name, kind=control_pb2.AppKind.ValueType(record.kind), state=state, version=record.version,
-            created_at=record.created_at, classes=list(record.class_defs), containers=containers,
+            created_at=record.created_at, containers=containers,
+            classes=[name for name, d in record.class_defs.items() if not d.is_function],
+            functions=[name for name, d in record.class_defs.items() if d.is_function],
+            next_runs=plane.schedules.next_runs(record.app_id),
         ))
     return infos
 

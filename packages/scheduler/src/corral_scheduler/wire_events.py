@@ -16,7 +16,7 @@ def node_events(node_id: str, message: node_pb2.NodeSessionRequest) -> list[ev.E
     if kind == "heartbeat":
         heartbeat = message.heartbeat
         inventory = heartbeat.inventory if heartbeat.HasField("inventory") else None
-        return [ev.NodeHeartbeat(node_id, tuple(heartbeat.snapshots), inventory, tuple(heartbeat.usage))]
+        return [ev.NodeHeartbeat(node_id, tuple(heartbeat.snapshots), tuple(heartbeat.running_containers), inventory, tuple(heartbeat.usage))]
     if kind == "container_exited":
         exited = message.container_exited
         return [ev.ContainerExited(exited.container_id, exited.exit_code, exited.reason, exited.stderr_tail, node_id)]
@@ -35,6 +35,8 @@ def worker_events(container_id: str, message: worker_pb2.WorkerSessionRequest) -
         return [ev.WorkerHttp(container_id, message.http_response_start)]
     if kind == "http_body":
         return [ev.WorkerHttp(container_id, message.http_body)]
+    if kind == "generator_item":
+        return [ev.WorkerItem(container_id, message.generator_item)]
     if kind == "load":
         return [ev.WorkerLoad(container_id, message.load.direct_running, message.load.direct_served)]
     if kind == "draining":

@@ -14,6 +14,11 @@ from corral_protocol.v1 import control_pb2
 R = TypeVar("R")
 
 _POLL_CHUNK_S = 50.0
+_OUTCOMES = {
+    control_pb2.CANCEL_OUTCOME_NOT_STARTED: "not_started",
+    control_pb2.CANCEL_OUTCOME_STOPPING_RUNNING: "stopping",
+    control_pb2.CANCEL_OUTCOME_ALREADY_DONE: "already_done",
+}
 
 
 class SyncAndAio(Generic[R]):
@@ -74,9 +79,20 @@ class FunctionCall:
             if deadline is not None and loop.time() >= deadline:
                 raise TimeoutError(f"call {self.object_id} did not finish within {timeout} s")
 
-    def cancel(self) -> None:
-        """Cancel the call; a caller waiting on it gets `InputCancellation`."""
-        self._client.call(self._client.stub.CancelCall, control_pb2.CancelCallRequest(call_id=self.object_id))
+    def cancel(self) -> str:
+        """Cancel the call; a caller waiting on it gets `InputCancellation`. Returns what the
+        cancellation found: "not_started" (no code of it ran), "stopping" (it was running: an async
+        method stops at its current await; a sync one gets `InputCancellation` raised in its thread,
+        and its container replaces itself if it has not stopped within a grace period), or
+        "already_done" (its result stands).
+
+        Example:
+            call = model.train.spawn(data)
+            if call.cancel() == "not_started":
+                print("it never ran")
+        """
+        response = self._client.call(self._client.stub.CancelCall, control_pb2.CancelCallRequest(call_id=self.object_id))
+        return _OUTCOMES.get(response.outcome, "already_done")
 
     def __repr__(self) -> str:
         return f"FunctionCall({self.object_id!r})"

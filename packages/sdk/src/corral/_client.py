@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from corral import exception
+from corral import _context, exception
 from corral._direct import DirectPath
 from corral._home import corral_home, read_server_record, read_token
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
@@ -177,7 +177,12 @@ class Client:
         token = read_token(home)
         if record is not None and record.is_alive() and token:
             return cls(record.url, token, record.ca or None)
-        if env.CORRAL_CONTAINER_ID in os.environ:
+        in_container = env.CORRAL_CONTAINER_ID in os.environ
+        if in_container and _context.serving() and os.environ.get(env.CORRAL_CONTROL_URL) and os.environ.get(env.CORRAL_CONTAINER_TOKEN):
+            # Calls from a container's code: the container's own token, which may only look up,
+            # bind, invoke, get results and cancel, and dies with the container.
+            return cls(os.environ[env.CORRAL_CONTROL_URL], os.environ[env.CORRAL_CONTAINER_TOKEN])
+        if in_container:
             # Inside a container, a call with no server configured is almost always module-level code
             # (`with app.run():` outside `if __name__ == "__main__":`) running again on import. Starting
             # a cluster here would start containers that import the module again, without end.

@@ -79,6 +79,9 @@ class ClassDefinition:
     exit_hooks: list[Hook]
     parameters: list[ParameterField]
     options: common_pb2.ServiceOptions = field(default_factory=common_pb2.ServiceOptions)
+    # Set by `@app.function()`: the class is a function's one-method class.
+    is_function: bool = False
+    schedule: common_pb2.Schedule | None = None
 
     @property
     def name(self) -> str:
@@ -102,8 +105,8 @@ class ClassDefinition:
         partials = _collect_partials(user_cls)
         methods = {name: MethodInfo(name, p.raw_f, p) for name, p in partials.items() if p.role & Role.METHOD}
         for info in methods.values():
-            if info.is_generator:
-                raise InvalidError(f"{user_cls.__qualname__}.{info.name} is a generator; generator methods are not supported yet")
+            if info.is_generator and info.batching is not None:
+                raise InvalidError(f"{user_cls.__qualname__}.{info.name} is a generator; a batched method cannot be one")
         batched = [info.name for info in methods.values() if info.batching is not None]
         violation = batching_violation(user_cls.__qualname__, list(methods), batched)
         if violation:
@@ -138,14 +141,18 @@ class ClassDefinition:
         return cls(user_cls, methods, enter, exit_hooks, parameters, options)
 
     def to_proto(self, module: str | None = None) -> common_pb2.ClassDef:
-        return common_pb2.ClassDef(
+        proto = common_pb2.ClassDef(
             name=self.name,
             module=module or self.module,
             methods=[m.to_proto() for m in self.methods.values()],
             parameters=[p.to_proto() for p in self.parameters],
             options=self.options,
             has_snap_hooks=any(h.snap for h in self.enter_hooks),
+            is_function=self.is_function,
         )
+        if self.schedule is not None:
+            proto.schedule.CopyFrom(self.schedule)
+        return proto
 
     def new_instance(self, parameters: dict[str, Any]) -> Any:
         """A real instance of the user class with its parameters set; no hooks run."""

@@ -73,6 +73,7 @@ def build_options(
     buffer_containers: int | None = None,
     scaledown_window: float | None = None,
     enable_memory_snapshot: bool | None = None,
+    startup_timeout: float | None = None,
 ) -> common_pb2.ServiceOptions:
     """Validate configuration; only the arguments given are set in the result."""
     options = common_pb2.ServiceOptions()
@@ -98,6 +99,8 @@ def build_options(
         options.secrets.extend(s.to_proto() for s in secrets)
     if timeout is not None:
         options.timeout_s = _number("timeout", timeout, 1, MAX_TIMEOUT_S)
+    if startup_timeout is not None:
+        options.startup_timeout_s = _number("startup_timeout", startup_timeout, 1, MAX_TIMEOUT_S)
     if retries is not None:
         if isinstance(retries, bool) or not isinstance(retries, (int, Retries)):
             raise InvalidError(f"retries must be an int or corral.Retries, got {retries!r}")

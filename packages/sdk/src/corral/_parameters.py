@@ -31,7 +31,7 @@ class _Parameter:
 def parameter(*, default: Any = _MISSING, init: bool = True) -> Any:
     """Declare a class parameter: a typed field set when the class is instantiated.
 
-    Supported types are str, int, bool and bytes. Each parameter set gets its own containers.
+    Supported types are str, int, float, bool and bytes. Each parameter set gets its own containers.
 
     Example:
         @app.cls()
@@ -77,16 +77,17 @@ def collect_parameters(user_cls: type) -> list[ParameterField]:
             if not isinstance(value, _Parameter):
                 continue
             if name not in raw_annotations:
-                raise InvalidError(f"parameter {klass.__qualname__}.{name} needs a type annotation (str, int, bool or bytes)")
+                raise InvalidError(f"parameter {klass.__qualname__}.{name} needs a type annotation (str, int, float, bool or bytes)")
             py_type = _resolve_annotation(klass, name, raw_annotations[name])
             if py_type not in _TYPES:
                 raise InvalidError(
                     f"parameter {klass.__qualname__}.{name} has type {getattr(py_type, '__name__', py_type)!s}; "
-                    "parameters must be str, int, bool or bytes"
+                    "parameters must be str, int, float, bool or bytes"
                 )
             if value.default is not _MISSING:
                 _check_type(name, py_type, value.default, "default")
-            fields[name] = ParameterField(name, py_type, value.default)
+            default = float(value.default) if py_type is float and value.default is not _MISSING else value.default
+            fields[name] = ParameterField(name, py_type, default)
     return list(fields.values())
 
 
@@ -101,11 +102,16 @@ def _resolve_annotation(klass: type, name: str, annotation: Any) -> Any:
 
 
 def _check_type(name: str, py_type: type, value: Any, what: str = "value") -> None:
+    if py_type is float and type(value) is int:
+        value = float(value)  # an int where a float is declared is that float, as in Python's typing
     ok = type(value) is bool if py_type is bool else isinstance(value, py_type) and not isinstance(value, bool)
     if not ok:
         raise InvalidError(f"parameter {name!r} expects {py_type.__name__}, got {what} {value!r} ({type(value).__name__})")
     if py_type is int and not _INT64[0] <= value <= _INT64[1]:
         raise InvalidError(f"parameter {name!r} must fit in 64 bits, got {value}")
+    problem = wire.float_problem(value) if py_type is float else None
+    if problem:
+        raise InvalidError(f"parameter {name!r} {problem}")
 
 
 def bind_parameters(fields: list[ParameterField], args: tuple[Any, ...], kwargs: Mapping[str, Any], class_name: str) -> dict[str, Any]:
@@ -124,7 +130,7 @@ def bind_parameters(fields: list[ParameterField], args: tuple[Any, ...], kwargs:
     for f in fields:
         value = kwargs.get(f.name, f.default)
         _check_type(f.name, f.type, value)
-        bound[f.name] = value
+        bound[f.name] = float(value) if f.type is float else value
     return bound
 
 

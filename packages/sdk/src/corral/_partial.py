@@ -45,6 +45,13 @@ class PartialFunction:
         return self.raw_f(*args, **kwargs)
 
 
+def params_after_self(f: Callable[..., Any]) -> list[inspect.Parameter]:
+    """A decorated function's own parameters: a method's after `self`, a plain function's all (the
+    same decorators serve `@app.cls` methods and `@app.function` functions)."""
+    params = list(inspect.signature(f).parameters.values())
+    return params[1:] if params and params[0].name == "self" else params
+
+
 def _as_partial(f: Any, decorator: str) -> PartialFunction:
     if isinstance(f, PartialFunction):
         return f
@@ -81,7 +88,7 @@ def method(_warn_parentheses_missing: Any = None) -> Callable[[Any], PartialFunc
     return wrap
 
 
-def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable[[type], type]:
+def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable[[Any], Any]:
     """Let one container run up to `max_inputs` inputs at once; the autoscaler aims at `target_inputs`
     per container (default: max_inputs). Sync methods run on a thread pool, async ones on the
     container's event loop. Goes below `@app.cls()`, as in Modal.
@@ -90,19 +97,25 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
         @app.cls()
         @corral.concurrent(max_inputs=100, target_inputs=80)
         class Server: ...
+
+        @app.function()
+        @corral.concurrent(max_inputs=10)
+        def fetch(url: str) -> str: ...
     """
     from corral._options import concurrency
 
     config = concurrency(max_inputs, target_inputs)
 
-    def wrap(user_cls: type) -> type:
-        if not isinstance(user_cls, type):
+    def wrap(target: Any) -> Any:
+        if isinstance(target, PartialFunction):  # a function below @app.function, already marked
+            return replace(target, options={**target.options, "concurrency": config})
+        if not isinstance(target, type) and not inspect.isfunction(target):
             raise InvalidError(
-                f"@corral.concurrent() decorates a class, below @app.cls(); got {user_cls!r}. "
-                "For an existing handle use Cls.with_concurrency(max_inputs=...)"
+                f"@corral.concurrent() decorates a class (below @app.cls()) or a function (below @app.function()); "
+                f"got {target!r}. For an existing handle use Cls.with_concurrency(max_inputs=...)"
             )
-        user_cls.__corral_concurrency__ = config  # type: ignore[attr-defined]
-        return user_cls
+        target.__corral_concurrency__ = config  # type: ignore[union-attr]
+        return target
 
     return wrap
 
@@ -127,7 +140,7 @@ def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[Any], PartialFunc
         partial = _as_partial(f, "batched")
         if "batching" in partial.options:
             raise InvalidError(f"{partial.raw_f.__qualname__} is decorated with @corral.batched twice")
-        params = list(inspect.signature(partial.raw_f).parameters.values())[1:]
+        params = params_after_self(partial.raw_f)
         if not params or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
             raise InvalidError(
                 f"batched method {partial.raw_f.__qualname__} must take named arguments after `self` "

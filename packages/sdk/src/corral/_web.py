@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-from corral._partial import PartialFunction, Role, _as_partial
+from corral._partial import PartialFunction, Role, _as_partial, params_after_self
 from corral.exception import InvalidError
 from corral_protocol.names import NAME_RULE, is_valid_name
 from corral_protocol.v1 import common_pb2
@@ -81,9 +81,8 @@ def web_endpoint(
     )
 
     def wrap(f: Any) -> PartialFunction:
+        # A generator endpoint streams its items to the HTTP client (corral_runtime.web_streams).
         partial = _as_partial(f, "web_endpoint")
-        if inspect.isgeneratorfunction(partial.raw_f) or inspect.isasyncgenfunction(partial.raw_f):
-            raise InvalidError(f"web endpoint {partial.raw_f.__qualname__} is a generator; return a value, or serve a streaming ASGI app")
         return _mark(partial, endpoint, "web_endpoint")
 
     return wrap
@@ -143,7 +142,7 @@ def asgi_app(
 
     def wrap(f: Any) -> PartialFunction:
         partial = _as_partial(f, "asgi_app")
-        if len(inspect.signature(partial.raw_f).parameters) != 1:
+        if params_after_self(partial.raw_f):
             raise InvalidError(f"@corral.asgi_app() method {partial.raw_f.__qualname__} must take only `self` and return the app")
         if "batching" in partial.options:
             raise InvalidError(f"{partial.raw_f.__qualname__} cannot be both batched and an ASGI app")

@@ -1,24 +1,28 @@
-"""`App`: a named set of classes that runs ephemerally (`app.run()`) or is deployed."""
+"""`App`: a named set of functions and classes that runs ephemerally (`app.run()`) or is deployed."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from corral import __version__, _options
+from corral import __version__, _options, schedules
 from corral._bundle import build_bundle
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
 from corral._image_build import build_images
+from corral._partial import PartialFunction
 from corral.cls import Cls, ResolvedClass
 from corral.exception import InvalidError
+from corral.function import Function, as_class
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
+from corral_protocol import env
 from corral_protocol.names import name_problem
 from corral_protocol.options import merge_options
 from corral_protocol.v1 import common_pb2, control_pb2
@@ -46,6 +50,7 @@ class _LocalSource:
     def __init__(self, definition: ClassDefinition, app: App) -> None:
         self.definition = definition
         self.app = app
+        self._in_container: ResolvedClass | None = None
 
     @property
     def name(self) -> str:
@@ -53,6 +58,16 @@ class _LocalSource:
 
     def resolve(self) -> ResolvedClass:
         running = self.app.running
+        app_id = os.environ.get(env.CORRAL_APP_ID)
+        if running is None and app_id and env.CORRAL_CONTAINER_ID in os.environ:
+            # Code in a container calling a function or class of its own app, which runs.
+            if self._in_container is None:
+                client = default_client()
+                response = client.call(
+                    client.stub.LookupClass, control_pb2.LookupClassRequest(app_id=app_id, class_name=self.name),
+                )
+                self._in_container = ResolvedClass(client, response.app_id, response.class_def)
+            return self._in_container
         if running is None:
             raise InvalidError(
                 f"app {self.app.name or '(unnamed)'} is not running: call {self.name} methods inside `with app.run():`, "
@@ -61,7 +76,7 @@ class _LocalSource:
         return ResolvedClass(running.client, running.app_id, running.class_defs[self.name])
 
     def forget(self) -> None:
-        return None
+        self._in_container = None
 
 
 class App:
@@ -107,6 +122,7 @@ class App:
         buffer_containers: int | None = None,
         scaledown_window: float | None = None,
         enable_memory_snapshot: bool = False,
+        startup_timeout: float | None = None,
     ) -> Callable[[type], Cls]:
         """Turn a class into a Corral class. Every argument is validated here.
 
@@ -116,6 +132,8 @@ class App:
           (a CPU quota, a memory limit: the kernel kills a container above it); or (request, limit).
         - secrets: `Secret`s injected as environment variables.
         - timeout: seconds an input may run (default 300) before it fails with `FunctionTimeoutError`.
+        - startup_timeout: seconds a container may take to start (imports, `@enter` hooks) before it
+          is stopped and its callers get an init error; default: the timeout (at least 5 s).
         - retries: an int or `Retries`; failed inputs run again.
         - min_containers, max_containers, buffer_containers, scaledown_window (default 60 s): autoscaling.
         - enable_memory_snapshot: restore containers from a CRIU snapshot taken after the
@@ -129,7 +147,7 @@ class App:
             image=image or self._image, gpu=gpu, cpu=cpu, memory=memory, secrets=[*self._secrets, *secrets],
             timeout=timeout, retries=retries, min_containers=min_containers, max_containers=max_containers,
             buffer_containers=buffer_containers, scaledown_window=scaledown_window,
-            enable_memory_snapshot=enable_memory_snapshot,
+            enable_memory_snapshot=enable_memory_snapshot, startup_timeout=startup_timeout,
         )
         options = merge_options(_options.class_defaults(), options)
 
@@ -143,6 +161,52 @@ class App:
             handle = Cls(_LocalSource(definition, self))
             self.registered_classes[definition.name] = handle
             return handle
+
+        return wrap
+
+    def function(
+        self,
+        *,
+        image: Image | None = None,
+        gpu: str | Sequence[str] | None = None,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        secrets: Sequence[Secret] = (),
+        timeout: float | None = None,
+        retries: int | Retries | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: float | None = None,
+        enable_memory_snapshot: bool = False,
+        startup_timeout: float | None = None,
+        schedule: Any = None,
+    ) -> Callable[[Any], Function]:
+        """Turn a plain function into a Corral function. It takes `@app.cls()`'s options, and
+        `schedule=` (`corral.Period` or `corral.Cron`: a deployed function then runs by itself).
+        `@corral.concurrent(...)`, `@corral.batched(...)` and the web decorators go below it.
+
+        Example:
+            @app.function(gpu="A100", timeout=600)
+            def embed(text: str) -> list[float]: ...
+
+            with app.run():
+                embed.remote("hello")
+        """
+        make_class = self.cls(
+            image=image, gpu=gpu, cpu=cpu, memory=memory, secrets=secrets, timeout=timeout, retries=retries,
+            min_containers=min_containers, max_containers=max_containers, buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window, enable_memory_snapshot=enable_memory_snapshot, startup_timeout=startup_timeout,
+        )
+        schedule_proto = schedules.to_proto(schedule)
+
+        def wrap(f: Any) -> Function:
+            handle = make_class(as_class(f))
+            assert handle.definition is not None
+            object.__setattr__(handle.definition, "is_function", True)
+            object.__setattr__(handle.definition, "schedule", schedule_proto)
+            raw = f.raw_f if isinstance(f, PartialFunction) else f
+            return Function(handle, raw)
 
         return wrap
 
@@ -163,7 +227,7 @@ class App:
 
     def _publish(self, client: Client, kind: control_pb2.AppKind.ValueType, name: str) -> RunningApp:
         if not self.registered_classes:
-            raise InvalidError(f"app {name!r} has no classes; decorate one with @app.cls()")
+            raise InvalidError(f"app {name!r} has no functions or classes; decorate one with @app.function() or @app.cls()")
         definitions = [c.definition for c in self.registered_classes.values()]
         modules = {d.module for d in definitions if d is not None}
         if len(modules) != 1:
@@ -204,6 +268,12 @@ class App:
         """
         if self.running is not None:
             raise InvalidError(f"app {self.name or '(unnamed)'} is already running")
+        if env.CORRAL_CONTAINER_ID in os.environ and client is None:
+            raise InvalidError(
+                "app.run() inside a Corral container: this usually means the module runs `app.run()` at import "
+                "time; move it under `if __name__ == \"__main__\":` or into an @app.local_entrypoint(). Code in a "
+                "container calls its app's functions and classes directly (`f.remote(...)`)"
+            )
         client = client or default_client()
         self.running = self._publish(client, control_pb2.APP_KIND_EPHEMERAL, self.name or "ephemeral")
         self._stop_heartbeat.clear()

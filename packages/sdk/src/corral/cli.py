@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import importlib
 import importlib.util
 import inspect
@@ -14,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from corral import _logs
 from corral._cli_images import add_image_commands
 from corral._client import default_client
 from corral._home import corral_home
@@ -115,7 +118,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raise InvalidError(f"{args.target} has several entrypoints ({', '.join(entrypoints)}); pick one with FILE::NAME")
     kwargs = entrypoint_arguments(entry, args.args)
-    with app.run():
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(app.run())
+        assert app.running is not None
+        # The app's container output streams to this terminal while it runs (exit hooks included:
+        # the follower stops after the app), through the control plane, so from any host.
+        follower = _logs.Follower(app.running.client, app.running.app_id, sys.stderr)
+        stack.callback(follower.stop)
+        follower.start()
         result = entry(**kwargs)
         if inspect.isawaitable(result):
             import asyncio
@@ -146,9 +156,35 @@ def cmd_app_list(args: argparse.Namespace) -> int:
     client = default_client()
     apps = client.call(client.stub.ListApps, control_pb2.ListAppsRequest(include_stopped=args.all)).apps
     state_names = {control_pb2.APP_STATE_RUNNING: "running", control_pb2.APP_STATE_DEPLOYED: "deployed", control_pb2.APP_STATE_STOPPED: "stopped"}
-    rows = [(a.app_id, a.name, state_names.get(a.state, "?"), a.version, a.containers, ",".join(a.classes), _age(a.created_at)) for a in apps]
-    print(table(("APP ID", "NAME", "STATE", "VERSION", "CONTAINERS", "CLASSES", "AGE"), rows))
+    rows = [
+        (a.app_id, a.name, state_names.get(a.state, "?"), a.version, a.containers, ",".join(a.classes) or "-", ",".join(a.functions) or "-",
+         _next_runs(a.next_runs), _age(a.created_at))
+        for a in apps
+    ]
+    print(table(("APP ID", "NAME", "STATE", "VERSION", "CONTAINERS", "CLASSES", "FUNCTIONS", "NEXT RUN", "AGE"), rows))
     return 0
+
+
+def _next_runs(runs: Sequence[control_pb2.ScheduledRun]) -> str:
+    """The scheduled functions' next runs, soonest first, in UTC."""
+    ordered = sorted(runs, key=lambda r: r.next_run_at)
+    return ",".join(
+        f"{r.function}@{datetime.datetime.fromtimestamp(r.next_run_at, datetime.timezone.utc):%Y-%m-%d %H:%M:%S}Z" for r in ordered
+    ) or "-"
+
+
+def _print_logs(request: control_pb2.GetLogsRequest) -> int:
+    for line in _logs.lines(default_client(), request):
+        print(_logs.format_line(line), flush=request.follow)
+    return 0
+
+
+def cmd_app_logs(args: argparse.Namespace) -> int:
+    return _print_logs(control_pb2.GetLogsRequest(app=args.name, follow=args.follow, tail=args.tail, input_id=args.input or ""))
+
+
+def cmd_container_logs(args: argparse.Namespace) -> int:
+    return _print_logs(control_pb2.GetLogsRequest(container_id=args.container_id, follow=args.follow, tail=args.tail))
 
 
 def cmd_app_stop(args: argparse.Namespace) -> int:
@@ -325,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = app.add_parser("list", help="list running and deployed apps")
     p.add_argument("--all", action="store_true", help="include stopped apps")
     p.set_defaults(handler=cmd_app_list)
+    p = app.add_parser("logs", help="show an app's container output (stdout and stderr, with time, container, input)")
+    p.add_argument("name", help="an app's name (the newest of that name) or id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until interrupted")
+    p.add_argument("--tail", type=int, default=0, help="only the last N stored lines")
+    p.add_argument("--input", default=None, help="only the lines of this input (call id)")
+    p.set_defaults(handler=cmd_app_logs)
     p = app.add_parser("stop", help="stop an app (its containers run their exit hooks)")
     p.add_argument("name", help="a deployed app's name, or an app id")
     p.set_defaults(handler=cmd_app_stop)
@@ -333,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = container.add_parser("list", help="list live containers with their load")
     p.add_argument("--verbose", "-v", action="store_true", help="also show each container's recent lifecycle transitions")
     p.set_defaults(handler=cmd_container_list)
+    p = container.add_parser("logs", help="show one container's output")
+    p.add_argument("container_id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until interrupted")
+    p.add_argument("--tail", type=int, default=0, help="only the last N stored lines")
+    p.set_defaults(handler=cmd_container_logs)
 
     node = sub.add_parser("node", help="inspect runtime nodes").add_subparsers(dest="node_command", required=True)
     p = node.add_parser("list", help="list nodes with their inventory")

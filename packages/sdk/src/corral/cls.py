@@ -7,11 +7,11 @@ import functools
 import inspect
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from corral import _options, _serialization
+from corral import _options, _serialization, _streams
 from corral._calls import FunctionCall, SyncAndAio, ordered_results
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
@@ -136,6 +136,7 @@ class Cls:
         buffer_containers: int | None = None,
         scaledown_window: float | None = None,
         image: Image | None = None,
+        startup_timeout: float | None = None,
     ) -> Cls:
         """A new handle whose services use these options; the original handle is unchanged.
 
@@ -147,6 +148,7 @@ class Cls:
                 gpu=gpu, cpu=cpu, memory=memory, secrets=secrets, timeout=timeout, retries=retries,
                 min_containers=min_containers, max_containers=max_containers,
                 buffer_containers=buffer_containers, scaledown_window=scaledown_window, image=image,
+                startup_timeout=startup_timeout,
             )
         )
 
@@ -294,6 +296,7 @@ class Method:
         self.name = name
         self.remote = SyncAndAio(self._remote, self._remote_aio, "Run the method in a container and return its result.")
         self.spawn = SyncAndAio(self._spawn, self._spawn_aio, "Start the method in a container; return a FunctionCall.")
+        self.remote_gen = _streams.RemoteGen(self._remote_gen, self._remote_gen_aio)
 
     def _bound(self) -> tuple[ResolvedClass, str]:
         resolved, service_id = self._obj._bind()
@@ -353,6 +356,21 @@ class Method:
             result = (await self._invoke_aio(payload, wait=True))[1].result
         return _serialization.unwrap(result)
 
+    def _stream_request(self, resolved: ResolvedClass, service_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> control_pb2.InvokeStreamRequest:
+        if not any(m.name == self.name and m.is_generator for m in resolved.class_def.methods):
+            raise InvalidError(f"{self._obj._cls.name}.{self.name} is not a generator; call it with .remote()")
+        payload = _serialization.encode_args(args, kwargs, self._what)
+        return control_pb2.InvokeStreamRequest(service_id=service_id, method=self.name, args=payload)
+
+    def _remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        resolved, service_id = self._bound()
+        return _streams.stream(resolved.client, self._stream_request(resolved, service_id, args, kwargs))
+
+    async def _remote_gen_aio(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        resolved, service_id = await self._bound_aio()
+        async for item in _streams.stream_aio(resolved.client, self._stream_request(resolved, service_id, args, kwargs)):
+            yield item
+
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
         resolved, response = self._invoke(_serialization.encode_args(args, kwargs, self._what), wait=False)
         return FunctionCall(response.call_id, resolved.client)
@@ -378,6 +396,12 @@ class Method:
         """Like `map`, with each element unpacked as the arguments."""
         rows = [tuple(row) for row in iterable]
         return self.map(*zip(*rows), return_exceptions=return_exceptions) if rows else iter(())
+
+    def for_each(self, *iterables: Iterable[Any], ignore_exceptions: bool = False) -> None:
+        """Call the method once per element (zipped across iterables) and wait for every call;
+        results are dropped. The first failure is raised unless `ignore_exceptions`."""
+        for result in self.map(*iterables, return_exceptions=ignore_exceptions):
+            del result
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method in this process, on an instance whose enter hooks ran here once."""

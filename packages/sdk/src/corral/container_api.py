@@ -20,9 +20,11 @@ import importlib
 import sys
 from typing import Any
 
+from corral._context import current_input_id, input_scope, mark_serving
 from corral._definition import ClassDefinition, Hook, MethodInfo
 from corral._serialization import JSON, PICKLE, decode_args, decode_call, decode_value, encode_args, encode_result, user_error
 from corral.cls import Cls
+from corral.function import Function
 from corral_protocol.v1 import common_pb2
 
 
@@ -37,6 +39,9 @@ def load_class(class_def: common_pb2.ClassDef, bundle_dir: str) -> ClassDefiniti
     target: Any = module
     for part in class_def.name.split("."):
         target = getattr(target, part)
+    if isinstance(target, Function):  # an @app.function: its one-method class
+        target = target._cls
+    mark_serving()  # import is over: the code may now call other functions and classes
     if not isinstance(target, Cls) or target.definition is None:
         raise TypeError(f"{class_def.module}.{class_def.name} is not a class decorated with @app.cls()")
     return target.definition
@@ -52,7 +57,9 @@ __all__ = [
     "decode_call",
     "decode_value",
     "encode_args",
+    "current_input_id",
     "encode_result",
+    "input_scope",
     "load_class",
     "user_error",
 ]

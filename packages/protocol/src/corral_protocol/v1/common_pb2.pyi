@@ -73,6 +73,8 @@ class _ParameterTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Paramet
     PARAMETER_TYPE_INT: _ParameterType.ValueType  # 2
     PARAMETER_TYPE_BOOL: _ParameterType.ValueType  # 3
     PARAMETER_TYPE_BYTES: _ParameterType.ValueType  # 4
+    PARAMETER_TYPE_FLOAT: _ParameterType.ValueType  # 5
+    """An IEEE 754 double; NaN and the infinities are refused, -0.0 travels as 0.0."""
 
 class ParameterType(_ParameterType, metaclass=_ParameterTypeEnumTypeWrapper): ...
 
@@ -81,6 +83,8 @@ PARAMETER_TYPE_STRING: ParameterType.ValueType  # 1
 PARAMETER_TYPE_INT: ParameterType.ValueType  # 2
 PARAMETER_TYPE_BOOL: ParameterType.ValueType  # 3
 PARAMETER_TYPE_BYTES: ParameterType.ValueType  # 4
+PARAMETER_TYPE_FLOAT: ParameterType.ValueType  # 5
+"""An IEEE 754 double; NaN and the infinities are refused, -0.0 travels as 0.0."""
 Global___ParameterType: _TypeAlias = ParameterType  # noqa: Y015
 
 class _WebEndpointKind:
@@ -296,10 +300,12 @@ class ParameterValue(_message.Message):
     INT_VALUE_FIELD_NUMBER: _builtins.int
     BOOL_VALUE_FIELD_NUMBER: _builtins.int
     BYTES_VALUE_FIELD_NUMBER: _builtins.int
+    FLOAT_VALUE_FIELD_NUMBER: _builtins.int
     string_value: _builtins.str
     int_value: _builtins.int
     bool_value: _builtins.bool
     bytes_value: _builtins.bytes
+    float_value: _builtins.float
     def __init__(
         self,
         *,
@@ -307,12 +313,13 @@ class ParameterValue(_message.Message):
         int_value: _builtins.int = ...,
         bool_value: _builtins.bool = ...,
         bytes_value: _builtins.bytes = ...,
+        float_value: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["string_value", "int_value", "bool_value", "bytes_value"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["string_value", "int_value", "bool_value", "bytes_value", "float_value"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -842,8 +849,13 @@ class ServiceOptions(_message.Message):
     SECRETS_FIELD_NUMBER: _builtins.int
     ENABLE_MEMORY_SNAPSHOT_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    STARTUP_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     timeout_s: _builtins.float
     enable_memory_snapshot: _builtins.bool
+    startup_timeout_s: _builtins.float
+    """Seconds a container may take to start (import, @enter hooks) before it is stopped and counts
+    as an init failure; unset: max(5, the timeout), as before this field.
+    """
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     @_builtins.property
@@ -870,10 +882,11 @@ class ServiceOptions(_message.Message):
         secrets: _abc.Iterable[Global___SecretRef] | None = ...,
         enable_memory_snapshot: _builtins.bool | None = ...,
         image: Global___ImageSpec | None = ...,
+        startup_timeout_s: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler", "_batching", b"_batching", "_concurrency", b"_concurrency", "_enable_memory_snapshot", b"_enable_memory_snapshot", "_image", b"_image", "_resources", b"_resources", "_retries", b"_retries", "_timeout_s", b"_timeout_s", "autoscaler", b"autoscaler", "batching", b"batching", "concurrency", b"concurrency", "enable_memory_snapshot", b"enable_memory_snapshot", "image", b"image", "resources", b"resources", "retries", b"retries", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler", "_batching", b"_batching", "_concurrency", b"_concurrency", "_enable_memory_snapshot", b"_enable_memory_snapshot", "_image", b"_image", "_resources", b"_resources", "_retries", b"_retries", "_startup_timeout_s", b"_startup_timeout_s", "_timeout_s", b"_timeout_s", "autoscaler", b"autoscaler", "batching", b"batching", "concurrency", b"concurrency", "enable_memory_snapshot", b"enable_memory_snapshot", "image", b"image", "resources", b"resources", "retries", b"retries", "startup_timeout_s", b"startup_timeout_s", "timeout_s", b"timeout_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler", "_batching", b"_batching", "_concurrency", b"_concurrency", "_enable_memory_snapshot", b"_enable_memory_snapshot", "_image", b"_image", "_resources", b"_resources", "_retries", b"_retries", "_timeout_s", b"_timeout_s", "autoscaler", b"autoscaler", "batching", b"batching", "concurrency", b"concurrency", "enable_memory_snapshot", b"enable_memory_snapshot", "image", b"image", "resources", b"resources", "retries", b"retries", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler", "_batching", b"_batching", "_concurrency", b"_concurrency", "_enable_memory_snapshot", b"_enable_memory_snapshot", "_image", b"_image", "_resources", b"_resources", "_retries", b"_retries", "_startup_timeout_s", b"_startup_timeout_s", "_timeout_s", b"_timeout_s", "autoscaler", b"autoscaler", "batching", b"batching", "concurrency", b"concurrency", "enable_memory_snapshot", b"enable_memory_snapshot", "image", b"image", "resources", b"resources", "retries", b"retries", "secrets", b"secrets", "startup_timeout_s", b"startup_timeout_s", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__autoscaler: _TypeAlias = _typing.Literal["autoscaler"]  # noqa: Y015
     _WhichOneofArgType__autoscaler: _TypeAlias = _typing.Literal["_autoscaler", b"_autoscaler"]  # noqa: Y015
@@ -889,6 +902,8 @@ class ServiceOptions(_message.Message):
     _WhichOneofArgType__resources: _TypeAlias = _typing.Literal["_resources", b"_resources"]  # noqa: Y015
     _WhichOneofReturnType__retries: _TypeAlias = _typing.Literal["retries"]  # noqa: Y015
     _WhichOneofArgType__retries: _TypeAlias = _typing.Literal["_retries", b"_retries"]  # noqa: Y015
+    _WhichOneofReturnType__startup_timeout_s: _TypeAlias = _typing.Literal["startup_timeout_s"]  # noqa: Y015
+    _WhichOneofArgType__startup_timeout_s: _TypeAlias = _typing.Literal["_startup_timeout_s", b"_startup_timeout_s"]  # noqa: Y015
     _WhichOneofReturnType__timeout_s: _TypeAlias = _typing.Literal["timeout_s"]  # noqa: Y015
     _WhichOneofArgType__timeout_s: _TypeAlias = _typing.Literal["_timeout_s", b"_timeout_s"]  # noqa: Y015
     @_typing.overload
@@ -905,6 +920,8 @@ class ServiceOptions(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__resources) -> _WhichOneofReturnType__resources | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__retries) -> _WhichOneofReturnType__retries | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__startup_timeout_s) -> _WhichOneofReturnType__startup_timeout_s | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_s) -> _WhichOneofReturnType__timeout_s | None: ...
 
@@ -1063,17 +1080,27 @@ class ClassDef(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     HAS_SNAP_HOOKS_FIELD_NUMBER: _builtins.int
+    IS_FUNCTION_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The class's qualified name inside its module."""
     module: _builtins.str
     """The module the container imports."""
     has_snap_hooks: _builtins.bool
+    is_function: _builtins.bool
+    """A plain function (`@app.function`): a class with one method of the function's name and no
+    parameters. Clients show it as a function; everything else treats it as a class.
+    """
     @_builtins.property
     def methods(self) -> _containers.RepeatedCompositeFieldContainer[Global___MethodDef]: ...
     @_builtins.property
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParameterSpec]: ...
     @_builtins.property
     def options(self) -> Global___ServiceOptions: ...
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """When a deployed function runs by itself; unset for none. Ephemeral apps never run schedules."""
+
     def __init__(
         self,
         *,
@@ -1083,14 +1110,115 @@ class ClassDef(_message.Message):
         parameters: _abc.Iterable[Global___ParameterSpec] | None = ...,
         options: Global___ServiceOptions | None = ...,
         has_snap_hooks: _builtins.bool = ...,
+        is_function: _builtins.bool = ...,
+        schedule: Global___Schedule | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "options", b"options", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_snap_hooks", b"has_snap_hooks", "methods", b"methods", "module", b"module", "name", b"name", "options", b"options", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "has_snap_hooks", b"has_snap_hooks", "is_function", b"is_function", "methods", b"methods", "module", b"module", "name", b"name", "options", b"options", "parameters", b"parameters", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__schedule: _TypeAlias = _typing.Literal["schedule"]  # noqa: Y015
+    _WhichOneofArgType__schedule: _TypeAlias = _typing.Literal["_schedule", b"_schedule"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__schedule) -> _WhichOneofReturnType__schedule | None: ...
+
+Global___ClassDef: _TypeAlias = ClassDef  # noqa: Y015
+
+@_typing.final
+class LogLine(_message.Message):
+    """One line a container printed, with where it came from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    INPUT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    timestamp: _builtins.float
+    """Unix time in seconds, taken in the container when the line was written."""
+    stream: _builtins.str
+    """"stdout" or "stderr"."""
+    input_id: _builtins.str
+    """The input the line was printed for (empty outside any input: imports, hooks, the worker)."""
+    text: _builtins.str
+    """The line without its newline; secret values are redacted before it leaves the container."""
+    container_id: _builtins.str
+    """Filled by the control plane."""
+    app_id: _builtins.str
+    seq: _builtins.int
+    """The line's place in the control plane's log store (increasing), for following."""
+    def __init__(
+        self,
+        *,
+        timestamp: _builtins.float = ...,
+        stream: _builtins.str = ...,
+        input_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        container_id: _builtins.str = ...,
+        app_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "container_id", b"container_id", "input_id", b"input_id", "seq", b"seq", "stream", b"stream", "text", b"text", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ClassDef: _TypeAlias = ClassDef  # noqa: Y015
+Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    """A function's schedule: a fixed period, or a cron expression in a time zone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_S_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    period_s: _builtins.float
+    """Seconds between runs; the first run is one period after the deploy."""
+    @_builtins.property
+    def cron(self) -> Global___CronSchedule: ...
+    def __init__(
+        self,
+        *,
+        period_s: _builtins.float = ...,
+        cron: Global___CronSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "kind", b"kind", "period_s", b"period_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "kind", b"kind", "period_s", b"period_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["period_s", "cron"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class CronSchedule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPRESSION_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    expression: _builtins.str
+    """Five fields (minute hour day-of-month month day-of-week), as cron and croniter read them."""
+    timezone: _builtins.str
+    """An IANA time zone name (`Europe/Paris`); empty means UTC."""
+    def __init__(
+        self,
+        *,
+        expression: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "timezone", b"timezone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CronSchedule: _TypeAlias = CronSchedule  # noqa: Y015
 
 @_typing.final
 class Result(_message.Message):

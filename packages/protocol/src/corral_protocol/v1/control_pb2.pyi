@@ -60,6 +60,40 @@ APP_STATE_DEPLOYED: AppState.ValueType  # 2
 APP_STATE_STOPPED: AppState.ValueType  # 3
 Global___AppState: _TypeAlias = AppState  # noqa: Y015
 
+class _CancelOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CancelOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CancelOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CANCEL_OUTCOME_UNSPECIFIED: _CancelOutcome.ValueType  # 0
+    CANCEL_OUTCOME_NOT_STARTED: _CancelOutcome.ValueType  # 1
+    """It had not started (queued, or waiting for a retry): no code of it runs."""
+    CANCEL_OUTCOME_STOPPING_RUNNING: _CancelOutcome.ValueType  # 2
+    """It was running: its container was told to stop it. An async method stops at its current await;
+    a sync one gets an exception raised in its thread, and a container whose method has not stopped
+    within the grace period (CANCEL_GRACE_S in corral_protocol.options) replaces itself, unless
+    other calls already wait on it.
+    """
+    CANCEL_OUTCOME_ALREADY_DONE: _CancelOutcome.ValueType  # 3
+    """It had already finished: its result stands."""
+
+class CancelOutcome(_CancelOutcome, metaclass=_CancelOutcomeEnumTypeWrapper):
+    """What a cancellation found (so that a caller knows whether any of its code ran)."""
+
+CANCEL_OUTCOME_UNSPECIFIED: CancelOutcome.ValueType  # 0
+CANCEL_OUTCOME_NOT_STARTED: CancelOutcome.ValueType  # 1
+"""It had not started (queued, or waiting for a retry): no code of it runs."""
+CANCEL_OUTCOME_STOPPING_RUNNING: CancelOutcome.ValueType  # 2
+"""It was running: its container was told to stop it. An async method stops at its current await;
+a sync one gets an exception raised in its thread, and a container whose method has not stopped
+within the grace period (CANCEL_GRACE_S in corral_protocol.options) replaces itself, unless
+other calls already wait on it.
+"""
+CANCEL_OUTCOME_ALREADY_DONE: CancelOutcome.ValueType  # 3
+"""It had already finished: its result stands."""
+Global___CancelOutcome: _TypeAlias = CancelOutcome  # noqa: Y015
+
 class _ContainerState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -349,6 +383,8 @@ class AppInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CLASSES_FIELD_NUMBER: _builtins.int
     CONTAINERS_FIELD_NUMBER: _builtins.int
+    FUNCTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_RUNS_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     name: _builtins.str
     kind: Global___AppKind.ValueType
@@ -357,7 +393,15 @@ class AppInfo(_message.Message):
     created_at: _builtins.float
     containers: _builtins.int
     @_builtins.property
-    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The app's classes; its functions (`ClassDef.is_function`) are listed in `functions` instead."""
+
+    @_builtins.property
+    def functions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def next_runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduledRun]:
+        """The next run of each scheduled function of a deployed app."""
+
     def __init__(
         self,
         *,
@@ -369,14 +413,43 @@ class AppInfo(_message.Message):
         created_at: _builtins.float = ...,
         classes: _abc.Iterable[_builtins.str] | None = ...,
         containers: _builtins.int = ...,
+        functions: _abc.Iterable[_builtins.str] | None = ...,
+        next_runs: _abc.Iterable[Global___ScheduledRun] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "classes", b"classes", "containers", b"containers", "created_at", b"created_at", "kind", b"kind", "name", b"name", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "classes", b"classes", "containers", b"containers", "created_at", b"created_at", "functions", b"functions", "kind", b"kind", "name", b"name", "next_runs", b"next_runs", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppInfo: _TypeAlias = AppInfo  # noqa: Y015
+
+@_typing.final
+class ScheduledRun(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_AT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
+    next_run_at: _builtins.float
+    """Unix time in seconds."""
+    schedule: _builtins.str
+    """How the schedule reads (`every 300s`, `cron 0 * * * * (UTC)`)."""
+    def __init__(
+        self,
+        *,
+        function: _builtins.str = ...,
+        next_run_at: _builtins.float = ...,
+        schedule: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "next_run_at", b"next_run_at", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduledRun: _TypeAlias = ScheduledRun  # noqa: Y015
 
 @_typing.final
 class ListAppsResponse(_message.Message):
@@ -404,17 +477,23 @@ class LookupClassRequest(_message.Message):
 
     APP_NAME_FIELD_NUMBER: _builtins.int
     CLASS_NAME_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     class_name: _builtins.str
+    app_id: _builtins.str
+    """Instead of app_name: the app by id, deployed or ephemeral (a container calling a class or
+    function of its own app, which it knows by CORRAL_APP_ID).
+    """
     def __init__(
         self,
         *,
         app_name: _builtins.str = ...,
         class_name: _builtins.str = ...,
+        app_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "class_name", b"class_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_name", b"app_name", "class_name", b"class_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -624,6 +703,114 @@ class GetRoutesResponse(_message.Message):
 Global___GetRoutesResponse: _TypeAlias = GetRoutesResponse  # noqa: Y015
 
 @_typing.final
+class InvokeStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    method: _builtins.str
+    @_builtins.property
+    def args(self) -> _common_pb2.Payload: ...
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        args: _common_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "method", b"method", "service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvokeStreamRequest: _TypeAlias = InvokeStreamRequest  # noqa: Y015
+
+@_typing.final
+class InvokeStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    @_builtins.property
+    def item(self) -> _common_pb2.Payload: ...
+    @_builtins.property
+    def result(self) -> _common_pb2.Result: ...
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        item: _common_pb2.Payload | None = ...,
+        result: _common_pb2.Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "item", b"item", "message", b"message", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "item", b"item", "message", b"message", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["call_id", "item", "result"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___InvokeStreamResponse: _TypeAlias = InvokeStreamResponse  # noqa: Y015
+
+@_typing.final
+class GetLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    INPUT_ID_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    """An app's name (the newest app of that name) or id; or leave empty and give container_id."""
+    container_id: _builtins.str
+    input_id: _builtins.str
+    follow: _builtins.bool
+    tail: _builtins.int
+    """Only the last `tail` stored lines (0: all that are kept)."""
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        container_id: _builtins.str = ...,
+        input_id: _builtins.str = ...,
+        follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "container_id", b"container_id", "follow", b"follow", "input_id", b"input_id", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogsRequest: _TypeAlias = GetLogsRequest  # noqa: Y015
+
+@_typing.final
+class GetLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LogLine]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_common_pb2.LogLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogsResponse: _TypeAlias = GetLogsResponse  # noqa: Y015
+
+@_typing.final
 class GetResultRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -692,12 +879,16 @@ Global___CancelCallRequest: _TypeAlias = CancelCallRequest  # noqa: Y015
 class CancelCallResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    outcome: Global___CancelOutcome.ValueType
     def __init__(
         self,
+        *,
+        outcome: Global___CancelOutcome.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -80,6 +80,16 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.InvokeResponse.FromString,
                 _registered_method=True)
+        self.InvokeStream = channel.unary_stream(
+                '/corral.v1.ControlService/InvokeStream',
+                request_serializer=corral_dot_v1_dot_control__pb2.InvokeStreamRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.InvokeStreamResponse.FromString,
+                _registered_method=True)
+        self.GetLogs = channel.unary_stream(
+                '/corral.v1.ControlService/GetLogs',
+                request_serializer=corral_dot_v1_dot_control__pb2.GetLogsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.GetLogsResponse.FromString,
+                _registered_method=True)
         self.GetRoutes = channel.unary_unary(
                 '/corral.v1.ControlService/GetRoutes',
                 request_serializer=corral_dot_v1_dot_control__pb2.GetRoutesRequest.SerializeToString,
@@ -206,6 +216,23 @@ class ControlServiceServicer:
 
     def Invoke(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeStream(self, request, context):
+        """Call a generator method: the call id first, then each item as the container yields it, then
+        the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
+        stops the generator in the container.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLogs(self, request, context):
+        """Stored container output of an app, a container or an input, oldest first; with `follow`,
+        then new lines as they arrive until the client cancels.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -348,6 +375,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Invoke,
                     request_deserializer=corral_dot_v1_dot_control__pb2.InvokeRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.InvokeResponse.SerializeToString,
+            ),
+            'InvokeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.InvokeStreamRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.InvokeStreamResponse.SerializeToString,
+            ),
+            'GetLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetLogs,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.GetLogsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.GetLogsResponse.SerializeToString,
             ),
             'GetRoutes': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRoutes,
@@ -664,6 +701,60 @@ class ControlService:
             '/corral.v1.ControlService/Invoke',
             corral_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.ControlService/InvokeStream',
+            corral_dot_v1_dot_control__pb2.InvokeStreamRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.InvokeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.ControlService/GetLogs',
+            corral_dot_v1_dot_control__pb2.GetLogsRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.GetLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

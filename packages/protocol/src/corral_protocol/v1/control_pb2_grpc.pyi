@@ -42,6 +42,15 @@ class ControlServiceStub:
     LookupClass: _grpc.UnaryUnaryMultiCallable[_control_pb2.LookupClassRequest, _control_pb2.LookupClassResponse]
     BindService: _grpc.UnaryUnaryMultiCallable[_control_pb2.BindServiceRequest, _control_pb2.BindServiceResponse]
     Invoke: _grpc.UnaryUnaryMultiCallable[_control_pb2.InvokeRequest, _control_pb2.InvokeResponse]
+    InvokeStream: _grpc.UnaryStreamMultiCallable[_control_pb2.InvokeStreamRequest, _control_pb2.InvokeStreamResponse]
+    """Call a generator method: the call id first, then each item as the container yields it, then
+    the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
+    stops the generator in the container.
+    """
+    GetLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.GetLogsRequest, _control_pb2.GetLogsResponse]
+    """Stored container output of an app, a container or an input, oldest first; with `follow`,
+    then new lines as they arrive until the client cancels.
+    """
     GetRoutes: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]
     """The READY containers a client may send a service's inputs to directly (the direct call path)."""
     GetResult: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetResultRequest, _control_pb2.GetResultResponse]
@@ -79,6 +88,15 @@ class ControlServiceAsyncStub(ControlServiceStub):
     LookupClass: _aio.UnaryUnaryMultiCallable[_control_pb2.LookupClassRequest, _control_pb2.LookupClassResponse]  # type: ignore[assignment]
     BindService: _aio.UnaryUnaryMultiCallable[_control_pb2.BindServiceRequest, _control_pb2.BindServiceResponse]  # type: ignore[assignment]
     Invoke: _aio.UnaryUnaryMultiCallable[_control_pb2.InvokeRequest, _control_pb2.InvokeResponse]  # type: ignore[assignment]
+    InvokeStream: _aio.UnaryStreamMultiCallable[_control_pb2.InvokeStreamRequest, _control_pb2.InvokeStreamResponse]  # type: ignore[assignment]
+    """Call a generator method: the call id first, then each item as the container yields it, then
+    the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
+    stops the generator in the container.
+    """
+    GetLogs: _aio.UnaryStreamMultiCallable[_control_pb2.GetLogsRequest, _control_pb2.GetLogsResponse]  # type: ignore[assignment]
+    """Stored container output of an app, a container or an input, oldest first; with `follow`,
+    then new lines as they arrive until the client cancels.
+    """
     GetRoutes: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]  # type: ignore[assignment]
     """The READY containers a client may send a service's inputs to directly (the direct call path)."""
     GetResult: _aio.UnaryUnaryMultiCallable[_control_pb2.GetResultRequest, _control_pb2.GetResultResponse]  # type: ignore[assignment]
@@ -167,6 +185,27 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.InvokeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.InvokeResponse, _abc.Awaitable[_control_pb2.InvokeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def InvokeStream(
+        self,
+        request: _control_pb2.InvokeStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.InvokeStreamResponse], _abc.AsyncIterator[_control_pb2.InvokeStreamResponse]]:
+        """Call a generator method: the call id first, then each item as the container yields it, then
+        the Result (SUCCESS with no value, or the error). Cancelling the RPC cancels the call, which
+        stops the generator in the container.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLogs(
+        self,
+        request: _control_pb2.GetLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.GetLogsResponse], _abc.AsyncIterator[_control_pb2.GetLogsResponse]]:
+        """Stored container output of an app, a container or an input, oldest first; with `follow`,
+        then new lines as they arrive until the client cancels.
+        """
 
     @_abc_1.abstractmethod
     def GetRoutes(

@@ -67,6 +67,8 @@ class WorkerSessionRequest(_message.Message):
     HTTP_RESPONSE_START_FIELD_NUMBER: _builtins.int
     HTTP_BODY_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
+    GENERATOR_ITEM_FIELD_NUMBER: _builtins.int
+    LOGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___WorkerHello: ...
     @_builtins.property
@@ -87,6 +89,10 @@ class WorkerSessionRequest(_message.Message):
     def http_body(self) -> Global___HttpBodyChunk: ...
     @_builtins.property
     def load(self) -> Global___WorkerLoad: ...
+    @_builtins.property
+    def generator_item(self) -> Global___GeneratorItem: ...
+    @_builtins.property
+    def logs(self) -> Global___LogBatch: ...
     def __init__(
         self,
         *,
@@ -100,16 +106,73 @@ class WorkerSessionRequest(_message.Message):
         http_response_start: Global___HttpResponseStart | None = ...,
         http_body: Global___HttpBodyChunk | None = ...,
         load: Global___WorkerLoad | None = ...,
+        generator_item: Global___GeneratorItem | None = ...,
+        logs: Global___LogBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "generator_item", b"generator_item", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "logs", b"logs", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_output", b"batch_output", "draining", b"draining", "generator_item", b"generator_item", "hello", b"hello", "http_body", b"http_body", "http_response_start", b"http_response_start", "init_failed", b"init_failed", "load", b"load", "logs", b"logs", "message", b"message", "output", b"output", "ready", b"ready", "snapshot_ready", b"snapshot_ready"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "init_failed", "ready", "output", "batch_output", "snapshot_ready", "draining", "http_response_start", "http_body", "load"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "init_failed", "ready", "output", "batch_output", "snapshot_ready", "draining", "http_response_start", "http_body", "load", "generator_item", "logs"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___WorkerSessionRequest: _TypeAlias = WorkerSessionRequest  # noqa: Y015
+
+@_typing.final
+class LogBatch(_message.Message):
+    """Lines the container's code printed since the last batch, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    dropped: _builtins.int
+    """Lines dropped in the container because the control plane could not take them fast enough."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LogLine]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_common_pb2.LogLine] | None = ...,
+        dropped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogBatch: _TypeAlias = LogBatch  # noqa: Y015
+
+@_typing.final
+class GeneratorItem(_message.Message):
+    """One item a generator method yielded, sent as it is produced, in order. The input's Output
+    follows the last item: SUCCESS with no value when the generator finished, or its error.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    input_id: _builtins.str
+    @_builtins.property
+    def value(self) -> _common_pb2.Payload:
+        """The item, in the format of the call's arguments."""
+
+    def __init__(
+        self,
+        *,
+        input_id: _builtins.str = ...,
+        value: _common_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_id", b"input_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeneratorItem: _TypeAlias = GeneratorItem  # noqa: Y015
 
 @_typing.final
 class WorkerHello(_message.Message):
@@ -691,24 +754,30 @@ class DirectResponse(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     ACCEPTED_FIELD_NUMBER: _builtins.int
+    GENERATOR_ITEM_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def output(self) -> Global___Output: ...
     @_builtins.property
     def rejected(self) -> Global___DirectRejected: ...
     @_builtins.property
     def accepted(self) -> Global___DirectAccepted: ...
+    @_builtins.property
+    def generator_item(self) -> Global___GeneratorItem:
+        """A generator method's items, before its Output (same rules as on the worker session)."""
+
     def __init__(
         self,
         *,
         output: Global___Output | None = ...,
         rejected: Global___DirectRejected | None = ...,
         accepted: Global___DirectAccepted | None = ...,
+        generator_item: Global___GeneratorItem | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "generator_item", b"generator_item", "message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "generator_item", b"generator_item", "message", b"message", "output", b"output", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["output", "rejected", "accepted"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["output", "rejected", "accepted", "generator_item"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
