@@ -26,9 +26,11 @@ def test_a_full_queue_refuses_clearly_and_loses_nothing_it_accepted(tmp_path: Pa
         client = client_for(cluster)
         one = corral.Cls.from_name("faults-overload", "Model", client=client).with_options(max_containers=1)(tag="q")
         accepted, refused = [], []
+        # Each input takes 3 s, far longer than the 100 spawns take, so nothing drains the queue
+        # while they are made: what is accepted is the queue's bound and what already left it.
         for _ in range(100):
             try:
-                accepted.append(one.sleep.spawn(0.05))
+                accepted.append(one.sleep.spawn(3))
             except corral.exception.QueueFullError as err:
                 assert "is full" in str(err) and str(MAX_QUEUE) in str(err)
                 refused.append(err)
