@@ -13,7 +13,6 @@ Needs a node with runc and mmdebstrap (skipped otherwise, failed under CI).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -25,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APPS, Cluster, read_events, wait_for
+from conftest import APPS, Cluster, in_ci, read_events, require_snapshot_prerequisites, wait_for
 from corral_protocol.v1 import control_pb2
-from corral_runtime import criu, image_store
+from corral_runtime import image_store
 from e2e_helpers import client_for, containers
 
 IMAGE_APP_STEPS = {"corral worker", "apt install jq", "pip install pyfiglet==1.0.2", "add local files to /srv/files"}
@@ -50,7 +49,7 @@ def deployed(cluster: Cluster) -> Iterator[str]:
     problem = "" if node.inventory.isolation.mode == "runc" else f"the node does not run containers with runc: {node.inventory.isolation.reason}"
     problem = problem or ("" if shutil.which("mmdebstrap") else "mmdebstrap is not installed (apt-get install mmdebstrap)")
     if problem:
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(f"CI must build images: {problem}")
         pytest.skip(problem)
     result = cluster.corral("deploy", str(APPS / "image_app.py"), "--name", "images", timeout=900)
@@ -138,11 +137,7 @@ def test_a_failing_step_fails_the_deploy_with_its_name(cluster: Cluster, deploye
 
 @pytest.mark.timeout(900)
 def test_snapshot_class_with_an_image_restores_inside_it(cluster: Cluster, deployed: str, events: Path) -> None:
-    support = criu.detect()
-    if not support.available:
-        if os.environ.get("CI"):
-            pytest.fail(f"memory snapshots are unavailable in CI: {support.reason}")
-        pytest.skip(f"memory snapshots are unavailable here: {support.reason}")
+    require_snapshot_prerequisites()  # root and a criu binary, not the detection under test
     import corral
 
     client = client_for(cluster)

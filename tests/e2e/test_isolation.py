@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import isolation_app
-from conftest import Cluster, start_cluster, wait_for
+from conftest import Cluster, in_ci, start_cluster, wait_for
 from corral.exception import ContainerExitedError
 from corral_protocol.v1 import control_pb2
 from e2e_helpers import client_for, pids_with, table_rows
@@ -34,14 +34,19 @@ def _isolation(cluster: Cluster) -> control_pb2.NodeInfo:
     return node
 
 
+def _require_runc(cluster: Cluster) -> None:
+    """Skip where the node cannot isolate (not root, or no runc); under CI that is a failure."""
+    mode = _isolation(cluster).inventory.isolation
+    if mode.mode != "runc":
+        if in_ci():
+            pytest.fail(f"CI must isolate containers with runc; the node says: {mode.mode} ({mode.reason})")
+        pytest.skip(f"the node does not isolate containers (needs root and runc): {mode.reason}")
+
+
 @pytest.fixture(scope="module")
 def isolated(cluster: Cluster) -> Iterator[str]:
     """The session cluster, when its node isolates containers with runc; yields the secret's value."""
-    mode = _isolation(cluster).inventory.isolation
-    if mode.mode != "runc":
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must isolate containers with runc; the node says: {mode.mode} ({mode.reason})")
-        pytest.skip(f"the node does not isolate containers: {mode.reason}")
+    _require_runc(cluster)
     value = f"isolation-secret-{secrets.token_hex(8)}"
     created = cluster.corral("secret", "create", "isolation-secret", f"ISOLATION_SECRET={value}")
     assert created.returncode == 0, created.stderr
@@ -164,8 +169,7 @@ def test_without_runc_the_node_falls_back_loudly(tmp_path: Path) -> None:
 def test_no_container_or_cgroup_outlives_a_killed_node(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path / "home")
     try:
-        if _isolation(cluster).inventory.isolation.mode != "runc":
-            pytest.skip("the node does not isolate containers")
+        _require_runc(cluster)
         with isolation_app.own_cluster_app.run(client=client_for(cluster)):
             container = Echo().container.remote()
             assert pids_with(f"CORRAL_CONTAINER_ID={container}\0")

@@ -11,8 +11,9 @@ import pytest
 import corral
 from corral.exception import InvalidError
 from corral_protocol.v1 import common_pb2, control_pb2
-from corral_scheduler.gateway import HttpError, openapi_document, parameter_values, swagger_ui_html
+from corral_scheduler.gateway import HttpError, parameter_values
 from corral_scheduler.model import AppRecord
+from corral_scheduler.web_docs import openapi_document, swagger_ui_html
 from corral_scheduler.web_routes import RouteTable, WebRoute
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
-import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -39,6 +37,7 @@ from corral_scheduler import http_invoke
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, QueueFull
 from corral_scheduler.tls import TlsFiles
+from corral_scheduler.web_docs import openapi_document, swagger_ui_html
 from corral_scheduler.web_routes import RouteTable, WebRoute
 
 log = logging.getLogger("corral.gateway")
@@ -66,9 +65,6 @@ _EMPTY_ARGS = common_pb2.Payload(format=common_pb2.PAYLOAD_FORMAT_JSON, data=b"{
 S = common_pb2
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
-# Swagger UI from a CDN, as FastAPI's default docs page does.
-SWAGGER_JS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
-SWAGGER_CSS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
 
 
 class _ClientGone(Exception):
@@ -284,43 +280,6 @@ async def _too_deep(body: bytes) -> bool:
     if len(body) <= _DEPTH_CHECK_INLINE_BYTES:
         return json_depth_exceeds(body)
     return await asyncio.to_thread(json_depth_exceeds, body)
-
-
-def openapi_document(route: WebRoute) -> bytes:
-    """The endpoint's OpenAPI description with its path (`/` in what the SDK built) made the route's."""
-    document = json.loads(route.endpoint.openapi_json)
-    operations: dict[str, Any] = next(iter((document.get("paths") or {}).values()), {})
-    document["paths"] = {route.prefix: operations}
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
-def swagger_ui_html(title: str, openapi_url: str) -> str:
-    url = json.dumps(openapi_url).replace("<", "\\u003c")  # a JS string that cannot close the script
-    return f"""<!DOCTYPE html>
-<html>
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1.0">
-<link type="text/css" rel="stylesheet" href="{SWAGGER_CSS}">
-<title>{html.escape(title)} - Swagger UI</title>
-</head>
-<body>
-<div id="swagger-ui"></div>
-<script src="{SWAGGER_JS}"></script>
-<script>
-const ui = SwaggerUIBundle({{
-    url: {url},
-    dom_id: "#swagger-ui",
-    layout: "BaseLayout",
-    deepLinking: true,
-    showExtensions: true,
-    showCommonExtensions: true,
-    presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
-}})
-</script>
-</body>
-</html>
-"""
 
 
 class _TimedH11Protocol(H11Protocol):
