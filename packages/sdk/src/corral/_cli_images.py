@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
+from corral._cli_format import age, table
 from corral._client import default_client
 from corral.exception import InvalidError
 from corral_protocol.v1 import control_pb2
 
-Table = Callable[[Sequence[str], Sequence[Sequence[Any]]], str]
 
-
-def add_image_commands(sub: Any, table: Table, age: Callable[[float], str]) -> None:
-    """Register `corral image ...` on the CLI's subparsers; `table` and `age` format like the CLI's
-    other listings (passed in: the CLI imports this module)."""
+def add_image_commands(sub: Any) -> None:
+    """Register `corral image ...` on the CLI's subparsers."""
     image = sub.add_parser("image", help="manage the image layer caches of the nodes").add_subparsers(dest="image_command", required=True)
-    image.add_parser("list", help="list cached image layers on every node").set_defaults(handler=functools.partial(cmd_image_list, table=table, age=age))
+    image.add_parser("list", help="list cached image layers on every node").set_defaults(handler=cmd_image_list)
     p = image.add_parser("rm", help="remove cached image layers (by key prefix, or all) on every node; layers in use stay")
     p.add_argument("keys", nargs="*", metavar="KEY")
     p.add_argument("--all", action="store_true", help="every layer not in use")
     p.set_defaults(handler=cmd_image_rm)
 
 
-def cmd_image_list(args: argparse.Namespace, *, table: Table, age: Callable[[float], str]) -> int:
+def cmd_image_list(args: argparse.Namespace) -> int:
     client = default_client()
     layers = client.call(client.stub.ManageImages, control_pb2.ManageImagesRequest(), timeout=60).layers
     rows = [(layer.key[:16], layer.node_name, f"{layer.size_bytes / 1e6:.1f} MB", layer.in_use, age(layer.last_used), layer.title[:60])
