@@ -23,26 +23,20 @@ import select
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
+from corral._direct_routes import ACCEPTED, AioConnection, Route, RouteTable
 from corral.exception import ContainerExitedError, InvalidError
-from corral_protocol import PROTOCOL_VERSION
-from corral_protocol.framing import CLIENT_REUSE_S, MAX_HELLO_BYTES, FrameBuffer, FrameError, encode, read_frame
+from corral_protocol.framing import CLIENT_REUSE_S, MAX_HELLO_BYTES, FrameError, encode, read_frame
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 
 W = worker_pb2
-REFRESH_S = 1.0  # how old a route table may get while it has routes
-REFRESH_EMPTY_S = 0.25  # ... and while it has none (a scale-up from zero is under way)
-REFRESH_DISABLED_S = 30.0
 MAX_IDLE_PER_ROUTE = 256
 CONNECT_TIMEOUT_S = 5.0
 # How long a new connection waits for DirectAccepted. A container that sends none within it is taken
 # for a runtime older than DirectAccepted (it waits for the input instead): the input follows on the
 # same connection, and later connections to it send hello and input together, as before.
 ACCEPT_WAIT_S = 1.0
-_ACCEPTED = W.DirectResponse(accepted=W.DirectAccepted()).SerializeToString()
 
 _input_ids = itertools.count()
 _id_prefix = os.urandom(4).hex()
@@ -61,62 +55,6 @@ class _NotSent(Exception):
         self.forget = forget
 
 
-@dataclass(eq=False)
-class _Route:
-    container_id: str
-    host: str
-    port: int
-    hello: bytes
-    slots: int
-    inflight: int = 0
-    dead: bool = False
-    accepts: bool = True  # False: the container does not answer want_accepted (an older runtime)
-    idle: list[tuple[socket.socket, float]] = field(default_factory=list)  # (connection, idle since)
-    aio_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_AioConnection]] = field(
-        default_factory=weakref.WeakKeyDictionary
-    )
-
-    @classmethod
-    def from_proto(cls, route: control_pb2.ContainerRoute) -> _Route:
-        host, _, port = route.address.rpartition(":")
-        hello = W.DirectRequest(hello=W.DirectHello(token=route.token, protocol_version=PROTOCOL_VERSION, want_accepted=True))
-        return cls(route.container_id, host.strip("[]"), int(port), encode(hello.SerializeToString()), max(1, route.slots))
-
-    def close(self) -> None:
-        self.dead = True
-        for sock, _ in self.idle:
-            sock.close()
-        self.idle.clear()
-        for loop, conns in list(self.aio_idle.items()):
-            idle, conns[:] = list(conns), []
-            for conn in idle:
-                # A transport belongs to its event loop's thread; this may run on another one.
-                if loop.is_closed():
-                    continue
-                try:
-                    running = asyncio.get_running_loop()
-                except RuntimeError:
-                    running = None
-                if running is loop:
-                    conn.close()
-                else:
-                    loop.call_soon_threadsafe(conn.close)
-
-
-@dataclass(eq=False)
-class _Table:
-    enabled: bool = True
-    routes: dict[str, _Route] = field(default_factory=dict)
-    fetched_at: float = float("-inf")
-    refreshing: bool = False
-    turn: int = 0
-
-    def stale(self, now: float) -> bool:
-        if not self.enabled:
-            return now - self.fetched_at > REFRESH_DISABLED_S
-        return now - self.fetched_at > (REFRESH_S if self.routes else REFRESH_EMPTY_S)
-
-
 class DirectPath:
     """Route tables per service and connection pools per container, for one `Client`.
 
@@ -130,42 +68,42 @@ class DirectPath:
         self._get_routes = get_routes
         self._get_routes_aio = get_routes_aio
         self._lock = threading.Lock()
-        self._tables: dict[str, _Table] = {}
+        self._tables: dict[str, RouteTable] = {}
 
     # Routes -----------------------------------------------------------------------------------
 
-    def _table(self, service_id: str) -> _Table:
+    def _table(self, service_id: str) -> RouteTable:
         table = self._tables.get(service_id)
         if table is None:
-            table = self._tables.setdefault(service_id, _Table())
+            table = self._tables.setdefault(service_id, RouteTable())
         return table
 
-    def _claim_refresh(self, table: _Table) -> bool:
+    def _claim_refresh(self, table: RouteTable) -> bool:
         with self._lock:
             if table.refreshing or not table.stale(time.monotonic()):
                 return False
             table.refreshing = True
             return True
 
-    def _install(self, table: _Table, response: control_pb2.GetRoutesResponse | None) -> None:
+    def _install(self, table: RouteTable, response: control_pb2.GetRoutesResponse | None) -> None:
         with self._lock:
             table.refreshing = False
             table.fetched_at = time.monotonic()
             if response is None:  # the service is gone or the server failed: the control plane path will say why
-                fresh: dict[str, _Route] = {}
+                fresh: dict[str, Route] = {}
                 table.enabled = True
             else:
                 table.enabled = response.direct_enabled
                 fresh = {}
                 for proto in response.routes:
                     existing = table.routes.get(proto.container_id)
-                    fresh[proto.container_id] = existing if existing is not None and not existing.dead else _Route.from_proto(proto)
+                    fresh[proto.container_id] = existing if existing is not None and not existing.dead else Route.from_proto(proto)
             for container_id, route in table.routes.items():
                 if container_id not in fresh:
                     route.close()
             table.routes = fresh
 
-    def _refresh(self, service_id: str, table: _Table) -> None:
+    def _refresh(self, service_id: str, table: RouteTable) -> None:
         if not self._claim_refresh(table):
             return
         response = None
@@ -175,7 +113,7 @@ class DirectPath:
             pass
         self._install(table, response)
 
-    async def _refresh_aio(self, service_id: str, table: _Table) -> None:
+    async def _refresh_aio(self, service_id: str, table: RouteTable) -> None:
         if not self._claim_refresh(table):
             return
         response = None
@@ -185,10 +123,10 @@ class DirectPath:
             pass
         self._install(table, response)
 
-    def _pick(self, table: _Table) -> _Route | None:
+    def _pick(self, table: RouteTable) -> Route | None:
         """The known container with the fewest of this client's inputs in flight and a free slot."""
         with self._lock:
-            best: _Route | None = None
+            best: Route | None = None
             routes = list(table.routes.values())
             table.turn += 1
             count = len(routes)
@@ -202,7 +140,7 @@ class DirectPath:
                 best.inflight += 1
             return best
 
-    def _done(self, table: _Table, route: _Route, response: worker_pb2.DirectResponse | None) -> common_pb2.Result | None:
+    def _done(self, table: RouteTable, route: Route, response: worker_pb2.DirectResponse | None) -> common_pb2.Result | None:
         with self._lock:
             route.inflight -= 1
         if response is None:
@@ -217,7 +155,7 @@ class DirectPath:
             self._forget(table, route)
         return None
 
-    def _failed(self, table: _Table, route: _Route, method: str, err: BaseException) -> ContainerExitedError | None:
+    def _failed(self, table: RouteTable, route: Route, method: str, err: BaseException) -> ContainerExitedError | None:
         """Account for an exchange that broke after the input was sent. A broken connection means the
         container went away mid-call (the error to raise); anything else (e.g. the caller was
         cancelled) is re-raised as it is (None)."""
@@ -230,7 +168,7 @@ class DirectPath:
             f"the container running {method} ({route.container_id}) closed the connection before answering: {err or 'EOF'}"
         )
 
-    def _forget(self, table: _Table, route: _Route) -> None:
+    def _forget(self, table: RouteTable, route: Route) -> None:
         with self._lock:
             if table.routes.get(route.container_id) is route:
                 del table.routes[route.container_id]
@@ -267,7 +205,7 @@ class DirectPath:
             raise lost from None
         return self._done(table, route, response)
 
-    def _exchange(self, route: _Route, request: bytes) -> worker_pb2.DirectResponse:
+    def _exchange(self, route: Route, request: bytes) -> worker_pb2.DirectResponse:
         sock = self._checkout(route)
         if sock is None:
             try:
@@ -289,7 +227,7 @@ class DirectPath:
                 frame = read_frame(sock)
                 if frame is None:
                     raise FrameError("the container closed the connection")
-                if frame != _ACCEPTED:  # a late acceptance (see ACCEPT_WAIT_S) carries nothing
+                if frame != ACCEPTED:  # a late acceptance (see ACCEPT_WAIT_S) carries nothing
                     break
         except BaseException:
             sock.close()
@@ -302,7 +240,7 @@ class DirectPath:
         return response
 
     @staticmethod
-    def _handshake(sock: socket.socket, route: _Route) -> bool:
+    def _handshake(sock: socket.socket, route: Route) -> bool:
         """Send the hello and wait for DirectAccepted: True once accepted, False when no answer came
         within ACCEPT_WAIT_S (an older runtime). A close or refusal raises _NotSent: the input was
         never sent."""
@@ -324,7 +262,7 @@ class DirectPath:
             raise _NotSent("the container did not accept the connection", forget=response is not None)
         return True
 
-    def _checkout(self, route: _Route) -> socket.socket | None:
+    def _checkout(self, route: Route) -> socket.socket | None:
         now = time.monotonic()
         while True:
             try:
@@ -343,7 +281,7 @@ class DirectPath:
             sock.close()  # closed by the container (it stopped), or out of step: never reuse
 
     @staticmethod
-    def _checkin(route: _Route, sock: socket.socket) -> None:
+    def _checkin(route: Route, sock: socket.socket) -> None:
         if route.dead or len(route.idle) >= MAX_IDLE_PER_ROUTE:
             sock.close()
         else:
@@ -373,7 +311,7 @@ class DirectPath:
             raise lost from None
         return self._done(table, route, response)
 
-    async def _exchange_aio(self, route: _Route, request: bytes) -> worker_pb2.DirectResponse:
+    async def _exchange_aio(self, route: Route, request: bytes) -> worker_pb2.DirectResponse:
         loop = asyncio.get_running_loop()
         pool = route.aio_idle.get(loop)
         if pool is None:
@@ -388,7 +326,7 @@ class DirectPath:
             candidate.close()
         if conn is None:
             try:
-                _, fresh = await asyncio.wait_for(loop.create_connection(_AioConnection, route.host, route.port), CONNECT_TIMEOUT_S)
+                _, fresh = await asyncio.wait_for(loop.create_connection(AioConnection, route.host, route.port), CONNECT_TIMEOUT_S)
             except (OSError, asyncio.TimeoutError) as err:
                 raise _NotSent(str(err) or type(err).__name__) from None
             if route.accepts:
@@ -414,7 +352,7 @@ class DirectPath:
 
 
     @staticmethod
-    async def _handshake_aio(conn: _AioConnection, route: _Route) -> bool:
+    async def _handshake_aio(conn: AioConnection, route: Route) -> bool:
         """As `_handshake`, for an asyncio connection."""
         conn.handshaking = True
         try:
@@ -426,66 +364,7 @@ class DirectPath:
             raise _NotSent(str(err) or type(err).__name__, forget=False) from None
         finally:
             conn.handshaking = False
-        if frame != _ACCEPTED:
+        if frame != ACCEPTED:
             conn.close()
             raise _NotSent("the container did not accept the connection")
         return True
-
-
-class _AioConnection(asyncio.Protocol):
-    """One asyncio connection to a container, one input at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle_since = time.monotonic()
-        self.handshaking = False  # deliver DirectAccepted to the waiter; otherwise it is dropped
-        self._frames = FrameBuffer()
-        self._waiter: asyncio.Future[bytes] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = self._frames.feed(data)
-        except FrameError as err:
-            self._fail(err)
-            return
-        for frame in frames:
-            if frame == _ACCEPTED and not self.handshaking:
-                continue  # a late acceptance (see ACCEPT_WAIT_S) carries nothing
-            waiter, self._waiter = self._waiter, None
-            if waiter is None or waiter.done():
-                self._fail(FrameError("the container sent a frame nobody asked for"))
-                return
-            waiter.set_result(frame)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc or FrameError("the container closed the connection"))
-
-    def _fail(self, err: Exception) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(err)
-        self.close()
-
-    async def exchange(self, request: bytes) -> bytes:
-        if self.closed or self.transport is None:
-            raise FrameError("the connection is closed")
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiter = waiter
-        self.transport.write(request)
-        return await waiter
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
