@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
-import inspect
 import os
-import re
 import signal
 import sys
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
@@ -43,6 +39,7 @@ from corral_runtime.runner import THREADS, InputRunner
 from corral_runtime.slots import SlotGate
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE, SnapshotPointError, apply_environment, wait_for_identity
 from corral_runtime.web import HttpInputs
+from corral_runtime.worker_setup import Identity, InitFailure, batched_capacity, call_hook, missing_requirements
 
 # Worker._session's code for "the snap hooks ran and no connection is open: dump me now".
 SNAPSHOT_POINT = -1
@@ -58,57 +55,6 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 _CLOSE = object()  # the outbox's last item: finish writing
-
-
-@dataclass(frozen=True)
-class Identity:
-    control_url: str
-    container_id: str
-    token: str
-    bundle_dir: str
-
-    @classmethod
-    def from_env(cls) -> Identity:
-        return cls(
-            os.environ[env.CORRAL_CONTROL_URL], os.environ[env.CORRAL_CONTAINER_ID],
-            os.environ[env.CORRAL_CONTAINER_TOKEN], os.environ.get(env.CORRAL_BUNDLE_DIR, ""),
-        )
-
-
-class InitFailure(Exception):
-    """Importing or entering the user's class failed; carries what to report."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(str(exc))
-        self.exc = exc
-
-
-_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-def missing_requirements(image: common_pb2.ImageSpec) -> list[str]:
-    """The image's pip requirements whose distributions are not installed in this environment."""
-    missing = []
-    for requirement in image.pip_packages:
-        match = _REQUIREMENT_NAME.match(requirement)
-        if match is None:
-            continue
-        try:
-            importlib.metadata.distribution(match.group(1))
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(requirement)
-    return missing
-
-
-async def call_hook(function: Any) -> None:
-    result = function()
-    if inspect.isawaitable(result):
-        await result
-
-
-def batched_capacity(max_inputs: int, max_batch_size: int) -> int:
-    """Inputs a batched container holds at once (running and waiting for the next batch)."""
-    return max(max_inputs, 2 * max_batch_size)
 
 
 class Worker:
