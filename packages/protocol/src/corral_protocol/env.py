@@ -59,6 +59,10 @@ CORRAL_MAX_QUEUE = "CORRAL_MAX_QUEUE"
 """Inputs each service's queue holds at most (default 100,000)."""
 CORRAL_HTTP_MAX_BODY = "CORRAL_HTTP_MAX_BODY"
 """Bytes a web request's body may have at most (default 16 MiB, never more than the payload limit)."""
+CORRAL_STATE_URL = "CORRAL_STATE_URL"
+"""Where `corral up` keeps the control plane's state: `postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`
+(state that outlives the machine), or `sqlite:///DIR` / unset (SQLite files under
+`$CORRAL_HOME/state`, the embedded default). `corral up --state-url` overrides it."""
 
 # Read by every process (SDK, control plane, node, worker): see corral_protocol.payloads.
 CORRAL_MAX_PAYLOAD_BYTES = "CORRAL_MAX_PAYLOAD_BYTES"

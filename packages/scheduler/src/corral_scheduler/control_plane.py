@@ -73,8 +73,8 @@ class ControlPlane(StoreAccess, Sessions):
         self._writes: list[fx.CallChange] = []  # durable-call changes of the event being handled
         self._ticker: asyncio.Task[None] | None = None
         self.image_builds = ImageBuilds(lambda: list(self._node_outboxes), self._to_node)
-        self.schedules = Schedules(self, store.directory)
-        self.logs = LogStore(store.directory)
+        self.schedules = Schedules(self, store.location)
+        self.logs = LogStore(store.location)
 
     @property
     def control_url(self) -> str:
