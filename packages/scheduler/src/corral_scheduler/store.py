@@ -262,7 +262,7 @@ class Store:
         sealed_definition = self._db.execute("SELECT definition FROM app_versions WHERE sealed = 1 LIMIT 1").fetchone()
         if (sample or sealed_definition) and self._box is None:
             raise SecretKeyError(
-                f"the state database in {self.directory} holds encrypted secrets but their key file "
+                f"the state database ({self.location.describe()}) holds encrypted secrets but their key file "
                 f"{self.secret_key_file} is missing; restore it from a backup (a new key could not read them)"
             )
         if sample is not None:
