@@ -14,6 +14,7 @@ from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
 from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
+from corral_scheduler.state_url import StateLocation
 from corral_scheduler.store import Store
 from corral_scheduler.tls import TlsFiles
 
@@ -57,7 +58,7 @@ class RunningServer:
 
 async def serve(
     state_dir: Path, admin_token: str, host: str = "127.0.0.1", port: int = 0, http_port: int | None = None,
-    tls: TlsFiles | None = None,
+    tls: TlsFiles | None = None, state_location: StateLocation | None = None,
 ) -> RunningServer:
     """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port),
     and the web gateway on host:http_port (None: no gateway; 0 picks a port).
@@ -66,8 +67,11 @@ async def serve(
 
     With `tls`, the gRPC port and the gateway speak TLS only; an extra plaintext gRPC port on
     127.0.0.1 serves the node that runs in this process and its containers, so nothing leaves
-    the machine in plaintext (a remote node's containers need TLS in the worker: not yet)."""
-    store = Store(state_dir)
+    the machine in plaintext (a remote node's containers need TLS in the worker: not yet).
+
+    `state_location` (`corral_scheduler.state_url.parse_state_url`): where the state is, default
+    SQLite files in `state_dir`; `state_dir` keeps the bundle cache then."""
+    store = Store(state_dir, location=state_location)
     max_queue = os.environ.get(env.CORRAL_MAX_QUEUE)
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
         raise ValueError(f"{env.CORRAL_MAX_QUEUE} must be a positive integer, got {max_queue!r}")

@@ -109,6 +109,7 @@ class Database(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
     def _lock_schema(self) -> None:
         """Serialize schema creation between processes sharing the database (in a transaction)."""
 
@@ -177,6 +178,9 @@ class SqliteDatabase(Database):
             self._db.execute("COMMIT")
         finally:
             self._depth = 0
+
+    def _lock_schema(self) -> None:
+        pass  # the transaction's BEGIN IMMEDIATE already holds the database's one write lock
 
     def columns(self, table: str) -> set[str]:
         return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}

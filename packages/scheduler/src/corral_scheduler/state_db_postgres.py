@@ -33,6 +33,7 @@ def _require_driver() -> None:
 
 class PostgresDatabase(Database):
     dialect = POSTGRES
+    location: PostgresState
 
     def __init__(self, location: PostgresState) -> None:
         _require_driver()
@@ -47,7 +48,7 @@ class PostgresDatabase(Database):
             return psycopg.connect(self.location.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                    application_name="corral-control-plane")
         except psycopg.Error as err:
-            reason = scrub_password(str(err).strip(), self.location).replace("\n", " ")
+            reason = " ".join(scrub_password(str(err), self.location).split())
             raise StateStoreError(f"cannot open the state store, {self.location.describe()}: {reason}") from None
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:

@@ -93,7 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 2
         os.environ[corral_env.CORRAL_SIMULATE_GPUS] = args.simulate_gpus  # read by the embedded node's inventory
     return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port, tls_cert=args.tls_cert,
-              tls_key=args.tls_key, tls_self_signed=args.tls_self_signed, insecure=args.insecure)
+              tls_key=args.tls_key, tls_self_signed=args.tls_self_signed, insecure=args.insecure, state_url=args.state_url)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-self-signed", action="store_true",
                    help="serve over TLS with a self-signed pair made once in $CORRAL_HOME/tls (clients pin its cert.pem)")
     p.add_argument("--insecure", action="store_true", help="allow a --host beyond loopback without TLS (plaintext)")
+    p.add_argument("--state-url", default=None, metavar="URL",
+                   help="where the control plane keeps its state: postgresql://USER@HOST:PORT/DB, or sqlite:///DIR "
+                        "(default: $CORRAL_STATE_URL, else SQLite under $CORRAL_HOME/state)")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("run", help="run FILE's @app.local_entrypoint() with its app running")
