@@ -63,6 +63,9 @@ CORRAL_STATE_URL = "CORRAL_STATE_URL"
 """Where `corral up` keeps the control plane's state: `postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`
 (state that outlives the machine), or `sqlite:///DIR` / unset (SQLite files under
 `$CORRAL_HOME/state`, the embedded default). `corral up --state-url` overrides it."""
+CORRAL_LEADER_LEASE_S = "CORRAL_LEADER_LEASE_S"
+"""Seconds a control plane's leader lease on PostgreSQL state lasts unrenewed (default 10): after a
+leader dies, a standby (or its restart elsewhere) takes over within this time."""
 
 # Read by every process (SDK, control plane, node, worker): see corral_protocol.payloads.
 CORRAL_MAX_PAYLOAD_BYTES = "CORRAL_MAX_PAYLOAD_BYTES"

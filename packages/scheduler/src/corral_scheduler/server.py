@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +17,9 @@ from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
+from corral_scheduler.leadership import DEFAULT_TTL_S, Leadership, new_holder_id
 from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
-from corral_scheduler.state_url import StateLocation
+from corral_scheduler.state_url import PostgresState, StateLocation
 from corral_scheduler.store import Store
 from corral_scheduler.tls import TlsFiles
 
@@ -28,6 +33,15 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
+log = logging.getLogger("corral.scheduler")
+# A deposed leader exits at once (EX_TEMPFAIL), as a kill -9 would: a supervisor restarts it as a standby.
+LEASE_LOST_EXIT_CODE = 75
+
+
+def _step_down(reason: str) -> None:
+    log.critical("stepping down: %s; this control plane exits without touching the state again", reason)
+    logging.shutdown()
+    os._exit(LEASE_LOST_EXIT_CODE)
 
 
 @dataclass
@@ -38,6 +52,8 @@ class RunningServer:
     host: str
     gateway: HttpGateway | None = None
     tls: TlsFiles | None = None
+    leadership: Leadership | None = None
+    lease_keeper: asyncio.Task[None] | None = None
 
     @property
     def http_url(self) -> str:
@@ -51,14 +67,21 @@ class RunningServer:
     async def stop(self, grace: float = 5.0) -> None:
         if self.gateway is not None:
             await self.gateway.stop()
+        if self.lease_keeper is not None:
+            self.lease_keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.lease_keeper
         await self.plane.close()
         await self.server.stop(grace)
+        if self.leadership is not None:
+            self.leadership.release()
         self.plane.store.close()
 
 
 async def serve(
     state_dir: Path, admin_token: str, host: str = "127.0.0.1", port: int = 0, http_port: int | None = None,
     tls: TlsFiles | None = None, state_location: StateLocation | None = None,
+    on_lease_lost: Callable[[str], None] = _step_down,
 ) -> RunningServer:
     """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port),
     and the web gateway on host:http_port (None: no gateway; 0 picks a port).
@@ -70,8 +93,14 @@ async def serve(
     the machine in plaintext (a remote node's containers need TLS in the worker: not yet).
 
     `state_location` (`corral_scheduler.state_url.parse_state_url`): where the state is, default
-    SQLite files in `state_dir`; `state_dir` keeps the bundle cache then."""
+    SQLite files in `state_dir`; `state_dir` keeps the bundle cache then. On PostgreSQL the plane
+    first waits, as a standby, for the leader lease (CORRAL_LEADER_LEASE_S, default 10 s), and
+    `on_lease_lost` (default: exit at once) runs if it is ever lost."""
     store = Store(state_dir, location=state_location)
+    leadership = None
+    if isinstance(store.location, PostgresState):
+        leadership = Leadership(store.lease, new_holder_id(), _lease_ttl_s())
+        await leadership.acquire()
     max_queue = os.environ.get(env.CORRAL_MAX_QUEUE)
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
         raise ValueError(f"{env.CORRAL_MAX_QUEUE} must be a positive integer, got {max_queue!r}")
@@ -100,4 +129,18 @@ async def serve(
         gateway = await start_gateway(plane, host, http_port, min(int(max_body), payloads.max_payload_bytes()), tls)
     await server.start()
     await plane.start()
-    return RunningServer(server, plane, bound, connect_host, gateway, tls)
+    keeper = asyncio.create_task(leadership.keep(on_lease_lost), name="corral-leader-lease") if leadership else None
+    return RunningServer(server, plane, bound, connect_host, gateway, tls, leadership, keeper)
+
+
+def _lease_ttl_s() -> float:
+    raw = os.environ.get(env.CORRAL_LEADER_LEASE_S)
+    if raw is None:
+        return DEFAULT_TTL_S
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = 0.0
+    if not 0 < ttl <= 3600:
+        raise ValueError(f"{env.CORRAL_LEADER_LEASE_S} must be a number of seconds in (0, 3600], got {raw!r}")
+    return ttl

@@ -150,7 +150,11 @@ def up(
         tls = self_signed(home / "tls", host)
         pinned_ca = str(tls.cert)
 
+    running = False
+
     def announce(url: str, http_url: str, token: str, state: Path) -> None:
+        nonlocal running
+        running = True
         print(
             f"Corral is running at {url}\n  web endpoints: {http_url}\n  state: {state_location.describe()}\n"
             f"  home: {state}\n  token: {state / TOKEN_FILE}\n"
@@ -160,10 +164,20 @@ def up(
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        cluster = asyncio.create_task(run_cluster(
+            home, host, port, stop, announce, advertise=True, with_node=with_node, http_port=http_port, tls=tls,
+            pinned_ca=pinned_ca, state_location=state_location,
+        ))
+
+        def on_signal() -> None:
+            stop.set()
+            if not running:  # still starting, or a standby waiting for the leader lease: nothing to stop gracefully
+                cluster.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_cluster(home, host, port, stop, announce, advertise=True, with_node=with_node, http_port=http_port,
-                          tls=tls, pinned_ca=pinned_ca, state_location=state_location)
+            loop.add_signal_handler(sig, on_signal)
+        with contextlib.suppress(asyncio.CancelledError):
+            await cluster
 
     try:
         asyncio.run(main())
