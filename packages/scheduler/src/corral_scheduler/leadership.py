@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from corral_scheduler.leader_lease import Lease, LeaderLease
+from corral_scheduler.leader_lease import LeaderLease, Lease
 
 log = logging.getLogger("corral.scheduler")
 
