@@ -98,3 +98,22 @@ def test_a_control_plane_restarted_elsewhere_on_the_same_postgresql_loses_nothin
         if restarted is not None:
             restarted.stop()
         first.stop()
+
+
+def test_corral_up_refuses_a_bad_state_url_in_one_line_without_the_password(tmp_path: Path) -> None:
+    """`CORRAL_STATE_URL` is read, and `--state-url` wins over it; every parse error has its unit test."""
+    env = dict(os.environ, CORRAL_HOME=str(tmp_path / "home"))
+    env.pop("CORRAL_STATE_URL", None)
+    unused = free_port()
+
+    def up(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "corral.cli", "up", "--no-node", "--port", "0", "--http-port", "0", *args],
+                              env=dict(env, **extra), capture_output=True, text=True, timeout=60)
+
+    from_env = up(CORRAL_STATE_URL="postgresql://corral:pw-5e6f7a@db:5432")
+    assert from_env.returncode == 2 and "names no database" in from_env.stderr
+    unreachable = up("--state-url", f"postgresql://corral:pw-5e6f7a@127.0.0.1:{unused}/corral")
+    assert unreachable.returncode == 1
+    assert f"PostgreSQL database corral at 127.0.0.1:{unused} as user corral" in unreachable.stderr
+    assert all("pw-5e6f7a" not in r.stdout + r.stderr for r in (from_env, unreachable))
+    assert "Traceback" not in unreachable.stderr
