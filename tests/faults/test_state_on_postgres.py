@@ -112,7 +112,8 @@ def test_corral_up_refuses_a_bad_state_url_in_one_line_without_the_password(tmp_
 
     from_env = up(CORRAL_STATE_URL="postgresql://corral:pw-5e6f7a@db:5432")
     assert from_env.returncode == 2 and "names no database" in from_env.stderr
-    unreachable = up("--state-url", f"postgresql://corral:pw-5e6f7a@127.0.0.1:{unused}/corral")
+    unreachable = up("--state-url", f"postgresql://corral:pw-5e6f7a@127.0.0.1:{unused}/corral",
+                     CORRAL_STATE_URL="postgresql://corral:pw-5e6f7a@db:5432")  # the flag wins
     assert unreachable.returncode == 1
     assert f"PostgreSQL database corral at 127.0.0.1:{unused} as user corral" in unreachable.stderr
     assert all("pw-5e6f7a" not in r.stdout + r.stderr for r in (from_env, unreachable))
