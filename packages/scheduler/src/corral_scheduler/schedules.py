@@ -8,8 +8,8 @@ Three parts, so the rules are tested without a clock or a network:
   once at start, not once per missed slot.
 - `ScheduleStore` + `Schedules` (the driver's part): the next runs persisted in their own SQLite
   file beside the store's (or the `next_runs` table of PostgreSQL state); each due entry's new next
-  run is written *before* the call is made, so
-  a crash between the two skips that run rather than repeating it (at most once per slot).
+  run is written *before* the call is made, so a crash between the two skips that run rather than
+  repeating it (at most once per slot).
 """
 
 from __future__ import annotations
