@@ -1,7 +1,7 @@
 """The state store on each backend (SQLite files, a real PostgreSQL): hostile names and values come
 back as they went in, a failed write loses nothing already stored, the schema is created
 idempotently and a newer one is refused, bundles of PostgreSQL state need no local file, and the
-leader lease goes to one holder at a time."""
+leader lease goes to one holder at a time; a connection PostgreSQL dropped is opened again."""
 
 from __future__ import annotations
 
@@ -139,3 +139,20 @@ def test_the_leader_lease_goes_to_one_holder_until_it_expires(tmp_path: Path, st
         first.acquire("", now=0, ttl_s=1)
     first_db.close()
     second_db.close()
+
+
+def test_a_connection_the_server_dropped_is_opened_again(tmp_path: Path, postgres_server) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    location = postgres_server.new_database()
+    store = open_store(tmp_path, location)
+    store.set_secret("api", {"K": "v1"})
+    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:  # what a server restart does to it
+        admin.execute(b"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                      (location.database,))
+    with pytest.raises(psycopg.OperationalError):
+        store.set_secret("api", {"K": "v2"})  # the statement that meets the drop fails
+    assert store.get_secret("api") == {"K": "v1"}  # the next one reconnects; nothing was lost
+    store.set_secret("api", {"K": "v3"})
+    assert store.get_secret("api") == {"K": "v3"}
+    store.close()
