@@ -63,6 +63,7 @@ def test_malformed_urls_are_refused_with_the_problem_named(url: str, problem: st
     f"postgresql://corral:{PASSWORD}@h:5432",
     f"mysql://corral:{PASSWORD}@h/db",
     f"postgresql://corral@h/db?password={PASSWORD}#x",
+    f"sqlite://corral:{PASSWORD}@h/dir",
 ])
 def test_errors_never_show_the_password(url: str) -> None:
     with pytest.raises(StateUrlError) as raised:

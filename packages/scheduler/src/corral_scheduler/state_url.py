@@ -75,7 +75,7 @@ def parse_state_url(url: str | None, default_directory: Path) -> StateLocation:
 def _sqlite(url: str) -> SqliteState:
     parts = urllib.parse.urlsplit(url)
     if parts.netloc or not parts.path.startswith("/") or parts.query or parts.fragment:
-        raise StateUrlError(f"state URL {url!r}: an SQLite URL is sqlite:///ABSOLUTE/DIRECTORY (three slashes, no host)")
+        raise StateUrlError(f"state URL {redacted_url(url)!r}: an SQLite URL is sqlite:///ABSOLUTE/DIRECTORY (three slashes, no host)")
     return SqliteState(Path(urllib.parse.unquote(parts.path)))
 
 
