@@ -4,7 +4,7 @@
 is a throwaway cluster this session starts itself (`initdb` into a temporary directory, run as the
 `postgres` user when the tests run as root, listening on 127.0.0.1 on a free port) and every test
 gets a database of its own. `CORRAL_TEST_POSTGRES_URL` (test-only) names an existing server to use
-instead (its user must be allowed to create databases). Without PostgreSQL's binaries the
+instead (its user must be allowed to create databases). Without PostgreSQL's binaries (or psycopg) the
 PostgreSQL half is skipped, and fails under CI (CI=1 or CI=true), where `.ci/run` installs them.
 """
 
@@ -37,6 +37,12 @@ _SERVER_SETTINGS = (
 def _in_ci() -> bool:
     # The same test as tests/conftest.py's in_ci (that module is not importable from packages/*/tests).
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _skip_or_fail(reason: str) -> None:
+    if _in_ci():
+        pytest.fail(f"{reason}; CI must provide it")
+    pytest.skip(f"{reason}; under CI (CI=1 or CI=true) this is a failure")
 
 
 def _postgres_bin() -> Path | None:
@@ -99,16 +105,17 @@ def _start_throwaway_cluster(bin_dir: Path) -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for this session: `CORRAL_TEST_POSTGRES_URL`'s, else a throwaway one."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _skip_or_fail("the psycopg driver is not installed (tools/dev-install installs corral-scheduler[postgres])")
     given = os.environ.get(POSTGRES_URL_ENV)
     if given:
         yield PostgresServer(given)
         return
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        reason = "PostgreSQL's server binaries (initdb) are not installed (Debian: apt-get install postgresql)"
-        if _in_ci():
-            pytest.fail(f"{reason}; CI must provide them")
-        pytest.skip(f"{reason}; under CI (CI=1 or CI=true) this is a failure")
+        _skip_or_fail("PostgreSQL's server binaries (initdb) are not installed (Debian: apt-get install postgresql)")
     yield from _start_throwaway_cluster(bin_dir)
 
 
