@@ -27,6 +27,7 @@ from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces, oci, runtimes
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
+from corral_runtime.build_limits import BuildLimits
 from corral_runtime.node_images import NodeImages, image_command, uses_image
 from corral_runtime.redaction import Redactor, secret_keys
 from corral_runtime.runc import RuncRuntime, parse_volumes
@@ -61,6 +62,7 @@ class NodeDaemon:
         simulate_gpus: str | None = None,
         isolation: str | None = None,
         volumes: str | None = None,
+        build_limits: BuildLimits | None = None,
     ) -> None:
         self.control_url = control_url
         self.target = control_url.split("://", 1)[-1]
@@ -81,7 +83,8 @@ class NodeDaemon:
         self.advertise_host = advertise_host  # where this node's containers accept direct inputs
         self.sandbox = self._sandbox(isolation, volumes)
         # Images need runc: the root filesystem of a container is the image's layers.
-        self.images = NodeImages(self.sandbox, work_dir, self._bundle_dir, self._log_stream) if isinstance(self.sandbox, RuncRuntime) else None
+        self.images = (NodeImages(self.sandbox, work_dir, self._bundle_dir, self._log_stream, build_limits)
+                       if isinstance(self.sandbox, RuncRuntime) else None)
         self.snapshots: SnapshotStore | None = None
         self.snapshotter: Snapshotter | None = None
         criu_path = criu.find_criu() if self.inventory.snapshots.available else None
