@@ -191,7 +191,7 @@ class ImageBuilder:
             try:
                 code = await _stream(self.runtime.run_argv(container_id, staging), line, tail, self.limits.step_timeout_s)
             except StepTimeout:
-                why = f"exceeded the build step time limit ({self.limits.step_timeout_s:g} s) and was stopped"
+                why = f"failed: it ran past the build step time limit ({self.limits.step_timeout_s:g} s) and was stopped"
             ok = code == 0 and not why
         finally:
             usage = await self.runtime.remove(container_id, staging)  # the container first: nothing writes the layer after
@@ -201,7 +201,8 @@ class ImageBuilder:
             else:
                 shutil.rmtree(staging, ignore_errors=True)
         if not ok:
-            why = why or usage.out_of_memory(code) or f"failed with exit status {code}"
+            out_of_memory = usage.out_of_memory(code)
+            why = why or (f"failed: {out_of_memory}" if out_of_memory else f"failed with exit status {code}")
             raise BuildError(f"step {index}/{len(result.steps)} '{step.title}' {why}; the last lines of its log:\n" + "".join(tail))
 
 
@@ -219,7 +220,7 @@ async def _build_base(store: ImageStore, release: str, line: Callable[[str], Non
         code = await _stream(argv, line, tail, timeout_s)
     except StepTimeout:
         shutil.rmtree(staging, ignore_errors=True)
-        raise BuildError(f"step 'debian_slim ({release})' exceeded the build step time limit ({timeout_s:g} s)\n"
+        raise BuildError(f"step 'debian_slim ({release})' failed: mmdebstrap ran past the build step time limit ({timeout_s:g} s)\n"
                          + "".join(tail)) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
