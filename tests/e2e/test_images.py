@@ -81,6 +81,21 @@ def test_methods_see_the_image(cluster: Cluster, deployed: str) -> None:
 
 
 @pytest.mark.timeout(900)
+def test_a_python_3_13_image_runs_its_class_on_trixie(cluster: Cluster, deployed: str) -> None:
+    result = cluster.corral("deploy", str(APPS / "image_py313_app.py"), "--name", "images-py313", timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "debian_slim (Debian trixie, Python 3.13)" in result.stderr, result.stderr
+    try:
+        code = ("import corral\nC = corral.Cls.from_name('images-py313', 'OnPython313')()\n"
+                "print(C.version.remote(), C.executable.remote())")
+        answer = cluster.python("-c", code, timeout=180)
+        assert answer.returncode == 0, answer.stdout + answer.stderr
+        assert answer.stdout.split() == ["[3,", "13]", "/opt/venv/bin/python"], answer.stdout
+    finally:
+        cluster.corral("app", "stop", "images-py313")
+
+
+@pytest.mark.timeout(900)
 def test_two_deploys_of_a_new_image_build_it_once(cluster: Cluster, deployed: str, tmp_path: Path) -> None:
     marker = f"corral-dedup-{secrets.token_hex(6)}"  # a step no earlier run has cached
     app = tmp_path / "dedup_app.py"

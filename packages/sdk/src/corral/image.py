@@ -67,7 +67,9 @@ class Image:
         """Debian minbase with the Python of the matching release (bookworm for 3.11, trixie for
         3.13). `None`: the Python version of this client."""
         version = python_version if python_version is not None else f"{sys.version_info[0]}.{sys.version_info[1]}"
-        if not isinstance(version, str) or version.strip() not in SUPPORTED_PYTHON:
+        if not isinstance(version, str):
+            raise InvalidError(f"Image.debian_slim: python_version must be a string such as '3.13', got {version!r}")
+        if version.strip() not in SUPPORTED_PYTHON:
             origin = "this client's Python" if python_version is None else "python_version"
             raise InvalidError(f"Image.debian_slim: {origin} {version!r} has no base; "
                                f"supported versions: {', '.join(SUPPORTED_PYTHON)}")
