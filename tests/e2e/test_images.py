@@ -95,6 +95,38 @@ def test_a_python_3_13_image_runs_its_class_on_trixie(cluster: Cluster, deployed
         cluster.corral("app", "stop", "images-py313")
 
 
+WITH_OPTIONS_CLIENT = """
+import sys, corral
+marker = sys.argv[1]
+image = corral.Image.debian_slim().run_commands(f"echo {marker} > /marker").env({"IMAGE_GREETING": marker})
+handle = corral.Cls.from_name("images", "InImage").with_options(image=image)
+print("handle made", file=sys.stderr, flush=True)
+first, second = handle(), handle()
+print(first.environment.remote()["greeting"], second.environment.remote()["greeting"])
+broken = corral.Cls.from_name("images", "InImage").with_options(image=image.run_commands(f"echo {marker}-broken && exit 7"))
+try:
+    broken().environment.remote()
+except corral.exception.ImageBuildError as err:
+    print("refused:", str(err).splitlines()[0])
+"""
+
+
+@pytest.mark.timeout(900)
+def test_with_options_image_is_built_when_the_handle_binds(cluster: Cluster, deployed: str) -> None:
+    marker = f"corral-with-options-{secrets.token_hex(4)}"
+    result = cluster.python("-c", WITH_OPTIONS_CLIENT, marker, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, refused = result.stdout.strip().splitlines()
+    assert first == f"{marker} {marker}"  # both instances run in the handle's image
+    assert refused.startswith("refused: image build failed on node") and \
+        f"step 5/5 'run echo {marker}-broken && exit 7' failed with exit status 7" in refused, refused
+    # Built at the first bind (not by with_options, not at container start), once for both instances.
+    building = f"building: run echo {marker} > /marker"
+    assert result.stderr.index("handle made") < result.stderr.index(building), result.stderr
+    assert result.stderr.count(building) == 1, result.stderr
+    assert "building its image first" not in cluster.logs()
+
+
 @pytest.mark.timeout(900)
 def test_two_deploys_of_a_new_image_build_it_once(cluster: Cluster, deployed: str, tmp_path: Path) -> None:
     marker = f"corral-dedup-{secrets.token_hex(6)}"  # a step no earlier run has cached
