@@ -3,7 +3,8 @@ mmdebstrap, layers with uv, apt and local files, the corral worker installed aut
 progress on the client; methods see the image's packages, tools, files, environment and working
 directory, and none of the node's; a second deploy reuses every layer; a failing step fails the
 deploy with the step's name and log tail and leaves no layer; a snapshot class with an image
-restores inside its image.
+restores inside its image; a Python 3.13 image (Debian trixie) runs its class on 3.13; an image
+given by `with_options(image=...)` is built when the handle first binds, not at container start.
 
 The base root filesystem and the layers are cached on the machine (`/var/cache/corral/images`, which
 `.ci/run` fills once), so only the first run on a machine pays for mmdebstrap and PyPI downloads.
