@@ -1,9 +1,10 @@
 """Image build steps run under the node's build limits: a step that allocates past the memory limit
 fails the deploy naming the step and "out of memory (limit 64 MiB)", a step that runs past the
-step time limit fails naming the limit; neither leaves a layer behind.
+step time limit fails naming the limit, a step cannot hold more tasks than the pids limit; none
+leaves a layer behind.
 
 A cluster of its own whose node has tiny limits (`CORRAL_BUILD_MEMORY_MIB=64`,
-`CORRAL_BUILD_STEP_TIMEOUT_S=4`, read by the node `corral up` embeds as `corral-node`'s flags
+`CORRAL_BUILD_STEP_TIMEOUT_S=4`, `CORRAL_BUILD_PIDS=32`, read by the node `corral up` embeds as `corral-node`'s flags
 default to them). The base and worker layers come from the machine's shared image cache, built
 first through the session's cluster with the default limits.
 """
@@ -11,6 +12,7 @@ first through the session's cluster with the default limits.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import textwrap
@@ -27,6 +29,20 @@ from e2e_helpers import client_for
 
 MEMORY_MIB = 64
 STEP_TIMEOUT_S = 4
+PIDS = 32
+# Forks children that wait until the step's tasks reach the pids limit; says how many it got.
+FORK_UNTIL_REFUSED = (
+    "python3 -c 'import os, time\n"
+    "for n in range(200):\n"
+    "    try:\n"
+    "        pid = os.fork()\n"
+    "    except OSError as err:\n"
+    "        raise SystemExit(f\"forks refused after {n}: {err.strerror}\")\n"
+    "    if pid == 0:\n"
+    "        time.sleep(30)\n"
+    "        os._exit(0)\n"
+    "'"
+)
 
 
 def _layer_titles() -> list[str]:
@@ -50,7 +66,8 @@ def limited(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
                                 "build_images(default_client(), [corral.Image.debian_slim().to_proto()])", timeout=600)
     assert warm.returncode == 0, warm.stdout + warm.stderr
     limited = start_cluster(tmp_path_factory.mktemp("limited") / "home", extra_env={
-        corral_env.CORRAL_BUILD_MEMORY_MIB: str(MEMORY_MIB), corral_env.CORRAL_BUILD_STEP_TIMEOUT_S: str(STEP_TIMEOUT_S)})
+        corral_env.CORRAL_BUILD_MEMORY_MIB: str(MEMORY_MIB), corral_env.CORRAL_BUILD_STEP_TIMEOUT_S: str(STEP_TIMEOUT_S),
+        corral_env.CORRAL_BUILD_PIDS: str(PIDS)})
     try:
         yield limited
     finally:
@@ -95,3 +112,12 @@ def test_a_step_past_the_time_limit_fails_naming_the_limit(limited: Cluster, tmp
     assert f"failed: it ran past the build step time limit ({STEP_TIMEOUT_S} s) and was stopped" in stderr, stderr
     assert f"step 3/3 'run echo {marker} && sleep 120'" in stderr and marker in stderr
     assert not [title for title in _layer_titles() if marker in title]
+
+
+@pytest.mark.timeout(600)
+def test_a_step_cannot_start_more_tasks_than_the_pids_limit(limited: Cluster, tmp_path: Path) -> None:
+    stderr = _deploy(limited, tmp_path, FORK_UNTIL_REFUSED)
+    refused = re.search(r"forks refused after (\d+): Resource temporarily unavailable", stderr)
+    assert refused and "failed with exit status 1" in stderr, stderr
+    refused_after = int(refused.group(1))
+    assert 0 < refused_after < PIDS, stderr  # sh, python and its children share the step's PIDS tasks

@@ -1,15 +1,18 @@
 """Limits of image build steps: defaults, `CORRAL_BUILD_*` variables, `corral-node` flags over both,
 bad values refused naming the setting; and the verdict "out of memory (limit N MiB)" from a cgroup's
-usage, shared by build steps and containers."""
+usage, shared by build steps and containers; the limits land on a build step's cgroup."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from corral_protocol import env as corral_env
-from corral_runtime import node_cli
+from corral_runtime import cgroups, node_cli
 from corral_runtime.build_limits import BuildLimitError, BuildLimits, from_arguments
 from corral_runtime.cgroups import Usage
+from corral_runtime.runc import RuncRuntime
 
 MIB = 1024 * 1024
 
@@ -59,3 +62,19 @@ def test_out_of_memory_verdict() -> None:
     assert at_limit.out_of_memory(1) == ""  # failed on its own, not killed
     assert Usage().out_of_memory(137) == ""  # killed by someone else
     assert Usage(oom_kills=1).out_of_memory(137) == "out of memory"
+
+
+def test_a_build_steps_cgroup_gets_the_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", tmp_path / "cgroup")
+    (tmp_path / "cgroup").mkdir()
+    runtime = RuncRuntime("/usr/sbin/runc", tmp_path / "node", cgroup_version=2)
+    staging = tmp_path / "layer.tmp"
+    runtime.bundle_path(staging).mkdir(parents=True)
+    runtime.prepare_build("build-1", staging, args=["/bin/true"], env={}, binds=[], limits=BuildLimits(64, 1.5, 128, 5.0))
+    group = tmp_path / "cgroup" / runtime.scope.strip("/") / "build-1"
+    assert (group / "memory.max").read_text() == str(64 * MIB)
+    assert (group / "cpu.max").read_text() == "150000 100000"
+    assert (group / "pids.max").read_text() == "128"
+    runtime.prepare_build("build-2", staging, args=["/bin/true"], env={}, binds=[], limits=BuildLimits())
+    group = group.with_name("build-2")
+    assert (group / "memory.max").read_text() == str(4096 * MIB) and not (group / "cpu.max").exists()  # all CPUs
