@@ -4,12 +4,13 @@ usage, shared by build steps and containers; the limits land on a build step's c
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from corral_protocol import env as corral_env
-from corral_runtime import cgroups, node_cli
+from corral_runtime import cgroups, image_build, node_cli
 from corral_runtime.build_limits import BuildLimitError, BuildLimits, from_arguments
 from corral_runtime.cgroups import Usage
 from corral_runtime.runc import RuncRuntime
@@ -78,3 +79,17 @@ def test_a_build_steps_cgroup_gets_the_limits(tmp_path: Path, monkeypatch: pytes
     runtime.prepare_build("build-2", staging, args=["/bin/true"], env={}, binds=[], limits=BuildLimits())
     group = group.with_name("build-2")
     assert (group / "memory.max").read_text() == str(4096 * MIB) and not (group / "cpu.max").exists()  # all CPUs
+
+
+def test_a_silent_step_still_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a step prints nothing (or waits on another build) the node repeats its header, so the
+    control plane's relay does not take it for gone."""
+    monkeypatch.setattr(image_build, "KEEPALIVE_S", 0.01)
+    beats: list[int] = []
+
+    async def silent_step() -> None:
+        async with image_build._keepalive(lambda: beats.append(1)):
+            await asyncio.sleep(0.2)  # its timer comes after the ticker's first ones
+
+    asyncio.run(silent_step())
+    assert beats  # tests/unit/test_image_progress.py: the display prints a repeated header once

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from corral_protocol.v1 import common_pb2
@@ -39,6 +39,7 @@ LOG_TAIL_LINES = 30
 FORWARDED_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "UV_INDEX_URL",
                  "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+KEEPALIVE_S = 30.0  # well under the control plane's relay timeout (image_builds.BUILD_TIMEOUT_S)
 
 
 class BuildError(Exception):
@@ -82,8 +83,10 @@ class ImageBuilder:
             return result
         running = self._builds.get(result.image_hash)
         if running is not None:
-            report(_progress(result, 0, "waiting for the same image's build already running"))
-            await asyncio.shield(running)
+            waiting = _progress(result, 0, "waiting for the same image's build already running")
+            report(waiting)
+            async with _keepalive(lambda: report(waiting)):
+                await asyncio.shield(running)
             return await self.ensure(spec, fetch, progress)
         future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
         self._builds[result.image_hash] = future
@@ -118,19 +121,23 @@ class ImageBuilder:
             def line(text: str, index: int = index, step: Step = step) -> None:
                 report(_progress(result, index, step.title, log_line=text, began=began))
 
-            lock = self.store.locked(step.key)  # another node of this machine may be building it
-            await asyncio.to_thread(lock.__enter__)
-            try:
-                if self.store.has(step.key):
-                    report(_progress(result, index, step.title, cached=True, began=began))
-                    continue
+            def beat(index: int = index, step: Step = step) -> None:  # the same header: a silent step is alive
                 report(_progress(result, index, step.title, began=began))
-                if step.kind == "base":
-                    await self._base(result.release, line)
-                else:
-                    await self._layer(result, index, step, env, workdir, fetch, line)
-            finally:
-                lock.__exit__(None, None, None)
+
+            lock = self.store.locked(step.key)  # another node of this machine may be building it
+            async with _keepalive(beat):
+                await asyncio.to_thread(lock.__enter__)
+                try:
+                    if self.store.has(step.key):
+                        report(_progress(result, index, step.title, cached=True, began=began))
+                        continue
+                    beat()
+                    if step.kind == "base":
+                        await self._base(result.release, line)
+                    else:
+                        await self._layer(result, index, step, env, workdir, fetch, line)
+                finally:
+                    lock.__exit__(None, None, None)
         report(_progress(result, len(result.steps), "", done=True, began=began))
 
     async def _base(self, release: str, line: Callable[[str], None]) -> None:
@@ -266,6 +273,24 @@ async def _stream(argv: list[str], line: Callable[[str], None], tail: deque[str]
     except BaseException:
         await _kill(process)
         raise
+
+
+@contextlib.asynccontextmanager
+async def _keepalive(beat: Callable[[], None]) -> AsyncIterator[None]:
+    """`beat()` every KEEPALIVE_S while the block runs: a step that prints nothing for long (or a
+    wait on another build) still reports, so the control plane's relay never takes the node for
+    gone, and a terminal's display keeps its elapsed time moving."""
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            beat()
+
+    ticker = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        ticker.cancel()
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:
