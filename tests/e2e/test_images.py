@@ -126,6 +126,8 @@ def test_with_options_image_is_built_when_the_handle_binds(cluster: Cluster, dep
     assert result.stderr.index("handle made") < result.stderr.index(building), result.stderr
     assert result.stderr.count(building) == 1, result.stderr
     assert "building its image first" not in cluster.logs()
+    # Code in a container may bind such a handle too (it leaves any building to the node).
+    assert _call(cluster, "print(C.greeting_through_with_options.remote())") == "from-a-container"
 
 
 @pytest.mark.timeout(900)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 import grpc
 
 from corral.exception import ImageBuildError
-from corral.image import image_hash, local_files
+from corral.image import image_hash, in_container, local_files
 from corral_protocol.v1 import common_pb2, control_pb2
 
 if TYPE_CHECKING:
@@ -61,13 +61,16 @@ class HandleImage:
     """The image a `with_options(image=...)` handle gives its services: built (with progress, as
     at deploy) when an instance of the handle first binds, before the service exists, so a build
     failure is an `ImageBuildError` there and no container start builds. Once per handle, however
-    many instances bind it; concurrent first binds wait for the one build."""
+    many instances bind it; concurrent first binds wait for the one build. Code inside a container
+    builds nothing here (its token may not start builds): the node builds at the container start."""
 
     def __init__(self) -> None:
         self._built: set[str] = set()
         self._lock = threading.Lock()
 
     def ensure_built(self, client: Client, image: common_pb2.ImageSpec) -> None:
+        if in_container():
+            return
         key = image_hash(image)
         with self._lock:
             if key not in self._built:

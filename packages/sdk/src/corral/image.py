@@ -88,7 +88,7 @@ class Image:
     def pip_install_from_requirements(self, path: str | os.PathLike[str]) -> Image:
         """Install the requirements listed in a local requirements file (read now)."""
         file = Path(path)
-        if _in_container():
+        if in_container():
             return self._step(common_pb2.ImageStep(kind="pip", path=file.name))
         if not file.is_file():
             raise InvalidError(f"Image.pip_install_from_requirements: {str(path)!r} is not a file")
@@ -132,7 +132,7 @@ class Image:
     def add_local_file(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy one local file into the image at `remote_path` (absolute; a trailing `/` keeps the name)."""
         source = Path(local_path)
-        if _in_container():
+        if in_container():
             return self._step(common_pb2.ImageStep(kind="files", path=str(remote_path)))
         if not source.is_file():
             raise InvalidError(f"Image.add_local_file: {str(local_path)!r} is not a file")
@@ -145,7 +145,7 @@ class Image:
     def add_local_dir(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy a local directory's files into the image under `remote_path` (absolute)."""
         source = Path(local_path)
-        if _in_container():
+        if in_container():
             return self._step(common_pb2.ImageStep(kind="files", path=str(remote_path)))
         if not source.is_dir():
             raise InvalidError(f"Image.add_local_dir: {str(local_path)!r} is not a directory")
@@ -155,7 +155,7 @@ class Image:
         """Copy local Python packages or modules (by import name) into the image's site directory,
         so the container imports them without their being on PyPI."""
         files: dict[str, Path] = {}
-        if _in_container():
+        if in_container():
             return self._step(common_pb2.ImageStep(kind="files", path="/corral/python"))
         for name in _strings("add_local_python_source", modules):
             try:
@@ -203,7 +203,7 @@ class Image:
         return replace(self, steps=(*self.steps, step), local_files=(*self.local_files, files))
 
 
-def _in_container() -> bool:
+def in_container() -> bool:
     """Inside a container the class's module runs again, where the local files of its image are
     not (they are in the image already): their steps are then recorded without being read."""
     return bool(os.environ.get(corral_env.CORRAL_CONTAINER_ID))
