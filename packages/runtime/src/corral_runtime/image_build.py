@@ -220,20 +220,20 @@ async def _build_base(store: ImageStore, release: str, line: Callable[[str], Non
         raise BuildError("step 'debian_slim' failed: mmdebstrap is not installed on the node (apt-get install mmdebstrap)")
     target = store.base_dir(release)
     staging = target.with_name(f"{release}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    image_store.discard(staging)
     argv = ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv", release, str(staging)]
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     try:
         code = await _stream(argv, line, tail, timeout_s)
     except StepTimeout:
-        shutil.rmtree(staging, ignore_errors=True)
+        image_store.discard(staging)
         raise BuildError(f"step 'debian_slim ({release})' failed: mmdebstrap ran past the build step time limit ({timeout_s:g} s)\n"
                          + "".join(tail)) from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        image_store.discard(staging)
         raise
     if code != 0:
-        shutil.rmtree(staging, ignore_errors=True)
+        image_store.discard(staging)
         raise BuildError(f"step 'debian_slim ({release})' failed: mmdebstrap exited with {code}\n" + "".join(tail))
     os.replace(staging, target)
 
