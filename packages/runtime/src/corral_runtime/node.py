@@ -25,6 +25,7 @@ from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSIO
 from corral_protocol import env as corral_env
 from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces, oci, runtimes
+from corral_runtime.build_limits import BuildLimits
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
 from corral_runtime.node_images import NodeImages, image_command, uses_image
@@ -40,7 +41,6 @@ log = logging.getLogger("corral.runtime")
 
 # Credentials of the node or the user never reach a container: it gets only its own token.
 _SCRUBBED_ENV = corral_env.NODE_CREDENTIALS
-MIB = 1024 * 1024
 
 
 class NodeDaemon:
@@ -61,6 +61,7 @@ class NodeDaemon:
         simulate_gpus: str | None = None,
         isolation: str | None = None,
         volumes: str | None = None,
+        build_limits: BuildLimits | None = None,
     ) -> None:
         self.control_url = control_url
         self.target = control_url.split("://", 1)[-1]
@@ -81,7 +82,8 @@ class NodeDaemon:
         self.advertise_host = advertise_host  # where this node's containers accept direct inputs
         self.sandbox = self._sandbox(isolation, volumes)
         # Images need runc: the root filesystem of a container is the image's layers.
-        self.images = NodeImages(self.sandbox, work_dir, self._bundle_dir, self._log_stream) if isinstance(self.sandbox, RuncRuntime) else None
+        self.images = (NodeImages(self.sandbox, work_dir, self._bundle_dir, self._log_stream, build_limits)
+                       if isinstance(self.sandbox, RuncRuntime) else None)
         self.snapshots: SnapshotStore | None = None
         self.snapshotter: Snapshotter | None = None
         criu_path = criu.find_criu() if self.inventory.snapshots.available else None
@@ -317,9 +319,8 @@ class NodeDaemon:
             usage = await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
             if code > 128:  # runc reports a container killed by signal N as 128 + N
                 code = 128 - code
-            if (usage.oom_kills or (code == -signal.SIGKILL and usage.limit_hits)) and not container.kill_reason:
-                limit = f" (limit {usage.memory_limit_bytes // MIB} MiB)" if usage.memory_limit_bytes else ""
-                container.kill_reason = f"out of memory{limit}"
+            if usage.out_of_memory(code) and not container.kill_reason:
+                container.kill_reason = usage.out_of_memory(code)
         if container.stdin_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(container.stdin_fd)

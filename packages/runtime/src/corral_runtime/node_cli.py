@@ -22,7 +22,7 @@ from pathlib import Path
 
 from corral_protocol import env as corral_env
 from corral_protocol import gpus
-from corral_runtime import criu, runtimes
+from corral_runtime import build_limits, criu, runtimes
 from corral_runtime.node import LAZY_PAGES_ENV, NodeDaemon
 
 _TOKEN_ON_ARGV = (
@@ -84,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
         help="a host directory every container sees, HOST[:CONTAINER][:ro|rw] (read-write unless :ro); repeatable "
              f"(also ${corral_env.CORRAL_NODE_VOLUMES}, comma-separated)",
     )
+    build_limits.add_arguments(p)
     return p
 
 
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
             gpus.parse_simulated(args.simulate_gpus)
         except gpus.GpuSpecError as err:
             p.error(f"--simulate-gpus: {err}")
+    try:
+        limits = build_limits.from_arguments(args)
+    except build_limits.BuildLimitError as err:
+        p.error(str(err))
     token = read_token(args.token_file)
     if not args.server or not token:
         p.error(f"--server (or {corral_env.CORRAL_SERVER_URL}) and a token (--token-file or {corral_env.CORRAL_TOKEN}) are required")
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     work_dir = Path(args.work_dir or Path.home() / ".local" / "share" / "corral-node")
     daemon = NodeDaemon(args.server, token, work_dir, name=args.name, advertise_host=args.advertise_host,
                         lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus, isolation=args.isolation,
-                        volumes=",".join(args.volume) if args.volume else None)
+                        volumes=",".join(args.volume) if args.volume else None, build_limits=limits)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

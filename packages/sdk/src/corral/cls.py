@@ -15,6 +15,7 @@ from corral import _options, _serialization, _streams
 from corral._calls import FunctionCall, SyncAndAio, ordered_results
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
+from corral._image_build import HandleImage
 from corral._parameters import ParameterField, bind_parameters, encode_parameters
 from corral.exception import InvalidError, NotFoundError, ServiceGoneError
 from corral.image import Image
@@ -101,6 +102,7 @@ class Cls:
     def __init__(self, source: ClassSource, overrides: common_pb2.ServiceOptions | None = None) -> None:
         self._source = source
         self._overrides = overrides or common_pb2.ServiceOptions()
+        self._image = HandleImage()  # built when an instance first binds (`with_options(image=...)`)
 
     @classmethod
     def from_name(cls, app_name: str, name: str, *, client: Client | None = None) -> Cls:
@@ -217,6 +219,8 @@ class Obj:
                 if parameters is None:
                     fields = [ParameterField.from_proto(p) for p in resolved.class_def.parameters]
                     parameters = bind_parameters(fields, (), self._unchecked, self._cls.name)
+                if self._cls._overrides.HasField("image"):  # before the service exists, as deploy builds before the app
+                    self._cls._image.ensure_built(resolved.client, self._cls._overrides.image)
                 response = resolved.client.call(
                     resolved.client.stub.BindService,
                     control_pb2.BindServiceRequest(
