@@ -59,6 +59,9 @@ CORRAL_MAX_QUEUE = "CORRAL_MAX_QUEUE"
 """Inputs each service's queue holds at most (default 100,000)."""
 CORRAL_HTTP_MAX_BODY = "CORRAL_HTTP_MAX_BODY"
 """Bytes a web request's body may have at most (default 16 MiB, never more than the payload limit)."""
+CORRAL_NODE_TIMEOUT_S = "CORRAL_NODE_TIMEOUT_S"
+"""Seconds without a message from a node before it is lost (default 10; `corral up --node-timeout`).
+Nodes are told to send heartbeats four times per timeout (at most every 5 s)."""
 
 # Read by every process (SDK, control plane, node, worker): see corral_protocol.payloads.
 CORRAL_MAX_PAYLOAD_BYTES = "CORRAL_MAX_PAYLOAD_BYTES"

@@ -67,7 +67,7 @@ class Dispatch:
         missing = self.desired(service) - live
         if missing <= 0 or self.core.now < service.next_start_at:
             return
-        serving = any(c.state == ContainerState.READY for c in service.containers.values())
+        serving = any(c.state == ContainerState.READY and not c.retiring for c in service.containers.values())
         if serving and live >= service.autoscaler.min_containers and not self.backlog_sustained(service):
             return
         for started in range(missing):

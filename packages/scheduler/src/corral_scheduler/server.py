@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
+from corral_scheduler.nodes import MAX_NODE_TIMEOUT_S, NODE_TIMEOUT_S
 from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
 from corral_scheduler.store import Store
 from corral_scheduler.tls import TlsFiles
@@ -27,6 +29,20 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
+
+
+def node_timeout_from_env() -> float:
+    """CORRAL_NODE_TIMEOUT_S, checked: a positive number of seconds (default `NODE_TIMEOUT_S`)."""
+    value = os.environ.get(env.CORRAL_NODE_TIMEOUT_S)
+    if value is None:
+        return NODE_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_NODE_TIMEOUT_S):
+        raise ValueError(f"{env.CORRAL_NODE_TIMEOUT_S} must be a number of seconds above 0 and at most {MAX_NODE_TIMEOUT_S:g}, got {value!r}")
+    return seconds
 
 
 @dataclass
@@ -62,7 +78,8 @@ async def serve(
     """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port),
     and the web gateway on host:http_port (None: no gateway; 0 picks a port).
 
-    CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies.
+    CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies; CORRAL_NODE_TIMEOUT_S
+    (default 10) is how long a silent node has before it is lost.
 
     With `tls`, the gRPC port and the gateway speak TLS only; an extra plaintext gRPC port on
     127.0.0.1 serves the node that runs in this process and its containers, so nothing leaves
@@ -71,7 +88,8 @@ async def serve(
     max_queue = os.environ.get(env.CORRAL_MAX_QUEUE)
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
         raise ValueError(f"{env.CORRAL_MAX_QUEUE} must be a positive integer, got {max_queue!r}")
-    plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None)
+    plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None,
+                         node_timeout_s=node_timeout_from_env())
     server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token)], options=SERVER_OPTIONS)
     control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(plane), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(plane), server)

@@ -156,7 +156,7 @@ def up(
 
     try:
         asyncio.run(main())
-    except (OSError, SecretKeyError) as err:  # a busy port; an unusable secret key file
+    except (OSError, ValueError, SecretKeyError) as err:  # a busy port; a bad setting; an unusable secret key file
         print(f"corral up: {err}", file=sys.stderr)
         return 1
     finally:
