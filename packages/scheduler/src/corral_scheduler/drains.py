@@ -127,8 +127,9 @@ class Drains:
         for container in on_node:
             if container.state in _STOPPING:
                 continue
+            serving.setdefault(container.service_id, [])
             if container.state is CS.READY:
-                serving.setdefault(container.service_id, []).append(container)
+                serving[container.service_id].append(container)
             else:  # it never served: its replacement starts elsewhere
                 self.core.containers.stop(container, cause, grace_s=grace)
         for service_id, retiring in serving.items():
@@ -147,7 +148,9 @@ class Drains:
             return
         log.warning("the drain of node %s ran out of time: killing its %d container(s)", node.name, len(node.containers))
         for container in self._on(node):
-            self.core.containers.kill(container, f"its node {node.name}'s drain ran out of time")
+            # Those stopping gracefully already have their own deadline (the drain's, at most STOP_GRACE_S).
+            if container.state not in (CS.DRAINING, CS.KILLED, CS.START_TIMED_OUT):
+                self.core.containers.kill(container, f"its node {node.name}'s drain ran out of time")
 
     def forget(self, node: Node) -> None:
         """The node's drain ends (drained, uncordoned, or the node was lost)."""
