@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from corral_protocol import DEFAULT_DRAIN_TIMEOUT_S
 from corral_scheduler.effects import ArmTimer, CancelTimer
 from corral_scheduler.errors import InvalidArgument
 from corral_scheduler.events import DrainTimedOut, NodeCordonRequested, NodeDrainRequested
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.scheduler")
 
-DEFAULT_DRAIN_TIMEOUT_S = 300.0
 MAX_DRAIN_TIMEOUT_S = 7 * 24 * 3600.0
 CS = ContainerState
 # Containers already on their way out: a drain leaves them be.
@@ -84,7 +84,7 @@ class Drains:
 
     def _drain_requested(self, event: NodeDrainRequested) -> None:
         node = self.core.nodes.find(event.node)
-        timeout = event.timeout_s or DEFAULT_DRAIN_TIMEOUT_S
+        timeout = event.timeout_s if event.timeout_s else DEFAULT_DRAIN_TIMEOUT_S  # 0: not given
         if not (math.isfinite(timeout) and 0 < timeout <= MAX_DRAIN_TIMEOUT_S):
             raise InvalidArgument(f"the drain timeout must be between 0 and {MAX_DRAIN_TIMEOUT_S:g} seconds, got {event.timeout_s!r}")
         if node.state is NodeState.LOST:

@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 from corral._client import default_client
+from corral_protocol import DEFAULT_DRAIN_TIMEOUT_S
 from corral_protocol.v1 import control_pb2
 
-DEFAULT_DRAIN_TIMEOUT_S = 300.0
 # After a drain's timeout its containers are killed; their exits take a moment to be reported.
 _EXIT_REPORT_S = 30.0
 _POLL_S = 0.5
@@ -31,7 +31,7 @@ def add_node_commands(node: Any) -> None:
     p = node.add_parser("drain", help="cordon a node and move its containers to other nodes gracefully")
     p.add_argument("name", help="the node's name or id")
     p.add_argument("--timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="SECONDS",
-                   help="containers still running after this long are killed (default 300)")
+                   help=f"containers still running after this long are killed (default {DEFAULT_DRAIN_TIMEOUT_S:g})")
     p.add_argument("--no-wait", action="store_true", help="return at once instead of waiting until the node is drained")
     p.set_defaults(handler=cmd_node_drain)
 
