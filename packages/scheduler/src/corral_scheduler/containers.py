@@ -362,17 +362,9 @@ class Containers:
         self.core.move_container(container, finish, cause)
         return previous
 
-    def lost_with_node(self, container_id: str, reason: str) -> None:
-        """Its node was lost (`reason` names it): the container is gone for the plane. Whatever of it
-        still runs is stopped when the node registers again. Not an init failure of its class."""
-        container = self.containers.get(container_id)
-        if container is not None:
-            if container.state is not CS.LOST:
-                self.core.move_container(container, CS.LOST, reason)
-            self.gone(container_id, None, reason, "", node_lost=True)
-
     def gone(self, container_id: str, exit_code: int | None, reason: str, stderr_tail: str, node_lost: bool = False) -> None:
-        """The container's process is gone (exit, lost node, lost connection)."""
+        """The container's process is gone (exit, lost node, lost connection). `node_lost`: gone with
+        its node (`Nodes.lose`), which is no init failure of its class."""
         container = self.containers.get(container_id)
         if container is None:
             return

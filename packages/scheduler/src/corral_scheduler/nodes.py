@@ -20,7 +20,7 @@ from corral_protocol.v1 import common_pb2
 from corral_scheduler.effects import CloseNodeSession, StopContainer
 from corral_scheduler.errors import NotFound
 from corral_scheduler.events import NodeConnected, NodeHeartbeat, NodeJoined, NodeLost
-from corral_scheduler.lifecycle import NodeState
+from corral_scheduler.lifecycle import ContainerState, NodeState
 from corral_scheduler.model import Container, Node
 from corral_scheduler.placement import Cluster, NodeCapacity, Placement, Unplaceable, could_ever_run
 
@@ -170,7 +170,13 @@ class Nodes:
         self.core.drains.forget(node)
         log.warning("%s: its %d container(s) are lost with it", reason, len(node.containers))
         for container_id in list(node.containers):
-            self.core.containers.lost_with_node(container_id, reason)
+            container = self.core.containers.containers.get(container_id)
+            if container is None:
+                continue
+            if container.state is not ContainerState.LOST:  # its worker's connection may have broken first
+                self.core.move_container(container, ContainerState.LOST, reason)
+            # Whatever of it still runs is stopped when the node registers again (`_heartbeat`).
+            self.core.containers.gone(container_id, None, reason, "", node_lost=True)
 
     def tick(self) -> None:
         """Nodes silent past the timeout are lost; lost nodes that never came back are forgotten."""
