@@ -112,6 +112,19 @@ def test_a_drain_starts_the_replacement_first_then_stops_the_old_container_grace
     assert state(h, first) is NodeState.CORDONED and h.core.nodes.nodes[first].containers == set()
 
 
+def test_a_drain_keeps_a_service_within_its_max_containers() -> None:
+    h = Harness()
+    first = h.add_node("a", cpu=4)
+    service, old = serving(h, first, max_containers=1)
+    h.add_node("b", cpu=4)
+    drain(h, first)
+    assert h.container(old).state is CS.DRAINING  # no room under its cap for a replacement first
+    assert h.live_containers(service) == []
+    h.exit(old)
+    (replacement,) = h.live_containers(service)
+    assert h.container(replacement).node_id != first
+
+
 def test_a_drain_without_room_elsewhere_stops_at_once_and_the_work_waits() -> None:
     h = Harness()
     node = h.add_node("a", cpu=1)
