@@ -10,7 +10,7 @@ from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
 from corral_scheduler.errors import NotFound
 from corral_scheduler.lifecycle import ContainerState, InvalidTransition, NodeState
-from corral_scheduler.nodes import LOST_NODE_KEPT_S, heartbeat_interval_s
+from corral_scheduler.nodes import LOST_NODE_KEPT_S, NODE_REJOIN_GRACE_S, heartbeat_interval_s
 from corral_scheduler.testing import FakeNode, Harness, class_def
 
 S = common_pb2
@@ -133,6 +133,30 @@ def test_a_container_starting_on_a_lost_node_is_no_init_failure_of_its_class() -
     assert h.container(replacement).node_id == alive
     h.bring_up(replacement)
     assert h.pushed(replacement) == [call]
+
+
+def test_work_only_a_lost_node_could_run_waits_for_it_to_come_back_a_while() -> None:
+    h = Harness()
+    gpu = h.add_node("gpu-1", gpus=["NVIDIA H100 80GB HBM3"])
+    cpu = h.add_node("cpu-1")
+    service = h.bind(h.deploy(class_def(gpu="H100", retries=1, retry_delay_s=1)))
+    call = h.invoke(service)
+    (container,) = h.live_containers(service)
+    assert h.container(container).node_id == gpu
+    h.bring_up(container)
+    keep_alive(h, TIMEOUT + 0.5, cpu)
+    keep_alive(h, 2, cpu)  # its retry is due: no node that is left could run it, so it waits
+    assert h.result(call) is None and h.live_containers(service) == []
+    back = h.add_node("gpu-1", gpus=["NVIDIA H100 80GB HBM3"])
+    (replacement,) = h.live_containers(service)
+    assert h.container(replacement).node_id == back
+
+    h.handle(ev.NodeLost(back))  # lost again, and never back: after the grace the call fails, explained
+    assert h.result(call) is None
+    h.tick(NODE_REJOIN_GRACE_S)
+    h.run_for(0.4)
+    result = h.result(call)
+    assert result is not None and "no node can ever run a container that needs" in result.message
 
 
 def test_the_stream_closing_gives_the_same_result_as_the_timeout() -> None:

@@ -73,12 +73,15 @@ class Nodes:
     def place(self, resources: common_pb2.Resources, snapshot_key: str) -> Placement | None:
         """A READY node (and GPUs) for a new container; None to wait; raises `Unplaceable`.
 
-        A request that only a cordoned or draining node could run waits for an operator to uncordon it."""
+        A request that only a cordoned or draining node could run waits for an operator to uncordon
+        it; one that only a node lost in the last NODE_REJOIN_GRACE_S could run waits for it to come back."""
         try:
             return self.cluster.place(resources, snapshot_key)
         except Unplaceable:
-            held = [n for n in self.nodes.values() if n.state in (NodeState.CORDONED, NodeState.DRAINING)]
-            if any(could_ever_run(n.capacity, resources) for n in held):
+            rejoining = self.core.now < self.rejoin_until
+            awaited = [n for n in self.nodes.values()
+                       if n.state in (NodeState.CORDONED, NodeState.DRAINING) or (rejoining and n.state is NodeState.LOST)]
+            if any(could_ever_run(n.capacity, resources) for n in awaited):
                 return None
             raise
 
