@@ -66,6 +66,9 @@ CORRAL_STATE_URL = "CORRAL_STATE_URL"
 CORRAL_LEADER_LEASE_S = "CORRAL_LEADER_LEASE_S"
 """Seconds a control plane's leader lease on PostgreSQL state lasts unrenewed (default 10): after a
 leader dies, a standby (or its restart elsewhere) takes over within this time."""
+CORRAL_NODE_TIMEOUT_S = "CORRAL_NODE_TIMEOUT_S"
+"""Seconds without a message from a node before it is lost (default 10; `corral up --node-timeout`).
+Nodes are told to send heartbeats four times per timeout (at most every 5 s)."""
 
 # Read by every process (SDK, control plane, node, worker): see corral_protocol.payloads.
 CORRAL_MAX_PAYLOAD_BYTES = "CORRAL_MAX_PAYLOAD_BYTES"

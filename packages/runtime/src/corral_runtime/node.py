@@ -143,6 +143,7 @@ class NodeDaemon:
             while True:
                 try:
                     await self._session(stub)
+                    log.warning("the control plane ended this node's session (it stopped, or lost this node); registering again")
                     delay = 0.2
                 except grpc.aio.AioRpcError as err:
                     if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
@@ -166,11 +167,16 @@ class NodeDaemon:
 
         async def events() -> AsyncIterator[node_pb2.NodeSessionRequest]:
             yield node_pb2.NodeSessionRequest(node_id=self.node_id, heartbeat=self._heartbeat())
+            loop = asyncio.get_running_loop()
+            # On a schedule, however busy the stream: the plane loses a node it has not heard from.
+            heartbeat_due = loop.time() + interval
             while True:
                 try:
-                    event = await asyncio.wait_for(self._events.get(), timeout=interval)
+                    event = await asyncio.wait_for(self._events.get(), timeout=max(0.0, heartbeat_due - loop.time()))
                 except asyncio.TimeoutError:
                     event = node_pb2.NodeSessionRequest(heartbeat=self._heartbeat())
+                if event.HasField("heartbeat"):
+                    heartbeat_due = loop.time() + interval
                 event.node_id = self.node_id
                 yield event
 

@@ -27,6 +27,7 @@ from corral_scheduler.image_builds import ImageBuilds
 from corral_scheduler.lifecycle import InputState, Step
 from corral_scheduler.logs import LogStore
 from corral_scheduler.model import AppRecord, Container, Node, Service
+from corral_scheduler.nodes import NODE_TIMEOUT_S
 from corral_scheduler.plane_store import StoreAccess
 from corral_scheduler.recovery import recover_calls
 from corral_scheduler.registry import validate_app
@@ -58,8 +59,9 @@ class ControlPlane(StoreAccess, Sessions):
     TICK_S = 0.2
     STOP_GRACE_S = PlaneCore.STOP_GRACE_S
 
-    def __init__(self, store: Store, admin_token: str, max_queue_per_service: int | None = None) -> None:
-        self.core = PlaneCore(max_queue_per_service)
+    def __init__(self, store: Store, admin_token: str, max_queue_per_service: int | None = None,
+                 node_timeout_s: float = NODE_TIMEOUT_S) -> None:
+        self.core = PlaneCore(max_queue_per_service, node_timeout_s=node_timeout_s)
         self.store = store
         self.secrets = Secrets(store)
         self.admin_token = admin_token
@@ -105,6 +107,16 @@ class ControlPlane(StoreAccess, Sessions):
     @property
     def snapshots(self) -> SnapshotBook:
         return self.core.snapshots.book
+
+    @property
+    def node_heartbeat_interval_s(self) -> float:
+        """What registering nodes are told: well under the node timeout."""
+        return self.core.nodes.heartbeat_interval_s
+
+    def operate_node(self, event: ev.NodeCordonRequested | ev.NodeDrainRequested) -> control_pb2.NodeInfo:
+        """Cordon, uncordon or drain a node (by name or id); returns its state after the request."""
+        self.handle(event)
+        return self.core.nodes.find(event.node).info()
 
     def container_history(self, container_id: str) -> list[Step]:
         """The container's recent transitions, oldest first."""
@@ -176,6 +188,8 @@ class ControlPlane(StoreAccess, Sessions):
         elif isinstance(effect, fx.StopContainer):
             stop = node_pb2.StopContainer(container_id=effect.container_id, grace_s=0)
             self._to_node(effect.node_id, node_pb2.NodeSessionResponse(stop_container=stop))
+        elif isinstance(effect, fx.CloseNodeSession):
+            self.end_node_session(effect.node_id)
         elif isinstance(effect, fx.DeleteSnapshots):
             self._to_node(effect.node_id, node_pb2.NodeSessionResponse(delete_snapshots=effect.delete))
         elif isinstance(effect, fx.InitWorker):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
 from corral_scheduler.leadership import DEFAULT_TTL_S, Leadership, new_holder_id
+from corral_scheduler.nodes import MAX_NODE_TIMEOUT_S, NODE_TIMEOUT_S
 from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
 from corral_scheduler.state_url import PostgresState, StateLocation
 from corral_scheduler.store import Store
@@ -42,6 +44,20 @@ def _step_down(reason: str) -> None:
     log.critical("stepping down: %s; this control plane exits without touching the state again", reason)
     logging.shutdown()
     os._exit(LEASE_LOST_EXIT_CODE)
+
+
+def node_timeout_from_env() -> float:
+    """CORRAL_NODE_TIMEOUT_S, checked: a positive number of seconds (default `NODE_TIMEOUT_S`)."""
+    value = os.environ.get(env.CORRAL_NODE_TIMEOUT_S)
+    if value is None:
+        return NODE_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_NODE_TIMEOUT_S):
+        raise ValueError(f"{env.CORRAL_NODE_TIMEOUT_S} must be a number of seconds above 0 and at most {MAX_NODE_TIMEOUT_S:g}, got {value!r}")
+    return seconds
 
 
 @dataclass
@@ -86,7 +102,8 @@ async def serve(
     """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port),
     and the web gateway on host:http_port (None: no gateway; 0 picks a port).
 
-    CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies.
+    CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies; CORRAL_NODE_TIMEOUT_S
+    (default 10) is how long a silent node has before it is lost.
 
     With `tls`, the gRPC port and the gateway speak TLS only; an extra plaintext gRPC port on
     127.0.0.1 serves the node that runs in this process and its containers, so nothing leaves
@@ -104,7 +121,8 @@ async def serve(
     max_queue = os.environ.get(env.CORRAL_MAX_QUEUE)
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
         raise ValueError(f"{env.CORRAL_MAX_QUEUE} must be a positive integer, got {max_queue!r}")
-    plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None)
+    plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None,
+                         node_timeout_s=node_timeout_from_env())
     server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token)], options=SERVER_OPTIONS)
     control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(plane), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(plane), server)

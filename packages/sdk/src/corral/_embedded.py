@@ -181,7 +181,7 @@ def up(
 
     try:
         asyncio.run(main())
-    except (OSError, SecretKeyError, StateStoreError) as err:  # a busy port; an unusable key file; unreachable state
+    except (OSError, ValueError, SecretKeyError, StateStoreError) as err:  # a busy port; a bad setting; an unusable key file; unreachable state
         print(f"corral up: {err}", file=sys.stderr)
         return 1
     finally:

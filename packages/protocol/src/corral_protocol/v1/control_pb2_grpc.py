@@ -160,6 +160,21 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.ManageImagesRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.ManageImagesResponse.FromString,
                 _registered_method=True)
+        self.CordonNode = channel.unary_unary(
+                '/corral.v1.ControlService/CordonNode',
+                request_serializer=corral_dot_v1_dot_control__pb2.CordonNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.CordonNodeResponse.FromString,
+                _registered_method=True)
+        self.UncordonNode = channel.unary_unary(
+                '/corral.v1.ControlService/UncordonNode',
+                request_serializer=corral_dot_v1_dot_control__pb2.UncordonNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.UncordonNodeResponse.FromString,
+                _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/corral.v1.ControlService/DrainNode',
+                request_serializer=corral_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -328,6 +343,31 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CordonNode(self, request, context):
+        """Operators taking a node (by name or id; NOT_FOUND when none) out of service. Cordon: no new
+        containers are placed there; those it runs keep serving. The name stays cordoned when the
+        node registers again. Uncordon undoes a cordon and stops a drain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UncordonNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainNode(self, request, context):
+        """Cordon, then stop the node's containers gracefully: each keeps serving until its replacement
+        elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
+        exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
+        comes at once (ListNodes shows the progress).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -455,6 +495,21 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ManageImages,
                     request_deserializer=corral_dot_v1_dot_control__pb2.ManageImagesRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.ManageImagesResponse.SerializeToString,
+            ),
+            'CordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonNode,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.CordonNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.CordonNodeResponse.SerializeToString,
+            ),
+            'UncordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UncordonNode,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.UncordonNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.UncordonNodeResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.DrainNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.DrainNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1133,6 +1188,87 @@ class ControlService:
             '/corral.v1.ControlService/ManageImages',
             corral_dot_v1_dot_control__pb2.ManageImagesRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.ManageImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/CordonNode',
+            corral_dot_v1_dot_control__pb2.CordonNodeRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.CordonNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UncordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/UncordonNode',
+            corral_dot_v1_dot_control__pb2.UncordonNodeRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.UncordonNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/DrainNode',
+            corral_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.DrainNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,18 @@ class ControlServiceStub:
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
     ManageImages: _grpc.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]
     """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
+    CordonNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.CordonNodeRequest, _control_pb2.CordonNodeResponse]
+    """Operators taking a node (by name or id; NOT_FOUND when none) out of service. Cordon: no new
+    containers are placed there; those it runs keep serving. The name stays cordoned when the
+    node registers again. Uncordon undoes a cordon and stops a drain.
+    """
+    UncordonNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.UncordonNodeRequest, _control_pb2.UncordonNodeResponse]
+    DrainNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.DrainNodeRequest, _control_pb2.DrainNodeResponse]
+    """Cordon, then stop the node's containers gracefully: each keeps serving until its replacement
+    elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
+    exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
+    comes at once (ListNodes shows the progress).
+    """
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -119,6 +131,18 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
     ManageImages: _aio.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]  # type: ignore[assignment]
     """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
+    CordonNode: _aio.UnaryUnaryMultiCallable[_control_pb2.CordonNodeRequest, _control_pb2.CordonNodeResponse]  # type: ignore[assignment]
+    """Operators taking a node (by name or id; NOT_FOUND when none) out of service. Cordon: no new
+    containers are placed there; those it runs keep serving. The name stays cordoned when the
+    node registers again. Uncordon undoes a cordon and stops a drain.
+    """
+    UncordonNode: _aio.UnaryUnaryMultiCallable[_control_pb2.UncordonNodeRequest, _control_pb2.UncordonNodeResponse]  # type: ignore[assignment]
+    DrainNode: _aio.UnaryUnaryMultiCallable[_control_pb2.DrainNodeRequest, _control_pb2.DrainNodeResponse]  # type: ignore[assignment]
+    """Cordon, then stop the node's containers gracefully: each keeps serving until its replacement
+    elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
+    exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
+    comes at once (ListNodes shows the progress).
+    """
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API that SDKs and third-party clients use."""
@@ -312,5 +336,35 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ManageImagesResponse, _abc.Awaitable[_control_pb2.ManageImagesResponse]]:
         """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
+
+    @_abc_1.abstractmethod
+    def CordonNode(
+        self,
+        request: _control_pb2.CordonNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CordonNodeResponse, _abc.Awaitable[_control_pb2.CordonNodeResponse]]:
+        """Operators taking a node (by name or id; NOT_FOUND when none) out of service. Cordon: no new
+        containers are placed there; those it runs keep serving. The name stays cordoned when the
+        node registers again. Uncordon undoes a cordon and stops a drain.
+        """
+
+    @_abc_1.abstractmethod
+    def UncordonNode(
+        self,
+        request: _control_pb2.UncordonNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.UncordonNodeResponse, _abc.Awaitable[_control_pb2.UncordonNodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DrainNode(
+        self,
+        request: _control_pb2.DrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DrainNodeResponse, _abc.Awaitable[_control_pb2.DrainNodeResponse]]:
+        """Cordon, then stop the node's containers gracefully: each keeps serving until its replacement
+        elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
+        exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
+        comes at once (ListNodes shows the progress).
+        """
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
