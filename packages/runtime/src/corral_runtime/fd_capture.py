@@ -91,10 +91,10 @@ class FdCapture:
     def installed(self) -> bool:
         return bool(self._pipes)
 
-    def install(self) -> tuple[int, int]:
-        """Point fds 1 and 2 at this capture's pipes and start forwarding. Returns the fds of the
-        node's stdout and stderr, for Python's own streams."""
-        for target, stream in ((1, "stdout"), (2, "stderr")):
+    def install(self, targets: tuple[int, int] = (1, 2)) -> tuple[int, int]:
+        """Point fds 1 and 2 (`targets`) at this capture's pipes and start forwarding. Returns the
+        fds of the node's stdout and stderr, for Python's own streams."""
+        for target, stream in zip(targets, ("stdout", "stderr")):
             node_fd = os.dup(target)  # not inheritable: subprocesses get the captured fd instead
             read_fd, write_fd = os.pipe()
             os.set_blocking(read_fd, False)
