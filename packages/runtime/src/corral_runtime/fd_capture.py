@@ -23,7 +23,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from corral import container_api as sdk
@@ -48,21 +48,42 @@ class RunningInputs:
             (input_id,) = self._counts
             return input_id
 
-    @contextlib.contextmanager
-    def scope(self, input_id: str) -> Iterator[None]:
-        """Run user code for `input_id`: `corral.current_input_id()` answers it, and fd-level output
-        written meanwhile may be attributed to it."""
+    def scope(self, input_id: str) -> _Scope:
+        """Run user code for `input_id` within it: `corral.current_input_id()` answers it, and
+        fd-level output written meanwhile may be attributed to it."""
+        return _Scope(self, input_id)
+
+    def _enter(self, input_id: str) -> None:
         with self._lock:
             self._counts[input_id] = self._counts.get(input_id, 0) + 1
+
+    def _leave(self, input_id: str) -> None:
+        self.before_leave()  # what it wrote is still its own
+        with self._lock:
+            left = self._counts.pop(input_id) - 1
+            if left:
+                self._counts[input_id] = left
+
+
+class _Scope:
+    """`RunningInputs.scope` (a class, not a generator: it runs around every input)."""
+
+    __slots__ = ("_running", "_input_id", "_context")
+
+    def __init__(self, running: RunningInputs, input_id: str) -> None:
+        self._running = running
+        self._input_id = input_id
+        self._context: contextlib.AbstractContextManager[None] = sdk.input_scope(input_id)
+
+    def __enter__(self) -> None:
+        self._running._enter(self._input_id)
+        self._context.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
         try:
-            with sdk.input_scope(input_id):
-                yield
+            self._context.__exit__(*exc)  # type: ignore[arg-type]
         finally:
-            self.before_leave()  # what it wrote is still its own
-            with self._lock:
-                left = self._counts.pop(input_id) - 1
-                if left:
-                    self._counts[input_id] = left
+            self._running._leave(self._input_id)
 
 
 @dataclass(eq=False)
