@@ -115,13 +115,21 @@ class FdCapture:
     def install(self, targets: tuple[int, int] = (1, 2)) -> tuple[int, int]:
         """Point fds 1 and 2 (`targets`) at this capture's pipes and start forwarding. Returns the
         fds of the node's stdout and stderr, for Python's own streams."""
-        for target, stream in zip(targets, ("stdout", "stderr")):
-            node_fd = os.dup(target)  # not inheritable: subprocesses get the captured fd instead
-            read_fd, write_fd = os.pipe()
-            os.set_blocking(read_fd, False)
-            os.dup2(write_fd, target)
-            self._pipes.append(_Pipe(stream, target, node_fd, read_fd, write_fd))
-            self._ready.register(read_fd, select.POLLIN)
+        pipes: list[_Pipe] = []
+        try:  # every fd first, so that a failure (EBADF, EMFILE) changes nothing
+            for target, stream in zip(targets, ("stdout", "stderr")):
+                node_fd = os.dup(target)  # not inheritable: subprocesses get the captured fd instead
+                pipes.append(_Pipe(stream, target, node_fd, *os.pipe()))
+        except OSError:
+            for pipe in pipes:
+                for fd in (pipe.node_fd, pipe.read_fd, pipe.write_fd):
+                    os.close(fd)
+            raise
+        for pipe in pipes:
+            os.set_blocking(pipe.read_fd, False)
+            os.dup2(pipe.write_fd, pipe.target)
+            self._ready.register(pipe.read_fd, select.POLLIN)
+        self._pipes = pipes
         self._running.before_leave = self.drain
         threading.Thread(target=self._forward_forever, name="corral-fd-capture", daemon=True).start()
         return self._pipes[0].node_fd, self._pipes[1].node_fd

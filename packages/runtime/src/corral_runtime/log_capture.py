@@ -12,6 +12,7 @@ current `Redactor` (secrets may arrive after a snapshot).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import io
 import sys
 import threading
@@ -60,12 +61,23 @@ class LogCapture:
         self.fds = FdCapture(RUNNING, self.add)
 
     def install(self) -> None:
-        """Tee Python's streams and capture fds 1 and 2; the tees write to the node's pipes themselves."""
+        """Tee Python's streams and capture fds 1 and 2; the tees write to the node's pipes themselves.
+
+        A crash's last words written to fd 2 by C code that holds the GIL (an `assert` before
+        `abort()`) can die in the capture's pipe before its reader runs, so faulthandler's
+        tracebacks go to the node's stderr directly: a crash still explains itself there."""
         sys.stdout.flush()
         sys.stderr.flush()
-        node_out, node_err = self.fds.install()
+        try:
+            node_out, node_err = self.fds.install()
+        except OSError as err:  # no fd 1 or 2, or out of fds: Python's own output is still captured
+            print(f"corral worker: output written below Python is not captured: {err}", file=sys.stderr)
+            sys.stdout = _Tee(sys.stdout, "stdout", self)
+            sys.stderr = _Tee(sys.stderr, "stderr", self)
+            return
         sys.stdout = _Tee(_writer(node_out, sys.stdout), "stdout", self)
         sys.stderr = _Tee(_writer(node_err, sys.stderr), "stderr", self)
+        faulthandler.enable(file=node_err, all_threads=False)  # the crashing thread: it fits the stderr tail
 
     def record(self, stream: str, text: str) -> None:
         if getattr(self._local, "busy", False):
