@@ -58,10 +58,6 @@ class _NotSent(Exception):
         self.forget = forget
 
 
-ExitLookup = Callable[[str, str, str], str]
-"""(service id, container id, method) -> why the container ended ("" when not known): GetContainerExit."""
-
-
 def _lost(container_id: str, method: str, err: BaseException, why: str) -> ContainerExitedError:
     return ContainerExitedError(why or f"the container running {method} ({container_id}) closed the connection before answering: {err or 'EOF'}")
 
@@ -70,13 +66,14 @@ class DirectPath:
     """Route tables per service and connection pools per container, for one `Client`.
 
     `get_routes` and `get_routes_aio` ask the control plane for a service's routes (GetRoutes);
-    `container_exit` and `container_exit_aio`, why a container ended (GetContainerExit)."""
+    `container_exit` and `container_exit_aio`, why a container ended (GetContainerExit: service id,
+    container id, method -> its message, "" when not known)."""
 
     def __init__(
         self,
         get_routes: Callable[[str], control_pb2.GetRoutesResponse],
         get_routes_aio: Callable[[str], Awaitable[control_pb2.GetRoutesResponse]],
-        container_exit: ExitLookup | None = None,
+        container_exit: Callable[[str, str, str], str] | None = None,
         container_exit_aio: Callable[[str, str, str], Awaitable[str]] | None = None,
     ) -> None:
         self._get_routes = get_routes
