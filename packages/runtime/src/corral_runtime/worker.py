@@ -96,6 +96,7 @@ class Worker:
             except SnapshotPointError as err:
                 print(f"corral worker: {err}", file=sys.stderr)
                 return 1
+            log_capture.CAPTURE.fds.reclaim()
             apply_environment(identity)
             self.identity = Identity.from_env()
             self.metadata = self._metadata(self.identity)
@@ -143,7 +144,9 @@ class Worker:
                     pass
             else:
                 return await self._serve(loop, stream, init)
-        # The channel is closed: tell the node (on stdout, which it reads) to dump this process.
+        # The channel is closed: tell the node (on stdout, which it reads) to dump this process,
+        # with the node's pipes as fds 1 and 2 (a restored copy gets new ones in their place).
+        log_capture.CAPTURE.fds.release()
         print(SNAPSHOT_POINT_LINE, flush=True)
         return SNAPSHOT_POINT
 

@@ -17,10 +17,10 @@ WORKER_SERVICE_PREFIX = "/corral.v1.WorkerService/"
 CONTROL_SERVICE_PREFIX = "/corral.v1.ControlService/"
 CONTAINER_CALLS = frozenset(
     f"{CONTROL_SERVICE_PREFIX}{name}"
-    for name in ("LookupClass", "BindService", "Invoke", "InvokeStream", "GetResult", "CancelCall", "GetRoutes")
+    for name in ("LookupClass", "BindService", "Invoke", "InvokeStream", "GetResult", "CancelCall", "GetRoutes", "GetContainerExit")
 )
 """What code inside a container may do with its container's token: look up, bind, invoke (and
-stream), get results, cancel, and find direct routes. Never deploy, stop, secrets or tokens. The
+stream), get results, cancel, find direct routes and ask why a routed container ended. Never deploy, stop, secrets or tokens. The
 token dies with the container."""
 
 

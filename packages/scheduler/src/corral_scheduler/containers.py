@@ -16,6 +16,7 @@ from corral_protocol.env import APP_KIND_DEPLOYED, APP_KIND_EPHEMERAL, CORRAL_AP
 from corral_protocol.options import effective_max_inputs, effective_startup_timeout_s
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler.autoscaler import init_backoff_s
+from corral_scheduler.container_exits import ContainerExit, RecentExits, lost_input_message
 from corral_scheduler.effects import (
     ArmTimer,
     CancelTimer,
@@ -81,6 +82,7 @@ class Containers:
         self.core = core
         self.containers: dict[str, Container] = {}
         self.tokens: dict[str, str] = {}  # worker token -> container id
+        self.recent_exits = RecentExits()  # why forgotten containers ended, for direct callers
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         return {
@@ -383,13 +385,11 @@ class Containers:
         elif starting:
             message = f"{service.class_def.name}'s container exited before it was ready{code}: {why}"
             self.init_failure(service, failure(S.RESULT_STATUS_INIT_ERROR, message + detail, stderr_tail))
+        name = service.class_def.name
+        methods = frozenset(m.name for m in service.class_def.methods)
+        self.recent_exits.add(container_id, ContainerExit(service.service_id, name, methods, why, exit_code, stderr_tail, node_lost))
         for inp in list(container.running.values()):
-            if node_lost:
-                message = f"the container running {service.class_def.name}.{inp.method} was lost with its node: {why}"
-            elif why.startswith("out of memory"):  # the kernel's verdict first: it is what the caller must fix
-                message = f"{why}: the container running {service.class_def.name}.{inp.method} was killed{code}{detail}"
-            else:
-                message = f"the container running {service.class_def.name}.{inp.method} exited unexpectedly{code}: {why}{detail}"
+            message = lost_input_message(name, inp.method, why, exit_code, stderr_tail, node_lost)
             self.core.inputs.fail_or_retry(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, message), service)
         container.running.clear()
         if exit_code not in (None, 0) or previous not in (CS.DRAINING, CS.KILLED):

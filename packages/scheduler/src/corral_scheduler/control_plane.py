@@ -21,6 +21,7 @@ from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
 from corral_scheduler import ids, views
+from corral_scheduler.container_exits import wait_for_exit
 from corral_scheduler.core import PlaneCore
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound
 from corral_scheduler.image_builds import ImageBuilds
@@ -333,6 +334,13 @@ class ControlPlane(StoreAccess, Sessions):
 
     def get_routes(self, service_id: str) -> control_pb2.GetRoutesResponse:
         return views.routes(self.core.registry.live_service(service_id))
+
+    async def container_exit(self, request: control_pb2.GetContainerExitRequest) -> control_pb2.GetContainerExitResponse:
+        """Why a container of a service ended (waiting, bounded, while it is still alive)."""
+        def alive_in(container_id: str) -> str | None:
+            container = self.core.containers.containers.get(container_id)
+            return container.service_id if container is not None else None
+        return await wait_for_exit(request, self.core.containers.recent_exits, alive_in)
 
     # Calls ------------------------------------------------------------------------------------
 

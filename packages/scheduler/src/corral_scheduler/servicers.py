@@ -201,6 +201,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         return self.plane.get_routes(request.service_id)
 
     @api
+    async def GetContainerExit(self, request: control_pb2.GetContainerExitRequest, context: Any) -> control_pb2.GetContainerExitResponse:
+        return await self.plane.container_exit(request)
+
+    @api
     async def GetResult(self, request: control_pb2.GetResultRequest, context: Any) -> control_pb2.GetResultResponse:
         inp = self.plane.get_input(request.call_id)
         if not inp.future.done() and request.timeout_s > 0:

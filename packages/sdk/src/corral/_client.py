@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from corral import _context, exception
-from corral._direct import DirectPath
+from corral._direct import EXIT_WAIT_S, DirectPath
 from corral._home import corral_home, read_server_record, read_token
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
 from corral_protocol.errors import error_reason
@@ -112,7 +112,7 @@ class Client:
     def direct(self) -> DirectPath:
         """The direct call path to this server's containers (made on first use)."""
         if self._direct is None:
-            self._direct = DirectPath(self._get_routes, self._get_routes_aio)
+            self._direct = DirectPath(self._get_routes, self._get_routes_aio, self._container_exit, self._container_exit_aio)
         return self._direct
 
     def call(self, rpc: Callable[..., T], request: Any, timeout: float | None = None) -> T:
@@ -150,6 +150,16 @@ class Client:
             "GetRoutes", control_pb2.GetRoutesRequest(service_id=service_id), timeout=10,
         )
         return response
+
+    def _container_exit(self, service_id: str, container_id: str, method: str) -> str:
+        request = control_pb2.GetContainerExitRequest(container_id=container_id, service_id=service_id, method=method, timeout_s=EXIT_WAIT_S)
+        response = self.call(self.stub.GetContainerExit, request, timeout=EXIT_WAIT_S + 5)
+        return response.message if response.exited else ""
+
+    async def _container_exit_aio(self, service_id: str, container_id: str, method: str) -> str:
+        request = control_pb2.GetContainerExitRequest(container_id=container_id, service_id=service_id, method=method, timeout_s=EXIT_WAIT_S)
+        response: control_pb2.GetContainerExitResponse = await self.call_aio("GetContainerExit", request, timeout=EXIT_WAIT_S + 5)
+        return response.message if response.exited else ""
 
     @property
     def is_embedded(self) -> bool:

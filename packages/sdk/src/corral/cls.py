@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import threading
@@ -372,8 +373,10 @@ class Method:
 
     async def _remote_gen_aio(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         resolved, service_id = await self._bound_aio()
-        async for item in _streams.stream_aio(resolved.client, self._stream_request(resolved, service_id, args, kwargs)):
-            yield item
+        items = await _streams.stream_aio(resolved.client, self._stream_request(resolved, service_id, args, kwargs))
+        async with contextlib.aclosing(items):  # leaving the loop closes the stream now, so the container stops
+            async for item in items:
+                yield item
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
         resolved, response = self._invoke(_serialization.encode_args(args, kwargs, self._what), wait=False)

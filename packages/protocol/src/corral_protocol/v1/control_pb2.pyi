@@ -736,6 +736,68 @@ class GetRoutesResponse(_message.Message):
 Global___GetRoutesResponse: _TypeAlias = GetRoutesResponse  # noqa: Y015
 
 @_typing.final
+class GetContainerExitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    service_id: _builtins.str
+    """The service the caller routed to: a container of another service is answered as unknown."""
+    method: _builtins.str
+    """The method whose call broke, to name it in `message`."""
+    timeout_s: _builtins.float
+    """How long to wait while the container is still known to be alive; 0 answers at once. The
+    server bounds it (a few seconds).
+    """
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        service_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "method", b"method", "service_id", b"service_id", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContainerExitRequest: _TypeAlias = GetContainerExitRequest  # noqa: Y015
+
+@_typing.final
+class GetContainerExitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXITED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    exited: _builtins.bool
+    """False: still alive when the wait ended, or unknown (never a container of that service, or
+    its exit was long ago: the control plane keeps only recent ones).
+    """
+    message: _builtins.str
+    """When exited: the message a queued input of `method` fails with when its container ends this
+    way, e.g. "out of memory (limit 256 MiB): the container running Model.predict was killed
+    (exit code -9)".
+    """
+    def __init__(
+        self,
+        *,
+        exited: _builtins.bool = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exited", b"exited", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContainerExitResponse: _TypeAlias = GetContainerExitResponse  # noqa: Y015
+
+@_typing.final
 class InvokeStreamRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -95,6 +95,11 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.GetRoutesRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.GetRoutesResponse.FromString,
                 _registered_method=True)
+        self.GetContainerExit = channel.unary_unary(
+                '/corral.v1.ControlService/GetContainerExit',
+                request_serializer=corral_dot_v1_dot_control__pb2.GetContainerExitRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.GetContainerExitResponse.FromString,
+                _registered_method=True)
         self.GetResult = channel.unary_unary(
                 '/corral.v1.ControlService/GetResult',
                 request_serializer=corral_dot_v1_dot_control__pb2.GetResultRequest.SerializeToString,
@@ -254,6 +259,15 @@ class ControlServiceServicer:
 
     def GetRoutes(self, request, context):
         """The READY containers a client may send a service's inputs to directly (the direct call path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContainerExit(self, request, context):
+        """Why a container of a service ended, as a queued input it ran would fail: for a direct caller
+        whose connection broke mid-call (an out-of-memory kill, say). Waits up to `timeout_s` for
+        the container's exit to be known.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -430,6 +444,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetRoutes,
                     request_deserializer=corral_dot_v1_dot_control__pb2.GetRoutesRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.GetRoutesResponse.SerializeToString,
+            ),
+            'GetContainerExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContainerExit,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.GetContainerExitRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.GetContainerExitResponse.SerializeToString,
             ),
             'GetResult': grpc.unary_unary_rpc_method_handler(
                     servicer.GetResult,
@@ -837,6 +856,33 @@ class ControlService:
             '/corral.v1.ControlService/GetRoutes',
             corral_dot_v1_dot_control__pb2.GetRoutesRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.GetRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContainerExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/GetContainerExit',
+            corral_dot_v1_dot_control__pb2.GetContainerExitRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.GetContainerExitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,11 @@ class ControlServiceStub:
     """
     GetRoutes: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]
     """The READY containers a client may send a service's inputs to directly (the direct call path)."""
+    GetContainerExit: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetContainerExitRequest, _control_pb2.GetContainerExitResponse]
+    """Why a container of a service ended, as a queued input it ran would fail: for a direct caller
+    whose connection broke mid-call (an out-of-memory kill, say). Waits up to `timeout_s` for
+    the container's exit to be known.
+    """
     GetResult: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetResultRequest, _control_pb2.GetResultResponse]
     CancelCall: _grpc.UnaryUnaryMultiCallable[_control_pb2.CancelCallRequest, _control_pb2.CancelCallResponse]
     UpdateAutoscaler: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateAutoscalerRequest, _control_pb2.UpdateAutoscalerResponse]
@@ -111,6 +116,11 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """
     GetRoutes: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]  # type: ignore[assignment]
     """The READY containers a client may send a service's inputs to directly (the direct call path)."""
+    GetContainerExit: _aio.UnaryUnaryMultiCallable[_control_pb2.GetContainerExitRequest, _control_pb2.GetContainerExitResponse]  # type: ignore[assignment]
+    """Why a container of a service ended, as a queued input it ran would fail: for a direct caller
+    whose connection broke mid-call (an out-of-memory kill, say). Waits up to `timeout_s` for
+    the container's exit to be known.
+    """
     GetResult: _aio.UnaryUnaryMultiCallable[_control_pb2.GetResultRequest, _control_pb2.GetResultResponse]  # type: ignore[assignment]
     CancelCall: _aio.UnaryUnaryMultiCallable[_control_pb2.CancelCallRequest, _control_pb2.CancelCallResponse]  # type: ignore[assignment]
     UpdateAutoscaler: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateAutoscalerRequest, _control_pb2.UpdateAutoscalerResponse]  # type: ignore[assignment]
@@ -238,6 +248,17 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.GetRoutesResponse, _abc.Awaitable[_control_pb2.GetRoutesResponse]]:
         """The READY containers a client may send a service's inputs to directly (the direct call path)."""
+
+    @_abc_1.abstractmethod
+    def GetContainerExit(
+        self,
+        request: _control_pb2.GetContainerExitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GetContainerExitResponse, _abc.Awaitable[_control_pb2.GetContainerExitResponse]]:
+        """Why a container of a service ended, as a queued input it ran would fail: for a direct caller
+        whose connection broke mid-call (an out-of-memory kill, say). Waits up to `timeout_s` for
+        the container's exit to be known.
+        """
 
     @_abc_1.abstractmethod
     def GetResult(
