@@ -64,10 +64,12 @@ async def run_cluster(
     clients on this host pin (a self-signed one), recorded in server.json."""
     from corral_runtime.node import NodeDaemon
     from corral_scheduler.auth import load_or_create_token
+    from corral_scheduler.join_tokens import JOIN_TOKENS_FILE, JoinTokenBook
     from corral_scheduler.server import serve
 
     token = load_or_create_token(home / TOKEN_FILE)
-    server = await serve(home / "state", token, host, port, http_port=http_port, tls=tls)
+    server = await serve(home / "state", token, host, port, http_port=http_port, tls=tls,
+                         join_tokens=JoinTokenBook(home / JOIN_TOKENS_FILE))
     node: NodeDaemon | None = None
     node_task: asyncio.Task[None] | None = None
     if with_node:
