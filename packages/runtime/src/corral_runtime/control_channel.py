@@ -7,7 +7,6 @@ and what to tell the operator when a node cannot connect for a reason no retry w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,9 @@ import grpc
 from corral_protocol import transport
 
 _PROBE_TIMEOUT_S = 3.0
+# How BoringSSL, under gRPC, words a certificate it cannot verify or one for another name.
+_CERTIFICATE_FAILURES = ("CERTIFICATE_VERIFY_FAILED", "certificate signature failure", "BAD_SIGNATURE",
+                         "unable to get local issuer certificate", "self signed certificate", "is not in peer certificate")
 
 
 def open_channel(url: str, roots: bytes | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
@@ -41,9 +43,7 @@ async def speaks_tls(target: str) -> bool:
         )
     except (OSError, ValueError, asyncio.TimeoutError):
         return False
-    writer.close()
-    with contextlib.suppress(OSError, ssl.SSLError):
-        await writer.wait_closed()
+    writer.transport.abort()  # no TLS close_notify exchange: a gRPC server never answers one
     return True
 
 
@@ -56,7 +56,9 @@ async def permanent_failure(url: str, tls_ca: str | None, details: str) -> str |
             f"the control plane at {url} speaks TLS and refuses plaintext: connect with --server "
             f"{transport.TLS_SCHEME}{address.target} and --tls-ca FILE (its certificate, unless a system root signs it)"
         )
-    if address.tls and "CERTIFICATE_VERIFY_FAILED" in details:
+    if address.tls and "WRONG_VERSION_NUMBER" in details:
+        return f"the control plane at {url} does not speak TLS: connect with --server {transport.PLAINTEXT_SCHEME}{address.target}"
+    if address.tls and any(sign in details for sign in _CERTIFICATE_FAILURES):
         trusted = f"--tls-ca {tls_ca}" if tls_ca else "the system's roots (no --tls-ca given)"
         return f"the TLS certificate of the control plane at {url} is not trusted by {trusted}: {details}"
     return None

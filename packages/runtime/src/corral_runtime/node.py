@@ -42,6 +42,9 @@ log = logging.getLogger("corral.runtime")
 # Credentials of the node or the user never reach a container: it gets only its own token.
 _SCRUBBED_ENV = corral_env.NODE_CREDENTIALS
 MIB = 1024 * 1024
+# A control plane answers a registration at once; one that does not (or a TLS port that never answers
+# a plaintext client's HTTP/2 preface) is diagnosed, then retried.
+REGISTER_TIMEOUT_S = 5.0
 
 
 class NodeDaemon:
@@ -150,7 +153,7 @@ class NodeDaemon:
                 except grpc.aio.AioRpcError as err:
                     if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
                         raise SystemExit(f"corral-node: the control plane refused this node: {err.details()}") from None
-                    if err.code() == grpc.StatusCode.UNAVAILABLE:
+                    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                         reason = await permanent_failure(self.control_url, self.tls_ca, err.details() or "")
                         if reason is not None:
                             raise SystemExit(f"corral-node: cannot join: {reason}") from None
@@ -165,7 +168,8 @@ class NodeDaemon:
 
     async def _session(self, stub: node_pb2_grpc.NodeServiceAsyncStub) -> None:
         response = await stub.RegisterNode(
-            node_pb2.RegisterNodeRequest(name=self.name, inventory=self.inventory), metadata=self.metadata
+            node_pb2.RegisterNodeRequest(name=self.name, inventory=self.inventory), metadata=self.metadata,
+            timeout=REGISTER_TIMEOUT_S,
         )
         self.node_id = response.node_id
         interval = response.heartbeat_interval_s or 5.0
