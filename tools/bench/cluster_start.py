@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 from netns_cluster import NetnsCluster, NodeSpec, missing_prerequisites  # noqa: E402
 
 APP = "cluster-start"
-WORKER_MIB = 75  # a worker's resident memory, measured here: Python + grpc + corral (~55-70 MiB)
+WORKER_MIB = 75  # a generous bound on a worker's memory (200 took ~3 GiB of MemAvailable here: pages are shared)
 MAX_CONTAINERS = 1000
 
 

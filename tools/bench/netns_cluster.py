@@ -358,7 +358,7 @@ class NetnsCluster:
             if node.process is not None and node.process.poll() is None:
                 node.process.send_signal(signal.SIGINT)
         for node in self.nodes:
-            _stop_process(node.process, timeout=60)
+            _stop_process(node.process, timeout=120)  # hundreds of containers stop in parallel, on a busy machine
         _stop_process(self.plane, timeout=60)
         for namespace in self._namespaces:
             # Whatever still runs in the namespace was started by this cluster (a node's orphan).
@@ -373,6 +373,15 @@ class NetnsCluster:
         if self._bridge_made:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)
             self._bridge_made = False
+        self._unmount_leftovers()
+
+    def _unmount_leftovers(self) -> None:
+        """Mounts under the work directory that a killed `runc create` left behind (runc 1.1 binds
+        a copy of itself in the container's state directory), deepest first, so it can be removed."""
+        prefix = str(self.work_dir.resolve()) + "/"
+        points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if len(line.split()) > 1]
+        for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
 
     def describe(self) -> str:
         """One JSON line: what this cluster is made of (for a benchmark's output)."""

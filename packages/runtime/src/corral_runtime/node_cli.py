@@ -22,6 +22,7 @@ import signal
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 from corral_protocol import env as corral_env
 from corral_protocol import gpus, transport
@@ -51,6 +52,14 @@ def read_token(token_file: str | None, environ: dict[str, str] | os._Environ[str
             raise SystemExit(f"corral-node: --token-file {token_file} is empty")
         return token.splitlines()[0]
     return environ.get(corral_env.CORRAL_TOKEN, "")
+
+
+def _quiet_exit(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A node that gives up (refused, or a URL or certificate that can never work) exits with its
+    message alone, not with asyncio's shutdown traceback around it."""
+    if isinstance(context.get("exception"), SystemExit):
+        return
+    loop.default_exception_handler(context)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -123,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_exit)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
