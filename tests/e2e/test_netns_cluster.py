@@ -152,6 +152,7 @@ def test_a_join_token_only_joins_and_bad_joins_are_refused_clearly(netns: NetnsC
     token_id = join_token.split(".")[0]
     wrong = run_node(netns, tmp_path, token=f"{token_id}.{'x' * 32}", name="wrong-secret")
     assert wrong.returncode != 0 and f"invalid join token: join token {token_id} is not valid here" in wrong.stderr, wrong.stderr
+    assert "Traceback" not in wrong.stderr, wrong.stderr  # the reason alone, as the node's last line
 
     plaintext = run_node(netns, tmp_path, server=f"grpc://{netns.host_address}:{netns.port}", name="plaintext")
     assert plaintext.returncode != 0 and "speaks TLS and refuses plaintext" in plaintext.stderr, plaintext.stderr
