@@ -50,3 +50,8 @@ class Cpu:
     @corral.method()
     def add(self, a: int, b: int) -> int:
         return a + b
+
+    @corral.method()
+    def gpus_of_two_h100(self) -> str:
+        """A call from this container (its own token, over TLS with the node's CA) to another class."""
+        return corral.Cls.from_name("e2e-netns", "TwoH100")().where.remote()["gpus"]

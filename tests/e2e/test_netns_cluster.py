@@ -126,6 +126,11 @@ def test_a_direct_call_reaches_a_container_at_its_namespace_address(netns: Netns
         message="the direct inputs counted",
     )
 
+    # Code in the container calls another class: its SDK reaches the control plane over TLS with the
+    # certificate the node handed down, and the H100 container on node-a answers.
+    devices = cpu.gpus_of_two_h100.remote().split(",")
+    assert len(devices) == 2 and set(devices) <= gpu_uuids(client, "node-a"), devices
+
 
 def run_node(netns: NetnsCluster, tmp_path: Path, *, server: str | None = None, token: str | None = None,
              tls_ca: Path | None = None, name: str = "refused") -> subprocess.CompletedProcess[str]:
