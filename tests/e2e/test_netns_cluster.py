@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +167,23 @@ def test_a_join_token_only_joins_and_bad_joins_are_refused_clearly(netns: NetnsC
     other_ca, _, _ = make_certificates(tmp_path / "other-ca", netns.host_address)
     not_trusted = run_node(netns, tmp_path, tls_ca=other_ca, name="untrusted")
     assert not_trusted.returncode != 0 and "is not trusted by --tls-ca" in not_trusted.stderr, not_trusted.stderr
+
+
+def test_the_cluster_start_benchmark_in_small(netns: NetnsCluster, client: corral.Client) -> None:
+    """tools/bench/cluster_start.py's own path, with 6 containers instead of 200: they start at once
+    and spread over more than one node."""
+    import cluster_start
+
+    deployed = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "deploy", str(Path(cluster_start.__file__).with_name("cluster_apps.py"))],
+        env=netns.client_env({"PYTHONPATH": str(Path(cluster_start.__file__).parent)}), capture_output=True, text=True, timeout=120,
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    idle = corral.Cls.from_name(cluster_start.APP, "Idle", client=client)
+    nodes = client.call(client.stub.ListNodes, control_pb2.ListNodesRequest()).nodes
+    share = round(max(n.inventory.cpu for n in nodes) / 3.5, 3)  # at most 3 fit on a node, whatever its cores
+    times = cluster_start.start(client, idle, "small", 6, cpu=share, deadline=time.monotonic() + 120)
+    assert len(times) == 6
+    found = client.call(client.stub.ListContainers, control_pb2.ListContainersRequest()).containers
+    used = {c.node_id for c in found if c.app_name == cluster_start.APP}
+    assert len(used) >= 2, used
