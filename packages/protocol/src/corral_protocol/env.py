@@ -24,6 +24,10 @@ CORRAL_HOME = "CORRAL_HOME"
 CORRAL_TLS_CA = "CORRAL_TLS_CA"
 """A PEM file of the certificate(s) to trust for `grpcs://` servers, e.g. the self-signed one of
 `corral up --tls-self-signed` (pinned); default: the system's roots."""
+CORRAL_TLS_CA_PEM = "CORRAL_TLS_CA_PEM"
+"""The same certificate(s) as PEM text, read when `CORRAL_TLS_CA` is unset: a node gives it to its
+containers, which cannot read the node's files, so their workers and their calls reach a `grpcs://`
+control plane (`corral_protocol.transport`)."""
 
 # What the node gives each container (the worker's identity).
 CORRAL_CONTAINER_ID = "CORRAL_CONTAINER_ID"
@@ -105,5 +109,6 @@ CORRAL_BUILD_PIDS = "CORRAL_BUILD_PIDS"
 CORRAL_BUILD_STEP_TIMEOUT_S = "CORRAL_BUILD_STEP_TIMEOUT_S"
 """The time limit of one image build step in seconds (default 1800; `--build-timeout`)."""
 
-NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME)
-"""The node's own credentials and state, never passed on to a container's environment."""
+NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME, CORRAL_TLS_CA)
+"""The node's own credentials and state, never passed on to a container's environment (a container
+cannot read the node's CA file: it gets the certificate's text in `CORRAL_TLS_CA_PEM` instead)."""

@@ -21,12 +21,13 @@ from typing import Any, TextIO
 
 import grpc
 
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, transport
 from corral_protocol import env as corral_env
 from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
 from corral_runtime import criu, namespaces, oci, runtimes
 from corral_runtime.build_limits import BuildLimits
 from corral_runtime.container_process import ContainerProcess
+from corral_runtime.control_channel import open_channel, permanent_failure
 from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
 from corral_runtime.node_images import NodeImages, image_command, uses_image
 from corral_runtime.redaction import Redactor, secret_keys
@@ -41,6 +42,9 @@ log = logging.getLogger("corral.runtime")
 
 # Credentials of the node or the user never reach a container: it gets only its own token.
 _SCRUBBED_ENV = corral_env.NODE_CREDENTIALS
+# A control plane answers a registration at once; one that does not (or a TLS port that never answers
+# a plaintext client's HTTP/2 preface) is diagnosed, then retried.
+REGISTER_TIMEOUT_S = 5.0
 
 
 class NodeDaemon:
@@ -62,9 +66,13 @@ class NodeDaemon:
         isolation: str | None = None,
         volumes: str | None = None,
         build_limits: BuildLimits | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         self.control_url = control_url
-        self.target = control_url.split("://", 1)[-1]
+        # `grpcs://` URLs: TLS trusting `tls_ca` (else CORRAL_TLS_CA, else the system's roots); the
+        # node's containers get the same certificates as text, since they cannot read its files.
+        self.tls_ca = tls_ca
+        self.tls_roots = transport.trusted_roots(tls_ca) if transport.server_address(control_url).tls else None
         self.metadata = ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"), (VERSION_METADATA_KEY, str(PROTOCOL_VERSION)))
         self.work_dir = work_dir
         self.name = name or socket.gethostname()
@@ -136,7 +144,7 @@ class NodeDaemon:
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting to the control plane when the connection drops."""
-        self._channel = grpc.aio.insecure_channel(self.target)
+        self._channel = open_channel(self.control_url, self.tls_roots)
         stub = node_pb2_grpc.NodeServiceStub(self._channel)
         delay = 0.2
         try:
@@ -148,7 +156,11 @@ class NodeDaemon:
                 except grpc.aio.AioRpcError as err:
                     if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
                         raise SystemExit(f"corral-node: the control plane refused this node: {err.details()}") from None
-                    log.warning("lost the control plane at %s (%s); reconnecting", self.control_url, err.code().name)
+                    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        reason = await permanent_failure(self.control_url, self.tls_ca, err.details() or "")
+                        if reason is not None:
+                            raise SystemExit(f"corral-node: cannot join: {reason}") from None
+                    log.warning("lost the control plane at %s (%s: %s); reconnecting", self.control_url, err.code().name, err.details())
                 # The control plane forgot this node's containers with the session: stop them.
                 for container_id in list(self.containers):
                     self._kill(container_id, "the node lost its control plane session")
@@ -159,7 +171,8 @@ class NodeDaemon:
 
     async def _session(self, stub: node_pb2_grpc.NodeServiceAsyncStub) -> None:
         response = await stub.RegisterNode(
-            node_pb2.RegisterNodeRequest(name=self.name, inventory=self.inventory), metadata=self.metadata
+            node_pb2.RegisterNodeRequest(name=self.name, inventory=self.inventory), metadata=self.metadata,
+            timeout=REGISTER_TIMEOUT_S,
         )
         self.node_id = response.node_id
         interval = response.heartbeat_interval_s or 5.0
@@ -262,11 +275,16 @@ class NodeDaemon:
             corral_env.CORRAL_CONTROL_URL: self.control_url,
             corral_env.CORRAL_BUNDLE_DIR: oci.BUNDLE_MOUNT if self.sandbox is not None else str(bundle),
             corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
+            **self._tls_env(),
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(start),
             "PYTHONUNBUFFERED": "1",
             corral_env.CORRAL_SECRET_KEYS: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
         })
         return env
+
+    def _tls_env(self) -> dict[str, str]:
+        """The certificates a container's worker trusts to reach a `grpcs://` control plane."""
+        return {corral_env.CORRAL_TLS_CA_PEM: self.tls_roots.decode()} if self.tls_roots else {}
 
     async def _start(self, start: node_pb2.StartContainer) -> None:
         container_id = start.container_id
@@ -356,6 +374,7 @@ class NodeDaemon:
                 corral_env.CORRAL_CONTAINER_ID: start.container_id,
                 corral_env.CORRAL_CONTAINER_TOKEN: start.pre_snapshot_token,
                 corral_env.CORRAL_CONTROL_URL: self.control_url,
+                **self._tls_env(),
                 corral_env.CORRAL_BUNDLE_DIR: container_env[corral_env.CORRAL_BUNDLE_DIR],
                 "CUDA_VISIBLE_DEVICES": container_env["CUDA_VISIBLE_DEVICES"] if gpu_visible else "",
                 "PYTHONUNBUFFERED": "1",

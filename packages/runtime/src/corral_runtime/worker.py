@@ -25,7 +25,7 @@ from typing import Any, cast
 import grpc
 
 from corral import container_api as sdk
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads, transport
 from corral_protocol.options import CANCEL_GRACE_S, batched_method, effective_max_inputs, effective_timeout_s
 from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -33,6 +33,7 @@ from corral_runtime import log_capture
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.cancellation import outlive_grace
+from corral_runtime.control_channel import open_channel
 from corral_runtime.direct import DirectServer
 from corral_runtime.redaction import Redactor
 from corral_runtime.runner import THREADS, InputRunner
@@ -112,11 +113,11 @@ class Worker:
     async def _session(self, loop: asyncio.AbstractEventLoop, restored: bool) -> int:
         """One connection to the control plane: init, hooks, serve. Returns the exit code, or
         SNAPSHOT_POINT when the snap hooks ran and the node is to dump this process."""
-        target = self.identity.control_url.split("://", 1)[-1]
         # Secrets arrive with the identity (after the dump, for a snapshot's worker): read them now.
         self.redactor = Redactor.from_environ()
         log_capture.CAPTURE.redactor = self.redactor
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        roots = transport.trusted_roots(None) if transport.server_address(self.identity.control_url).tls else None
+        async with open_channel(self.identity.control_url, roots, CHANNEL_OPTIONS) as channel:
             stream = worker_pb2_grpc.WorkerServiceStub(channel).WorkerSession(metadata=self.metadata)
             hello = worker_pb2.WorkerHello(container_id=self.identity.container_id, restored=restored)
             await stream.write(worker_pb2.WorkerSessionRequest(hello=hello))

@@ -18,6 +18,7 @@ from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
+from corral_scheduler.join_tokens import JoinTokenBook
 from corral_scheduler.leadership import DEFAULT_TTL_S, Leadership, new_holder_id
 from corral_scheduler.nodes import MAX_NODE_TIMEOUT_S, NODE_TIMEOUT_S
 from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
@@ -97,7 +98,7 @@ class RunningServer:
 async def serve(
     state_dir: Path, admin_token: str, host: str = "127.0.0.1", port: int = 0, http_port: int | None = None,
     tls: TlsFiles | None = None, state_location: StateLocation | None = None,
-    on_lease_lost: Callable[[str], None] = _step_down,
+    on_lease_lost: Callable[[str], None] = _step_down, join_tokens: JoinTokenBook | None = None,
 ) -> RunningServer:
     """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port),
     and the web gateway on host:http_port (None: no gateway; 0 picks a port).
@@ -107,12 +108,15 @@ async def serve(
 
     With `tls`, the gRPC port and the gateway speak TLS only; an extra plaintext gRPC port on
     127.0.0.1 serves the node that runs in this process and its containers, so nothing leaves
-    the machine in plaintext (a remote node's containers need TLS in the worker: not yet).
+    the machine in plaintext; remote nodes and their containers connect with TLS.
 
     `state_location` (`corral_scheduler.state_url.parse_state_url`): where the state is, default
     SQLite files in `state_dir`; `state_dir` keeps the bundle cache then. On PostgreSQL the plane
     first waits, as a standby, for the leader lease (CORRAL_LEADER_LEASE_S, default 10 s), and
-    `on_lease_lost` (default: exit at once) runs if it is ever lost."""
+    `on_lease_lost` (default: exit at once) runs if it is ever lost.
+
+    `join_tokens`: the book of join tokens that let machines join as nodes (None: only the admin
+    token does)."""
     store = Store(state_dir, location=state_location)
     leadership = None
     if isinstance(store.location, PostgresState):
@@ -123,7 +127,7 @@ async def serve(
         raise ValueError(f"{env.CORRAL_MAX_QUEUE} must be a positive integer, got {max_queue!r}")
     plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None,
                          node_timeout_s=node_timeout_from_env())
-    server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token, join_tokens)], options=SERVER_OPTIONS)
     control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(plane), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(plane), server)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(plane), server)

@@ -66,10 +66,12 @@ async def run_cluster(
     `corral_scheduler.state_url.StateLocation` (None: SQLite under `home/state`)."""
     from corral_runtime.node import NodeDaemon
     from corral_scheduler.auth import load_or_create_token
+    from corral_scheduler.join_tokens import JOIN_TOKENS_FILE, JoinTokenBook
     from corral_scheduler.server import serve
 
     token = load_or_create_token(home / TOKEN_FILE)
-    server = await serve(home / "state", token, host, port, http_port=http_port, tls=tls, state_location=state_location)
+    server = await serve(home / "state", token, host, port, http_port=http_port, tls=tls, state_location=state_location,
+                         join_tokens=JoinTokenBook(home / JOIN_TOKENS_FILE))
     node: NodeDaemon | None = None
     node_task: asyncio.Task[None] | None = None
     if with_node:

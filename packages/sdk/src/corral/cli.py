@@ -20,6 +20,7 @@ from corral import _logs
 from corral._cli_format import age as _age
 from corral._cli_format import table
 from corral._cli_images import add_image_commands
+from corral._cli_join import add_join_token_commands
 from corral._cli_nodes import add_node_commands, node_state
 from corral._cli_stores import add_store_commands
 from corral._client import default_client
@@ -335,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="also each GPU: UUID, memory, utilisation, MIG, in use")
     p.set_defaults(handler=cmd_node_list)
     add_node_commands(node)
+    add_join_token_commands(node)
 
     add_store_commands(sub)
     add_image_commands(sub)
