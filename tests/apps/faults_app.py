@@ -34,6 +34,19 @@ class Payloads:
         return container_id()
 
 
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=600)
+class Pooled:
+    """A container a test kills while its caller holds pooled direct connections to it."""
+
+    @corral.method()
+    def pid(self) -> str:
+        return container_id()
+
+    @corral.method()
+    async def pid_aio(self) -> str:
+        return container_id()
+
+
 @app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=60, retries=1)
 class RetriedPayloads:
     """With a retry policy every input goes through the control plane (no direct path)."""
