@@ -352,11 +352,16 @@ class Worker:
                     await self.http.serve(inp, self._send)
                     self.tasks.pop(inp.input_id, None)
                     return
-                if self.runner.is_generator(inp.method):
+                failed = await self._inline_args(inp)
+                if failed is not None:
+                    result = failed
+                elif self.runner.is_generator(inp.method):
                     result = await self.runner.run_generator(inp, lambda value: self._send(worker_pb2.WorkerSessionRequest(
                         generator_item=worker_pb2.GeneratorItem(input_id=inp.input_id, value=value))))
                 else:
                     result = await self.runner.run_on_loop(inp)
+                if len(result.value.data) > payloads.BLOB_THRESHOLD_BYTES:
+                    result = await asyncio.to_thread(sdk.offload_result, result)
             finally:
                 self.gate.release()
         except asyncio.CancelledError:
@@ -372,6 +377,18 @@ class Worker:
             print(f"corral worker: could not send the output of {inp.input_id}: {err}", file=sys.stderr)
         finally:
             self.tasks.pop(inp.input_id, None)
+
+    @staticmethod
+    async def _inline_args(inp: worker_pb2.Input) -> common_pb2.Result | None:
+        """Read the arguments' blob, if they name one, off the event loop; a Result when that fails."""
+        if not inp.args.blob_id:
+            return None
+        try:
+            inp.args.CopyFrom(await asyncio.to_thread(sdk.inline_args, inp.args))
+        except Exception as err:
+            return common_pb2.Result(status=common_pb2.RESULT_STATUS_INTERNAL_ERROR,
+                                     message=f"could not read the arguments' blob {inp.args.blob_id}: {err}")
+        return None
 
     # Direct inputs: load reports for the autoscaler, and timeouts -----------------------------
 

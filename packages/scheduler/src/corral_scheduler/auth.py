@@ -17,10 +17,11 @@ WORKER_SERVICE_PREFIX = "/corral.v1.WorkerService/"
 CONTROL_SERVICE_PREFIX = "/corral.v1.ControlService/"
 CONTAINER_CALLS = frozenset(
     f"{CONTROL_SERVICE_PREFIX}{name}"
-    for name in ("LookupClass", "BindService", "Invoke", "InvokeStream", "GetResult", "CancelCall", "GetRoutes")
+    for name in ("LookupClass", "BindService", "Invoke", "InvokeStream", "GetResult", "CancelCall", "GetRoutes", "PutBlob", "GetBlob")
 )
 """What code inside a container may do with its container's token: look up, bind, invoke (and
-stream), get results, cancel, and find direct routes. Never deploy, stop, secrets or tokens. The
+stream), get results, cancel, find direct routes, and store and read blobs (the worker's large
+arguments and results; reading is limited to its own, see corral_scheduler.blobs). Never deploy, stop, secrets or tokens. The
 token dies with the container."""
 
 

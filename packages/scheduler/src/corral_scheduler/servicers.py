@@ -119,14 +119,46 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         service_id = self.plane.bind_service(request.app_id, request.class_name, request.parameters, request.options)
         return control_pb2.BindServiceResponse(service_id=service_id)
 
+    def _check_args(self, method: str, args: Any) -> None:
+        """The payload limit (the SDK checks first; this is the authority for every client), and a
+        blob that is stored."""
+        what = f"the arguments of {method or 'the call'}"
+        size = payloads.size_of(args)
+        if size > self.max_payload_bytes:
+            raise InvalidArgument(payloads.too_large(what, size, self.max_payload_bytes))
+        self.plane.blobs.check_payload(args, what)
+
+    def _caller_container(self, context: Any) -> str | None:
+        """The container whose token made this call, or None for the admin token."""
+        return self.plane.core.containers.owner_of(bearer_token(context.invocation_metadata()))
+
+    async def PutBlob(self, request_iterator: AsyncIterator[control_pb2.PutBlobRequest], context: Any) -> control_pb2.PutBlobResponse:
+        """A payload above the inline threshold, streamed to a file (see corral_scheduler.blobs)."""
+        try:
+            blob_id = await self.plane.blobs.put(request_iterator, uploader=self._caller_container(context) or "")
+        except ApiError as err:
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
+            raise
+        return control_pb2.PutBlobResponse(blob_id=blob_id)
+
+    async def GetBlob(self, request: control_pb2.GetBlobRequest, context: Any) -> AsyncIterator[control_pb2.GetBlobResponse]:
+        try:
+            self.plane.blobs.check_reader(request.blob_id, self._caller_container(context))
+            chunks = self.plane.blobs.chunks(request.blob_id)
+            first = next(chunks)
+        except ApiError as err:
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
+            return
+        yield first
+        for chunk in chunks:
+            yield chunk
+
     @api
     async def Invoke(self, request: control_pb2.InvokeRequest, context: Any) -> control_pb2.InvokeResponse:
         problem = format_problem(request.args)
         if problem is not None:
             raise InvalidArgument(problem)
-        size = len(request.args.data)
-        if size > self.max_payload_bytes:  # the SDK checks first; this is the authority for every client
-            raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
+        self._check_args(request.method, request.args)
         inp = self.plane.invoke(request.service_id, request.method, request.args, durable=not request.wait)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)
@@ -142,6 +174,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 self.plane.forget(inp.call_id)
             raise
         self.plane.forget(inp.call_id)
+        caller = self._caller_container(context)
+        if caller is not None:
+            self.plane.blobs.grant(caller, [result.value])
         return control_pb2.InvokeResponse(call_id=inp.call_id, result=result)
 
     async def InvokeStream(self, request: control_pb2.InvokeStreamRequest, context: Any) -> AsyncIterator[control_pb2.InvokeStreamResponse]:
@@ -151,9 +186,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             problem = format_problem(request.args)
             if problem is not None:
                 raise InvalidArgument(problem)
-            size = len(request.args.data)
-            if size > self.max_payload_bytes:
-                raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
+            self._check_args(request.method, request.args)
             call = self.plane.invoke(request.service_id, request.method, request.args, stream=True)
         except ApiError as err:
             await context.abort(err.code, err.message, reason_metadata(err.reason))
@@ -207,7 +240,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 await asyncio.wait_for(asyncio.shield(inp.future), timeout=request.timeout_s)
         if not inp.future.done():
             return control_pb2.GetResultResponse(done=False)
-        return control_pb2.GetResultResponse(done=True, result=inp.future.result())
+        result = inp.future.result()
+        caller = self._caller_container(context)
+        if caller is not None:
+            self.plane.blobs.grant(caller, [result.value])
+        return control_pb2.GetResultResponse(done=True, result=result)
 
     @api
     async def CancelCall(self, request: control_pb2.CancelCallRequest, context: Any) -> control_pb2.CancelCallResponse:

@@ -60,7 +60,7 @@ class FunctionCall:
                 self._client.stub.GetResult, control_pb2.GetResultRequest(call_id=self.object_id, timeout_s=wait)
             )
             if response.done:
-                return _serialization.unwrap(response.result)
+                return _serialization.unwrap(response.result, self._client)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"call {self.object_id} did not finish within {timeout} s")
 
@@ -75,6 +75,8 @@ class FunctionCall:
                 "GetResult", control_pb2.GetResultRequest(call_id=self.object_id, timeout_s=wait)
             )
             if response.done:
+                if response.result.value.blob_id:
+                    return await asyncio.to_thread(_serialization.unwrap, response.result, self._client)
                 return _serialization.unwrap(response.result)
             if deadline is not None and loop.time() >= deadline:
                 raise TimeoutError(f"call {self.object_id} did not finish within {timeout} s")

@@ -11,7 +11,7 @@ import json
 import pickle
 import traceback as traceback_module
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
@@ -30,6 +30,9 @@ from corral.exception import (
 from corral_protocol import payloads
 from corral_protocol.arguments import ArgumentError, format_problem, parse_call
 from corral_protocol.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from corral._client import Client
 
 PICKLE = common_pb2.PAYLOAD_FORMAT_PICKLE
 JSON = common_pb2.PAYLOAD_FORMAT_JSON
@@ -58,13 +61,18 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the arguments") -> common_pb2.Payload:
+def pickle_args(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the arguments") -> bytes:
     """The pickled (args, kwargs); InvalidError, before anything is sent, when it is over the payload limit."""
     data = dumps((args, kwargs))
     limit = payloads.max_payload_bytes()
     if len(data) > limit:
         raise InvalidError(payloads.too_large(what, len(data), limit))
-    return common_pb2.Payload(format=PICKLE, data=data)
+    return data
+
+
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the arguments") -> common_pb2.Payload:
+    """The pickled (args, kwargs) inline; InvalidError, before anything is sent, when it is over the payload limit."""
+    return common_pb2.Payload(format=PICKLE, data=pickle_args(args, kwargs, what))
 
 
 def decode_args(payload: common_pb2.Payload) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -110,10 +118,12 @@ def encode_value(value: Any, fmt: int = PICKLE) -> common_pb2.Payload:
     return common_pb2.Payload(format=PICKLE, data=dumps(value))
 
 
-def decode_value(payload: common_pb2.Payload) -> Any:
+def decode_value(payload: common_pb2.Payload, data: Any = None) -> Any:
+    """The value of an inline payload, or of `data` (a blob's bytes) in the payload's format."""
+    data = payload.data if data is None else data
     if payload.format == JSON:
-        return json.loads(payload.data)
-    return pickle.loads(payload.data)
+        return json.loads(data)
+    return pickle.loads(data)
 
 
 def success(value: Any, fmt: int = PICKLE) -> common_pb2.Result:
@@ -128,7 +138,7 @@ def encode_result(value: Any, fmt: int = PICKLE, method: str = "the method", dev
     except Exception as exc:
         return user_error(TypeError(f"the return value of {method} could not be serialized: {exc}"), fmt, dev_mode)
     limit = payloads.max_payload_bytes()
-    if len(result.value.data) > limit:
+    if len(result.value.data) > limit:  # a larger one travels as a blob: see corral._blobs.offload_result
         return user_error(InvalidError(payloads.too_large(f"the return value of {method}", len(result.value.data), limit)), fmt, dev_mode)
     return result
 
@@ -156,9 +166,16 @@ def user_error(exc: BaseException, fmt: int = PICKLE, dev_mode: bool = True) -> 
     return result
 
 
-def unwrap(result: common_pb2.Result) -> Any:
-    """Return the value of a successful Result, or raise what the call raised."""
+def unwrap(result: common_pb2.Result, client: Client | None = None) -> Any:
+    """Return the value of a successful Result, or raise what the call raised. A value stored as
+    a blob is read through `client`."""
     if result.status == common_pb2.RESULT_STATUS_SUCCESS:
+        if result.value.blob_id:
+            if client is None:
+                raise InvalidError("this result is stored as a blob; reading it needs a client")
+            from corral import _blobs
+
+            return decode_value(result.value, _blobs.get(client, result.value.blob_id, result.value.blob_size))
         return decode_value(result.value)
     raise exception_from(result)
 

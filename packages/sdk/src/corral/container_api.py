@@ -47,6 +47,27 @@ def load_class(class_def: common_pb2.ClassDef, bundle_dir: str) -> ClassDefiniti
     return target.definition
 
 
+def inline_args(args: common_pb2.Payload) -> common_pb2.Payload:
+    """An input's arguments that name a blob, read back inline (blocking: call it off the event
+    loop). The container's token may read only the blobs of its own inputs."""
+    from corral import _blobs
+    from corral._client import default_client
+
+    return _blobs.inline_args(default_client(), args) if args.blob_id else args
+
+
+def offload_result(result: common_pb2.Result) -> common_pb2.Result:
+    """A result whose value is above the inline threshold, with the value stored as a blob
+    (blocking: call it off the event loop); smaller results are returned as they are."""
+    from corral import _blobs
+    from corral._client import default_client
+    from corral_protocol import payloads
+
+    if len(result.value.data) <= payloads.BLOB_THRESHOLD_BYTES:
+        return result
+    return _blobs.offload_result(default_client(), result)
+
+
 __all__ = [
     "JSON",
     "PICKLE",
@@ -59,7 +80,9 @@ __all__ = [
     "encode_args",
     "current_input_id",
     "encode_result",
+    "inline_args",
     "input_scope",
+    "offload_result",
     "load_class",
     "user_error",
 ]

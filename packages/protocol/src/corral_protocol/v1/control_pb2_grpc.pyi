@@ -73,6 +73,15 @@ class ControlServiceStub:
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
     ManageImages: _grpc.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]
     """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
+    PutBlob: _grpc.StreamUnaryMultiCallable[_control_pb2.PutBlobRequest, _control_pb2.PutBlobResponse]
+    """Store a payload too large to travel inline (see Payload.blob_id), streamed in chunks; it is
+    kept while a call refers to it (and a short grace after). An upload whose bytes do not match
+    the declared size and sha256 is not stored.
+    """
+    GetBlob: _grpc.UnaryStreamMultiCallable[_control_pb2.GetBlobRequest, _control_pb2.GetBlobResponse]
+    """A stored blob, streamed in chunks. A container's token may read only the blobs of inputs sent
+    to it and of results it collected (PERMISSION_DENIED otherwise).
+    """
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -119,6 +128,15 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
     ManageImages: _aio.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]  # type: ignore[assignment]
     """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
+    PutBlob: _aio.StreamUnaryMultiCallable[_control_pb2.PutBlobRequest, _control_pb2.PutBlobResponse]  # type: ignore[assignment]
+    """Store a payload too large to travel inline (see Payload.blob_id), streamed in chunks; it is
+    kept while a call refers to it (and a short grace after). An upload whose bytes do not match
+    the declared size and sha256 is not stored.
+    """
+    GetBlob: _aio.UnaryStreamMultiCallable[_control_pb2.GetBlobRequest, _control_pb2.GetBlobResponse]  # type: ignore[assignment]
+    """A stored blob, streamed in chunks. A container's token may read only the blobs of inputs sent
+    to it and of results it collected (PERMISSION_DENIED otherwise).
+    """
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API that SDKs and third-party clients use."""
@@ -312,5 +330,26 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ManageImagesResponse, _abc.Awaitable[_control_pb2.ManageImagesResponse]]:
         """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
+
+    @_abc_1.abstractmethod
+    def PutBlob(
+        self,
+        request_iterator: _MaybeAsyncIterator[_control_pb2.PutBlobRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.PutBlobResponse, _abc.Awaitable[_control_pb2.PutBlobResponse]]:
+        """Store a payload too large to travel inline (see Payload.blob_id), streamed in chunks; it is
+        kept while a call refers to it (and a short grace after). An upload whose bytes do not match
+        the declared size and sha256 is not stored.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBlob(
+        self,
+        request: _control_pb2.GetBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.GetBlobResponse], _abc.AsyncIterator[_control_pb2.GetBlobResponse]]:
+        """A stored blob, streamed in chunks. A container's token may read only the blobs of inputs sent
+        to it and of results it collected (PERMISSION_DENIED otherwise).
+        """
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
