@@ -16,8 +16,8 @@ from faults_helpers import client_for
 import corral
 import faults_app
 from conftest import Cluster, start_cluster
-from corral_protocol import payloads
 from corral import _blobs
+from corral_protocol import payloads
 from corral_protocol.v1 import common_pb2, control_pb2
 
 MiB = 1024 * 1024

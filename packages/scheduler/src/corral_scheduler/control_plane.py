@@ -273,7 +273,7 @@ class ControlPlane(StoreAccess, Sessions):
         self.logs.close()
 
     def is_container_token(self, token: str) -> bool:
-        return self.core.containers.owner_of(token) is not None
+        return self.core.containers.owner_of(token) is not None or self.core.durable.awaits_token(token)
 
     # Apps and services --------------------------------------------------------------------------
 

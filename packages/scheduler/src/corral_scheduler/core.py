@@ -148,6 +148,7 @@ class PlaneCore:
         self.registry.tick()
         self.dispatch.tick()
         self.inputs.tick()
+        self.durable.tick()
 
     def _shutdown(self, event: ShutdownRequested) -> None:
         self.shutting_down = True

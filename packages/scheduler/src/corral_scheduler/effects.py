@@ -154,6 +154,7 @@ class PersistAttempt(Effect):
 
     call_id: str
     attempts: int
+    runner: str = ""  # see StoredCall.runner
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ from corral_protocol.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from corral_scheduler import events as ev
 from corral_scheduler import views
 from corral_scheduler.auth import bearer_token
+from corral_scheduler.blob_rpcs import BlobRpcs
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument
 
@@ -57,7 +59,7 @@ def _has_deadline(context: Any) -> bool:
     return context.time_remaining() is not None
 
 
-class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+class ControlServicer(BlobRpcs, control_pb2_grpc.ControlServiceServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
         self.max_payload_bytes = payloads.max_payload_bytes()
@@ -127,31 +129,6 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if size > self.max_payload_bytes:
             raise InvalidArgument(payloads.too_large(what, size, self.max_payload_bytes))
         self.plane.blobs.check_payload(args, what)
-
-    def _caller_container(self, context: Any) -> str | None:
-        """The container whose token made this call, or None for the admin token."""
-        return self.plane.core.containers.owner_of(bearer_token(context.invocation_metadata()))
-
-    async def PutBlob(self, request_iterator: AsyncIterator[control_pb2.PutBlobRequest], context: Any) -> control_pb2.PutBlobResponse:
-        """A payload above the inline threshold, streamed to a file (see corral_scheduler.blobs)."""
-        try:
-            blob_id = await self.plane.blobs.put(request_iterator, uploader=self._caller_container(context) or "")
-        except ApiError as err:
-            await context.abort(err.code, err.message, reason_metadata(err.reason))
-            raise
-        return control_pb2.PutBlobResponse(blob_id=blob_id)
-
-    async def GetBlob(self, request: control_pb2.GetBlobRequest, context: Any) -> AsyncIterator[control_pb2.GetBlobResponse]:
-        try:
-            self.plane.blobs.check_reader(request.blob_id, self._caller_container(context))
-            chunks = self.plane.blobs.chunks(request.blob_id)
-            first = next(chunks)
-        except ApiError as err:
-            await context.abort(err.code, err.message, reason_metadata(err.reason))
-            return
-        yield first
-        for chunk in chunks:
-            yield chunk
 
     @api
     async def Invoke(self, request: control_pb2.InvokeRequest, context: Any) -> control_pb2.InvokeResponse:
@@ -399,3 +376,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         finally:
             reader.cancel()
             self.plane.close_worker_session(container_id, outbox)
+
+    async def DeliverOutputs(self, request: worker_pb2.DeliverOutputsRequest, context: Any) -> worker_pb2.DeliverOutputsResponse:
+        """Outputs of spawned inputs that a container finished after the plane restarted."""
+        self.plane.handle(ev.OutputsDelivered(request.container_id, bearer_token(context.invocation_metadata()), tuple(request.outputs)))
+        return worker_pb2.DeliverOutputsResponse()

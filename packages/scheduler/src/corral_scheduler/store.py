@@ -116,6 +116,8 @@ class Store:
         # linger in free pages.
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
+        if "runner" not in {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}:  # before 0.x: no runner
+            self._db.execute("ALTER TABLE calls ADD COLUMN runner TEXT NOT NULL DEFAULT ''")
         self._box: SecretBox | None = None
         try:
             self._open_secrets()
@@ -218,7 +220,8 @@ class Store:
                         (call.call_id, binding, int(sealed), call.method, call.args.SerializeToString(), call.attempts, call.created_at),
                     )
                 elif isinstance(change, PersistAttempt):
-                    self._db.execute("UPDATE calls SET attempts = ? WHERE call_id = ?", (change.attempts, change.call_id))
+                    self._db.execute("UPDATE calls SET attempts = ?, runner = ? WHERE call_id = ?",
+                                     (change.attempts, change.runner, change.call_id))
                 elif isinstance(change, PersistResult):
                     self._db.execute("UPDATE calls SET result = ?, finished_at = ? WHERE call_id = ?",
                                      (change.result.SerializeToString(), change.finished_at, change.call_id))
@@ -228,10 +231,11 @@ class Store:
     def stored_calls(self) -> list[StoredCall]:
         """Every durable call, oldest first."""
         rows = self._db.execute(
-            "SELECT call_id, binding, sealed, method, args, attempts, result, created_at, finished_at FROM calls ORDER BY created_at, rowid"
+            "SELECT call_id, binding, sealed, method, args, attempts, result, created_at, finished_at, runner FROM calls "
+            "ORDER BY created_at, rowid"
         ).fetchall()
         calls = []
-        for call_id, blob, sealed, method, args, attempts, result, created_at, finished_at in rows:
+        for call_id, blob, sealed, method, args, attempts, result, created_at, finished_at, runner in rows:
             if sealed and self._box is None:
                 log.warning("durable call %s is sealed and the secrets key is missing; it cannot resume", call_id)
                 continue
@@ -240,7 +244,7 @@ class Store:
                 call_id=call_id, app_id=binding.app_id, class_name=binding.class_name, parameters=tuple(binding.parameters),
                 override=binding.options, method=method, args=common_pb2.Payload.FromString(args), created_at=created_at,
                 attempts=attempts, result=common_pb2.Result.FromString(result) if result is not None else None,
-                finished_at=finished_at,
+                finished_at=finished_at, runner=runner,
             ))
         return calls
 

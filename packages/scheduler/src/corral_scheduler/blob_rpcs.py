@@ -1,0 +1,46 @@
+"""The ControlService RPCs of blobs (`corral_scheduler.blobs`): PutBlob and GetBlob."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from corral_protocol.errors import reason_metadata
+from corral_protocol.v1 import control_pb2
+from corral_scheduler.auth import bearer_token
+from corral_scheduler.errors import ApiError
+
+if TYPE_CHECKING:
+    from corral_scheduler.control_plane import ControlPlane
+
+
+class BlobRpcs:
+    """Mixed into the ControlService servicer."""
+
+    plane: ControlPlane
+
+    def _caller_container(self, context: Any) -> str | None:
+        """The container whose token made this call, or None for the admin token."""
+        return self.plane.core.containers.owner_of(bearer_token(context.invocation_metadata()))
+
+    async def PutBlob(self, request_iterator: AsyncIterator[control_pb2.PutBlobRequest], context: Any) -> control_pb2.PutBlobResponse:
+        """A payload above the inline threshold, streamed to a file (see corral_scheduler.blobs)."""
+        try:
+            blob_id = await self.plane.blobs.put(request_iterator, uploader=self._caller_container(context) or "")
+        except ApiError as err:
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
+            raise
+        return control_pb2.PutBlobResponse(blob_id=blob_id)
+
+    async def GetBlob(self, request: control_pb2.GetBlobRequest, context: Any) -> AsyncIterator[control_pb2.GetBlobResponse]:
+        try:
+            self.plane.blobs.check_reader(request.blob_id, self._caller_container(context))
+            chunks = self.plane.blobs.chunks(request.blob_id)
+            first = next(chunks)
+        except ApiError as err:
+            await context.abort(err.code, err.message, reason_metadata(err.reason))
+            return
+        yield first
+        for chunk in chunks:
+            yield chunk
+
