@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 from corral_protocol import payloads
@@ -38,8 +38,10 @@ SWEEP_EVERY_S = 30.0
 class BlobStore:
     """The blob files of one control plane, with who may read them."""
 
-    def __init__(self, directory: Path, max_bytes: int | None = None, grace_s: float = GRACE_S) -> None:
+    def __init__(self, directory: Path, max_bytes: int | None = None, grace_s: float = GRACE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = directory
+        self.clock = clock
         self.max_bytes = payloads.max_payload_bytes() if max_bytes is None else max_bytes
         self.grace_s = grace_s
         self._incoming = directory / "incoming"
@@ -111,7 +113,7 @@ class BlobStore:
                 os.close(fd)
             if temporary is not None:
                 temporary.unlink(missing_ok=True)
-        self._unreferenced_since[blob_id] = time.monotonic()
+        self._unreferenced_since[blob_id] = self.clock()
         if uploader:
             self._direct_results.add(blob_id)
         return blob_id
@@ -154,12 +156,17 @@ class BlobStore:
 
     # Retention -------------------------------------------------------------------------------
 
-    def sweep(self, referenced: set[str], now: float | None = None, force: bool = False) -> int:
-        """Delete blobs unreferenced for the grace period; returns how many went."""
-        now = time.monotonic() if now is None else now
+    def sweep(self, referenced: set[str], live_containers: Iterable[str] | None = None, force: bool = False) -> int:
+        """Delete blobs unreferenced for the grace period (and the grants of containers that are
+        gone); returns how many blobs went."""
+        now = self.clock()
         if not force and now - self._swept_at < SWEEP_EVERY_S:
             return 0
         self._swept_at = now
+        if live_containers is not None:
+            live = set(live_containers)
+            for gone in [c for c in self._granted if c not in live]:
+                del self._granted[gone]
         removed = 0
         for entry in self.directory.iterdir():
             blob_id = entry.name

@@ -247,7 +247,7 @@ class ControlPlane(StoreAccess, Sessions):
             try:
                 self.handle(ev.Tick())
                 self.schedules.tick(time.time())
-                self.blobs.sweep(referenced_blobs(self.core.inputs.inputs.values()))
+                self.blobs.sweep(referenced_blobs(self.core.inputs.inputs.values()), self.core.containers.containers)
             except Exception:
                 log.exception("control plane tick failed")
 
