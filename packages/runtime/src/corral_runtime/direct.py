@@ -26,10 +26,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from corral import container_api as sdk
 from corral_protocol import PROTOCOL_VERSION, payloads
 from corral_protocol.framing import HEADER, HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_HELLO_BYTES, FrameError, encode
 from corral_protocol.v1 import common_pb2, worker_pb2
+from corral_runtime import payload_blobs
 from corral_runtime.runner import CallerGone, InputRunner
 from corral_runtime.slots import SlotGate
 
@@ -278,12 +278,7 @@ class DirectServer:
             self.served += 1
 
     def _finish(self, connection: _Connection, input_id: str, result: common_pb2.Result) -> None:
-        if len(result.value.data) > payloads.BLOB_THRESHOLD_BYTES:  # the caller reads it from the control plane
-            try:
-                result = sdk.offload_result(result)
-            except Exception as err:
-                result = common_pb2.Result(status=common_pb2.RESULT_STATUS_INTERNAL_ERROR,
-                                           message=f"could not store the result of input {input_id} as a blob: {err}")
+        result = payload_blobs.offload_result(input_id, result)  # a large one: the caller reads it from the control plane
         self._release(input_id)
         try:
             connection.send(W.DirectResponse(output=W.Output(input_id=input_id, result=result)), input_id)

@@ -29,7 +29,7 @@ from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSIO
 from corral_protocol.options import CANCEL_GRACE_S, batched_method, effective_max_inputs, effective_timeout_s
 from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from corral_runtime import log_capture
+from corral_runtime import log_capture, payload_blobs
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.cancellation import outlive_grace
@@ -364,7 +364,7 @@ class Worker:
                     self._http_inputs.discard(inp.input_id)
                     self.tasks.pop(inp.input_id, None)
                     return
-                failed = await self._inline_args(inp)
+                failed = await payload_blobs.inline_args(inp)
                 if failed is not None:
                     result = failed
                 elif self.runner.is_generator(inp.method):
@@ -372,8 +372,7 @@ class Worker:
                         generator_item=worker_pb2.GeneratorItem(input_id=inp.input_id, value=value))))
                 else:
                     result = await self.runner.run_on_loop(inp)
-                if len(result.value.data) > payloads.BLOB_THRESHOLD_BYTES:
-                    result = await asyncio.to_thread(sdk.offload_result, result)
+                result = await payload_blobs.offload_result_aio(inp.input_id, result)
             finally:
                 self.gate.release()
         except asyncio.CancelledError:
@@ -393,18 +392,6 @@ class Worker:
             print(f"corral worker: could not send the output of {inp.input_id}: {err}", file=sys.stderr)
         finally:
             self.tasks.pop(inp.input_id, None)
-
-    @staticmethod
-    async def _inline_args(inp: worker_pb2.Input) -> common_pb2.Result | None:
-        """Read the arguments' blob, if they name one, off the event loop; a Result when that fails."""
-        if not inp.args.blob_id:
-            return None
-        try:
-            inp.args.CopyFrom(await asyncio.to_thread(sdk.inline_args, inp.args))
-        except Exception as err:
-            return common_pb2.Result(status=common_pb2.RESULT_STATUS_INTERNAL_ERROR,
-                                     message=f"could not read the arguments' blob {inp.args.blob_id}: {err}")
-        return None
 
     # Direct inputs: load reports for the autoscaler, and timeouts -----------------------------
 

@@ -25,7 +25,6 @@ from starlette.responses import JSONResponse
 from corral_protocol import CALL_ID_METADATA_KEY
 from corral_protocol.parameters import parse_parameter
 from corral_protocol.v1 import common_pb2
-from corral_scheduler.blobs import BlobStore
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound, QueueFull
 
@@ -53,15 +52,11 @@ def parse_path(path: str) -> tuple[str, str, str] | None:
     return unquote(parts[0]), unquote(parts[2]), unquote(parts[4])
 
 
-def result_json(call_id: str, result: common_pb2.Result, blobs: BlobStore | None = None) -> dict[str, Any]:
-    """A Result as JSON: `status` (the ResultStatus name), and `value`, or `exception` and `message`.
-    A value stored as a blob is read from `blobs`."""
+def result_json(call_id: str, result: common_pb2.Result) -> dict[str, Any]:
+    """A Result as JSON: `status` (the ResultStatus name), and `value`, or `exception` and `message`."""
     body: dict[str, Any] = {"call_id": call_id, "status": S.ResultStatus.Name(result.status)}
     if result.status == S.RESULT_STATUS_SUCCESS:
-        data = result.value.data
-        if result.value.blob_id and blobs is not None:
-            data = blobs.path(result.value.blob_id).read_bytes()
-        body["value"] = json.loads(data or b"null")
+        body["value"] = json.loads(result.value.data or b"null")
         return body
     body["message"] = result.message
     if result.exception.format == S.PAYLOAD_FORMAT_JSON:
@@ -111,7 +106,7 @@ async def answer(plane: ControlPlane, request: Request, read_body: Callable[[Req
         plane.forget(call.call_id)
         raise
     plane.forget(call.call_id)
-    return JSONResponse(result_json(call.call_id, result, plane.blobs), status_code=_HTTP_STATUS.get(result.status, 500),
+    return JSONResponse(result_json(call.call_id, result), status_code=_HTTP_STATUS.get(result.status, 500),
                         headers={CALL_ID_METADATA_KEY: call.call_id})
 
 

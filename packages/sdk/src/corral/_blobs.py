@@ -7,6 +7,7 @@ the blob's id and size; the receiver streams it back (`GetBlob`) into one preall
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -64,11 +65,20 @@ def payload(client: Client, fmt: common_pb2.PayloadFormat.ValueType, data: bytes
     return common_pb2.Payload(format=fmt, blob_id=put(client, data), blob_size=len(data))
 
 
-def data_of(client: Client, value: common_pb2.Payload) -> Any:
-    """A payload's bytes: inline, or read from its blob (a bytes-like object)."""
-    if not value.blob_id:
-        return value.data
-    return get(client, value.blob_id, value.blob_size)
+async def payload_aio(client: Client, fmt: common_pb2.PayloadFormat.ValueType, data: bytes) -> common_pb2.Payload:
+    """`payload`, off the event loop when it uploads a blob."""
+    if len(data) <= payloads.BLOB_THRESHOLD_BYTES:
+        return common_pb2.Payload(format=fmt, data=data)
+    return await asyncio.to_thread(payload, client, fmt, data)
+
+
+async def unwrap_aio(result: common_pb2.Result, client: Client) -> Any:
+    """`_serialization.unwrap`, off the event loop when it reads a blob."""
+    from corral import _serialization
+
+    if result.value.blob_id:
+        return await asyncio.to_thread(_serialization.unwrap, result, client)
+    return _serialization.unwrap(result, client)
 
 
 def offload_result(client: Client, result: common_pb2.Result) -> common_pb2.Result:

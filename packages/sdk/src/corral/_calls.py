@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from corral import _serialization
+from corral import _blobs, _serialization
 from corral._client import Client
 from corral.exception import TimeoutError
 from corral_protocol.v1 import control_pb2
@@ -75,9 +75,7 @@ class FunctionCall:
                 "GetResult", control_pb2.GetResultRequest(call_id=self.object_id, timeout_s=wait)
             )
             if response.done:
-                if response.result.value.blob_id:
-                    return await asyncio.to_thread(_serialization.unwrap, response.result, self._client)
-                return _serialization.unwrap(response.result)
+                return await _blobs.unwrap_aio(response.result, self._client)
             if deadline is not None and loop.time() >= deadline:
                 raise TimeoutError(f"call {self.object_id} did not finish within {timeout} s")
 

@@ -137,8 +137,10 @@ def encode_result(value: Any, fmt: int = PICKLE, method: str = "the method", dev
         result = success(value, fmt)
     except Exception as exc:
         return user_error(TypeError(f"the return value of {method} could not be serialized: {exc}"), fmt, dev_mode)
-    limit = payloads.max_payload_bytes()
-    if len(result.value.data) > limit:  # a larger one travels as a blob: see corral._blobs.offload_result
+    # A PICKLE result above the blob threshold travels as a blob (container_api.offload_result);
+    # a JSON one stays inline for clients in any language, so the inline limit bounds it.
+    limit = payloads.max_payload_bytes() if fmt == PICKLE else payloads.inline_limit()
+    if len(result.value.data) > limit:
         return user_error(InvalidError(payloads.too_large(f"the return value of {method}", len(result.value.data), limit)), fmt, dev_mode)
     return result
 

@@ -272,20 +272,6 @@ class Obj:
         )
 
 
-async def _payload_aio(client: Client, data: bytes) -> common_pb2.Payload:
-    """`_blobs.payload` off the event loop when it uploads a blob."""
-    if len(data) <= payloads.BLOB_THRESHOLD_BYTES:
-        return common_pb2.Payload(format=_serialization.PICKLE, data=data)
-    return await asyncio.to_thread(_blobs.payload, client, _serialization.PICKLE, data)
-
-
-async def _unwrap_aio(result: common_pb2.Result, client: Client) -> Any:
-    """`_serialization.unwrap` off the event loop when it reads a blob."""
-    if result.value.blob_id:
-        return await asyncio.to_thread(_serialization.unwrap, result, client)
-    return _serialization.unwrap(result, client)
-
-
 def _run_maybe_async(value: Any) -> Any:
     if inspect.isawaitable(value):
         return asyncio.run(_await(value))
@@ -374,9 +360,9 @@ class Method:
         if len(data) <= payloads.BLOB_THRESHOLD_BYTES:
             result = await client.direct.call_aio(service_id, self.name, common_pb2.Payload(format=_serialization.PICKLE, data=data))
         if result is None:
-            payload = await _payload_aio(client, data)
+            payload = await _blobs.payload_aio(client, _serialization.PICKLE, data)
             result = (await self._invoke_aio(payload, wait=True))[1].result
-        return await _unwrap_aio(result, client)
+        return await _blobs.unwrap_aio(result, client)
 
     def _stream_request(self, resolved: ResolvedClass, service_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> control_pb2.InvokeStreamRequest:
         if not any(m.name == self.name and m.is_generator for m in resolved.class_def.methods):
@@ -402,7 +388,7 @@ class Method:
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
         data = _serialization.pickle_args(args, kwargs, self._what)
         client = (await self._bound_aio())[0].client
-        resolved, response = await self._invoke_aio(await _payload_aio(client, data), wait=False)
+        resolved, response = await self._invoke_aio(await _blobs.payload_aio(client, _serialization.PICKLE, data), wait=False)
         return FunctionCall(response.call_id, resolved.client)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:

@@ -57,13 +57,14 @@ def inline_args(args: common_pb2.Payload) -> common_pb2.Payload:
 
 
 def offload_result(result: common_pb2.Result) -> common_pb2.Result:
-    """A result whose value is above the inline threshold, with the value stored as a blob
-    (blocking: call it off the event loop); smaller results are returned as they are."""
+    """A PICKLE result whose value is above the blob threshold, with the value stored as a blob
+    (blocking: call it off the event loop). Other results are returned as they are: JSON results
+    stay inline for clients that know nothing of blobs."""
     from corral import _blobs
     from corral._client import default_client
     from corral_protocol import payloads
 
-    if len(result.value.data) <= payloads.BLOB_THRESHOLD_BYTES:
+    if len(result.value.data) <= payloads.BLOB_THRESHOLD_BYTES or result.value.format != PICKLE:
         return result
     return _blobs.offload_result(default_client(), result)
 

@@ -1,0 +1,40 @@
+"""The worker's side of blob payloads (`corral_protocol.payloads`): an input's arguments that name
+a blob are read before the input runs, and a PICKLE result above the threshold is stored as a blob
+before it is sent; both on a thread, off the event loop. A failure becomes the input's Result."""
+
+from __future__ import annotations
+
+import asyncio
+
+from corral import container_api as sdk
+from corral_protocol import payloads
+from corral_protocol.v1 import common_pb2, worker_pb2
+
+
+async def inline_args(inp: worker_pb2.Input) -> common_pb2.Result | None:
+    """Read the arguments' blob into the input, if they name one; a Result when that fails."""
+    if not inp.args.blob_id:
+        return None
+    try:
+        inp.args.CopyFrom(await asyncio.to_thread(sdk.inline_args, inp.args))
+    except Exception as err:
+        return common_pb2.Result(status=common_pb2.RESULT_STATUS_INTERNAL_ERROR,
+                                 message=f"could not read the arguments' blob {inp.args.blob_id}: {err}")
+    return None
+
+
+def offload_result(input_id: str, result: common_pb2.Result) -> common_pb2.Result:
+    """The result, with a large PICKLE value stored as a blob (blocking)."""
+    if len(result.value.data) <= payloads.BLOB_THRESHOLD_BYTES:
+        return result
+    try:
+        return sdk.offload_result(result)
+    except Exception as err:
+        return common_pb2.Result(status=common_pb2.RESULT_STATUS_INTERNAL_ERROR,
+                                 message=f"could not store the result of input {input_id} as a blob: {err}")
+
+
+async def offload_result_aio(input_id: str, result: common_pb2.Result) -> common_pb2.Result:
+    if len(result.value.data) <= payloads.BLOB_THRESHOLD_BYTES:
+        return result
+    return await asyncio.to_thread(offload_result, input_id, result)
