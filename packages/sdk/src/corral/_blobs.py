@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from corral import _serialization
 from corral.exception import InvalidError
 from corral_protocol import payloads
 from corral_protocol.v1 import common_pb2, control_pb2
@@ -72,13 +73,18 @@ async def payload_aio(client: Client, fmt: common_pb2.PayloadFormat.ValueType, d
     return await asyncio.to_thread(payload, client, fmt, data)
 
 
-async def unwrap_aio(result: common_pb2.Result, client: Client) -> Any:
-    """`_serialization.unwrap`, off the event loop when it reads a blob."""
-    from corral import _serialization
+def unwrap(result: common_pb2.Result, client: Client) -> Any:
+    """`_serialization.unwrap`, reading a value stored as a blob through `client`."""
+    if result.status == common_pb2.RESULT_STATUS_SUCCESS and result.value.blob_id:
+        return _serialization.unwrap(result, get(client, result.value.blob_id, result.value.blob_size))
+    return _serialization.unwrap(result)
 
-    if result.value.blob_id:
-        return await asyncio.to_thread(_serialization.unwrap, result, client)
-    return _serialization.unwrap(result, client)
+
+async def unwrap_aio(result: common_pb2.Result, client: Client) -> Any:
+    """`unwrap`, off the event loop when it reads a blob."""
+    if result.status == common_pb2.RESULT_STATUS_SUCCESS and result.value.blob_id:
+        return await asyncio.to_thread(unwrap, result, client)
+    return _serialization.unwrap(result)
 
 
 def offload_result(client: Client, result: common_pb2.Result) -> common_pb2.Result:

@@ -11,7 +11,7 @@ import json
 import pickle
 import traceback as traceback_module
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cloudpickle
 
@@ -30,9 +30,6 @@ from corral.exception import (
 from corral_protocol import payloads
 from corral_protocol.arguments import ArgumentError, format_problem, parse_call
 from corral_protocol.v1 import common_pb2
-
-if TYPE_CHECKING:
-    from corral._client import Client
 
 PICKLE = common_pb2.PAYLOAD_FORMAT_PICKLE
 JSON = common_pb2.PAYLOAD_FORMAT_JSON
@@ -168,17 +165,13 @@ def user_error(exc: BaseException, fmt: int = PICKLE, dev_mode: bool = True) -> 
     return result
 
 
-def unwrap(result: common_pb2.Result, client: Client | None = None) -> Any:
-    """Return the value of a successful Result, or raise what the call raised. A value stored as
-    a blob is read through `client`."""
+def unwrap(result: common_pb2.Result, data: Any = None) -> Any:
+    """Return the value of a successful Result, or raise what the call raised. `data`: the bytes
+    of a value stored as a blob (`corral._blobs.unwrap` reads them)."""
     if result.status == common_pb2.RESULT_STATUS_SUCCESS:
-        if result.value.blob_id:
-            if client is None:
-                raise InvalidError("this result is stored as a blob; reading it needs a client")
-            from corral import _blobs
-
-            return decode_value(result.value, _blobs.get(client, result.value.blob_id, result.value.blob_size))
-        return decode_value(result.value)
+        if result.value.blob_id and data is None:
+            raise InvalidError("this result is stored as a blob; read it with corral._blobs.unwrap")
+        return decode_value(result.value, data)
     raise exception_from(result)
 
 

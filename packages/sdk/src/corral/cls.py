@@ -350,7 +350,7 @@ class Method:
             result = client.direct.call(service_id, self.name, common_pb2.Payload(format=_serialization.PICKLE, data=data))
         if result is None:
             result = self._invoke(_blobs.payload(client, _serialization.PICKLE, data), wait=True)[1].result
-        return _serialization.unwrap(result, client)
+        return _blobs.unwrap(result, client)
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
         data = _serialization.pickle_args(args, kwargs, self._what)
