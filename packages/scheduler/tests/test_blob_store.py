@@ -17,14 +17,15 @@ from corral_scheduler.model import Input
 
 
 def _upload(store: BlobStore, data: bytes, declared_id: str | None = None, declared_size: int | None = None,
-            chunk: int = 1000, uploader: str = "") -> str:
+            chunk: int = 1000, uploader: str = "", for_direct_caller: bool = False) -> str:
     blob_id = hashlib.sha256(data).hexdigest() if declared_id is None else declared_id
     size = len(data) if declared_size is None else declared_size
 
     async def chunks() -> AsyncIterator[control_pb2.PutBlobRequest]:
         for start in range(0, max(len(data), 1), chunk):
             head = start == 0
-            yield control_pb2.PutBlobRequest(blob_id=blob_id if head else "", size=size if head else 0, chunk=data[start:start + chunk])
+            yield control_pb2.PutBlobRequest(blob_id=blob_id if head else "", size=size if head else 0, chunk=data[start:start + chunk],
+                                             for_direct_caller=head and for_direct_caller)
 
     return asyncio.run(store.put(chunks(), uploader))
 
@@ -82,8 +83,11 @@ def test_a_container_reads_only_what_it_was_granted(tmp_path: Path) -> None:
     store.check_reader(theirs, None)  # the admin token
     with pytest.raises(PermissionDenied, match="ct-a may not read"):
         store.check_reader(theirs, "ct-a")
-    direct_result = _upload(store, b"result" * 100, uploader="ct-b")  # a container's result for a direct caller
+    direct_result = _upload(store, b"result" * 100, uploader="ct-b", for_direct_caller=True)  # for a direct caller
     store.check_reader(direct_result, "ct-a")
+    nested_args = _upload(store, b"args" * 100, uploader="ct-b")  # a container's own upload: not for others
+    with pytest.raises(PermissionDenied):
+        store.check_reader(nested_args, "ct-a")
     with pytest.raises(NotFound):
         list(store.chunks("0" * 64))
 

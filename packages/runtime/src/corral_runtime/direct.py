@@ -278,7 +278,7 @@ class DirectServer:
             self.served += 1
 
     def _finish(self, connection: _Connection, input_id: str, result: common_pb2.Result) -> None:
-        result = payload_blobs.offload_result(input_id, result)  # a large one: the caller reads it from the control plane
+        result = payload_blobs.offload_result(input_id, result, for_direct_caller=True)  # a large one: the caller reads it from the control plane
         self._release(input_id)
         try:
             connection.send(W.DirectResponse(output=W.Output(input_id=input_id, result=result)), input_id)

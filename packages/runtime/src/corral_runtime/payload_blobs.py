@@ -23,12 +23,12 @@ async def inline_args(inp: worker_pb2.Input) -> common_pb2.Result | None:
     return None
 
 
-def offload_result(input_id: str, result: common_pb2.Result) -> common_pb2.Result:
+def offload_result(input_id: str, result: common_pb2.Result, for_direct_caller: bool = False) -> common_pb2.Result:
     """The result, with a large PICKLE value stored as a blob (blocking)."""
     if len(result.value.data) <= payloads.BLOB_THRESHOLD_BYTES:
         return result
     try:
-        return sdk.offload_result(result)
+        return sdk.offload_result(result, for_direct_caller)
     except Exception as err:
         return common_pb2.Result(status=common_pb2.RESULT_STATUS_INTERNAL_ERROR,
                                  message=f"could not store the result of input {input_id} as a blob: {err}")

@@ -6,9 +6,10 @@ place only when its size and hash match what the uploader declared: a truncated 
 is never stored, and the plane never holds a whole blob in memory. `GetBlob` streams it back.
 
 Who may read a blob: the admin token, any; a container's token, only the blobs of the inputs sent
-to that container and of the results its code collected (`BlobGrants`), plus the results that
-containers uploaded for their direct callers, which the plane cannot attribute to a reader (their
-id is the hash of their content: a reader must have been told it, or already have the content).
+to that container and of the results its code collected (`grant`), plus the results that
+containers uploaded for their direct callers (`PutBlobRequest.for_direct_caller`), which the plane
+cannot attribute to a reader (their id is the hash of their content: a reader must have been told
+it, or already have the content).
 
 Retention: `sweep` deletes every blob that no live call refers to (its arguments or its stored
 result) once it has been unreferenced for `GRACE_S`, the time a client has between uploading a
@@ -79,13 +80,13 @@ class BlobStore:
 
     async def put(self, chunks: AsyncIterator[control_pb2.PutBlobRequest], uploader: str = "") -> str:
         """Store a streamed upload; returns its id. `uploader`: the container that sent it, if any."""
-        blob_id, declared, received = "", -1, 0
+        blob_id, declared, received, for_direct_caller = "", -1, 0, False
         digest = hashlib.sha256()
         fd, temporary = -1, None
         try:
             async for chunk in chunks:
                 if temporary is None:
-                    blob_id, declared = chunk.blob_id, chunk.size
+                    blob_id, declared, for_direct_caller = chunk.blob_id, chunk.size, chunk.for_direct_caller
                     self.path(blob_id)  # refuses an id that is not a hash
                     if declared > self.max_bytes:
                         raise InvalidArgument(payloads.too_large("the blob", declared, self.max_bytes))
@@ -114,7 +115,7 @@ class BlobStore:
             if temporary is not None:
                 temporary.unlink(missing_ok=True)
         self._unreferenced_since[blob_id] = self.clock()
-        if uploader:
+        if uploader and for_direct_caller:
             self._direct_results.add(blob_id)
         return blob_id
 

@@ -23,15 +23,16 @@ if TYPE_CHECKING:
     from corral._client import Client
 
 
-def put(client: Client, data: bytes | bytearray | memoryview) -> str:
-    """Store `data` as a blob on the control plane; returns its id (the sha256 of the bytes)."""
+def put(client: Client, data: bytes | bytearray | memoryview, for_direct_caller: bool = False) -> str:
+    """Store `data` as a blob on the control plane; returns its id (the sha256 of the bytes).
+    `for_direct_caller`: a container's result for a direct input (any token naming it may read it)."""
     view = memoryview(data).cast("B")
     blob_id = hashlib.sha256(view).hexdigest()
     size = len(view)
 
     def chunks() -> Iterator[control_pb2.PutBlobRequest]:
         step = payloads.BLOB_CHUNK_BYTES
-        yield control_pb2.PutBlobRequest(blob_id=blob_id, size=size, chunk=bytes(view[:step]))
+        yield control_pb2.PutBlobRequest(blob_id=blob_id, size=size, chunk=bytes(view[:step]), for_direct_caller=for_direct_caller)
         for start in range(step, size, step):
             yield control_pb2.PutBlobRequest(chunk=bytes(view[start:start + step]))
 
@@ -87,7 +88,7 @@ async def unwrap_aio(result: common_pb2.Result, client: Client) -> Any:
     return _serialization.unwrap(result)
 
 
-def offload_result(client: Client, result: common_pb2.Result) -> common_pb2.Result:
+def offload_result(client: Client, result: common_pb2.Result, for_direct_caller: bool = False) -> common_pb2.Result:
     """A result whose value is above the threshold, with the value stored as a blob (a container's side)."""
     if len(result.value.data) <= payloads.BLOB_THRESHOLD_BYTES:
         return result
@@ -95,7 +96,7 @@ def offload_result(client: Client, result: common_pb2.Result) -> common_pb2.Resu
     slim = common_pb2.Result()
     slim.CopyFrom(result)
     slim.value.Clear()
-    slim.value.CopyFrom(common_pb2.Payload(format=result.value.format, blob_id=put(client, data), blob_size=len(data)))
+    slim.value.CopyFrom(common_pb2.Payload(format=result.value.format, blob_id=put(client, data, for_direct_caller), blob_size=len(data)))
     return slim
 
 

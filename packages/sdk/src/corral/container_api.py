@@ -56,7 +56,7 @@ def inline_args(args: common_pb2.Payload) -> common_pb2.Payload:
     return _blobs.inline_args(default_client(), args) if args.blob_id else args
 
 
-def offload_result(result: common_pb2.Result) -> common_pb2.Result:
+def offload_result(result: common_pb2.Result, for_direct_caller: bool = False) -> common_pb2.Result:
     """A PICKLE result whose value is above the blob threshold, with the value stored as a blob
     (blocking: call it off the event loop). Other results are returned as they are: JSON results
     stay inline for clients that know nothing of blobs."""
@@ -66,7 +66,7 @@ def offload_result(result: common_pb2.Result) -> common_pb2.Result:
 
     if len(result.value.data) <= payloads.BLOB_THRESHOLD_BYTES or result.value.format != PICKLE:
         return result
-    return _blobs.offload_result(default_client(), result)
+    return _blobs.offload_result(default_client(), result, for_direct_caller)
 
 
 __all__ = [

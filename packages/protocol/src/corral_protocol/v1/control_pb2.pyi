@@ -126,20 +126,26 @@ class PutBlobRequest(_message.Message):
     BLOB_ID_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    FOR_DIRECT_CALLER_FIELD_NUMBER: _builtins.int
     blob_id: _builtins.str
     """Set on the first message: the sha256 (lowercase hex) and the size of the whole blob."""
     size: _builtins.int
     chunk: _builtins.bytes
+    for_direct_caller: _builtins.bool
+    """Set by a container on the first message for the result of a direct input: the control plane
+    cannot tell which token will read it, so any token that names the blob may.
+    """
     def __init__(
         self,
         *,
         blob_id: _builtins.str = ...,
         size: _builtins.int = ...,
         chunk: _builtins.bytes = ...,
+        for_direct_caller: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "chunk", b"chunk", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "chunk", b"chunk", "for_direct_caller", b"for_direct_caller", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
