@@ -16,7 +16,7 @@ from faults_helpers import client_for
 import corral
 import faults_app
 from conftest import Cluster, start_cluster
-from corral import _blobs
+from corral import _blobs, _serialization
 from corral_protocol import payloads
 from corral_protocol.v1 import common_pb2, control_pb2
 
@@ -106,9 +106,15 @@ def test_a_container_may_not_read_the_blob_of_another_call(running) -> None:  # 
     _, client = running
     blobs = faults_app.Blobs()
     secret = os.urandom(3 * MiB)
-    # The admin client stores a blob that no input of this container refers to.
-    blob_id = _blobs.put(client, secret)
+    # Another call's arguments, sent to another class's container: their blob id is the sha256 of
+    # the pickled arguments (deterministic for bytes).
+    other = faults_app.RetriedPayloads().size.spawn(secret)
+    assert other.get(timeout=120)[1] == len(secret)
+    blob_id = hashlib.sha256(_serialization.pickle_args((secret,), {})).hexdigest()
+    assert blob_id in _blob_files(running[0])
     assert blobs.read_blob.remote(blob_id) == "PERMISSION_DENIED"
+    # A blob the admin stored for no input at all.
+    assert blobs.read_blob.remote(_blobs.put(client, os.urandom(3 * MiB))) == "PERMISSION_DENIED"
     # The blobs of its own inputs it reads (the worker does, with the same token).
     own = b"z" * (3 * MiB)
     assert blobs.digest.remote(own) == hashlib.sha256(own).hexdigest()
