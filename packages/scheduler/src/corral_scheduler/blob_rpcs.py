@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from corral_protocol.errors import reason_metadata
 from corral_protocol.v1 import control_pb2
 from corral_scheduler.auth import bearer_token
+from corral_scheduler.durable import token_digest
 from corral_scheduler.errors import ApiError
 
 if TYPE_CHECKING:
@@ -20,8 +22,13 @@ class BlobRpcs:
     plane: ControlPlane
 
     def _caller_container(self, context: Any) -> str | None:
-        """The container whose token made this call, or None for the admin token."""
-        return self.plane.core.containers.owner_of(bearer_token(context.invocation_metadata()))
+        """The container whose token made this call, or None for the admin token. A container
+        token the plane knows only as an awaited runner (after a restart) gets a name that is
+        granted nothing."""
+        token = bearer_token(context.invocation_metadata())
+        if hmac.compare_digest(token.encode(), self.plane.admin_token.encode()):
+            return None
+        return self.plane.core.containers.owner_of(token) or f"unknown container ({token_digest(token)[:12]})"
 
     async def PutBlob(self, request_iterator: AsyncIterator[control_pb2.PutBlobRequest], context: Any) -> control_pb2.PutBlobResponse:
         """A payload above the inline threshold, streamed to a file (see corral_scheduler.blobs)."""
