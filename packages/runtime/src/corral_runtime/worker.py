@@ -360,8 +360,10 @@ class Worker:
             try:
                 if inp.HasField("http_request"):  # answered with a streamed HTTP response, not an Output
                     self._http_inputs.add(inp.input_id)
-                    await self.http.serve(inp, self._send)
-                    self._http_inputs.discard(inp.input_id)
+                    try:
+                        await self.http.serve(inp, self._send)
+                    finally:
+                        self._http_inputs.discard(inp.input_id)
                     self.tasks.pop(inp.input_id, None)
                     return
                 failed = await payload_blobs.inline_args(inp)
