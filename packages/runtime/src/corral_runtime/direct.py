@@ -89,7 +89,8 @@ class DirectServer:
         self.running: dict[str, RunningInput] = {}
         self.served = 0
         self.draining = False
-        self.max_payload_bytes = payloads.max_payload_bytes()
+        # Inputs arrive here inline (the SDK sends a blob's input through the queue).
+        self.max_payload_bytes = payloads.inline_limit()
         self.max_frame_bytes = payloads.message_limit()
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
