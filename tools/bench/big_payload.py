@@ -12,7 +12,7 @@ file. Baseline in the same run: writing the same bytes to a file in the same dir
 hashing them (what the blob path cannot beat, per copy).
 
 Printed: the spawn-to-result time, the baseline, their ratio; the control plane's peak RSS (VmHWM)
-before and after; the client's peak RSS and the payload size.
+before and after; the client's and the worker's peak RSS against the payload size.
 """
 
 from __future__ import annotations
@@ -35,6 +35,19 @@ def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker_peak_rss_mib(container_id: str) -> float:
+    """The peak RSS of the container's worker process, seen from the host (runc or plain processes)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"corral_runtime.worker" in (entry / "cmdline").read_bytes() and container_id.encode() in (entry / "environ").read_bytes():
+                return peak_rss_mib(int(entry.name))
+        except OSError:
+            continue
     return float("nan")
 
 
@@ -64,6 +77,10 @@ def main() -> None:
                 got = call.get(timeout=1800)
                 total_s = time.perf_counter() - start
                 plane_after = peak_rss_mib(cluster.process.pid)
+                from corral_protocol.v1 import control_pb2
+
+                listed = client.call(client.stub.ListContainers, control_pb2.ListContainersRequest()).containers
+                worker_peak = max((worker_peak_rss_mib(c.container_id) for c in listed if c.class_name == "Sink"), default=float("nan"))
                 assert got == expected, "the container saw other bytes"
             client.close()
             start = time.perf_counter()
@@ -82,6 +99,7 @@ def main() -> None:
     print(f"ratio, spawn-to-result / baseline       {total_s / baseline_s:7.1f}x")
     print(f"control plane peak RSS before / after   {plane_before:7.0f} / {plane_after:.0f} MiB")
     print(f"client peak RSS                         {client_peak:7.0f} MiB ({client_peak / args.mib:.2f}x the payload)")
+    print(f"worker peak RSS                         {worker_peak:7.0f} MiB ({worker_peak / args.mib:.2f}x the payload)")
 
 
 if __name__ == "__main__":

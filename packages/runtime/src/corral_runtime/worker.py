@@ -366,14 +366,17 @@ class Worker:
                         self._http_inputs.discard(inp.input_id)
                     self.tasks.pop(inp.input_id, None)
                     return
-                failed = await payload_blobs.inline_args(inp)
-                if failed is not None:
-                    result = failed
-                elif self.runner.is_generator(inp.method):
-                    result = await self.runner.run_generator(inp, lambda value: self._send(worker_pb2.WorkerSessionRequest(
-                        generator_item=worker_pb2.GeneratorItem(input_id=inp.input_id, value=value))))
-                else:
-                    result = await self.runner.run_on_loop(inp)
+                failed, fetched = await payload_blobs.fetch_args(inp)
+                try:
+                    if failed is not None:
+                        result = failed
+                    elif self.runner.is_generator(inp.method):
+                        result = await self.runner.run_generator(inp, lambda value: self._send(worker_pb2.WorkerSessionRequest(
+                            generator_item=worker_pb2.GeneratorItem(input_id=inp.input_id, value=value))))
+                    else:
+                        result = await self.runner.run_on_loop(inp)
+                finally:
+                    sdk.release_args(inp.args, fetched)
                 result = await payload_blobs.offload_result_aio(inp.input_id, result)
             finally:
                 self.gate.release()

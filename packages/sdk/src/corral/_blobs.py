@@ -98,10 +98,3 @@ def offload_result(client: Client, result: common_pb2.Result, for_direct_caller:
     slim.value.Clear()
     slim.value.CopyFrom(common_pb2.Payload(format=result.value.format, blob_id=put(client, data, for_direct_caller), blob_size=len(data)))
     return slim
-
-
-def inline_args(client: Client, args: common_pb2.Payload) -> common_pb2.Payload:
-    """Arguments that name a blob, with its bytes inline again (a container's side)."""
-    if not args.blob_id:
-        return args
-    return common_pb2.Payload(format=args.format, data=bytes(get(client, args.blob_id, args.blob_size)))

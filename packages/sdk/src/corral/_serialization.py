@@ -90,17 +90,20 @@ def decode_call(
     function: Callable[..., Any],
     signature: inspect.Signature | None = None,
     batched: bool = False,
+    data: Any = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The arguments of a call to `function` (a bound method), checked against its signature and,
     for JSON, converted to its annotated types. Raises ArgumentError when they do not fit: the
     caller gets RESULT_STATUS_INVALID_ARGUMENT and no user code runs. `signature` saves looking it
-    up on every call."""
+    up on every call. `data`: the bytes of arguments stored as a blob, read already."""
     problem = format_problem(payload)
     if problem is not None:
         raise ArgumentError(problem)
+    if payload.blob_id and data is None:
+        raise ArgumentError(f"the arguments' blob {payload.blob_id} was not read")
     if payload.format == JSON:
-        return _json.arguments_from_json(function, payload.data, batched)
-    args, kwargs = pickle.loads(payload.data)
+        return _json.arguments_from_json(function, payload.data if data is None else bytes(data), batched)
+    args, kwargs = pickle.loads(payload.data if data is None else data)
     try:
         (signature or inspect.signature(function)).bind(*args, **kwargs)
     except TypeError as err:
