@@ -35,6 +35,14 @@ class Model:
         record(self.events, f"exit tag={self.tag}")
 
     @corral.method()
+    def hold(self, release: str) -> str:
+        """Runs until the file `release` exists (a test releases it); each run is recorded."""
+        record(self.events, f"hold tag={self.tag}")
+        while not os.path.exists(release):
+            time.sleep(0.05)
+        return "released"
+
+    @corral.method()
     def bump(self) -> int:
         self.count += 1
         return self.count

@@ -34,6 +34,50 @@ class Payloads:
         return container_id()
 
 
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=600)
+class Pooled:
+    """A container a test kills while its caller holds pooled direct connections to it."""
+
+    @corral.method()
+    def pid(self) -> str:
+        return container_id()
+
+    @corral.method()
+    async def pid_aio(self) -> str:
+        return container_id()
+
+
+@app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=600)
+class Blobs:
+    """Large payloads: their digest, and echoes; and a container that asks for another call's blob."""
+
+    @corral.method()
+    def digest(self, data: bytes) -> str:
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()
+
+    @corral.method()
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+    @corral.method()
+    def read_blob(self, blob_id: str) -> str:
+        """GetBlob with this container's own token: the gRPC status it gets."""
+        import grpc
+
+        from corral._client import default_client
+        from corral_protocol.v1 import control_pb2
+
+        client = default_client()
+        try:
+            for _ in client.stub.GetBlob(control_pb2.GetBlobRequest(blob_id=blob_id), metadata=client.metadata):
+                pass
+        except grpc.RpcError as err:
+            return err.code().name
+        return "OK"
+
+
 @app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=60, retries=1)
 class RetriedPayloads:
     """With a retry policy every input goes through the control plane (no direct path)."""

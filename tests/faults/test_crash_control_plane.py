@@ -3,12 +3,17 @@ not lost. Each one is answered, its result or a clear error, within a bound."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import corral
-from conftest import start_cluster, wait_for
+from conftest import APPS, Cluster, free_port, read_events, start_cluster, wait_for
+from corral_protocol.v1 import control_pb2
 from e2e.e2e_helpers import client_for, containers, deploy, parameter, pids_with
 
 NAME = "faults-crash-plane"
@@ -58,3 +63,57 @@ def test_spawned_calls_survive_a_kill_9_of_the_control_plane(tmp_path: Path) -> 
         if restarted is not None:
             restarted.stop()
         cluster.stop()
+
+
+def _start_plane(home: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`corral up --no-node`: its nodes are separate daemons, which outlive a kill -9 of the plane."""
+    process = subprocess.Popen([sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--http-port", "0", "--no-node"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    wait_for(lambda: (home / "server.json").exists(), message="control plane start")
+    return process
+
+
+def test_a_running_spawned_call_is_delivered_by_its_container_after_a_restart(tmp_path: Path, events: Path, shared_dir: Path) -> None:
+    """The node daemon lives on while the plane is killed; its container finishes the running input
+    and delivers the result to the restarted plane, which does not run it again."""
+    home, port = tmp_path / "control", free_port()
+    env = dict(os.environ, CORRAL_HOME=str(home), PYTHONPATH=str(APPS))
+    env.pop("CORRAL_SERVER_URL", None)
+    env.pop("CORRAL_TOKEN", None)
+    processes: list[subprocess.Popen[str]] = [_start_plane(home, port, env)]
+    try:
+        url, token = f"grpc://127.0.0.1:{port}", (home / "token").read_text().strip()
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "corral_runtime.node_cli", "--server", url, "--name", "surviving-node",
+             "--work-dir", str(tmp_path / "node-work")],
+            env=dict(env, CORRAL_HOME=str(tmp_path / "node-home"), CORRAL_TOKEN=token),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        ))
+        cluster = Cluster(home, port, processes[0], tmp_path / "unused.log")
+        deploy(cluster, "deploy_model.py", NAME)
+        client = client_for(cluster)
+        wait_for(lambda: len(client.call(client.stub.ListNodes, control_pb2.ListNodesRequest()).nodes) == 1, timeout=60,
+                 message="the node to join")
+        model = corral.Cls.from_name(NAME, "Model", client=client).with_options(max_containers=1)(tag="held", events=str(events))
+        release = shared_dir / "release"
+        call = model.hold.spawn(str(release))  # no retries: a second run would be an error, not a retry
+        wait_for(lambda: "hold tag=held" in events.read_text(), timeout=60, message="the input to run")
+        client.close()
+
+        processes[0].kill()
+        processes[0].wait(timeout=30)
+        (home / "server.json").unlink()  # a killed server leaves it; the restart writes it again
+        processes[0] = _start_plane(home, port, env)
+        client = client_for(Cluster(home, port, processes[0], tmp_path / "unused.log"))
+        release.touch()
+        assert corral.FunctionCall.from_id(call.object_id, client=client).get(timeout=BOUND_S) == "released"
+        assert len([line for line in read_events(events) if line.startswith("hold tag=held")]) == 1  # ran exactly once
+        client.close()
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()

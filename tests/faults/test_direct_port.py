@@ -5,6 +5,9 @@ survives (same pid, one container ever) and that `.remote()` keeps answering."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
 import struct
 import time
@@ -189,3 +192,55 @@ def test_an_idle_authenticated_connection_is_closed(running) -> None:  # type: i
         assert frame is not None and W.DirectResponse.FromString(frame).WhichOneof("message") == "accepted"
         assert _closed_by_peer(sock, IDLE_TIMEOUT_S + 20)
     assert payloads.pid.remote() == pid
+
+
+def _kill_container(container_id: str) -> None:
+    """`kill -9` of every host process of the container, and wait until they are gone."""
+    pids = pids_with(container_id)
+    assert pids, f"no process of {container_id}"
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids), f"{container_id} outlived kill -9"
+
+
+def test_a_pooled_connection_to_a_killed_container_falls_back_to_the_queue(running) -> None:  # type: ignore[no-untyped-def]
+    """Sync callers: the pooled connections of a killed container never fail a call; the next call
+    goes through the control plane's queue and gets a new container."""
+    cluster, client = running
+    pooled = corral.Cls.from_name("faults", "Pooled", client=client)()
+    first = pooled.pid.remote()
+    assert [pooled.pid.remote() for _ in range(3)] == [first] * 3  # pooled connections are warm
+    _kill_container(first)
+    second = pooled.pid.remote()  # never raises
+    assert second != first
+    assert pooled.pid.remote() == second
+
+
+def test_a_pooled_asyncio_connection_to_a_killed_container_falls_back_to_the_queue(running) -> None:  # type: ignore[no-untyped-def]
+    """As above for `.aio` callers, whose pooled connections are asyncio transports."""
+    _, client = running
+    pooled = corral.Cls.from_name("faults", "Pooled", client=client)()
+
+    async def scenario() -> tuple[str, str, str]:
+        first = await pooled.pid_aio.remote.aio()
+        for _ in range(3):
+            assert await pooled.pid_aio.remote.aio() == first
+        _kill_container(first)  # blocking the loop: it has not seen the connections close
+        second = await pooled.pid_aio.remote.aio()  # never raises
+        return first, second, await pooled.pid_aio.remote.aio()
+
+    first, second, third = asyncio.run(scenario())
+    assert second != first and third == second

@@ -75,8 +75,9 @@ def test_arguments_over_the_limit_are_refused_by_the_sdk_before_sending(limited,
 
 @pytest.mark.parametrize("path", ["remote", "spawn"])
 def test_the_control_plane_refuses_arguments_over_its_limit_from_a_client_with_a_larger_one(limited, monkeypatch: pytest.MonkeyPatch, path: str) -> None:  # type: ignore[no-untyped-def]
-    """A client configured with a larger limit (here the 64 MiB default) is refused by the server.
-    `.remote()` goes direct to the container: the direct port enforces the same limit."""
+    """A client configured with a larger limit (here the 2 GiB default) is refused by the server.
+    Above 2 MiB both paths send a blob: the control plane refuses its upload (PutBlob) from the
+    size declared in the first chunk, before storing anything."""
     monkeypatch.delenv(env.CORRAL_MAX_PAYLOAD_BYTES, raising=False)
     _, client = limited
     payloads = faults_app.Payloads()

@@ -3,13 +3,17 @@ continues after the control plane restarts (the harness's store stands in for SQ
 
 from __future__ import annotations
 
-from corral_protocol.v1 import common_pb2
+from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
 from corral_scheduler.lifecycle import InputState
 from corral_scheduler.model import StoredCall
 from corral_scheduler.nodes import NODE_REJOIN_GRACE_S
 from corral_scheduler.testing import Harness, class_def
+
+
+def worker_output(call_id: str, result: common_pb2.Result) -> worker_pb2.Output:
+    return worker_pb2.Output(input_id=call_id, result=result)
 
 S = common_pb2
 
@@ -22,13 +26,17 @@ def _cluster(**options: object) -> tuple[Harness, str, str]:
     return h, app, h.bind(app)
 
 
-def _restart(stored: dict[str, StoredCall], ephemeral: bool = False, **options: object) -> tuple[Harness, str]:
-    """A fresh core (the plane restarted): the deployed app comes back, a node joins, the store is read."""
+def _restart(stored: dict[str, StoredCall], ephemeral: bool = False, running: tuple[str, ...] | None = (),
+             **options: object) -> tuple[Harness, str]:
+    """A fresh core (the plane restarted): the deployed app comes back, a node joins, the store is
+    read, and the node reports the containers it still `running` (None: no heartbeat yet)."""
     h = Harness()
-    h.add_node()
+    node = h.add_node()
     if not ephemeral:
         h.deploy(class_def("Model", **options), app_id="ap-app")  # type: ignore[arg-type]
     h.recover(stored)
+    if running is not None:
+        h.handle(ev.NodeHeartbeat(node, running=running))
     services = list(h.core.registry.services)
     return h, services[0] if services else ""
 
@@ -210,3 +218,65 @@ def test_the_queue_waits_for_a_node_to_come_back_after_its_only_node_is_lost() -
     assert h.pushed(replacement) == [running]
     h.tick(NODE_REJOIN_GRACE_S)  # past the grace with a node: nothing fails
     assert h.result(queued) is None
+
+
+def test_the_store_knows_which_container_runs_a_spawned_call() -> None:
+    h, _, service = _cluster()
+    call = h.invoke(service, durable=True)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+    container_id, digest, node = h.stored_calls[call].runner.split(" ", 2)
+    assert container_id == container and node == h.container(container).node_id
+    assert digest != h.container(container).token and len(digest) == 64  # a digest, never the token
+    h.output(container, call)
+
+
+def test_a_running_call_is_answered_by_its_container_after_a_restart_and_not_run_again() -> None:
+    h, _, service = _cluster(retries=3)
+    call = h.invoke(service, durable=True)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+    token = h.container(container).token
+
+    after, service = _restart(h.stored_calls, running=(container,), retries=3)
+    assert after.live_containers(service) == []  # nothing runs it again, and its container is not stopped
+    assert not any(isinstance(e, fx.StopContainer) for e in after.effects)
+    assert after.core.durable.awaits_token(token) and not after.core.durable.awaits_token("another")
+    result = common_pb2.Result(status=S.RESULT_STATUS_SUCCESS, message="done there")
+    after.handle(ev.OutputsDelivered(container, "a guessed token", (worker_output(call, result),)))
+    assert after.result(call) is None  # the wrong token: ignored
+    after.handle(ev.OutputsDelivered(container, token, (worker_output(call, result),)))
+    got = after.result(call)
+    assert got is not None and got.message == "done there"
+    assert after.stored_calls[call].result == got and after.stored_calls[call].attempts == 1
+    after.handle(ev.OutputsDelivered(container, token, (worker_output(call, result),)))  # twice: no harm
+    assert after.live_containers(service) == []
+
+
+def test_a_running_call_runs_again_when_its_node_reports_the_container_gone() -> None:
+    h, _, service = _cluster(retries=1)
+    call = h.invoke(service, durable=True)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+
+    after, service = _restart(h.stored_calls, running=(container,), retries=1)
+    assert after.live_containers(service) == []
+    node = next(iter(after.core.nodes.nodes))
+    after.handle(ev.NodeHeartbeat(node, running=()))  # the container finished without delivering, or died
+    (fresh,) = after.live_containers(service)
+    after.bring_up(fresh)
+    assert after.pushed(fresh) == [call] and after.input(call).attempts == 2
+
+
+def test_a_running_call_waits_for_no_node_longer_than_the_rejoin_grace() -> None:
+    h, _, service = _cluster()
+    call = h.invoke(service, durable=True)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+
+    after, _ = _restart(h.stored_calls, running=None)  # no node reports anything
+    after.tick(1.0)
+    assert after.result(call) is None
+    after.tick(NODE_REJOIN_GRACE_S + 1)
+    result = after.result(call)
+    assert result is not None and "restarted while Model.run ran" in result.message

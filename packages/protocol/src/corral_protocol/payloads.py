@@ -1,12 +1,18 @@
-"""The one payload policy: how large an input's arguments and a call's result may be.
+"""The one payload policy: how large an input's arguments and a call's result may be, and which
+of them travel inline and which as content-addressed blobs.
 
 Every path enforces the same limit, `max_payload_bytes()` (default `DEFAULT_MAX_PAYLOAD_BYTES`,
-64 MiB; `CORRAL_MAX_PAYLOAD_BYTES` changes it): the SDK before it sends (`.remote()`, `.spawn()`,
-`.map()`), the control plane on `Invoke`, the container's direct port, the worker on results, and
-the web gateway on request bodies. Every gRPC channel and the direct framing accept messages of
-`message_limit()` bytes (the payload limit plus room for the envelope), so a payload at the limit
-never breaks a connection, and one over it is refused with `too_large()`'s message, never by a
-transport error that kills a container.
+2 GiB; `CORRAL_MAX_PAYLOAD_BYTES` changes it): the SDK before it sends (`.remote()`, `.spawn()`,
+`.map()`), the control plane on `Invoke` and `PutBlob`, the container's direct port, the worker on
+results, and the web gateway on request bodies.
+
+A payload above `BLOB_THRESHOLD_BYTES` (2 MiB, as Modal does) travels as a blob: the sender
+streams it to the control plane (`PutBlob`, a file named by its sha256) and the message carries
+only `Payload.blob_id` and `blob_size`; the receiver streams it back (`GetBlob`). Inline payloads
+(web bodies, third-party clients) are bounded by `inline_limit()`; every gRPC channel and the
+direct framing accept messages of `message_limit()` bytes (the inline limit plus room for the
+envelope), so an inline payload at its limit never breaks a connection, and one over it is refused
+with `too_large()`'s message, never by a transport error that kills a container.
 
 Example:
     from corral_protocol import payloads
@@ -21,9 +27,16 @@ import os
 from collections.abc import Mapping
 
 from corral_protocol import env
+from corral_protocol.v1 import common_pb2
 
-DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024 * 1024
 """The default bound on an input's serialized arguments and on a serialized result."""
+BLOB_THRESHOLD_BYTES = 2 * 1024 * 1024
+"""Payloads larger than this travel as blobs (`Payload.blob_id`) rather than inline in a message."""
+MAX_INLINE_BYTES = 64 * 1024 * 1024
+"""The largest payload that may travel inline (a web body, a third-party client's arguments)."""
+BLOB_CHUNK_BYTES = 1024 * 1024
+"""The size of the chunks a blob streams in."""
 ENVELOPE_BYTES = 1024 * 1024
 """Room for what travels around a payload in one message (ids, method, HTTP headers, traceback)."""
 
@@ -38,13 +51,28 @@ def max_payload_bytes(environ: Mapping[str, str] | None = None) -> int:
     return int(raw)
 
 
+def inline_limit(environ: Mapping[str, str] | None = None) -> int:
+    """The largest payload that may travel inline: `MAX_INLINE_BYTES`, or the payload limit if lower."""
+    return min(max_payload_bytes(environ), MAX_INLINE_BYTES)
+
+
 def message_limit(environ: Mapping[str, str] | None = None) -> int:
-    """The largest gRPC message or direct frame to accept: one payload at the limit plus its envelope."""
-    return max_payload_bytes(environ) + ENVELOPE_BYTES
+    """The largest gRPC message or direct frame to accept: one inline payload at its limit plus its envelope."""
+    return inline_limit(environ) + ENVELOPE_BYTES
+
+
+def is_blob_id(text: str) -> bool:
+    """A blob id is the sha256 of the blob's bytes in lowercase hex, and nothing else (it names a file)."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def size_of(payload: common_pb2.Payload) -> int:
+    """The size of a payload's serialized bytes, inline or as a blob."""
+    return payload.blob_size if payload.blob_id else len(payload.data)
 
 
 def grpc_message_options(environ: Mapping[str, str] | None = None, receive_factor: int = 1) -> list[tuple[str, int]]:
-    """gRPC channel/server options that let a payload at the limit through in both directions.
+    """gRPC channel/server options that let an inline payload at its limit through in both directions.
 
     A server passes `receive_factor=2`: a request up to twice the limit still reaches the servicer,
     which refuses it with INVALID_ARGUMENT naming both sizes (a client configured with a larger

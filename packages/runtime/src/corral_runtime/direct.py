@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from corral_protocol import PROTOCOL_VERSION, payloads
 from corral_protocol.framing import HEADER, HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_HELLO_BYTES, FrameError, encode
 from corral_protocol.v1 import common_pb2, worker_pb2
+from corral_runtime import payload_blobs
 from corral_runtime.runner import CallerGone, InputRunner
 from corral_runtime.slots import SlotGate
 
@@ -88,7 +89,8 @@ class DirectServer:
         self.running: dict[str, RunningInput] = {}
         self.served = 0
         self.draining = False
-        self.max_payload_bytes = payloads.max_payload_bytes()
+        # Inputs arrive here inline (the SDK sends a blob's input through the queue).
+        self.max_payload_bytes = payloads.inline_limit()
         self.max_frame_bytes = payloads.message_limit()
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
@@ -277,6 +279,7 @@ class DirectServer:
             self.served += 1
 
     def _finish(self, connection: _Connection, input_id: str, result: common_pb2.Result) -> None:
+        result = payload_blobs.offload_result(input_id, result, for_direct_caller=True)  # a large one: the caller reads it from the control plane
         self._release(input_id)
         try:
             connection.send(W.DirectResponse(output=W.Output(input_id=input_id, result=result)), input_id)

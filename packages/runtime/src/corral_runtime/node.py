@@ -161,9 +161,10 @@ class NodeDaemon:
                         if reason is not None:
                             raise SystemExit(f"corral-node: cannot join: {reason}") from None
                     log.warning("lost the control plane at %s (%s: %s); reconnecting", self.control_url, err.code().name, err.details())
-                # The control plane forgot this node's containers with the session: stop them.
-                for container_id in list(self.containers):
-                    self._kill(container_id, "the node lost its control plane session")
+                # Its containers live on: each worker exits once its session has ended and its running
+                # inputs are done (delivered to a restarted plane, which awaits spawned ones); on
+                # reconnecting, the heartbeat lists those still running, and the plane stops the
+                # ones it does not await.
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
         finally:

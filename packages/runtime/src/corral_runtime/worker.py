@@ -29,12 +29,13 @@ from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSIO
 from corral_protocol.options import CANCEL_GRACE_S, batched_method, effective_max_inputs, effective_timeout_s
 from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from corral_runtime import log_capture
+from corral_runtime import log_capture, payload_blobs
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.cancellation import outlive_grace
 from corral_runtime.control_channel import open_channel
 from corral_runtime.direct import DirectServer
+from corral_runtime.held_outputs import HeldOutputs
 from corral_runtime.redaction import Redactor
 from corral_runtime.runner import THREADS, InputRunner
 from corral_runtime.slots import SlotGate
@@ -83,6 +84,8 @@ class Worker:
         self.http: HttpInputs | None = None
         self.redactor = Redactor({})
         self._background: set[asyncio.Future[None]] = set()  # grace watchers
+        self.held = HeldOutputs()  # outputs of pushed inputs that finished after the session ended
+        self._http_inputs: set[str] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -166,12 +169,18 @@ class Worker:
         ]
         await self.shutdown.wait()
         if self.lost is not None:
-            # The control plane has given up on this container (and requeues its pushed inputs):
-            # their answers have nowhere to go. Direct callers still get theirs.
-            print(f"corral worker: {self.lost}; finishing direct inputs, then exiting", file=sys.stderr)
-            for task in list(self.tasks.values()):
-                task.cancel()
+            # The control plane is gone (it may come back: a restarted plane awaits the results of
+            # the spawned inputs it stored as running here) or gave up on this container. Pushed
+            # inputs finish and their outputs are held for delivery; HTTP requests have nowhere to go.
+            print(f"corral worker: {self.lost}; finishing running inputs, then exiting", file=sys.stderr)
+            self.held.take_unsent(self._outbox)
+            for input_id, task in list(self.tasks.items()):
+                if input_id in self._http_inputs:
+                    task.cancel()
         await self._drain()
+        if self.lost is not None:
+            await self.held.deliver(self.identity.control_url.split("://", 1)[-1], CHANNEL_OPTIONS, self.metadata,
+                                    self.identity.container_id)
         for task in background:
             task.cancel()
         await self._report_load_once(force=True)
@@ -213,6 +222,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # the stream is gone: nothing more can be sent on it
+                self.held.hold(message)
                 code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else type(err).__name__
                 self._lose(f"lost the control plane while sending ({code}: {err})")
                 return
@@ -353,14 +363,25 @@ class Worker:
             await self.gate.acquire()
             try:
                 if inp.HasField("http_request"):  # answered with a streamed HTTP response, not an Output
-                    await self.http.serve(inp, self._send)
+                    self._http_inputs.add(inp.input_id)
+                    try:
+                        await self.http.serve(inp, self._send)
+                    finally:
+                        self._http_inputs.discard(inp.input_id)
                     self.tasks.pop(inp.input_id, None)
                     return
-                if self.runner.is_generator(inp.method):
-                    result = await self.runner.run_generator(inp, lambda value: self._send(worker_pb2.WorkerSessionRequest(
-                        generator_item=worker_pb2.GeneratorItem(input_id=inp.input_id, value=value))))
-                else:
-                    result = await self.runner.run_on_loop(inp)
+                failed, fetched = await payload_blobs.fetch_args(inp)
+                try:
+                    if failed is not None:
+                        result = failed
+                    elif self.runner.is_generator(inp.method):
+                        result = await self.runner.run_generator(inp, lambda value: self._send(worker_pb2.WorkerSessionRequest(
+                            generator_item=worker_pb2.GeneratorItem(input_id=inp.input_id, value=value))))
+                    else:
+                        result = await self.runner.run_on_loop(inp)
+                finally:
+                    sdk.release_args(inp.args, fetched)
+                result = await payload_blobs.offload_result_aio(inp.input_id, result)
             finally:
                 self.gate.release()
         except asyncio.CancelledError:
@@ -371,7 +392,11 @@ class Worker:
             self.tasks.pop(inp.input_id, None)
             return
         try:
-            await self._send(worker_pb2.WorkerSessionRequest(output=worker_pb2.Output(input_id=inp.input_id, result=result)))
+            message = worker_pb2.WorkerSessionRequest(output=worker_pb2.Output(input_id=inp.input_id, result=result))
+            if self.lost is not None:
+                self.held.hold(message)  # the session is gone: delivered after the drain
+            else:
+                await self._send(message)
         except Exception as err:
             print(f"corral worker: could not send the output of {inp.input_id}: {err}", file=sys.stderr)
         finally:

@@ -19,10 +19,13 @@ NODE_SERVICE_PREFIX = "/corral.v1.NodeService/"
 CONTROL_SERVICE_PREFIX = "/corral.v1.ControlService/"
 CONTAINER_CALLS = frozenset(
     f"{CONTROL_SERVICE_PREFIX}{name}"
-    for name in ("LookupClass", "BindService", "Invoke", "InvokeStream", "GetResult", "CancelCall", "GetRoutes", "GetContainerExit")
+    for name in ("LookupClass", "BindService", "Invoke", "InvokeStream", "GetResult", "CancelCall", "GetRoutes", "GetContainerExit",
+                 "PutBlob", "GetBlob")
 )
 """What code inside a container may do with its container's token: look up, bind, invoke (and
-stream), get results, cancel, find direct routes and ask why a routed container ended. Never deploy, stop, secrets or tokens. The
+stream), get results, cancel, find direct routes, ask why a routed container ended, and store and
+read blobs (the worker's large arguments and results; reading is limited to its own, see
+corral_scheduler.blobs). Never deploy, stop, secrets or tokens. The
 token dies with the container."""
 
 

@@ -21,6 +21,7 @@ from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
 from corral_scheduler import ids, views
+from corral_scheduler.blobs import BlobStore, referenced_blobs
 from corral_scheduler.container_exits import wait_for_exit
 from corral_scheduler.core import PlaneCore
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound
@@ -78,6 +79,7 @@ class ControlPlane(StoreAccess, Sessions):
         self.image_builds = ImageBuilds(lambda: list(self._node_outboxes), self._to_node)
         self.schedules = Schedules(self, store.location)
         self.logs = LogStore(store.location)
+        self.blobs = BlobStore(store.directory / "blobs")
 
     @property
     def control_url(self) -> str:
@@ -166,6 +168,7 @@ class ControlPlane(StoreAccess, Sessions):
 
     def _perform(self, effect: fx.Effect) -> None:
         if isinstance(effect, fx.PushInput):
+            self.blobs.grant(effect.container_id, [effect.input.args])
             self._to_worker(effect.container_id, worker_pb2.WorkerSessionResponse(input=effect.input))
         elif isinstance(effect, fx.ResolveCall):
             call = self._calls.get(effect.call_id)
@@ -259,6 +262,7 @@ class ControlPlane(StoreAccess, Sessions):
             try:
                 self.handle(ev.Tick())
                 self.schedules.tick(time.time())
+                self.blobs.sweep(referenced_blobs(self.core.inputs.inputs.values()), self.core.containers.containers)
             except Exception:
                 log.exception("control plane tick failed")
 
@@ -284,7 +288,7 @@ class ControlPlane(StoreAccess, Sessions):
         self.logs.close()
 
     def is_container_token(self, token: str) -> bool:
-        return self.core.containers.owner_of(token) is not None
+        return self.core.containers.owner_of(token) is not None or self.core.durable.awaits_token(token)
 
     # Apps and services --------------------------------------------------------------------------
 

@@ -161,6 +161,7 @@ class PlaneCore:
         self.dispatch.tick()
         self.inputs.tick()
         self.drains.tick()
+        self.durable.tick()
 
     def _shutdown(self, event: ShutdownRequested) -> None:
         self.shutting_down = True

@@ -7,22 +7,29 @@ call; what happens to it is decided here:
 
 - a call with a stored result is done again, and `FunctionCall.from_id(...).get()` finds it;
 - a call that never ran is queued again;
-- a call that had run (it was running, or waiting for a retry, when the plane stopped) counts as a
-  failed attempt, as a container death does: it runs again if its retry policy allows another
-  attempt, and otherwise fails with a clear error;
+- a call that was running in a container waits for that container: a node that reconnects reports
+  the containers it still runs (`node_reported`), and the worker, which finished the input, delivers
+  its result (`OutputsDelivered`, authenticated by the container token whose digest the store kept).
+  When the container's node reports it gone, or no node reports it within the rejoin grace, the
+  call counts as a failed attempt, as a container death does;
+- a call that had run and waits for no container (waiting for a retry when the plane stopped)
+  counts as a failed attempt: it runs again if its retry policy allows another attempt, and
+  otherwise fails with a clear error;
 - a call whose app is gone (an ephemeral app does not survive a restart) fails with the reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from corral_protocol.v1 import common_pb2
 from corral_scheduler.effects import ForgetInput, PersistAttempt, PersistInput, PersistResult
 from corral_scheduler.errors import ApiError
-from corral_scheduler.events import CallRecovered, Event
+from corral_scheduler.events import CallRecovered, Event, OutputsDelivered
 from corral_scheduler.lifecycle import InputState
 from corral_scheduler.model import Input, Service, StoredCall, failure
 from corral_scheduler.nodes import NODE_REJOIN_GRACE_S
@@ -31,6 +38,24 @@ if TYPE_CHECKING:
     from corral_scheduler.core import PlaneCore
 
 S = common_pb2
+log = logging.getLogger("corral.scheduler")
+
+
+def token_digest(token: str) -> str:
+    """What the store keeps of a container token: enough to check it, not to use it."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class Awaited:
+    """A recovered call whose container may still run it and deliver its result."""
+
+    call_id: str
+    container_id: str
+    token_digest: str
+    node_name: str
+    since: float  # monotonic
+    seen: bool = False  # its node has reported the container since the restart
 
 
 class DurableCalls:
@@ -38,9 +63,10 @@ class DurableCalls:
 
     def __init__(self, core: PlaneCore) -> None:
         self.core = core
+        self.awaited: dict[str, Awaited] = {}  # call id -> the container it waits for
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
-        return {CallRecovered: self._recovered}
+        return {CallRecovered: self._recovered, OutputsDelivered: self._delivered}
 
     # What the store learns ------------------------------------------------------------------------
 
@@ -55,7 +81,14 @@ class DurableCalls:
     def attempted(self, inp: Input) -> None:
         """Its attempt count changed (pushed to a container, or given back undelivered)."""
         if inp.durable:
-            self.core.emit(PersistAttempt(inp.call_id, inp.attempts))
+            self.core.emit(PersistAttempt(inp.call_id, inp.attempts, self._runner(inp)))
+
+    def _runner(self, inp: Input) -> str:
+        container = self.core.containers.containers.get(inp.container_id or "")
+        if container is None or inp.state != InputState.RUNNING:
+            return ""
+        node = self.core.nodes.nodes.get(container.node_id)
+        return f"{container.container_id} {token_digest(container.token)} {node.name if node is not None else ''}"
 
     def finished(self, inp: Input, result: common_pb2.Result) -> None:
         """It is done: its result waits in the store for the caller."""
@@ -88,15 +121,80 @@ class DurableCalls:
             reason = event.reason or "its service is gone"
             core.inputs.finish(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, f"call {call.call_id} could not resume after the control plane restarted: {reason}"))
             return
-        if call.attempts > service.options.retries.max_retries:
-            name = f"{service.class_def.name}.{call.method}"
-            message = (f"the control plane restarted while {name} ran (attempt {call.attempts}); "
+        core.nodes.rejoin_until = max(core.nodes.rejoin_until, core.now + NODE_REJOIN_GRACE_S)
+        if call.runner:
+            container_id, digest, node_name = (call.runner.split(" ", 2) + ["", ""])[:3]
+            self.awaited[call.call_id] = Awaited(call.call_id, container_id, digest, node_name, core.now)
+            return
+        self._resume(inp, service)
+
+    def _resume(self, inp: Input, service: Service) -> None:
+        """A recovered call that ran and waits for no container: another attempt if its policy allows."""
+        core = self.core
+        if inp.attempts > service.options.retries.max_retries:
+            name = f"{service.class_def.name}.{inp.method}"
+            message = (f"the control plane restarted while {name} ran (attempt {inp.attempts}); "
                        "its retry policy allows no other attempt")
             core.inputs.finish(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, message))
             return
-        core.nodes.rejoin_until = max(core.nodes.rejoin_until, core.now + NODE_REJOIN_GRACE_S)
+        inp.queued_at = core.now
         service.queue.append(inp)
         core.dispatch.dispatch(service)
+
+    # Containers that ran recovered calls ----------------------------------------------------------
+
+    def awaits_container(self, container_id: str) -> bool:
+        """A recovered call waits for this container's result: its node must not stop it."""
+        return any(a.container_id == container_id for a in self.awaited.values())
+
+    def awaits_token(self, token: str) -> bool:
+        """The token of a container that a recovered call waits for (it may deliver outputs)."""
+        digest = token_digest(token)
+        return any(a.token_digest == digest for a in self.awaited.values())
+
+    def node_reported(self, node_name: str, running: Iterable[str]) -> None:
+        """A node listed the containers it runs: an awaited one that is missing is gone."""
+        running = set(running)
+        for awaited in list(self.awaited.values()):
+            if awaited.node_name != node_name:
+                continue
+            if awaited.container_id in running:
+                awaited.seen = True
+            else:
+                self._give_up(awaited, f"its container {awaited.container_id} is gone from node {node_name}")
+
+    def tick(self) -> None:
+        """A container that no node reported within the rejoin grace is taken for gone."""
+        for awaited in list(self.awaited.values()):
+            if not awaited.seen and self.core.now - awaited.since > NODE_REJOIN_GRACE_S:
+                self._give_up(awaited, f"no node reported its container {awaited.container_id} after the restart")
+
+    def _give_up(self, awaited: Awaited, why: str) -> None:
+        del self.awaited[awaited.call_id]
+        inp = self.core.inputs.inputs.get(awaited.call_id)
+        if inp is None or inp.done:
+            return
+        log.info("call %s will not be delivered by its container: %s", awaited.call_id, why)
+        service = self.core.registry.services.get(inp.service_id)
+        if service is None or service.retired:
+            self.core.inputs.finish(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, f"call {inp.call_id} could not resume: its service is gone"))
+            return
+        self._resume(inp, service)
+
+    def _delivered(self, event: OutputsDelivered) -> None:
+        """Results from a container that ran recovered calls: each one answers its call, once."""
+        digest = token_digest(event.token)
+        for output in event.outputs:
+            awaited = self.awaited.get(output.input_id)
+            if awaited is None or awaited.container_id != event.container_id or awaited.token_digest != digest:
+                log.warning("container %s delivered a result for %s, which does not wait for it; ignored",
+                            event.container_id, output.input_id)
+                continue
+            del self.awaited[output.input_id]
+            inp = self.core.inputs.inputs.get(output.input_id)
+            if inp is not None and not inp.done:
+                log.info("call %s: its container %s delivered the result after the restart", inp.call_id, event.container_id)
+                self.core.inputs.finish(inp, output.result)
 
 
 def recovery_events(core: PlaneCore, call: StoredCall) -> list[Event]:
@@ -118,7 +216,7 @@ def apply_call_changes(calls: dict[str, StoredCall], changes: list[Any]) -> None
         if isinstance(change, PersistInput):
             calls[change.call.call_id] = change.call
         elif isinstance(change, PersistAttempt) and change.call_id in calls:
-            calls[change.call_id] = dataclasses.replace(calls[change.call_id], attempts=change.attempts)
+            calls[change.call_id] = dataclasses.replace(calls[change.call_id], attempts=change.attempts, runner=change.runner)
         elif isinstance(change, PersistResult) and change.call_id in calls:
             calls[change.call_id] = dataclasses.replace(calls[change.call_id], result=change.result, finished_at=change.finished_at)
         elif isinstance(change, ForgetInput):

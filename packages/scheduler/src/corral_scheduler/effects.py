@@ -162,6 +162,7 @@ class PersistAttempt(Effect):
 
     call_id: str
     attempts: int
+    runner: str = ""  # see StoredCall.runner
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,16 @@ class InvokeRequested(Event):
 
 
 @dataclass(frozen=True)
+class OutputsDelivered(Event):
+    """A container the restarted plane does not know delivers the results of durable calls it was
+    running when the plane stopped (WorkerService.DeliverOutputs). `token` is the container's."""
+
+    container_id: str
+    token: str
+    outputs: tuple[worker_pb2.Output, ...]
+
+
+@dataclass(frozen=True)
 class CallRecovered(Event):
     """A durable call read back from the store after a restart. `service_id` is its service, bound
     again; empty when it could not be (`reason` says why: its app is gone, for instance)."""

@@ -38,6 +38,9 @@ class StoredCall:
     attempts: int = 0
     result: common_pb2.Result | None = None
     finished_at: float = 0.0  # wall clock; set with the result
+    # Where its latest attempt runs: "container_id sha256(container token) node name" (empty when
+    # none), so that a restarted plane takes that container's result instead of running it again.
+    runner: str = ""
 
 
 @dataclass

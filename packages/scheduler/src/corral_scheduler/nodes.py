@@ -217,11 +217,13 @@ class Nodes:
         if event.snapshots is not None:
             self.core.snapshots.node_images(node, event.snapshots)
         for container_id in event.running or ():
-            if container_id not in node.containers:
+            if container_id not in node.containers and not self.core.durable.awaits_container(container_id):
                 # It belongs to no live assignment: a restarted plane never placed it, or it ran on
                 # this machine before the node was lost and registered again. One rule for both.
                 log.warning("node %s runs container %s that the control plane does not know; stopping it", node.name, container_id)
                 self.core.emit(StopContainer(node.node_id, container_id))
+        if event.running is not None:
+            self.core.durable.node_reported(node.name, event.running)
         if event.inventory is not None:
             # GPU memory and utilisation as of now; a device that vanished is no longer placed.
             node.inventory = event.inventory

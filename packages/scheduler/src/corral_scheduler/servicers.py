@@ -25,6 +25,7 @@ from corral_protocol.v1 import (
 from corral_scheduler import events as ev
 from corral_scheduler import views
 from corral_scheduler.auth import bearer_token
+from corral_scheduler.blob_rpcs import BlobRpcs
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.errors import ApiError, InvalidArgument
 
@@ -58,7 +59,7 @@ def _has_deadline(context: Any) -> bool:
     return context.time_remaining() is not None
 
 
-class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+class ControlServicer(BlobRpcs, control_pb2_grpc.ControlServiceServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
         self.max_payload_bytes = payloads.max_payload_bytes()
@@ -120,14 +121,21 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         service_id = self.plane.bind_service(request.app_id, request.class_name, request.parameters, request.options)
         return control_pb2.BindServiceResponse(service_id=service_id)
 
+    def _check_args(self, method: str, args: Any) -> None:
+        """The payload limit (the SDK checks first; this is the authority for every client), and a
+        blob that is stored."""
+        what = f"the arguments of {method or 'the call'}"
+        size = payloads.size_of(args)
+        if size > self.max_payload_bytes:
+            raise InvalidArgument(payloads.too_large(what, size, self.max_payload_bytes))
+        self.plane.blobs.check_payload(args, what)
+
     @api
     async def Invoke(self, request: control_pb2.InvokeRequest, context: Any) -> control_pb2.InvokeResponse:
         problem = format_problem(request.args)
         if problem is not None:
             raise InvalidArgument(problem)
-        size = len(request.args.data)
-        if size > self.max_payload_bytes:  # the SDK checks first; this is the authority for every client
-            raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
+        self._check_args(request.method, request.args)
         inp = self.plane.invoke(request.service_id, request.method, request.args, durable=not request.wait)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)
@@ -143,6 +151,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 self.plane.forget(inp.call_id)
             raise
         self.plane.forget(inp.call_id)
+        caller = self._caller_container(context)
+        if caller is not None:
+            self.plane.blobs.grant(caller, [result.value])
         return control_pb2.InvokeResponse(call_id=inp.call_id, result=result)
 
     async def InvokeStream(self, request: control_pb2.InvokeStreamRequest, context: Any) -> AsyncIterator[control_pb2.InvokeStreamResponse]:
@@ -152,9 +163,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             problem = format_problem(request.args)
             if problem is not None:
                 raise InvalidArgument(problem)
-            size = len(request.args.data)
-            if size > self.max_payload_bytes:
-                raise InvalidArgument(payloads.too_large(f"the arguments of {request.method or 'the call'}", size, self.max_payload_bytes))
+            self._check_args(request.method, request.args)
             call = self.plane.invoke(request.service_id, request.method, request.args, stream=True)
         except ApiError as err:
             await context.abort(err.code, err.message, reason_metadata(err.reason))
@@ -212,7 +221,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 await asyncio.wait_for(asyncio.shield(inp.future), timeout=request.timeout_s)
         if not inp.future.done():
             return control_pb2.GetResultResponse(done=False)
-        return control_pb2.GetResultResponse(done=True, result=inp.future.result())
+        result = inp.future.result()
+        caller = self._caller_container(context)
+        if caller is not None:
+            self.plane.blobs.grant(caller, [result.value])
+        return control_pb2.GetResultResponse(done=True, result=result)
 
     @api
     async def CancelCall(self, request: control_pb2.CancelCallRequest, context: Any) -> control_pb2.CancelCallResponse:
@@ -377,3 +390,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         finally:
             reader.cancel()
             self.plane.close_worker_session(container_id, outbox)
+
+    async def DeliverOutputs(self, request: worker_pb2.DeliverOutputsRequest, context: Any) -> worker_pb2.DeliverOutputsResponse:
+        """Outputs of spawned inputs that a container finished after the plane restarted."""
+        self.plane.handle(ev.OutputsDelivered(request.container_id, bearer_token(context.invocation_metadata()), tuple(request.outputs)))
+        return worker_pb2.DeliverOutputsResponse()

@@ -66,7 +66,8 @@ _SCHEMA = [
         attempts INTEGER NOT NULL,
         result {blob},
         created_at {real} NOT NULL,
-        finished_at {real} NOT NULL{insertion_column}
+        finished_at {real} NOT NULL,
+        runner TEXT NOT NULL DEFAULT ''{insertion_column}
     )""",
     """CREATE TABLE IF NOT EXISTS secrets (
         name TEXT PRIMARY KEY,
@@ -124,6 +125,8 @@ class Store:
         try:
             schema = [*_SCHEMA, *(DatabaseBundles.SCHEMA if isinstance(self.location, PostgresState) else [])]
             self._db.ensure_schema("state", SCHEMA_VERSION, schema)
+            if "runner" not in self._db.columns("calls"):  # written before durable calls knew their runner
+                self._db.execute("ALTER TABLE calls ADD COLUMN runner TEXT NOT NULL DEFAULT ''")
             self.bundles = (DatabaseBundles(self._db, directory / "bundles") if isinstance(self.location, PostgresState)
                             else FileBundles(directory / "bundles"))
             self.lease = LeaderLease(self._db)
@@ -221,7 +224,8 @@ class Store:
                         (call.call_id, binding, int(sealed), call.method, call.args.SerializeToString(), call.attempts, call.created_at),
                     )
                 elif isinstance(change, PersistAttempt):
-                    self._db.execute("UPDATE calls SET attempts = ? WHERE call_id = ?", (change.attempts, change.call_id))
+                    self._db.execute("UPDATE calls SET attempts = ?, runner = ? WHERE call_id = ?",
+                                     (change.attempts, change.runner, change.call_id))
                 elif isinstance(change, PersistResult):
                     self._db.execute("UPDATE calls SET result = ?, finished_at = ? WHERE call_id = ?",
                                      (change.result.SerializeToString(), change.finished_at, change.call_id))
@@ -231,11 +235,11 @@ class Store:
     def stored_calls(self) -> list[StoredCall]:
         """Every durable call, oldest first."""
         rows = self._db.execute(
-            "SELECT call_id, binding, sealed, method, args, attempts, result, created_at, finished_at FROM calls "
+            "SELECT call_id, binding, sealed, method, args, attempts, result, created_at, finished_at, runner FROM calls "
             f"ORDER BY created_at, {self._db.dialect.insertion_order}"
         ).fetchall()
         calls = []
-        for call_id, blob, sealed, method, args, attempts, result, created_at, finished_at in rows:
+        for call_id, blob, sealed, method, args, attempts, result, created_at, finished_at, runner in rows:
             if sealed and self._box is None:
                 log.warning("durable call %s is sealed and the secrets key is missing; it cannot resume", call_id)
                 continue
@@ -245,7 +249,7 @@ class Store:
                 call_id=call_id, app_id=binding.app_id, class_name=binding.class_name, parameters=tuple(binding.parameters),
                 override=binding.options, method=method, args=common_pb2.Payload.FromString(bytes(args)), created_at=created_at,
                 attempts=attempts, result=common_pb2.Result.FromString(bytes(result)) if result is not None else None,
-                finished_at=finished_at,
+                finished_at=finished_at, runner=runner,
             ))
         return calls
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from corral import _serialization
+from corral import _blobs
 from corral._client import Client
 from corral.exception import TimeoutError
 from corral_protocol.v1 import control_pb2
@@ -60,7 +60,7 @@ class FunctionCall:
                 self._client.stub.GetResult, control_pb2.GetResultRequest(call_id=self.object_id, timeout_s=wait)
             )
             if response.done:
-                return _serialization.unwrap(response.result)
+                return _blobs.unwrap(response.result, self._client)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"call {self.object_id} did not finish within {timeout} s")
 
@@ -75,7 +75,7 @@ class FunctionCall:
                 "GetResult", control_pb2.GetResultRequest(call_id=self.object_id, timeout_s=wait)
             )
             if response.done:
-                return _serialization.unwrap(response.result)
+                return await _blobs.unwrap_aio(response.result, self._client)
             if deadline is not None and loop.time() >= deadline:
                 raise TimeoutError(f"call {self.object_id} did not finish within {timeout} s")
 

@@ -62,6 +62,12 @@ def _lost(container_id: str, method: str, err: BaseException, why: str) -> Conta
     return ContainerExitedError(why or f"the container running {method} ({container_id}) closed the connection before answering: {err or 'EOF'}")
 
 
+class _Unread(Exception):
+    """The container reset the connection before it answered a byte: it never read the input (a
+    process that reads a whole frame and then dies closes with a FIN, not a reset), so the input
+    may go elsewhere. Typically a pooled connection of a container that is gone."""
+
+
 class DirectPath:
     """Route tables per service and connection pools per container, for one `Client`.
 
@@ -239,22 +245,37 @@ class DirectPath:
 
     def _exchange(self, route: Route, request: bytes) -> worker_pb2.DirectResponse:
         sock = self._checkout(route)
-        if sock is None:
+        if sock is not None:
             try:
-                sock = socket.create_connection((route.host, route.port), timeout=CONNECT_TIMEOUT_S)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError as err:
-                raise _NotSent(str(err)) from None
-            if route.accepts:
-                route.accepts = self._handshake(sock, route)
-            else:
-                request = route.hello + request
+                return self._exchange_on(route, sock, request)
+            except _Unread:
+                pass  # a stale pooled connection: once more on a fresh one (refused if the container is gone)
+        try:
+            sock = socket.create_connection((route.host, route.port), timeout=CONNECT_TIMEOUT_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as err:
+            raise _NotSent(str(err)) from None
+        if route.accepts:
+            route.accepts = self._handshake(sock, route)
+        else:
+            sock.settimeout(None)
+            request = route.hello + request
+        try:
+            return self._exchange_on(route, sock, request)
+        except _Unread as err:
+            raise _NotSent(str(err)) from None
+
+    def _exchange_on(self, route: Route, sock: socket.socket, request: bytes) -> worker_pb2.DirectResponse:
         try:
             sock.sendall(request)
-        except OSError as err:
+        except OSError as err:  # not all of the input left: the container cannot have read it
             sock.close()
-            raise _NotSent(str(err)) from None
+            raise _Unread(str(err)) from None
         try:
+            try:
+                sock.recv(1, socket.MSG_PEEK)  # waits for the first byte of the answer
+            except (ConnectionResetError, BrokenPipeError) as err:
+                raise _Unread(str(err)) from None
             while True:
                 frame = read_frame(sock)
                 if frame is None:
@@ -347,26 +368,37 @@ class DirectPath:
         pool = route.aio_idle.get(loop)
         if pool is None:
             pool = route.aio_idle.setdefault(loop, [])
-        conn = None
         now = time.monotonic()
         while pool:
             candidate = pool.pop()
-            if not candidate.closed and now - candidate.idle_since < CLIENT_REUSE_S:
-                conn = candidate
-                break
+            if candidate.reusable(now):
+                try:
+                    return await self._exchange_on_aio(route, pool, candidate, request)
+                except _Unread:
+                    break  # a stale pooled connection: once more on a fresh one
             candidate.close()
-        if conn is None:
-            try:
-                _, fresh = await asyncio.wait_for(loop.create_connection(AioConnection, route.host, route.port), CONNECT_TIMEOUT_S)
-            except (OSError, asyncio.TimeoutError) as err:
-                raise _NotSent(str(err) or type(err).__name__) from None
-            if route.accepts:
-                route.accepts = await self._handshake_aio(fresh, route)
-            else:
-                request = route.hello + request
-            conn = fresh
+        try:
+            _, conn = await asyncio.wait_for(loop.create_connection(AioConnection, route.host, route.port), CONNECT_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError) as err:
+            raise _NotSent(str(err) or type(err).__name__) from None
+        if route.accepts:
+            route.accepts = await self._handshake_aio(conn, route)
+        else:
+            request = route.hello + request
+        try:
+            return await self._exchange_on_aio(route, pool, conn, request)
+        except _Unread as err:
+            raise _NotSent(str(err)) from None
+
+    async def _exchange_on_aio(self, route: Route, pool: list[AioConnection], conn: AioConnection,
+                               request: bytes) -> worker_pb2.DirectResponse:
         try:
             frame = await conn.exchange(request)
+        except (ConnectionResetError, BrokenPipeError) as err:
+            conn.close()
+            if conn.received:
+                raise
+            raise _Unread(str(err)) from None  # see _Unread
         except BaseException:
             conn.close()  # a reply may still be on its way: never reuse this connection
             raise
@@ -380,7 +412,6 @@ class DirectPath:
         else:
             conn.close()
         return response
-
 
     @staticmethod
     async def _handshake_aio(conn: AioConnection, route: Route) -> bool:

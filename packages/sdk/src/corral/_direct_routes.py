@@ -5,13 +5,14 @@ transports per event loop), and the asyncio connection itself (one input at a ti
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import time
 import weakref
 from dataclasses import dataclass, field
 
 from corral_protocol import PROTOCOL_VERSION
-from corral_protocol.framing import FrameBuffer, FrameError, encode
+from corral_protocol.framing import CLIENT_REUSE_S, FrameBuffer, FrameError, encode
 from corral_protocol.v1 import control_pb2, worker_pb2
 
 W = worker_pb2
@@ -85,6 +86,7 @@ class AioConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = time.monotonic()
         self.handshaking = False  # deliver DirectAccepted to the waiter; otherwise it is dropped
+        self.received = 0  # bytes received for the current exchange
         self._frames = FrameBuffer()
         self._waiter: asyncio.Future[bytes] | None = None
 
@@ -96,6 +98,7 @@ class AioConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         try:
             frames = self._frames.feed(data)
         except FrameError as err:
@@ -127,8 +130,24 @@ class AioConnection(asyncio.Protocol):
             raise FrameError("the connection is closed")
         waiter = asyncio.get_running_loop().create_future()
         self._waiter = waiter
+        self.received = 0
         self.transport.write(request)
         return await waiter
+
+    def reusable(self, now: float) -> bool:
+        """An idle pooled connection that may take an input: open, not idle for too long, and with
+        nothing to read. The event loop may not have seen yet that the container closed or reset it
+        (the socket is readable then); a container never sends on an idle connection."""
+        if self.closed or self.transport is None or now - self.idle_since >= CLIENT_REUSE_S:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def close(self) -> None:
         self.closed = True

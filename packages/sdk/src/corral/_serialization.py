@@ -58,13 +58,18 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the arguments") -> common_pb2.Payload:
+def pickle_args(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the arguments") -> bytes:
     """The pickled (args, kwargs); InvalidError, before anything is sent, when it is over the payload limit."""
     data = dumps((args, kwargs))
     limit = payloads.max_payload_bytes()
     if len(data) > limit:
         raise InvalidError(payloads.too_large(what, len(data), limit))
-    return common_pb2.Payload(format=PICKLE, data=data)
+    return data
+
+
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the arguments") -> common_pb2.Payload:
+    """The pickled (args, kwargs) inline; InvalidError, before anything is sent, when it is over the payload limit."""
+    return common_pb2.Payload(format=PICKLE, data=pickle_args(args, kwargs, what))
 
 
 def decode_args(payload: common_pb2.Payload) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -85,17 +90,20 @@ def decode_call(
     function: Callable[..., Any],
     signature: inspect.Signature | None = None,
     batched: bool = False,
+    data: Any = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The arguments of a call to `function` (a bound method), checked against its signature and,
     for JSON, converted to its annotated types. Raises ArgumentError when they do not fit: the
     caller gets RESULT_STATUS_INVALID_ARGUMENT and no user code runs. `signature` saves looking it
-    up on every call."""
+    up on every call. `data`: the bytes of arguments stored as a blob, read already."""
     problem = format_problem(payload)
     if problem is not None:
         raise ArgumentError(problem)
+    if payload.blob_id and data is None:
+        raise ArgumentError(f"the arguments' blob {payload.blob_id} was not read")
     if payload.format == JSON:
-        return _json.arguments_from_json(function, payload.data, batched)
-    args, kwargs = pickle.loads(payload.data)
+        return _json.arguments_from_json(function, payload.data if data is None else bytes(data), batched)
+    args, kwargs = pickle.loads(payload.data if data is None else data)
     try:
         (signature or inspect.signature(function)).bind(*args, **kwargs)
     except TypeError as err:
@@ -110,10 +118,12 @@ def encode_value(value: Any, fmt: int = PICKLE) -> common_pb2.Payload:
     return common_pb2.Payload(format=PICKLE, data=dumps(value))
 
 
-def decode_value(payload: common_pb2.Payload) -> Any:
+def decode_value(payload: common_pb2.Payload, data: Any = None) -> Any:
+    """The value of an inline payload, or of `data` (a blob's bytes) in the payload's format."""
+    data = payload.data if data is None else data
     if payload.format == JSON:
-        return json.loads(payload.data)
-    return pickle.loads(payload.data)
+        return json.loads(data)
+    return pickle.loads(data)
 
 
 def success(value: Any, fmt: int = PICKLE) -> common_pb2.Result:
@@ -127,7 +137,9 @@ def encode_result(value: Any, fmt: int = PICKLE, method: str = "the method", dev
         result = success(value, fmt)
     except Exception as exc:
         return user_error(TypeError(f"the return value of {method} could not be serialized: {exc}"), fmt, dev_mode)
-    limit = payloads.max_payload_bytes()
+    # A PICKLE result above the blob threshold travels as a blob (container_api.offload_result);
+    # a JSON one stays inline for clients in any language, so the inline limit bounds it.
+    limit = payloads.max_payload_bytes() if fmt == PICKLE else payloads.inline_limit()
     if len(result.value.data) > limit:
         return user_error(InvalidError(payloads.too_large(f"the return value of {method}", len(result.value.data), limit)), fmt, dev_mode)
     return result
@@ -156,10 +168,13 @@ def user_error(exc: BaseException, fmt: int = PICKLE, dev_mode: bool = True) -> 
     return result
 
 
-def unwrap(result: common_pb2.Result) -> Any:
-    """Return the value of a successful Result, or raise what the call raised."""
+def unwrap(result: common_pb2.Result, data: Any = None) -> Any:
+    """Return the value of a successful Result, or raise what the call raised. `data`: the bytes
+    of a value stored as a blob (`corral._blobs.unwrap` reads them)."""
     if result.status == common_pb2.RESULT_STATUS_SUCCESS:
-        return decode_value(result.value)
+        if result.value.blob_id and data is None:
+            raise InvalidError("this result is stored as a blob; read it with corral._blobs.unwrap")
+        return decode_value(result.value, data)
     raise exception_from(result)
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from corral import _options, _serialization, _streams
+from corral import _blobs, _options, _serialization, _streams
 from corral._calls import FunctionCall, SyncAndAio, ordered_results
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
@@ -22,6 +22,7 @@ from corral.exception import InvalidError, NotFoundError, ServiceGoneError
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
+from corral_protocol import payloads
 from corral_protocol.options import batching_violation, merge_options
 from corral_protocol.v1 import common_pb2, control_pb2
 
@@ -346,20 +347,27 @@ class Method:
         return f"the arguments of {self._obj._cls.name}.{self.name}"
 
     def _remote(self, *args: Any, **kwargs: Any) -> Any:
-        payload = _serialization.encode_args(args, kwargs, self._what)
+        data = _serialization.pickle_args(args, kwargs, self._what)
         resolved, service_id = self._bound()
-        result = resolved.client.direct.call(service_id, self.name, payload)
+        client = resolved.client
+        result = None
+        if len(data) <= payloads.BLOB_THRESHOLD_BYTES:  # a blob's input goes through the queue
+            result = client.direct.call(service_id, self.name, common_pb2.Payload(format=_serialization.PICKLE, data=data))
         if result is None:
-            result = self._invoke(payload, wait=True)[1].result
-        return _serialization.unwrap(result)
+            result = self._invoke(_blobs.payload(client, _serialization.PICKLE, data), wait=True)[1].result
+        return _blobs.unwrap(result, client)
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
-        payload = _serialization.encode_args(args, kwargs, self._what)
+        data = _serialization.pickle_args(args, kwargs, self._what)
         resolved, service_id = await self._bound_aio()
-        result = await resolved.client.direct.call_aio(service_id, self.name, payload)
+        client = resolved.client
+        result = None
+        if len(data) <= payloads.BLOB_THRESHOLD_BYTES:
+            result = await client.direct.call_aio(service_id, self.name, common_pb2.Payload(format=_serialization.PICKLE, data=data))
         if result is None:
+            payload = await _blobs.payload_aio(client, _serialization.PICKLE, data)
             result = (await self._invoke_aio(payload, wait=True))[1].result
-        return _serialization.unwrap(result)
+        return await _blobs.unwrap_aio(result, client)
 
     def _stream_request(self, resolved: ResolvedClass, service_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> control_pb2.InvokeStreamRequest:
         if not any(m.name == self.name and m.is_generator for m in resolved.class_def.methods):
@@ -379,11 +387,15 @@ class Method:
                 yield item
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        resolved, response = self._invoke(_serialization.encode_args(args, kwargs, self._what), wait=False)
+        data = _serialization.pickle_args(args, kwargs, self._what)
+        client = self._bound()[0].client
+        resolved, response = self._invoke(_blobs.payload(client, _serialization.PICKLE, data), wait=False)
         return FunctionCall(response.call_id, resolved.client)
 
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        resolved, response = await self._invoke_aio(_serialization.encode_args(args, kwargs, self._what), wait=False)
+        data = _serialization.pickle_args(args, kwargs, self._what)
+        client = (await self._bound_aio())[0].client
+        resolved, response = await self._invoke_aio(await _blobs.payload_aio(client, _serialization.PICKLE, data), wait=False)
         return FunctionCall(response.call_id, resolved.client)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:

@@ -274,17 +274,27 @@ class Payload(_message.Message):
 
     FORMAT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    BLOB_ID_FIELD_NUMBER: _builtins.int
+    BLOB_SIZE_FIELD_NUMBER: _builtins.int
     format: Global___PayloadFormat.ValueType
     data: _builtins.bytes
+    blob_id: _builtins.str
+    """Set instead of `data` for a payload above the inline threshold (2 MiB): the sha256 (lowercase
+    hex) of the serialized bytes, stored with ControlService.PutBlob and read with GetBlob.
+    """
+    blob_size: _builtins.int
+    """The size of the blob's bytes, when blob_id is set."""
     def __init__(
         self,
         *,
         format: Global___PayloadFormat.ValueType = ...,
         data: _builtins.bytes = ...,
+        blob_id: _builtins.str = ...,
+        blob_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "format", b"format"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "blob_size", b"blob_size", "data", b"data", "format", b"format"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

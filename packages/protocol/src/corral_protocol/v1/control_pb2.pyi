@@ -153,6 +153,99 @@ NODE_STATE_LOST: NodeState.ValueType  # 5
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 @_typing.final
+class PutBlobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    FOR_DIRECT_CALLER_FIELD_NUMBER: _builtins.int
+    blob_id: _builtins.str
+    """Set on the first message: the sha256 (lowercase hex) and the size of the whole blob."""
+    size: _builtins.int
+    chunk: _builtins.bytes
+    for_direct_caller: _builtins.bool
+    """Set by a container on the first message for the result of a direct input: the control plane
+    cannot tell which token will read it, so any token that names the blob may.
+    """
+    def __init__(
+        self,
+        *,
+        blob_id: _builtins.str = ...,
+        size: _builtins.int = ...,
+        chunk: _builtins.bytes = ...,
+        for_direct_caller: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "chunk", b"chunk", "for_direct_caller", b"for_direct_caller", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutBlobRequest: _TypeAlias = PutBlobRequest  # noqa: Y015
+
+@_typing.final
+class PutBlobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_ID_FIELD_NUMBER: _builtins.int
+    blob_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        blob_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutBlobResponse: _TypeAlias = PutBlobResponse  # noqa: Y015
+
+@_typing.final
+class GetBlobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_ID_FIELD_NUMBER: _builtins.int
+    blob_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        blob_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBlobRequest: _TypeAlias = GetBlobRequest  # noqa: Y015
+
+@_typing.final
+class GetBlobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    """Set on the first message: the blob's size."""
+    chunk: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBlobResponse: _TypeAlias = GetBlobResponse  # noqa: Y015
+
+@_typing.final
 class HasBundleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -180,6 +180,16 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.DrainNodeResponse.FromString,
                 _registered_method=True)
+        self.PutBlob = channel.stream_unary(
+                '/corral.v1.ControlService/PutBlob',
+                request_serializer=corral_dot_v1_dot_control__pb2.PutBlobRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.PutBlobResponse.FromString,
+                _registered_method=True)
+        self.GetBlob = channel.unary_stream(
+                '/corral.v1.ControlService/GetBlob',
+                request_serializer=corral_dot_v1_dot_control__pb2.GetBlobRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.GetBlobResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -382,6 +392,23 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutBlob(self, request_iterator, context):
+        """Store a payload too large to travel inline (see Payload.blob_id), streamed in chunks; it is
+        kept while a call refers to it (and a short grace after). An upload whose bytes do not match
+        the declared size and sha256 is not stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBlob(self, request, context):
+        """A stored blob, streamed in chunks. A container's token may read only the blobs of inputs sent
+        to it and of results it collected (PERMISSION_DENIED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -529,6 +556,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.DrainNode,
                     request_deserializer=corral_dot_v1_dot_control__pb2.DrainNodeRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.DrainNodeResponse.SerializeToString,
+            ),
+            'PutBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutBlob,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.PutBlobRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.PutBlobResponse.SerializeToString,
+            ),
+            'GetBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetBlob,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.GetBlobRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.GetBlobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1315,6 +1352,60 @@ class ControlService:
             '/corral.v1.ControlService/DrainNode',
             corral_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.DrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/corral.v1.ControlService/PutBlob',
+            corral_dot_v1_dot_control__pb2.PutBlobRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.PutBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.ControlService/GetBlob',
+            corral_dot_v1_dot_control__pb2.GetBlobRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.GetBlobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,15 @@ class ControlServiceStub:
     exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
     comes at once (ListNodes shows the progress).
     """
+    PutBlob: _grpc.StreamUnaryMultiCallable[_control_pb2.PutBlobRequest, _control_pb2.PutBlobResponse]
+    """Store a payload too large to travel inline (see Payload.blob_id), streamed in chunks; it is
+    kept while a call refers to it (and a short grace after). An upload whose bytes do not match
+    the declared size and sha256 is not stored.
+    """
+    GetBlob: _grpc.UnaryStreamMultiCallable[_control_pb2.GetBlobRequest, _control_pb2.GetBlobResponse]
+    """A stored blob, streamed in chunks. A container's token may read only the blobs of inputs sent
+    to it and of results it collected (PERMISSION_DENIED otherwise).
+    """
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -152,6 +161,15 @@ class ControlServiceAsyncStub(ControlServiceStub):
     elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
     exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
     comes at once (ListNodes shows the progress).
+    """
+    PutBlob: _aio.StreamUnaryMultiCallable[_control_pb2.PutBlobRequest, _control_pb2.PutBlobResponse]  # type: ignore[assignment]
+    """Store a payload too large to travel inline (see Payload.blob_id), streamed in chunks; it is
+    kept while a call refers to it (and a short grace after). An upload whose bytes do not match
+    the declared size and sha256 is not stored.
+    """
+    GetBlob: _aio.UnaryStreamMultiCallable[_control_pb2.GetBlobRequest, _control_pb2.GetBlobResponse]  # type: ignore[assignment]
+    """A stored blob, streamed in chunks. A container's token may read only the blobs of inputs sent
+    to it and of results it collected (PERMISSION_DENIED otherwise).
     """
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -386,6 +404,27 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
         exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
         comes at once (ListNodes shows the progress).
+        """
+
+    @_abc_1.abstractmethod
+    def PutBlob(
+        self,
+        request_iterator: _MaybeAsyncIterator[_control_pb2.PutBlobRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.PutBlobResponse, _abc.Awaitable[_control_pb2.PutBlobResponse]]:
+        """Store a payload too large to travel inline (see Payload.blob_id), streamed in chunks; it is
+        kept while a call refers to it (and a short grace after). An upload whose bytes do not match
+        the declared size and sha256 is not stored.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBlob(
+        self,
+        request: _control_pb2.GetBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.GetBlobResponse], _abc.AsyncIterator[_control_pb2.GetBlobResponse]]:
+        """A stored blob, streamed in chunks. A container's token may read only the blobs of inputs sent
+        to it and of results it collected (PERMISSION_DENIED otherwise).
         """
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

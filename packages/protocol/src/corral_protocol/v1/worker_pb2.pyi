@@ -54,6 +54,44 @@ both sizes. The input was not run; the connection stays usable.
 Global___DirectRejectReason: _TypeAlias = DirectRejectReason  # noqa: Y015
 
 @_typing.final
+class DeliverOutputsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Output]: ...
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        outputs: _abc.Iterable[Global___Output] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "outputs", b"outputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverOutputsRequest: _TypeAlias = DeliverOutputsRequest  # noqa: Y015
+
+@_typing.final
+class DeliverOutputsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverOutputsResponse: _TypeAlias = DeliverOutputsResponse  # noqa: Y015
+
+@_typing.final
 class WorkerSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

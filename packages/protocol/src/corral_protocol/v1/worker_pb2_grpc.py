@@ -40,6 +40,11 @@ class WorkerServiceStub:
                 request_serializer=corral_dot_v1_dot_worker__pb2.WorkerSessionRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_worker__pb2.WorkerSessionResponse.FromString,
                 _registered_method=True)
+        self.DeliverOutputs = channel.unary_unary(
+                '/corral.v1.WorkerService/DeliverOutputs',
+                request_serializer=corral_dot_v1_dot_worker__pb2.DeliverOutputsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_worker__pb2.DeliverOutputsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -52,6 +57,15 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverOutputs(self, request, context):
+        """A worker whose session ended while it ran spawned inputs finishes them and delivers their
+        outputs here to the restarted control plane, which takes each one that it awaits from this
+        container (and ignores the rest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +73,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.WorkerSession,
                     request_deserializer=corral_dot_v1_dot_worker__pb2.WorkerSessionRequest.FromString,
                     response_serializer=corral_dot_v1_dot_worker__pb2.WorkerSessionResponse.SerializeToString,
+            ),
+            'DeliverOutputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverOutputs,
+                    request_deserializer=corral_dot_v1_dot_worker__pb2.DeliverOutputsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_worker__pb2.DeliverOutputsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +108,33 @@ class WorkerService:
             '/corral.v1.WorkerService/WorkerSession',
             corral_dot_v1_dot_worker__pb2.WorkerSessionRequest.SerializeToString,
             corral_dot_v1_dot_worker__pb2.WorkerSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverOutputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.WorkerService/DeliverOutputs',
+            corral_dot_v1_dot_worker__pb2.DeliverOutputsRequest.SerializeToString,
+            corral_dot_v1_dot_worker__pb2.DeliverOutputsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,11 @@ class WorkerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> WorkerServiceAsyncStub: ...
     WorkerSession: _grpc.StreamStreamMultiCallable[_worker_pb2.WorkerSessionRequest, _worker_pb2.WorkerSessionResponse]
+    DeliverOutputs: _grpc.UnaryUnaryMultiCallable[_worker_pb2.DeliverOutputsRequest, _worker_pb2.DeliverOutputsResponse]
+    """A worker whose session ended while it ran spawned inputs finishes them and delivers their
+    outputs here to the restarted control plane, which takes each one that it awaits from this
+    container (and ignores the rest).
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -41,6 +46,11 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     WorkerSession: _aio.StreamStreamMultiCallable[_worker_pb2.WorkerSessionRequest, _worker_pb2.WorkerSessionResponse]  # type: ignore[assignment]
+    DeliverOutputs: _aio.UnaryUnaryMultiCallable[_worker_pb2.DeliverOutputsRequest, _worker_pb2.DeliverOutputsResponse]  # type: ignore[assignment]
+    """A worker whose session ended while it ran spawned inputs finishes them and delivers their
+    outputs here to the restarted control plane, which takes each one that it awaits from this
+    container (and ignores the rest).
+    """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API that containers use: inputs in, outputs out."""
@@ -51,5 +61,16 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_worker_pb2.WorkerSessionRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_worker_pb2.WorkerSessionResponse], _abc.AsyncIterator[_worker_pb2.WorkerSessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeliverOutputs(
+        self,
+        request: _worker_pb2.DeliverOutputsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.DeliverOutputsResponse, _abc.Awaitable[_worker_pb2.DeliverOutputsResponse]]:
+        """A worker whose session ended while it ran spawned inputs finishes them and delivers their
+        outputs here to the restarted control plane, which takes each one that it awaits from this
+        container (and ignores the rest).
+        """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
