@@ -13,7 +13,6 @@ import signal
 import socket
 import sys
 import time
-import zipfile
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
@@ -23,23 +22,22 @@ import grpc
 
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
 from corral_protocol import env as corral_env
-from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
-from corral_runtime import criu, namespaces, oci, runtimes
+from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc
+from corral_runtime import criu, runtimes
+from corral_runtime.container_launcher import ContainerLauncher
 from corral_runtime.container_process import ContainerProcess
-from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
-from corral_runtime.node_images import NodeImages, image_command, uses_image
-from corral_runtime.redaction import Redactor, secret_keys
+from corral_runtime.inventory import GpuSource, gpu_source, read_inventory, with_gpus
+from corral_runtime.node_images import NodeImages, image_command
+from corral_runtime.redaction import Redactor
 from corral_runtime.runc import RuncRuntime, parse_volumes
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
-from corral_runtime.snapshots import IDENTITY_FILE, CriuError, SnapshotStore
+from corral_runtime.snapshots import IDENTITY_FILE, SnapshotStore
 from corral_runtime.snapshotter import LAZY_PAGES_ENV, Snapshotter, release_lazy_pages
 
 __all__ = ["LAZY_PAGES_ENV", "ContainerProcess", "NodeDaemon"]
 
 log = logging.getLogger("corral.runtime")
 
-# Credentials of the node or the user never reach a container: it gets only its own token.
-_SCRUBBED_ENV = corral_env.NODE_CREDENTIALS
 MIB = 1024 * 1024
 
 
@@ -73,15 +71,12 @@ class NodeDaemon:
         self.node_id = ""
         self.containers: dict[str, ContainerProcess] = {}
         self._events: asyncio.Queue[node_pb2.NodeSessionRequest] = asyncio.Queue()
-        self._bundle_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: grpc.aio.Channel | None = None
         self._log_stream = log_stream or sys.stderr
         self.registered = asyncio.Event()
         self.advertise_host = advertise_host  # where this node's containers accept direct inputs
         self.sandbox = self._sandbox(isolation, volumes)
-        # Images need runc: the root filesystem of a container is the image's layers.
-        self.images = NodeImages(self.sandbox, work_dir, self._bundle_dir, self._log_stream) if isinstance(self.sandbox, RuncRuntime) else None
         self.snapshots: SnapshotStore | None = None
         self.snapshotter: Snapshotter | None = None
         criu_path = criu.find_criu() if self.inventory.snapshots.available else None
@@ -100,6 +95,14 @@ class NodeDaemon:
                 lazy_pages=lazy_pages if lazy_pages is not None else os.environ.get(LAZY_PAGES_ENV),
                 spawn_task=self._spawn_task, sandbox=self.sandbox,
             )
+        self.launcher = ContainerLauncher(
+            work_dir, control_url=control_url, advertise_host=advertise_host, fetch_bundle=self._fetch_bundle,
+            sandbox=self.sandbox, images=None, snapshots=self.snapshots, snapshotter=self.snapshotter,
+            gpu_checkpoint=self.inventory.snapshots.gpu_checkpoint,
+        )
+        # Images need runc: the root filesystem of a container is the image's layers.
+        self.images = NodeImages(self.sandbox, work_dir, self.launcher.bundle_dir, self._log_stream) if isinstance(self.sandbox, RuncRuntime) else None
+        self.launcher.images = self.images
 
     def _sandbox(self, setting: str | None, volumes: str | None) -> runtimes.OciRuntime | None:
         """The runc runtime, or None (plain processes, with a loud warning) where it cannot run.
@@ -224,83 +227,27 @@ class NodeDaemon:
     def _emit(self, **event: object) -> None:
         self._events.put_nowait(node_pb2.NodeSessionRequest(**event))  # type: ignore[arg-type]
 
-    async def _bundle_dir(self, bundle_hash: str) -> Path:
-        target = self.work_dir / "bundles" / bundle_hash
-        if target.exists():
-            return target
-        lock = self._bundle_locks.setdefault(bundle_hash, asyncio.Lock())
-        async with lock:
-            if target.exists():
-                return target
-            assert self._channel is not None
-            stub = node_pb2_grpc.NodeServiceStub(self._channel)
-            parts = [chunk.data async for chunk in stub.GetBundle(node_pb2.GetBundleRequest(hash=bundle_hash), metadata=self.metadata)]
-            archive = self.work_dir / "bundles" / f"{bundle_hash}.zip.part"
-            archive.parent.mkdir(parents=True, exist_ok=True)
-            archive.write_bytes(b"".join(parts))
-            staging = self.work_dir / "bundles" / f"{bundle_hash}.staging{os.getpid()}"
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(staging)
-            os.replace(staging, target)
-            archive.unlink()
-        return target
-
-    def _container_env(self, start: node_pb2.StartContainer, bundle: Path) -> dict[str, str]:
-        """What a container's environment adds to the node's: its identity, secrets and GPUs."""
-        env = dict(start.env)
-        env.update({
-            corral_env.CORRAL_CONTAINER_ID: start.container_id,
-            corral_env.CORRAL_CONTAINER_TOKEN: start.container_token,
-            corral_env.CORRAL_CONTROL_URL: self.control_url,
-            corral_env.CORRAL_BUNDLE_DIR: oci.BUNDLE_MOUNT if self.sandbox is not None else str(bundle),
-            corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
-            "CUDA_VISIBLE_DEVICES": cuda_visible_devices(start),
-            "PYTHONUNBUFFERED": "1",
-            corral_env.CORRAL_SECRET_KEYS: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
-        })
-        return env
+    async def _fetch_bundle(self, bundle_hash: str) -> bytes:
+        """A code bundle's zip archive, from the control plane."""
+        assert self._channel is not None
+        stub = node_pb2_grpc.NodeServiceStub(self._channel)
+        parts = [chunk.data async for chunk in stub.GetBundle(node_pb2.GetBundleRequest(hash=bundle_hash), metadata=self.metadata)]
+        return b"".join(parts)
 
     async def _start(self, start: node_pb2.StartContainer) -> None:
         container_id = start.container_id
-        snapshot_error = ""
         try:
-            bundle = await self._bundle_dir(start.bundle_hash)
-            workdir = self.work_dir / "containers" / container_id
-            workdir.mkdir(parents=True, exist_ok=True)
-            container_env = self._container_env(start, bundle)
-            if self.images is not None and uses_image(start):
-                assert isinstance(self.sandbox, RuncRuntime)
-                self.sandbox.image_runs[container_id] = await self.images.prepare(start)
-            image = None
-            if start.snapshot_key and not start.take_snapshot and self.snapshots is not None:
-                image = self.snapshots.find(start.app_id, start.snapshot_key)
-                if image is None:
-                    snapshot_error = "this node holds no image for the key"
-            container = None
-            if image is not None:
-                assert self.snapshotter is not None
-                try:
-                    container = await self.snapshotter.restore(start, image, workdir, container_env, bundle)
-                except (CriuError, OSError) as err:
-                    snapshot_error = str(err)
-                    log.warning("container %s: restore of snapshot %s failed, starting cold instead: %s",
-                                container_id, start.snapshot_key[:12], err)
-                    assert self.snapshots is not None
-                    self.snapshots.remove(image.path)  # corrupt or unusable here; the next start takes a new one
-            if container is None:
-                container = await self._spawn(start, workdir, container_env, bundle)
+            launched = await self.launcher.launch(start)
         except Exception as err:
             log.exception("cannot start container %s", container_id)
-            self._forget_image(container_id)
-            if self.sandbox is not None:
-                await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
+            await self.launcher.abandon(container_id)
             self._emit(container_exited=node_pb2.ContainerExited(container_id=container_id, exit_code=-1, reason=f"the node could not start it: {err}"))
             return
-        restored = image is not None and not snapshot_error
+        container = launched.container
         self.containers[container_id] = container
         self._emit(container_started=node_pb2.ContainerStarted(
             container_id=container_id, pid=container.signal_pid() or container.process.pid,
-            restored_from_snapshot=restored, snapshot_error=snapshot_error,
+            restored_from_snapshot=launched.restored, snapshot_error=launched.snapshot_error,
         ))
         process = container.process
         assert process.stdout is not None and process.stderr is not None
@@ -324,79 +271,11 @@ class NodeDaemon:
             with contextlib.suppress(OSError):
                 os.close(container.stdin_fd)
         self.containers.pop(container_id, None)
-        self._forget_image(container_id)
+        self.launcher.forget_image(container_id)
         reason = container.kill_reason or ("it exited" if code == 0 else f"it was killed by signal {-code}" if code < 0 else "it exited with an error")
         self._emit(container_exited=node_pb2.ContainerExited(
             container_id=container_id, exit_code=code, reason=reason, stderr_tail="".join(container.stderr_tail),
         ))
-
-    def _forget_image(self, container_id: str) -> None:
-        if self.images is not None:
-            self.images.release(container_id)
-    async def _spawn(self, start: node_pb2.StartContainer, workdir: Path, container_env: dict[str, str], bundle: Path) -> ContainerProcess:
-        """A cold start. When it is to take a snapshot, the worker runs as pid 1 of its own pid
-        namespace, without secrets, its real token or GPUs; those come with its identity after the dump."""
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-        argv = [sys.executable, "-m", "corral_runtime.worker"]
-        image_run = self.sandbox.image_runs.get(start.container_id) if isinstance(self.sandbox, RuncRuntime) else None
-        if image_run is not None:  # the image's Python and a clean environment, not the node's
-            argv, _root, env = list(image_run[0]), image_run[1], dict(image_run[2])
-        take = start.take_snapshot and self.snapshots is not None
-        gpu_visible = not take or self.inventory.snapshots.gpu_checkpoint
-        cwd = workdir
-        if take:
-            env.update({
-                corral_env.CORRAL_CONTAINER_ID: start.container_id,
-                corral_env.CORRAL_CONTAINER_TOKEN: start.pre_snapshot_token,
-                corral_env.CORRAL_CONTROL_URL: self.control_url,
-                corral_env.CORRAL_BUNDLE_DIR: container_env[corral_env.CORRAL_BUNDLE_DIR],
-                "CUDA_VISIBLE_DEVICES": container_env["CUDA_VISIBLE_DEVICES"] if gpu_visible else "",
-                "PYTHONUNBUFFERED": "1",
-            })
-        else:
-            env.update(container_env)
-        stdin = asyncio.subprocess.PIPE if take else asyncio.subprocess.DEVNULL
-        if self.sandbox is not None:
-            # The worker's environment is in config.json; runc itself runs with the node's.
-            env.pop("TMPDIR", None)  # the host's; the container has its own /tmp
-            env.update(HOME=oci.CONTAINER_CWD, PYTHONDONTWRITEBYTECODE="1")
-            self._prepare_sandbox(start, workdir, argv, env, bundle, gpu_visible=gpu_visible)
-            process = await asyncio.create_subprocess_exec(
-                *self.sandbox.run_argv(start.container_id, workdir), cwd=workdir, stdin=stdin,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )
-            container = ContainerProcess(start.container_id, process, in_namespace=True, pid_file=self.sandbox.pid_file(workdir))
-            identity_workdir = oci.CONTAINER_CWD
-        else:
-            if take:
-                cwd = self.work_dir / "snapshot-cwd"  # outlives this container: restored copies start there
-                cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
-                argv = namespaces.command(argv)
-            process = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=env, stdin=stdin,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )
-            container = ContainerProcess(start.container_id, process, in_namespace=take)
-            identity_workdir = str(workdir)
-        if take:
-            container.start = start
-            container.identity = worker_pb2.SnapshotIdentity(env=container_env, workdir=identity_workdir, restored=False)
-        return container
-
-    def _prepare_sandbox(self, start: node_pb2.StartContainer, workdir: Path, argv: list[str], env: dict[str, str], bundle: Path,
-                      *, gpu_visible: bool) -> None:
-        """The container's OCI bundle and cgroup, its limits from the class's cpu= and memory=."""
-        assert self.sandbox is not None
-        if (start.gpu_indices or start.gpu_uuids) and gpu_visible and not self.sandbox.capabilities.gpu:
-            raise RuntimeError(f"this node's container runtime ({self.sandbox.name}) cannot give containers GPUs")
-        resources = start.resources
-        self.sandbox.prepare(
-            start.container_id, workdir, args=argv, env=env, code_bundle=bundle,
-            cpu=resources.cpu_limit, memory_mib=resources.memory_limit_mib,
-            gpu_indices=list(start.gpu_indices) if gpu_visible else [],
-            image=self.sandbox.image_runs[start.container_id][1] if isinstance(self.sandbox, RuncRuntime)
-            and start.container_id in self.sandbox.image_runs else None,
-        )
 
     async def _take_snapshot(self, container: ContainerProcess) -> None:
         """The worker reached its snapshot point: the snapshotter dumps it; the result goes to the control plane."""
