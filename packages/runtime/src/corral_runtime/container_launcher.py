@@ -32,11 +32,24 @@ __all__ = ["ContainerLauncher", "Launched"]
 
 log = logging.getLogger("corral.runtime")
 
-# Credentials of the node or the user never reach a container: it gets only its own token.
-_SCRUBBED_ENV = corral_env.NODE_CREDENTIALS
 
 # Fetches a code bundle (a zip archive) from the control plane by its hash.
 FetchBundle = Callable[[str], Awaitable[bytes]]
+
+
+def base_env(*, home: str, sandboxed: bool) -> dict[str, str]:
+    """What a container's environment starts from: the node's variables on the allow-list
+    (`corral_protocol.env.container_base_env`; the node's credentials and anything else it holds
+    stay on the node) and the runtime's own settings. Plain processes get the same list."""
+    return {**corral_env.container_base_env(os.environ), **runtime_settings(home=home, sandboxed=sandboxed)}
+
+
+def runtime_settings(*, home: str, sandboxed: bool) -> dict[str, str]:
+    """The variables the runtime sets in every container, on the node's environment or an image's."""
+    settings = {"HOME": home, "PYTHONUNBUFFERED": "1"}
+    if sandboxed:
+        settings["PYTHONDONTWRITEBYTECODE"] = "1"  # the Python environment is read-only inside
+    return settings
 
 
 @dataclass
@@ -163,14 +176,17 @@ class ContainerLauncher:
     async def _spawn(self, start: node_pb2.StartContainer, workdir: Path, container_env: dict[str, str], bundle: Path) -> ContainerProcess:
         """A cold start. When it is to take a snapshot, the worker runs as pid 1 of its own pid
         namespace, without secrets, its real token or GPUs; those come with its identity after the dump."""
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        take = start.take_snapshot and self.snapshots is not None
+        cwd = workdir
+        if self.sandbox is None and take:
+            cwd = self.work_dir / "snapshot-cwd"  # outlives this container: restored copies start there
+        home, sandboxed = oci.CONTAINER_CWD if self.sandbox is not None else str(cwd), self.sandbox is not None
+        env = base_env(home=home, sandboxed=sandboxed)
         argv = [sys.executable, "-m", "corral_runtime.worker"]
         image_run = self.sandbox.image_runs.get(start.container_id) if isinstance(self.sandbox, RuncRuntime) else None
         if image_run is not None:  # the image's Python and a clean environment, not the node's
-            argv, _root, env = list(image_run[0]), image_run[1], dict(image_run[2])
-        take = start.take_snapshot and self.snapshots is not None
+            argv, env = list(image_run[0]), {**image_run[2], **runtime_settings(home=home, sandboxed=sandboxed)}
         gpu_visible = not take or self.gpu_checkpoint
-        cwd = workdir
         if take:
             env.update({
                 corral_env.CORRAL_CONTAINER_ID: start.container_id,
@@ -178,15 +194,12 @@ class ContainerLauncher:
                 corral_env.CORRAL_CONTROL_URL: self.control_url,
                 corral_env.CORRAL_BUNDLE_DIR: container_env[corral_env.CORRAL_BUNDLE_DIR],
                 "CUDA_VISIBLE_DEVICES": container_env["CUDA_VISIBLE_DEVICES"] if gpu_visible else "",
-                "PYTHONUNBUFFERED": "1",
             })
         else:
             env.update(container_env)
         stdin = asyncio.subprocess.PIPE if take else asyncio.subprocess.DEVNULL
         if self.sandbox is not None:
             # The worker's environment is in config.json; runc itself runs with the node's.
-            env.pop("TMPDIR", None)  # the host's; the container has its own /tmp
-            env.update(HOME=oci.CONTAINER_CWD, PYTHONDONTWRITEBYTECODE="1")
             self._prepare_sandbox(start, workdir, argv, env, bundle, gpu_visible=gpu_visible)
             process = await asyncio.create_subprocess_exec(
                 *self.sandbox.run_argv(start.container_id, workdir), cwd=workdir, stdin=stdin,
@@ -196,7 +209,6 @@ class ContainerLauncher:
             identity_workdir = oci.CONTAINER_CWD
         else:
             if take:
-                cwd = self.work_dir / "snapshot-cwd"  # outlives this container: restored copies start there
                 cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
                 argv = namespaces.command(argv)
             process = await asyncio.create_subprocess_exec(
