@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sys
 import zipfile
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 from corral_protocol import env as corral_env
 from corral_protocol.v1 import node_pb2, worker_pb2
 from corral_runtime import namespaces, oci, runtimes
+from corral_runtime.cgroups import Usage
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.inventory import cuda_visible_devices
 from corral_runtime.node_images import NodeImages, uses_image
@@ -27,6 +29,7 @@ from corral_runtime.redaction import secret_keys
 from corral_runtime.runc import RuncRuntime
 from corral_runtime.snapshots import CriuError, SnapshotStore
 from corral_runtime.snapshotter import Snapshotter
+from corral_runtime.warm_pool import WarmPool, eligible
 
 __all__ = ["ContainerLauncher", "Launched"]
 
@@ -79,6 +82,7 @@ class ContainerLauncher:
         snapshots: SnapshotStore | None,
         snapshotter: Snapshotter | None,
         gpu_checkpoint: bool,
+        warm_pool: int = 0,
     ) -> None:
         self.work_dir = work_dir
         self.control_url = control_url
@@ -90,6 +94,19 @@ class ContainerLauncher:
         self.snapshotter = snapshotter
         self.gpu_checkpoint = gpu_checkpoint
         self._bundle_locks: dict[str, asyncio.Lock] = {}
+        # Containers started ahead (isolated nodes only: plain processes start fast enough).
+        self.pool = WarmPool(sandbox, work_dir, size=warm_pool, env=base_env(home=oci.CONTAINER_CWD, sandboxed=True)) \
+            if isinstance(sandbox, RuncRuntime) and warm_pool > 0 else None
+
+    def start_pool(self) -> None:
+        """Start filling the warm pool, if this node keeps one."""
+        if self.pool is not None:
+            self.pool.start()
+
+    async def close(self) -> None:
+        """The node stops: remove the containers still waiting in the warm pool."""
+        if self.pool is not None:
+            await self.pool.close()
 
     def workdir(self, container_id: str) -> Path:
         """The node's directory of one container (its OCI bundle, pid file, identity file)."""
@@ -102,10 +119,15 @@ class ContainerLauncher:
         container_id = start.container_id
         snapshot_error = ""
         bundle = await self.bundle_dir(start.bundle_hash)
+        container_env = self._container_env(start, bundle)
+        with_image = self.images is not None and uses_image(start)
+        if self.pool is not None and eligible(start, uses_image=with_image):
+            pooled = await self.pool.assign(start, container_env, bundle)
+            if pooled is not None:
+                return Launched(pooled, restored=False)
         workdir = self.workdir(container_id)
         workdir.mkdir(parents=True, exist_ok=True)
-        container_env = self._container_env(start, bundle)
-        if self.images is not None and uses_image(start):
+        if self.images is not None and with_image:
             assert isinstance(self.sandbox, RuncRuntime)
             self.sandbox.image_runs[container_id] = await self.images.prepare(start)
         image = None
@@ -127,6 +149,16 @@ class ContainerLauncher:
         if container is None:
             container = await self._spawn(start, workdir, container_env, bundle)
         return Launched(container, restored=image is not None and not snapshot_error, snapshot_error=snapshot_error)
+
+    async def remove_sandbox(self, container: ContainerProcess) -> Usage:
+        """After an isolated container's exit: its last usage, then its runc state, cgroup and
+        bundle removed (a warm-pool container's whole directory too: it is never used again)."""
+        assert self.sandbox is not None
+        workdir = container.workdir or self.workdir(container.container_id)
+        usage = await self.sandbox.remove(container.runtime_id or container.container_id, workdir)
+        if container.runtime_id:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return usage
 
     async def abandon(self, container_id: str) -> None:
         """A launch failed: release its image and remove whatever of its sandbox exists."""

@@ -41,6 +41,19 @@ log = logging.getLogger("corral.runtime")
 MIB = 1024 * 1024
 
 
+def warm_pool_size(setting: int | None) -> int:
+    """The warm pool's size: `setting` (`--warm-pool`), else $CORRAL_NODE_WARM_POOL, else the default."""
+    if setting is not None:
+        return max(0, setting)
+    text = os.environ.get(corral_env.CORRAL_NODE_WARM_POOL, "").strip()
+    try:
+        return max(0, int(text)) if text else corral_env.DEFAULT_WARM_POOL
+    except ValueError:
+        log.warning("%s=%r is not a number; the warm pool keeps its default size %d",
+                    corral_env.CORRAL_NODE_WARM_POOL, text, corral_env.DEFAULT_WARM_POOL)
+        return corral_env.DEFAULT_WARM_POOL
+
+
 class NodeDaemon:
     """One node: its session with the control plane and its containers' lifecycle. Snapshots are
     taken and restored by its `Snapshotter` (None where this host cannot snapshot)."""
@@ -59,6 +72,7 @@ class NodeDaemon:
         simulate_gpus: str | None = None,
         isolation: str | None = None,
         volumes: str | None = None,
+        warm_pool: int | None = None,
     ) -> None:
         self.control_url = control_url
         self.target = control_url.split("://", 1)[-1]
@@ -98,7 +112,7 @@ class NodeDaemon:
         self.launcher = ContainerLauncher(
             work_dir, control_url=control_url, advertise_host=advertise_host, fetch_bundle=self._fetch_bundle,
             sandbox=self.sandbox, images=None, snapshots=self.snapshots, snapshotter=self.snapshotter,
-            gpu_checkpoint=self.inventory.snapshots.gpu_checkpoint,
+            gpu_checkpoint=self.inventory.snapshots.gpu_checkpoint, warm_pool=warm_pool_size(warm_pool),
         )
         # Images need runc: the root filesystem of a container is the image's layers.
         self.images = NodeImages(self.sandbox, work_dir, self.launcher.bundle_dir, self._log_stream) if isinstance(self.sandbox, RuncRuntime) else None
@@ -138,6 +152,7 @@ class NodeDaemon:
     async def run(self) -> None:
         """Serve until cancelled, reconnecting to the control plane when the connection drops."""
         self._channel = grpc.aio.insecure_channel(self.target)
+        self.launcher.start_pool()
         stub = node_pb2_grpc.NodeServiceStub(self._channel)
         delay = 0.2
         try:
@@ -208,7 +223,7 @@ class NodeDaemon:
         now = time.monotonic()
         reports = []
         for container_id, container in self.containers.items():
-            usage = self.sandbox.usage(container_id)
+            usage = self.sandbox.usage(container.runtime_id or container_id)
             previous, container.cpu_sample = container.cpu_sample, (usage.cpu_seconds, now)
             cores = 0.0
             if previous is not None and now > previous[1]:
@@ -261,7 +276,7 @@ class NodeDaemon:
         with contextlib.suppress(OSError):  # a worker that died before reading its identity leaves its secrets there
             (self.work_dir / "containers" / container_id / IDENTITY_FILE).unlink()
         if self.sandbox is not None and container.pid_file is not None:
-            usage = await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
+            usage = await self.launcher.remove_sandbox(container)
             if code > 128:  # runc reports a container killed by signal N as 128 + N
                 code = 128 - code
             if (usage.oom_kills or (code == -signal.SIGKILL and usage.limit_hits)) and not container.kill_reason:
@@ -332,5 +347,6 @@ class NodeDaemon:
         await asyncio.gather(*(self._stop(cid, grace_s) for cid in list(self.containers)))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        await self.launcher.close()
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.stop_reaper)  # it removes anything still left
