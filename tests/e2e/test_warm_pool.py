@@ -114,10 +114,11 @@ def test_a_pooled_container_gets_its_class_memory_limit(pool_cluster: Cluster) -
     wait_for(lambda: len(_waiting(pool_cluster)) >= 1, timeout=60, message="a warm container")
     before = set(_assignments(pool_cluster))
     with warm_pool_app.app.run(client=client_for(pool_cluster)):
-        assert PooledHog().allocate.remote(16) == 16
-        assert set(_assignments(pool_cluster)) - before  # its container came from the pool
+        # The first call, so it goes through the control plane, which reports why the container exited
+        # (a later one on the direct path sees the connection drop first).
         with pytest.raises(ContainerExitedError, match=r"out of memory \(limit 128 MiB\)"):
             PooledHog().allocate.remote(512)
+    assert set(_assignments(pool_cluster)) - before  # its container came from the pool
 
 
 @pytest.mark.timeout(120)
