@@ -560,7 +560,8 @@ def report(
         rows.append(("  node's warm pool (containers started ahead)", "", str(c.cold.warm_pool) if c.cold.warm_pool else "off", ""))
     if plain is not None:
         rows.append(("  same cold starts, plain processes (median / p90)", "", f"{ms(plain.p50)} / {ms(plain.p90)}", ""))
-        rows.append(("  sandbox's share (difference of medians)", "", ms(cold.p50 - plain.p50), ""))
+        label = "isolated with the warm pool minus plain processes" if c.cold.warm_pool else "sandbox's share"
+        rows.append((f"  {label} (difference of medians)", "", ms(cold.p50 - plain.p50), ""))
     unpooled = c.cold.without_pool
     if unpooled is not None:
         rows.append(("  same cold starts, isolated, no warm pool (median / p90)", "", f"{ms(unpooled.p50)} / {ms(unpooled.p90)}", ""))
