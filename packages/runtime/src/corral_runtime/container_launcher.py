@@ -146,6 +146,7 @@ class ContainerLauncher:
                             container_id, start.snapshot_key[:12], err)
                 assert self.snapshots is not None
                 self.snapshots.remove(image.path)  # corrupt or unusable here; the next start takes a new one
+                self.snapshotter.spares.end_deleted()
         if container is None:
             container = await self._spawn(start, workdir, container_env, bundle)
         return Launched(container, restored=image is not None and not snapshot_error, snapshot_error=snapshot_error)

@@ -203,6 +203,8 @@ class NodeDaemon:
             elif kind == "delete_snapshots" and self.snapshots is not None:
                 delete = command.delete_snapshots
                 deleted = self.snapshots.delete(list(delete.snapshot_keys), delete.app_id, delete.keep_bundle_hash)
+                if self.snapshotter is not None:
+                    self.snapshotter.spares.end_deleted()  # no daemon outlives its image
                 if deleted:
                     log.info("deleted %d snapshot image(s)", deleted)
                 self._emit(heartbeat=self._heartbeat())
@@ -348,5 +350,7 @@ class NodeDaemon:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await self.launcher.close()
+        if self.snapshotter is not None:
+            self.snapshotter.close()
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.stop_reaper)  # it removes anything still left
