@@ -172,7 +172,11 @@ class Snapshotter:
         began = loop.time()
         daemon = None
         if lazy:
-            daemon = self.spares.take(image, workdir) or await self._start_lazy_pages(image, workdir)
+            daemon = self.spares.take(image, workdir)
+            if daemon is not None:
+                log.info("container %s: lazy restore with a spare lazy-pages daemon", start.container_id)
+            else:
+                daemon = await self._start_lazy_pages(image, workdir)
             self.spares.refill(image, self._spawn_task)  # for the next restore of this image
         if self.sandbox is not None:
             return await self._restore_runc(start, image, workdir, container_env, bundle, daemon, began)
