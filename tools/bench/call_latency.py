@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench/call_latency.py            # full run (about a minute on 2 cores)
     .venv/bin/python tools/bench/call_latency.py --quick    # smoke run (under 30 s)
     .venv/bin/python tools/bench/call_latency.py --json out.json
+    .venv/bin/python tools/bench/call_latency.py --warm-pool 0   # the isolated node without its warm pool
 
 What it measures, in one process:
 
@@ -23,6 +24,9 @@ What it measures, in one process:
    runs plain processes (CORRAL_NODE_ISOLATION=none), in the same run; the difference of the medians
    is what runc (OCI bundle, cgroup, namespaces, mounts) adds. Skipped when the first node is not
    isolated (then both would be plain processes).
+6. The warm pool's share: the isolated node runs with its warm pool (`--warm-pool N`, default the
+   node's default, 2), and the same cold starts run against a third `corral up`, isolated without a
+   pool (CORRAL_NODE_WARM_POOL=0); the difference of the medians is what the pool saves.
 
 Goals checked: warm p50 <= 3x the echo p50, a trivial cold start under 1 s, and under 250 ms
 (isolated) on this project's 2-core machine.
