@@ -50,7 +50,7 @@ async def refilled(spares: LazyPagesSpares, image: Image) -> None:
 
 def test_a_taken_spare_listens_in_the_restoring_containers_directory(tmp_path: Path) -> None:
     async def scenario() -> None:
-        spares = LazyPagesSpares(tmp_path / "spares", start_listener)
+        spares = LazyPagesSpares(tmp_path / "spares", start_listener, start_delay_s=0)
         image = image_at(tmp_path / "image")
         workdir = tmp_path / "container"
         workdir.mkdir()
@@ -71,7 +71,7 @@ def test_a_taken_spare_listens_in_the_restoring_containers_directory(tmp_path: P
 
 def test_the_spare_of_a_redumped_or_deleted_image_is_ended(tmp_path: Path) -> None:
     async def scenario() -> None:
-        spares = LazyPagesSpares(tmp_path / "spares", start_listener)
+        spares = LazyPagesSpares(tmp_path / "spares", start_listener, start_delay_s=0)
         workdir = tmp_path / "container"
         workdir.mkdir()
         image = image_at(tmp_path / "image", created_at=1.0)

@@ -6,7 +6,8 @@ restore (`runc restore --lazy-pages` or `criu restore --lazy-pages`) connects to
 name in *its* work directory. A spare daemon is started in a directory of its own; taking it moves
 its socket into the restoring container's directory (a bound Unix socket is reached through
 whatever name its file has) and links its log there, so the restore finds it as if it had been
-started for it. A new spare for the image is started in the background after each take.
+started for it. A new spare for the image is started in the background after each take (a second later, off the
+restored worker's critical path).
 
     spares = LazyPagesSpares(work_dir / "lazy-spares", start_daemon)
     daemon = spares.take(image, workdir)      # None: start one the usual way
@@ -33,6 +34,9 @@ log = logging.getLogger("corral.runtime")
 
 # Images with a spare at most (one idle daemon each); more are served the usual way.
 MAX_SPARES = 8
+# A spare starts this long after the restore (or dump) that asked for it: its CRIU process probes the
+# kernel for 0.05-0.1 s of CPU, which would otherwise compete with the restored worker reconnecting.
+START_DELAY_S = 1.0
 PR_SET_PDEATHSIG = 1
 
 StartDaemon = Callable[[Image, Path], Awaitable[asyncio.subprocess.Process]]
@@ -41,14 +45,16 @@ StartDaemon = Callable[[Image, Path], Awaitable[asyncio.subprocess.Process]]
 class LazyPagesSpares:
     """At most one listening spare daemon per image (by its directory), up to `MAX_SPARES`."""
 
-    def __init__(self, root: Path, start_daemon: StartDaemon) -> None:
+    def __init__(self, root: Path, start_daemon: StartDaemon, *, start_delay_s: float = START_DELAY_S) -> None:
         self.root = root
         self.start_daemon = start_daemon
+        self.start_delay_s = start_delay_s
         # Image directory -> (the image's creation time, its spare daemon, the spare's directory):
         # an image dumped again under the same key is a new image, and its old spare is ended.
         self.spares: dict[Path, tuple[object, asyncio.subprocess.Process, Path]] = {}
         self._starting: set[Path] = set()
         self._cleanups: set[asyncio.Future[None]] = set()
+        self._closed = False
 
     def take(self, image: Image, workdir: Path) -> asyncio.subprocess.Process | None:
         """The image's spare daemon, now listening in `workdir` for this restore, or None."""
@@ -81,6 +87,9 @@ class LazyPagesSpares:
     async def _start(self, image: Image) -> None:
         directory = self.root / secrets.token_hex(6)
         try:
+            await asyncio.sleep(self.start_delay_s)
+            if self._closed:
+                return
             directory.mkdir(parents=True, mode=0o700)
             daemon = await self.start_daemon(image, directory)
         except Exception as err:  # a failed spare only means the next restore starts its own daemon
@@ -89,7 +98,10 @@ class LazyPagesSpares:
             return
         finally:
             self._starting.discard(image.path)
-        self.spares[image.path] = (image.meta.get("created_at"), daemon, directory)
+        if not self._closed:
+            self.spares[image.path] = (image.meta.get("created_at"), daemon, directory)
+        else:
+            _kill(daemon)
         cleanup = asyncio.ensure_future(_remove_when_done(daemon, directory))
         self._cleanups.add(cleanup)
         cleanup.add_done_callback(self._cleanups.discard)
@@ -101,7 +113,8 @@ class LazyPagesSpares:
             _kill(daemon)
 
     def close(self) -> None:
-        """End every spare (the node stops)."""
+        """End every spare (the node stops); none starts after this."""
+        self._closed = True
         for _created, daemon, _directory in self.spares.values():
             _kill(daemon)
         self.spares.clear()
