@@ -91,6 +91,12 @@ class ErrorsCrasher:
     def die_always(self) -> None:
         os._exit(1)
 
+    @corral.method()
+    def segfault(self) -> None:
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+
 
 @app.cls(scaledown_window=5, retries=1)
 class ErrorsRetriedCrasher:

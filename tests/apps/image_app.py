@@ -43,6 +43,14 @@ class InImage:
                 "image_hash": len(os.environ.get("CORRAL_IMAGE_HASH", "")),
                 "node_home_visible": Path("/work").exists() or Path("/root").joinpath(".pyenv").exists()}
 
+    @corral.method()
+    def greeting_through_with_options(self) -> str:
+        """From inside a container, a handle with another image (the node builds what it lacks at
+        that container's start: a container's token may not start builds)."""
+        image = corral.Image.debian_slim().env({"IMAGE_GREETING": "from-a-container"})
+        return corral.Cls.from_name("images", "InImage").with_options(image=image)().environment.remote()["greeting"]
+
+
 
 @app.cls(image=corral.Image.debian_slim().pip_install("pyfiglet==1.0.2"), enable_memory_snapshot=True, scaledown_window=60,
          max_containers=3)

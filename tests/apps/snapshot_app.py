@@ -36,6 +36,9 @@ class Snappy:
 
     @corral.method()
     def describe(self, hold_s: float = 0.0) -> dict:
+        container = os.environ["CORRAL_CONTAINER_ID"]
+        print(f"print from {container}")
+        os.write(1, f"fd-level from {container}\n".encode())  # captured below Python, also in a restored copy
         time.sleep(hold_s)
         return {
             "container": os.environ["CORRAL_CONTAINER_ID"],

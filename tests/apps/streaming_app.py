@@ -78,6 +78,23 @@ class Tokens:
                 f.write("async closed\n")
 
     @corral.method()
+    async def watched(self, events: str, gate: str = ""):
+        """Yields its input id (a direct input's starts "di-"), then, once `gate` exists (when given),
+        numbers without end; records its close in `events`."""
+        try:
+            yield corral.current_input_id()
+            if gate:
+                await asyncio.to_thread(_wait_for_file, gate)
+            i = 0
+            while True:
+                yield i
+                i += 1
+                await asyncio.sleep(0.01)
+        finally:
+            with open(events, "a") as f:
+                f.write("watched closed\n")
+
+    @corral.method()
     def pid(self) -> str:
         return container_id()
 

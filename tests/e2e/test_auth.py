@@ -201,6 +201,9 @@ def test_container_token_may_only_make_calls_and_never_use_the_node_service(runn
         (control.DeleteSecret, control_pb2.DeleteSecretRequest(name="any")),
         (control.CreateProxyToken, control_pb2.CreateProxyTokenRequest(name="any")),
         (control.StopApp, control_pb2.StopAppRequest(app="auth-app")),
+        (control.CordonNode, control_pb2.CordonNodeRequest(node="any")),
+        (control.UncordonNode, control_pb2.UncordonNodeRequest(node="any")),
+        (control.DrainNode, control_pb2.DrainNodeRequest(node="any")),
     ):
         with pytest.raises(grpc.RpcError) as info:
             call(request, metadata=metadata, timeout=10)

@@ -217,6 +217,16 @@ def test_container_exit_mid_call_is_container_exited_error(running: corral.App) 
 
 
 @pytest.mark.timeout(120)
+def test_a_crash_in_c_code_names_itself_in_the_error(running: corral.App) -> None:
+    """faulthandler writes to the node's stderr pipe directly (not through the worker's fd capture,
+    whose reader cannot run while the crashing thread holds the GIL): the tail shows the crash."""
+    with pytest.raises(ContainerExitedError) as info:
+        ErrorsCrasher().segfault.remote()
+    assert "Fatal Python error: Segmentation fault" in str(info.value), info.value
+    assert "in segfault" in str(info.value), info.value
+
+
+@pytest.mark.timeout(120)
 def test_container_exit_without_retries_fails_once(running: corral.App, shared_dir: Path) -> None:
     marker = shared_dir / "no-retry-marker"
     with pytest.raises(ContainerExitedError, match="exited"):

@@ -3,7 +3,8 @@ mmdebstrap, layers with uv, apt and local files, the corral worker installed aut
 progress on the client; methods see the image's packages, tools, files, environment and working
 directory, and none of the node's; a second deploy reuses every layer; a failing step fails the
 deploy with the step's name and log tail and leaves no layer; a snapshot class with an image
-restores inside its image.
+restores inside its image; a Python 3.13 image (Debian trixie) runs its class on 3.13; an image
+given by `with_options(image=...)` is built when the handle first binds, not at container start.
 
 The base root filesystem and the layers are cached on the machine (`/var/cache/corral/images`, which
 `.ci/run` fills once), so only the first run on a machine pays for mmdebstrap and PyPI downloads.
@@ -78,6 +79,55 @@ def test_methods_see_the_image(cluster: Cluster, deployed: str) -> None:
     assert env == {"greeting": "from-the-recipe", "cwd": "/srv", "python": "/opt/venv/bin/python", "image_hash": 64,
                    "node_home_visible": False}
     assert "building its image first" not in cluster.logs()  # the deploy built it; starts build nothing
+
+
+@pytest.mark.timeout(900)
+def test_a_python_3_13_image_runs_its_class_on_trixie(cluster: Cluster, deployed: str) -> None:
+    result = cluster.corral("deploy", str(APPS / "image_py313_app.py"), "--name", "images-py313", timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "debian_slim (Debian trixie, Python 3.13)" in result.stderr, result.stderr
+    try:
+        code = ("import corral\nC = corral.Cls.from_name('images-py313', 'OnPython313')()\n"
+                "print(C.version.remote(), C.executable.remote())")
+        answer = cluster.python("-c", code, timeout=180)
+        assert answer.returncode == 0, answer.stdout + answer.stderr
+        assert answer.stdout.split() == ["[3,", "13]", "/opt/venv/bin/python"], answer.stdout
+    finally:
+        cluster.corral("app", "stop", "images-py313")
+
+
+WITH_OPTIONS_CLIENT = """
+import sys, corral
+marker = sys.argv[1]
+image = corral.Image.debian_slim().run_commands(f"echo {marker} > /marker").env({"IMAGE_GREETING": marker})
+handle = corral.Cls.from_name("images", "InImage").with_options(image=image)
+print("handle made", file=sys.stderr, flush=True)
+first, second = handle(), handle()
+print(first.environment.remote()["greeting"], second.environment.remote()["greeting"])
+broken = corral.Cls.from_name("images", "InImage").with_options(image=image.run_commands(f"echo {marker}-broken && exit 7"))
+try:
+    broken().environment.remote()
+except corral.exception.ImageBuildError as err:
+    print("refused:", str(err).splitlines()[0])
+"""
+
+
+@pytest.mark.timeout(900)
+def test_with_options_image_is_built_when_the_handle_binds(cluster: Cluster, deployed: str) -> None:
+    marker = f"corral-with-options-{secrets.token_hex(4)}"
+    result = cluster.python("-c", WITH_OPTIONS_CLIENT, marker, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, refused = result.stdout.strip().splitlines()
+    assert first == f"{marker} {marker}"  # both instances run in the handle's image
+    assert refused.startswith("refused: image build failed on node") and \
+        f"step 5/5 'run echo {marker}-broken && exit 7' failed with exit status 7" in refused, refused
+    # Built at the first bind (not by with_options, not at container start), once for both instances.
+    building = f"building: run echo {marker} > /marker"
+    assert result.stderr.index("handle made") < result.stderr.index(building), result.stderr
+    assert result.stderr.count(building) == 1, result.stderr
+    assert "building its image first" not in cluster.logs()
+    # Code in a container may bind such a handle too (it leaves any building to the node).
+    assert _call(cluster, "print(C.greeting_through_with_options.remote())") == "from-a-container"
 
 
 @pytest.mark.timeout(900)

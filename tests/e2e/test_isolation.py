@@ -8,6 +8,7 @@ Needs a node that runs containers with runc (root, runc installed); skipped othe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -125,6 +126,32 @@ def test_a_container_over_its_memory_limit_is_killed_with_a_clear_error(cluster:
     with pytest.raises(ContainerExitedError, match=r"out of memory \(limit 128 MiB\)"):
         Hog().allocate.remote(512)
     assert Hog().allocate.remote(16) == 16  # a new container serves what fits
+
+
+@pytest.mark.timeout(180)
+def test_a_direct_caller_whose_container_runs_out_of_memory_is_told_so(cluster: Cluster, isolated: str) -> None:
+    """On the direct path the caller only sees its connection break; it asks the control plane why
+    the container ended and gets the queued path's error, not "connection closed"."""
+    from corral import _serialization
+
+    hog = Hog()
+    client = client_for(cluster)
+    payload = _serialization.encode_args((512,), {}, "allocate")
+    resolved, service_id = hog._bind()
+    for attempt in ("sync", "asyncio"):
+        assert hog.allocate.remote(1) == 1  # a READY container
+        wait_for(
+            lambda: len(client.call(client.stub.GetRoutes, control_pb2.GetRoutesRequest(service_id=service_id)).routes) == 1,
+            message="a route to the READY container",
+        )
+        direct = resolved.client.direct
+        direct._table(service_id).fetched_at = float("-inf")  # fetched before the route existed
+        with pytest.raises(ContainerExitedError, match=r"out of memory \(limit 128 MiB\): the container running Hog.allocate"):
+            if attempt == "sync":
+                result = direct.call(service_id, "allocate", payload)
+            else:
+                result = asyncio.run(direct.call_aio(service_id, "allocate", payload))
+            pytest.fail(f"the direct path answered {result!r} ({attempt})")  # None: it did not take the call
 
 
 @pytest.mark.timeout(180)

@@ -55,6 +55,26 @@ def test_output_is_stored_per_app_container_and_input_and_secrets_are_redacted(d
     assert by_container.returncode == 0 and "hello from stored" in by_container.stdout, by_container.stderr
 
 
+def test_output_below_python_is_stored_per_input_and_redacted(deployed: str, cluster: Cluster) -> None:
+    """What bypasses sys.stdout (os.write to fds 1 and 2, a subprocess, C's printf) is captured too."""
+    below = corral.Function.from_name(deployed, "below_python", client=client_for(cluster))
+    input_id = below.remote("fds")
+    wanted = {"fd1 from fds": "stdout:", "fd2 from fds": "stderr:", "echo from fds": "stdout:",
+              "sh-stderr from fds": "stderr:", "printf from fds": "stdout:", "fd token": "stdout:"}
+
+    def stored() -> dict[str, list[str]]:
+        lines = app_logs(cluster, deployed, "--input", input_id).splitlines()
+        return {text: [line for line in lines if text in line] for text in wanted}
+
+    wait_for(lambda: all(stored().values()), message="every line written below Python in the store")
+    for text, found in stored().items():
+        assert len(found) == 1, found  # once: not also through the Python-level capture
+        timestamp, container_id, line_input, stream = found[0].split(" ")[:4]
+        assert timestamp.endswith("Z") and container_id.startswith("ct-"), found
+        assert (line_input, stream) == (input_id, wanted[text]), found
+    assert SECRET not in app_logs(cluster, deployed)
+
+
 def test_follow_prints_new_lines_as_they_arrive(deployed: str, cluster: Cluster) -> None:
     chatty = corral.Function.from_name(deployed, "chatty", client=client_for(cluster))
     chatty.remote("before")

@@ -103,6 +103,15 @@ def test_snapshot_taken_once_and_restored_side_by_side(cluster: Cluster, events:
         # The snap hook ran once for every container; the other @enter hooks once per container.
         assert len(lines(events, "snap")) == 1
         assert len(lines(events, "enter")) == 1 + len(restored)
+        # A restored copy's output still reaches the node's log (its stdio are new pipes) and the
+        # log store, what it writes to fd 1 directly included.
+        restored_ids = {c.container_id for c in restored}
+        assert served_by & restored_ids, (served_by, restored_ids)
+        for cid in served_by & restored_ids:
+            wait_for(lambda: f"[{cid}] fd-level from {cid}" in cluster.logs() and f"[{cid}] print from {cid}" in cluster.logs(),  # noqa: B023
+                     message="a restored container's output in the node's log")
+            wait_for(lambda: f"fd-level from {cid}" in cluster.corral("container", "logs", cid).stdout,  # noqa: B023
+                     message="a restored container's fd-level output in the log store")
         # Each restored copy reseeded its random generator.
         assert len({r["random"] for r in results}) == len(results)
         if lazy_pages_here():  # the default: restores fault their pages in through a lazy-pages daemon

@@ -107,6 +107,68 @@ def test_a_sync_consumer_streams_on_the_direct_path_when_a_route_exists(running,
     assert tokens.pid.remote() == tokens.pid.remote()
 
 
+def _direct_route_ready(cluster: Cluster, obj: streaming_app.Tokens) -> None:
+    """Start `obj`'s container and wait until the control plane routes to it directly."""
+    from corral_protocol.v1 import control_pb2
+
+    client = client_for(cluster)
+    obj.pid.remote()
+    resolved, service_id = obj._bind()
+    wait_for(
+        lambda: len(client.call(client.stub.GetRoutes, control_pb2.GetRoutesRequest(service_id=service_id)).routes) == 1,
+        message="a route to the READY container",
+    )
+    resolved.client.direct._table(service_id).fetched_at = float("-inf")  # fetched before the route existed
+
+
+def test_an_async_consumer_streams_on_the_direct_path_as_items_are_produced(running, cluster: Cluster, shared_dir: Path, events: Path) -> None:  # type: ignore[no-untyped-def]
+    tokens = streaming_app.Tokens(prefix="aio-direct")
+    _direct_route_ready(cluster, tokens)
+    pid = tokens.pid.remote()
+    gate = shared_dir / "gate"  # in the container volume: the container sees it appear
+
+    async def consume() -> list[object]:
+        seen: list[object] = []
+        async for item in tokens.watched.remote_gen.aio(str(events), str(gate)):
+            seen.append(item)
+            if len(seen) == 1:
+                gate.touch()  # the generator waits for it: the first item came before the generator went on
+            if item == 2:
+                break  # leaving the loop closes the connection: the container stops the generator
+        return seen
+
+    seen = asyncio.run(consume())
+    assert str(seen[0]).startswith("di-"), f"not a direct input: {seen[0]!r}"
+    assert seen[1:] == [0, 1, 2]
+    wait_for(lambda: "watched closed" in read_events(events), message="the generator to close")
+    assert tokens.pid.remote() == pid  # the same container takes its next input
+
+
+def test_cancelling_an_async_consumer_on_the_direct_path_stops_the_generator(running, cluster: Cluster, events: Path) -> None:  # type: ignore[no-untyped-def]
+    tokens = streaming_app.Tokens(prefix="aio-direct-cancel")
+    _direct_route_ready(cluster, tokens)
+    pid = tokens.pid.remote()
+
+    async def consume(first: asyncio.Future[object]) -> None:
+        async for item in tokens.watched.remote_gen.aio(str(events)):
+            if not first.done():
+                first.set_result(item)
+
+    async def cancel_midway() -> object:
+        first: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(consume(first))
+        input_id = await asyncio.wait_for(first, 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return input_id
+
+    input_id = asyncio.run(cancel_midway())
+    assert str(input_id).startswith("di-"), f"not a direct input: {input_id!r}"
+    wait_for(lambda: "watched closed" in read_events(events), message="the generator to close")
+    assert tokens.pid.remote() == pid
+
+
 def test_a_generator_endpoint_streams_to_the_http_client(running, shared_dir: Path) -> None:  # type: ignore[no-untyped-def]
     import httpx
 

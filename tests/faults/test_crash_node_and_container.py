@@ -136,7 +136,10 @@ def test_a_container_dying_after_a_direct_input_was_sent_fails_its_caller_clearl
     assert not caller.is_alive(), "the caller was not answered"
     (error,) = outcome
     assert isinstance(error, corral.exception.ContainerExitedError), error
-    assert "closed the connection before answering" in str(error), error  # the direct path, not the queue
+    # The direct path (the client knew the route and the container had a free slot): the broken
+    # connection made the SDK ask the control plane why the container ended (GetContainerExit).
+    assert "exited unexpectedly (exit code -9): it was killed by signal 9" in str(error), error
+    assert not client.direct._tables[service_id].routes, "the direct path forgets a container whose connection broke"
     # The service recovers with a new container. (A connection the client pooled to the dead
     # container can still fail one call with "Connection reset by peer" before its input was sent;
     # falling back to the queue there is the direct port's part of issue 15, not tested here.)

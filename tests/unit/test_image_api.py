@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,9 +39,27 @@ def test_requirements_file_is_read_when_defined(tmp_path: Path) -> None:
     assert list(image.steps[0].args) == ["six==1.17.0", "attrs"]
 
 
+@pytest.mark.parametrize(("client", "expected"), [((3, 11, 7), "3.11"), ((3, 13, 5), "3.13")])
+def test_python_version_none_is_the_clients_own(monkeypatch: pytest.MonkeyPatch, client: tuple[int, ...], expected: str) -> None:
+    monkeypatch.setattr(corral.image, "sys", SimpleNamespace(version_info=client))  # this module's view of the client
+    image = corral.Image.debian_slim()
+    assert image.python_version == expected and image.to_proto().python_version == expected
+    assert corral.Image.debian_slim(python_version="3.13").python_version == "3.13"
+
+
+@pytest.mark.parametrize("client", [(3, 12, 4), (3, 10, 0), (3, 14, 0)])
+def test_a_client_on_a_python_no_base_provides_must_name_one(monkeypatch: pytest.MonkeyPatch, client: tuple[int, ...]) -> None:
+    monkeypatch.setattr(corral.image, "sys", SimpleNamespace(version_info=client))
+    with pytest.raises(InvalidError, match=rf"this client's Python '3.{client[1]}' has no base; supported versions: 3.11, 3.13"):
+        corral.Image.debian_slim()
+    assert corral.Image.debian_slim(python_version="3.11").python_version == "3.11"  # an explicit one still works
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda: corral.Image.debian_slim(python_version="3.12"), "supported versions: 3.11, 3.13"),
     (lambda: corral.Image.debian_slim(python_version="2.7"), "2.7"),
+    (lambda: corral.Image.debian_slim(python_version=3.13), "must be a string such as '3.13', got 3.13"),  # type: ignore[arg-type]
+    (lambda: corral.Image.debian_slim(python_version=" 3.13\x00"), "supported versions"),
     (lambda: corral.Image.debian_slim().pip_install(""), "non-empty"),
     (lambda: corral.Image.debian_slim().pip_install(), "at least one"),
     (lambda: corral.Image.debian_slim().apt_install("Not A Package"), "Debian package name"),

@@ -37,3 +37,13 @@ def test_terminal_display_keeps_step_headers() -> None:
         for report in REPORTS:
             display.update(report)
     assert "step 3/3 building: pip install six" in out.getvalue() and "ready" in out.getvalue()
+
+
+def test_a_repeated_header_is_printed_once() -> None:
+    """A node repeats a silent step's header to show it is alive (`image_build._keepalive`)."""
+    out = io.StringIO()
+    header = common_pb2.ImageBuildProgress(image_hash="ab" * 32, step=3, total=3, title="run make", elapsed_s=30.0)
+    with _Display(out) as display:
+        for _ in range(3):
+            display.update(header)
+    assert out.getvalue().count("step 3/3 building: run make") == 1

@@ -4,6 +4,7 @@ make no layer, the LRU bound removes least-recently-used layers but never one in
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,23 @@ def test_a_dead_build_leaves_no_layer_and_a_running_one_is_left_alone(tmp_path: 
     with store.locked("running"):  # another node of the machine is building it
         store.collect_staging()
     assert [p.name for p in (tmp_path / "layers").iterdir()] == ["running.tmp-2-y"]
+
+
+def test_a_killed_builds_mounts_are_unmounted_before_its_staging_goes(tmp_path: Path) -> None:
+    """mmdebstrap killed mid-build leaves /proc and bind mounts in its target: removing the staging
+    directory must never delete through them."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root")
+        pytest.skip("mounting needs root")
+    host = tmp_path / "host dir"  # a space: mountinfo escapes it as \040
+    host.mkdir()
+    (host / "keep.txt").write_text("host file")
+    staging = tmp_path / "base" / "trixie.tmp-1"
+    (staging / "dev").mkdir(parents=True)
+    (staging / "proc").mkdir()
+    subprocess.run(["mount", "--bind", str(host), str(staging / "dev")], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(staging / "proc")], check=True)
+    image_store.discard(staging)
+    assert not staging.exists()
+    assert (host / "keep.txt").read_text() == "host file"

@@ -91,7 +91,7 @@ def test_a_lost_node_takes_its_containers_with_it() -> None:
     call = h.invoke(service)
     h.handle(ev.NodeLost(node))
     assert container not in h.core.containers.containers
-    assert f"its node {node} disconnected" in h.result(call).message  # type: ignore[union-attr]
+    assert f"was lost with its node: node {node} disconnected" in h.result(call).message  # type: ignore[union-attr]
     assert not h.core.nodes.nodes[node].connected
 
 

@@ -4,10 +4,10 @@ deployed apps, and no double-firing across a restart (the store is real SQLite i
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 
 from corral_protocol.v1 import common_pb2
 from corral_scheduler.schedules import ScheduleBook, ScheduleStore, next_run, schedule_problem, spec_key
+from corral_scheduler.state_url import StateLocation
 
 S = common_pb2
 T0 = datetime.datetime(2026, 3, 1, 12, 30, tzinfo=datetime.timezone.utc).timestamp()
@@ -68,8 +68,8 @@ def test_a_redeploy_keeps_the_next_run_unless_the_schedule_changed_and_a_stop_re
     assert removed == [("app", "tick")] and not book.entries
 
 
-def test_a_restart_does_not_fire_a_run_that_already_fired(tmp_path: Path) -> None:
-    store = ScheduleStore(tmp_path)
+def test_a_restart_does_not_fire_a_run_that_already_fired(state_location: StateLocation) -> None:
+    store = ScheduleStore(state_location)
     book = ScheduleBook()
     deployed = [("app", "ap-1", {"tick": fn("tick", period(60))})]
     for key in book.reconcile(deployed, T0, store.load())[0]:
@@ -78,7 +78,7 @@ def test_a_restart_does_not_fire_a_run_that_already_fired(tmp_path: Path) -> Non
         store.save(key, spec_key(entry.schedule), entry.next_run_at)
     store.close()
 
-    restarted_store = ScheduleStore(tmp_path)
+    restarted_store = ScheduleStore(state_location)
     restarted = ScheduleBook()
     restarted.reconcile(deployed, T0 + 61, restarted_store.load())
     assert restarted.due(T0 + 61) == []  # the 60 s run fired before the restart

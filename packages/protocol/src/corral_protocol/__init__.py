@@ -13,4 +13,7 @@ CALL_ID_METADATA_KEY = "corral-call-id"
 """Initial metadata of `Invoke(wait=true)`: the call's id, sent before the result, so a caller whose
 deadline fires can still collect the result with `GetResult`."""
 
-__all__ = ["AUTHORIZATION_METADATA_KEY", "CALL_ID_METADATA_KEY", "PROTOCOL_VERSION", "VERSION_METADATA_KEY"]
+DEFAULT_DRAIN_TIMEOUT_S = 300.0
+"""`DrainNodeRequest.timeout_s` when it is 0: how long a drained node's containers get to finish."""
+
+__all__ = ["AUTHORIZATION_METADATA_KEY", "CALL_ID_METADATA_KEY", "DEFAULT_DRAIN_TIMEOUT_S", "PROTOCOL_VERSION", "VERSION_METADATA_KEY"]

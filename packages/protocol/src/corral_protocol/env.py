@@ -24,6 +24,10 @@ CORRAL_HOME = "CORRAL_HOME"
 CORRAL_TLS_CA = "CORRAL_TLS_CA"
 """A PEM file of the certificate(s) to trust for `grpcs://` servers, e.g. the self-signed one of
 `corral up --tls-self-signed` (pinned); default: the system's roots."""
+CORRAL_TLS_CA_PEM = "CORRAL_TLS_CA_PEM"
+"""The same certificate(s) as PEM text, read when `CORRAL_TLS_CA` is unset: a node gives it to its
+containers, which cannot read the node's files, so their workers and their calls reach a `grpcs://`
+control plane (`corral_protocol.transport`)."""
 
 # What the node gives each container (the worker's identity).
 CORRAL_CONTAINER_ID = "CORRAL_CONTAINER_ID"
@@ -59,6 +63,16 @@ CORRAL_MAX_QUEUE = "CORRAL_MAX_QUEUE"
 """Inputs each service's queue holds at most (default 100,000)."""
 CORRAL_HTTP_MAX_BODY = "CORRAL_HTTP_MAX_BODY"
 """Bytes a web request's body may have at most (default 16 MiB, never more than the payload limit)."""
+CORRAL_STATE_URL = "CORRAL_STATE_URL"
+"""Where `corral up` keeps the control plane's state: `postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`
+(state that outlives the machine), or `sqlite:///DIR` / unset (SQLite files under
+`$CORRAL_HOME/state`, the embedded default). `corral up --state-url` overrides it."""
+CORRAL_LEADER_LEASE_S = "CORRAL_LEADER_LEASE_S"
+"""Seconds a control plane's leader lease on PostgreSQL state lasts unrenewed (default 10): after a
+leader dies, a standby (or its restart elsewhere) takes over within this time."""
+CORRAL_NODE_TIMEOUT_S = "CORRAL_NODE_TIMEOUT_S"
+"""Seconds without a message from a node before it is lost (default 10; `corral up --node-timeout`).
+Nodes are told to send heartbeats four times per timeout (at most every 5 s)."""
 
 # Read by every process (SDK, control plane, node, worker): see corral_protocol.payloads.
 CORRAL_MAX_PAYLOAD_BYTES = "CORRAL_MAX_PAYLOAD_BYTES"
@@ -86,6 +100,14 @@ CORRAL_IMAGE_CACHE = "CORRAL_IMAGE_CACHE"
 its work directory); nodes of one machine may share it."""
 CORRAL_IMAGE_CACHE_MAX_GB = "CORRAL_IMAGE_CACHE_MAX_GB"
 """The image cache's size bound in GB (default 50); least-recently-used layers go beyond it."""
+CORRAL_BUILD_MEMORY_MIB = "CORRAL_BUILD_MEMORY_MIB"
+"""The memory limit of an image build step's container in MiB (default 4096; `corral-node --build-memory`)."""
+CORRAL_BUILD_CPU = "CORRAL_BUILD_CPU"
+"""The CPU quota of an image build step's container in cores (default 0: all of the node's; `--build-cpu`)."""
+CORRAL_BUILD_PIDS = "CORRAL_BUILD_PIDS"
+"""The most tasks an image build step's container may hold (default 4096; `--build-pids`)."""
+CORRAL_BUILD_STEP_TIMEOUT_S = "CORRAL_BUILD_STEP_TIMEOUT_S"
+"""The time limit of one image build step in seconds (default 1800; `--build-timeout`)."""
 
 CORRAL_NODE_WARM_POOL = "CORRAL_NODE_WARM_POOL"
 """How many generic containers an isolated node keeps started ahead, waiting for their first
@@ -93,9 +115,10 @@ assignment (default `DEFAULT_WARM_POOL`; 0 turns the pool off; also read by the 
 embeds). See "Warm pool" in docs/architecture.md."""
 DEFAULT_WARM_POOL = 2
 
-NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME)
+NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME, CORRAL_TLS_CA)
 """The node's own credentials and state, never passed on to a container's environment (nor is
-anything else outside `CONTAINER_INHERITED_ENV`)."""
+anything else outside `CONTAINER_INHERITED_ENV`; a container cannot read the node's CA file: it
+gets the certificate's text in `CORRAL_TLS_CA_PEM` instead)."""
 
 # What a container inherits from its node's environment: an allow-list. Everything else the node
 # has (cloud credentials, tokens, the node's own settings) stays on the node; the container's own

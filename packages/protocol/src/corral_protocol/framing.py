@@ -1,11 +1,13 @@
 """Frames of the direct call path: a 4-byte little-endian length, then one protobuf message.
 
 Used by blocking sockets on both sides (the SDK's sync callers and the container's connection
-threads); the SDK's asyncio callers parse the same frames with `FrameBuffer`.
+threads); the SDK's asyncio callers parse the same frames with `FrameBuffer` (pooled calls) or
+`read_frame_aio` (a generator's stream of frames).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 
@@ -63,6 +65,24 @@ def read_frame(sock: socket.socket, max_bytes: int | None = None) -> bytes | Non
     if length > limit:
         raise FrameError(f"frame of {length} bytes is over the {limit}-byte limit")
     return _read_exact(sock, length) if length else b""
+
+
+async def read_frame_aio(reader: asyncio.StreamReader, max_bytes: int | None = None) -> bytes | None:
+    """As `read_frame`, from an asyncio stream: None when the peer closed between frames."""
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as err:
+        if not err.partial:
+            return None
+        raise FrameError("the connection closed mid-frame") from None
+    (length,) = HEADER.unpack(header)
+    limit = payloads.message_limit() if max_bytes is None else max_bytes
+    if length > limit:
+        raise FrameError(f"frame of {length} bytes is over the {limit}-byte limit")
+    try:
+        return await reader.readexactly(length) if length else b""
+    except asyncio.IncompleteReadError:
+        raise FrameError("the connection closed mid-frame") from None
 
 
 class FrameBuffer:

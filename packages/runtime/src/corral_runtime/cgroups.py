@@ -110,6 +110,15 @@ class Usage:
     # nobody sent plus a reached limit is how the node tells an OOM kill there.
     limit_hits: int = 0
 
+    def out_of_memory(self, exit_code: int) -> str:
+        """"out of memory (limit N MiB)" when the kernel killed the container for memory, else "".
+        `exit_code` as runc reports it (128 + N for signal N) or as a negative signal number."""
+        sigkilled = exit_code in (-signal.SIGKILL, 128 + signal.SIGKILL)
+        if not (self.oom_kills or (sigkilled and self.limit_hits)):
+            return ""
+        limit = f" (limit {self.memory_limit_bytes // (1024 * 1024)} MiB)" if self.memory_limit_bytes else ""
+        return f"out of memory{limit}"
+
 
 class Cgroups:
     """The cgroups of one node instance (`scope`), in the hierarchy this host uses (`version`)."""

@@ -77,6 +77,7 @@ class ContainerLauncher:
         control_url: str,
         advertise_host: str,
         fetch_bundle: FetchBundle,
+        tls_env: dict[str, str],
         sandbox: runtimes.OciRuntime | None,
         images: NodeImages | None,
         snapshots: SnapshotStore | None,
@@ -88,6 +89,7 @@ class ContainerLauncher:
         self.control_url = control_url
         self.advertise_host = advertise_host
         self.fetch_bundle = fetch_bundle
+        self.tls_env = tls_env  # the control plane's certificates as text, for a `grpcs://` control plane
         self.sandbox = sandbox
         self.images = images
         self.snapshots = snapshots
@@ -196,6 +198,7 @@ class ContainerLauncher:
             corral_env.CORRAL_CONTROL_URL: self.control_url,
             corral_env.CORRAL_BUNDLE_DIR: oci.BUNDLE_MOUNT if self.sandbox is not None else str(bundle),
             corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
+            **self.tls_env,
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(start),
             "PYTHONUNBUFFERED": "1",
             corral_env.CORRAL_SECRET_KEYS: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
@@ -225,6 +228,7 @@ class ContainerLauncher:
                 corral_env.CORRAL_CONTAINER_ID: start.container_id,
                 corral_env.CORRAL_CONTAINER_TOKEN: start.pre_snapshot_token,
                 corral_env.CORRAL_CONTROL_URL: self.control_url,
+                **self.tls_env,
                 corral_env.CORRAL_BUNDLE_DIR: container_env[corral_env.CORRAL_BUNDLE_DIR],
                 "CUDA_VISIBLE_DEVICES": container_env["CUDA_VISIBLE_DEVICES"] if gpu_visible else "",
             })

@@ -10,123 +10,56 @@ the tail of its log, and leaves nothing in the cache.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import csv
 import hashlib
-import importlib.metadata
-import io
-import json
 import logging
 import os
-import re
 import secrets
 import shlex
 import shutil
+import signal
 import sys
 import time
-import zipfile
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from corral_protocol.v1 import common_pb2
 from corral_runtime import image_store, oci
+from corral_runtime.build_limits import DEFAULT_STEP_TIMEOUT_S, BuildLimits
 from corral_runtime.image_store import LOCAL_PYTHON, VENV, ImageStore, Plan, Step
+from corral_runtime.worker_wheels import TOOLS, worker_wheels
 
 log = logging.getLogger("corral.runtime")
 
 Progress = Callable[[common_pb2.ImageBuildProgress], None]
 FetchBundle = Callable[[str], Awaitable[Path]]
-CORRAL_DISTRIBUTIONS = ("corral-protocol", "corral", "corral-runtime")
-TOOLS = "/tmp/.corral"  # inside a build container: uv, wheels, local files (on its private /tmp)
 LOG_TAIL_LINES = 30
 # The node's way to package registries, passed to build steps: proxies and index URLs.
 FORWARDED_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "UV_INDEX_URL",
                  "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-BUILD_TIMEOUT_S = 1800.0
+KEEPALIVE_S = 30.0  # well under the control plane's relay timeout (image_builds.BUILD_TIMEOUT_S)
 
 
 class BuildError(Exception):
     """A build step failed; the message names the step and ends with its log's tail."""
 
 
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _wheel(dist: importlib.metadata.Distribution, out: Path) -> Path:
-    """A wheel of an installed distribution (editable or not), made from its importable files."""
-    name, version = dist.metadata["Name"], dist.version
-    stem = f"{name.replace('-', '_')}-{version}"
-    top = (dist.read_text("top_level.txt") or "").split() or [name.replace("-", "_")]
-    records: list[tuple[str, bytes]] = []
-    for package in top:
-        spec = __import__(package)
-        root = Path(str(spec.__file__)).parent
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                records.append((f"{package}/{path.relative_to(root).as_posix()}", path.read_bytes()))
-    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    metadata += "".join(f"Requires-Dist: {r}\n" for r in dist.requires or [])
-    info = f"{stem}.dist-info"
-    records += [(f"{info}/METADATA", metadata.encode()),
-                (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: corral\nRoot-Is-Purelib: true\nTag: py3-none-any\n")]
-    record = io.StringIO()
-    writer = csv.writer(record, lineterminator="\n")
-    for arcname, data in records:
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        writer.writerow([arcname, f"sha256={digest}", len(data)])
-    writer.writerow([f"{info}/RECORD", "", ""])
-    path = out / f"{stem}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for arcname, data in [*records, (f"{info}/RECORD", record.getvalue().encode())]:
-            archive.writestr(zipfile.ZipInfo(arcname, (1980, 1, 1, 0, 0, 0)), data)
-    return path
-
-
-def worker_wheels(out_root: Path) -> tuple[str, list[str]]:
-    """Wheels of the node's corral packages and the pins of their dependencies at the node's own
-    versions; returns (fingerprint, requirements for `uv pip install` inside a build)."""
-    staging = out_root / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir(parents=True)
-    wheels, pins = [], set()
-    for name in CORRAL_DISTRIBUTIONS:
-        dist = importlib.metadata.distribution(name)
-        wheels.append(_wheel(dist, staging))
-        for requirement in dist.requires or []:
-            if ";" in requirement and "extra" in requirement.split(";", 1)[1]:
-                continue
-            dep = _normalize(re.split(r"[ <>=!~;\[(]", requirement, maxsplit=1)[0])
-            if dep in CORRAL_DISTRIBUTIONS:
-                continue
-            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-                pins.add(f"{dep}=={importlib.metadata.version(dep)}")
-    digest = hashlib.sha256()
-    for wheel in wheels:
-        digest.update(wheel.name.encode() + wheel.read_bytes())
-    digest.update("\n".join(sorted(pins)).encode())
-    fingerprint = digest.hexdigest()[:32]
-    target = out_root / fingerprint
-    if target.exists():
-        shutil.rmtree(staging)
-    else:
-        os.replace(staging, target)
-    requirements = [f"{TOOLS}/wheels/{w.name}" for w in wheels] + sorted(pins)
-    (target / "requirements.json").write_text(json.dumps(requirements))
-    return fingerprint, requirements
+class StepTimeout(Exception):
+    """A build step ran past its time limit and was killed."""
 
 
 class ImageBuilder:
     """Builds images for one node's runc runtime."""
 
-    def __init__(self, store: ImageStore, runtime: object) -> None:
+    def __init__(self, store: ImageStore, runtime: object, limits: BuildLimits | None = None) -> None:
         from corral_runtime.runc import RuncRuntime  # a cycle otherwise: runc prepares image roots
 
         assert isinstance(runtime, RuncRuntime)
         self.store = store
         self.runtime = runtime
+        self.limits = limits or BuildLimits()
         self.uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
         self.fingerprint, self.requirements = worker_wheels(store.root / "wheels")
         self._builds: dict[str, asyncio.Future[Plan]] = {}
@@ -150,8 +83,10 @@ class ImageBuilder:
             return result
         running = self._builds.get(result.image_hash)
         if running is not None:
-            report(_progress(result, 0, "waiting for the same image's build already running"))
-            await asyncio.shield(running)
+            waiting = _progress(result, 0, "waiting for the same image's build already running")
+            report(waiting)
+            async with _keepalive(lambda: report(waiting)):
+                await asyncio.shield(running)
             return await self.ensure(spec, fetch, progress)
         future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
         self._builds[result.image_hash] = future
@@ -186,23 +121,27 @@ class ImageBuilder:
             def line(text: str, index: int = index, step: Step = step) -> None:
                 report(_progress(result, index, step.title, log_line=text, began=began))
 
-            lock = self.store.locked(step.key)  # another node of this machine may be building it
-            await asyncio.to_thread(lock.__enter__)
-            try:
-                if self.store.has(step.key):
-                    report(_progress(result, index, step.title, cached=True, began=began))
-                    continue
+            def beat(index: int = index, step: Step = step) -> None:  # the same header: a silent step is alive
                 report(_progress(result, index, step.title, began=began))
-                if step.kind == "base":
-                    await self._base(result.release, line)
-                else:
-                    await self._layer(result, index, step, env, workdir, fetch, line)
-            finally:
-                lock.__exit__(None, None, None)
+
+            lock = self.store.locked(step.key)  # another node of this machine may be building it
+            async with _keepalive(beat):
+                await asyncio.to_thread(lock.__enter__)
+                try:
+                    if self.store.has(step.key):
+                        report(_progress(result, index, step.title, cached=True, began=began))
+                        continue
+                    beat()
+                    if step.kind == "base":
+                        await self._base(result.release, line)
+                    else:
+                        await self._layer(result, index, step, env, workdir, fetch, line)
+                finally:
+                    lock.__exit__(None, None, None)
         report(_progress(result, len(result.steps), "", done=True, began=began))
 
     async def _base(self, release: str, line: Callable[[str], None]) -> None:
-        await _build_base(self.store, release, line)
+        await _build_base(self.store, release, line, self.limits.step_timeout_s)
 
     def _script(self, step: Step, workdir: str) -> tuple[str, list[oci.Bind]]:
         """The shell script of one step and the extra binds it needs."""
@@ -250,36 +189,51 @@ class ImageBuilder:
             build_env.update(SSL_CERT_FILE=f"{TOOLS}/ca-certificates.crt", UV_SYSTEM_CERTS="1", PIP_CERT=f"{TOOLS}/ca-certificates.crt")
         build_env.update(env)
         container_id = f"build-{step.key[:12]}-{secrets.token_hex(3)}"
-        ok = False
-        tail: deque[str] = deque()
+        ok, code, why = False, -1, ""
+        tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         try:
             image_store.mount_overlay(rootfs, self.store.lower_dirs(result, index - 1), staging / "fs", staging / "work")
-            self.runtime.prepare_build(container_id, staging, args=["/bin/sh", "-c", script], env=build_env, binds=binds)
-            code, tail = await _stream(self.runtime.run_argv(container_id, staging), line)
-            ok = code == 0
+            self.runtime.prepare_build(container_id, staging, args=["/bin/sh", "-c", script], env=build_env, binds=binds,
+                                       limits=self.limits)
+            try:
+                code = await _stream(self.runtime.run_argv(container_id, staging), line, tail, self.limits.step_timeout_s)
+            except StepTimeout:
+                why = f"failed: it ran past the build step time limit ({self.limits.step_timeout_s:g} s) and was stopped"
+            ok = code == 0 and not why
         finally:
+            usage = await self.runtime.remove(container_id, staging)  # the container first: nothing writes the layer after
             image_store.unmount(rootfs)
-            await self.runtime.remove(container_id, staging)
             if ok:
                 self.store.commit(step.key, staging, step.title)
             else:
                 shutil.rmtree(staging, ignore_errors=True)
         if not ok:
-            raise BuildError(f"step {index}/{len(result.steps)} '{step.title}' failed with exit status {code}; "
-                             f"the last lines of its log:\n" + "".join(tail))
+            out_of_memory = usage.out_of_memory(code)
+            why = why or (f"failed: {out_of_memory}" if out_of_memory else f"failed with exit status {code}")
+            raise BuildError(f"step {index}/{len(result.steps)} '{step.title}' {why}; the last lines of its log:\n" + "".join(tail))
 
 
-async def _build_base(store: ImageStore, release: str, line: Callable[[str], None]) -> None:
+async def _build_base(store: ImageStore, release: str, line: Callable[[str], None],
+                      timeout_s: float = DEFAULT_STEP_TIMEOUT_S) -> None:
     """mmdebstrap's minbase of `release` with its python3 and venv, into the store (atomically)."""
     if shutil.which("mmdebstrap") is None:
         raise BuildError("step 'debian_slim' failed: mmdebstrap is not installed on the node (apt-get install mmdebstrap)")
     target = store.base_dir(release)
     staging = target.with_name(f"{release}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    image_store.discard(staging)
     argv = ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv", release, str(staging)]
-    code, tail = await _stream(argv, line)
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    try:
+        code = await _stream(argv, line, tail, timeout_s)
+    except StepTimeout:
+        image_store.discard(staging)
+        raise BuildError(f"step 'debian_slim ({release})' failed: mmdebstrap ran past the build step time limit ({timeout_s:g} s)\n"
+                         + "".join(tail)) from None
+    except BaseException:
+        image_store.discard(staging)
+        raise
     if code != 0:
-        shutil.rmtree(staging, ignore_errors=True)
+        image_store.discard(staging)
         raise BuildError(f"step 'debian_slim ({release})' failed: mmdebstrap exited with {code}\n" + "".join(tail))
     os.replace(staging, target)
 
@@ -296,9 +250,9 @@ def _progress(result: Plan, step: int, title: str, *, cached: bool = False, log_
     )
 
 
-async def _stream(argv: list[str], line: Callable[[str], None]) -> tuple[int, deque[str]]:
-    """Run `argv` with stdout and stderr merged, each line to `line`; (exit status, log tail)."""
-    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+async def _stream(argv: list[str], line: Callable[[str], None], tail: deque[str], timeout_s: float) -> int:
+    """Run `argv` with stdout and stderr merged, each line to `line` and to `tail`; its exit status.
+    Past `timeout_s` it is killed and `StepTimeout` raised."""
     process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     assert process.stdout is not None
@@ -312,12 +266,41 @@ async def _stream(argv: list[str], line: Callable[[str], None]) -> tuple[int, de
         return await process.wait()
 
     try:
-        return await asyncio.wait_for(pump(), timeout=BUILD_TIMEOUT_S), tail
+        return await asyncio.wait_for(pump(), timeout=timeout_s)
+    except asyncio.TimeoutError:
+        await _kill(process)
+        raise StepTimeout from None
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+        await _kill(process)
         raise
+
+
+@contextlib.asynccontextmanager
+async def _keepalive(beat: Callable[[], None]) -> AsyncIterator[None]:
+    """`beat()` every KEEPALIVE_S while the block runs: a step that prints nothing for long (or a
+    wait on another build) still reports, so the control plane's relay never takes the node for
+    gone, and a terminal's display keeps its elapsed time moving."""
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            beat()
+
+    ticker = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        ticker.cancel()
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    """Kill the process and what it started in its session (mmdebstrap's apt and dpkg; runc's
+    container is then removed by `runc delete --force`)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
 
 
 def main() -> None:

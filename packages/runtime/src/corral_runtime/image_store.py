@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -220,9 +221,7 @@ class ImageStore:
                 except BlockingIOError:
                     continue  # a build in progress
                 try:
-                    with contextlib.suppress(OSError, subprocess.SubprocessError):
-                        subprocess.run(["umount", "-l", str(path / "oci" / "rootfs")], capture_output=True, timeout=10)
-                    shutil.rmtree(path, ignore_errors=True)
+                    discard(path)
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -245,6 +244,23 @@ def mount_overlay(target: Path, lower: list[str], upper: Path | None = None, wor
         work.mkdir(parents=True, exist_ok=True)
         options += f",upperdir={upper},workdir={work}"
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)], check=True, capture_output=True, text=True)
+
+
+def discard(path: Path) -> None:
+    """Remove a staging directory that a killed build may have left mounts in (mmdebstrap mounts
+    /proc and /dev in its target): unmount them first, deepest first, so nothing is removed through
+    a mount."""
+    root = str(path).rstrip("/")
+    points = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if point == root or point.startswith(root + "/"):
+                points.append(point)
+    for point in sorted(points, key=len, reverse=True):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def unmount(target: Path) -> None:

@@ -1,16 +1,19 @@
-"""What the container's Python code prints, captured in the worker itself for the control plane's
-log store (`corral app logs`), each line with its time, stream and input.
+"""What the container's code prints, captured in the worker itself for the control plane's log
+store (`corral app logs`), each line with its time, stream and input.
 
-`sys.stdout` and `sys.stderr` become tees: every write still reaches the real stream (the node
-reads stdout for the snapshot point, and keeps its own stderr tail), and complete lines are kept
-with `corral.current_input_id()`. The worker sends them in batches; secret values are redacted
-when a batch is made, with the worker's current `Redactor` (secrets may arrive after a snapshot).
-Output written to file descriptors 1 and 2 directly (C extensions, subprocesses) is not captured.
+`sys.stdout` and `sys.stderr` become tees: every write still reaches the real stream (the node's
+pipe: the node reads stdout for the snapshot point, and keeps its own stderr tail), and complete
+lines are kept with `corral.current_input_id()`. What is written to file descriptors 1 and 2
+directly (C code, subprocesses, `os.write`) is captured by `corral_runtime.fd_capture`. The worker
+sends the lines in batches; secret values are redacted when a batch is made, with the worker's
+current `Redactor` (secrets may arrive after a snapshot).
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import io
 import sys
 import threading
 import time
@@ -20,6 +23,7 @@ from typing import Any, TextIO
 
 from corral import container_api as sdk
 from corral_protocol.v1 import common_pb2, worker_pb2
+from corral_runtime.fd_capture import RUNNING, FdCapture
 from corral_runtime.redaction import Redactor
 
 MAX_BUFFERED_LINES = 10_000
@@ -54,10 +58,26 @@ class LogCapture:
         self._lock = threading.Lock()
         self._dropped = 0
         self._local = threading.local()
+        self.fds = FdCapture(RUNNING, self.add)
 
     def install(self) -> None:
-        sys.stdout = _Tee(sys.stdout, "stdout", self)
-        sys.stderr = _Tee(sys.stderr, "stderr", self)
+        """Tee Python's streams and capture fds 1 and 2; the tees write to the node's pipes themselves.
+
+        A crash's last words written to fd 2 by C code that holds the GIL (an `assert` before
+        `abort()`) can die in the capture's pipe before its reader runs, so faulthandler's
+        tracebacks go to the node's stderr directly: a crash still explains itself there."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            node_out, node_err = self.fds.install()
+        except OSError as err:  # no fd 1 or 2, or out of fds: Python's own output is still captured
+            print(f"corral worker: output written below Python is not captured: {err}", file=sys.stderr)
+            sys.stdout = _Tee(sys.stdout, "stdout", self)
+            sys.stderr = _Tee(sys.stderr, "stderr", self)
+            return
+        sys.stdout = _Tee(_writer(node_out, sys.stdout), "stdout", self)
+        sys.stderr = _Tee(_writer(node_err, sys.stderr), "stderr", self)
+        faulthandler.enable(file=node_err, all_threads=False)  # the crashing thread: it fits the stderr tail
 
     def record(self, stream: str, text: str) -> None:
         if getattr(self._local, "busy", False):
@@ -73,15 +93,24 @@ class LogCapture:
                 now = time.time()
                 input_id = sdk.current_input_id() or ""
                 for line in complete:
-                    if len(self._lines) >= MAX_BUFFERED_LINES:
-                        self._lines.popleft()
-                        self._dropped += 1
-                    self._lines.append(common_pb2.LogLine(timestamp=now, stream=stream, input_id=input_id, text=line[:MAX_LINE_CHARS]))
+                    self._keep(stream, line, input_id, now)
         finally:
             self._local.busy = False
 
+    def add(self, stream: str, text: str, input_id: str, timestamp: float) -> None:
+        """Keep one complete line (from the fd-level capture)."""
+        with self._lock:
+            self._keep(stream, text, input_id, timestamp)
+
+    def _keep(self, stream: str, text: str, input_id: str, timestamp: float) -> None:
+        if len(self._lines) >= MAX_BUFFERED_LINES:
+            self._lines.popleft()
+            self._dropped += 1
+        self._lines.append(common_pb2.LogLine(timestamp=timestamp, stream=stream, input_id=input_id, text=text[:MAX_LINE_CHARS]))
+
     def batch(self) -> worker_pb2.LogBatch | None:
         """The lines since the last batch, redacted; None when there are none."""
+        self.fds.drain()
         with self._lock:
             if not self._lines and not self._dropped:
                 return None
@@ -90,6 +119,17 @@ class LogCapture:
         for line in lines:
             line.text = self.redactor.text(line.text)
         return worker_pb2.LogBatch(lines=lines, dropped=dropped)
+
+
+def _writer(fd: int, like: TextIO) -> TextIO:
+    """A text stream on `fd` that encodes and buffers as `like` does (unbuffered under
+    PYTHONUNBUFFERED, as the node starts workers)."""
+    raw = io.FileIO(fd, "w", closefd=False)
+    buffer: Any = io.BufferedWriter(raw) if isinstance(getattr(like, "buffer", None), io.BufferedWriter) else raw
+    return io.TextIOWrapper(
+        buffer, encoding=like.encoding, errors=like.errors,
+        line_buffering=getattr(like, "line_buffering", True), write_through=getattr(like, "write_through", False),
+    )
 
 
 SHIP_INTERVAL_S = 0.2

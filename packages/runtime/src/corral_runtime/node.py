@@ -20,12 +20,14 @@ from typing import Any, TextIO
 
 import grpc
 
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, transport
 from corral_protocol import env as corral_env
 from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc
 from corral_runtime import criu, runtimes
+from corral_runtime.build_limits import BuildLimits
 from corral_runtime.container_launcher import ContainerLauncher
 from corral_runtime.container_process import ContainerProcess
+from corral_runtime.control_channel import open_channel, permanent_failure
 from corral_runtime.inventory import GpuSource, gpu_source, read_inventory, with_gpus
 from corral_runtime.node_images import NodeImages, image_command
 from corral_runtime.redaction import Redactor
@@ -38,7 +40,9 @@ __all__ = ["LAZY_PAGES_ENV", "ContainerProcess", "NodeDaemon"]
 
 log = logging.getLogger("corral.runtime")
 
-MIB = 1024 * 1024
+# A control plane answers a registration at once; one that does not (or a TLS port that never answers
+# a plaintext client's HTTP/2 preface) is diagnosed, then retried.
+REGISTER_TIMEOUT_S = 5.0
 
 
 def warm_pool_size(setting: int | None) -> int:
@@ -72,10 +76,15 @@ class NodeDaemon:
         simulate_gpus: str | None = None,
         isolation: str | None = None,
         volumes: str | None = None,
+        build_limits: BuildLimits | None = None,
+        tls_ca: str | None = None,
         warm_pool: int | None = None,
     ) -> None:
         self.control_url = control_url
-        self.target = control_url.split("://", 1)[-1]
+        # `grpcs://` URLs: TLS trusting `tls_ca` (else CORRAL_TLS_CA, else the system's roots); the
+        # node's containers get the same certificates as text, since they cannot read its files.
+        self.tls_ca = tls_ca
+        self.tls_roots = transport.trusted_roots(tls_ca) if transport.server_address(control_url).tls else None
         self.metadata = ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"), (VERSION_METADATA_KEY, str(PROTOCOL_VERSION)))
         self.work_dir = work_dir
         self.name = name or socket.gethostname()
@@ -110,12 +119,13 @@ class NodeDaemon:
                 spawn_task=self._spawn_task, sandbox=self.sandbox,
             )
         self.launcher = ContainerLauncher(
-            work_dir, control_url=control_url, advertise_host=advertise_host, fetch_bundle=self._fetch_bundle,
+            work_dir, control_url=control_url, advertise_host=advertise_host, fetch_bundle=self._fetch_bundle, tls_env=self._tls_env(),
             sandbox=self.sandbox, images=None, snapshots=self.snapshots, snapshotter=self.snapshotter,
             gpu_checkpoint=self.inventory.snapshots.gpu_checkpoint, warm_pool=warm_pool_size(warm_pool),
         )
         # Images need runc: the root filesystem of a container is the image's layers.
-        self.images = NodeImages(self.sandbox, work_dir, self.launcher.bundle_dir, self._log_stream) if isinstance(self.sandbox, RuncRuntime) else None
+        self.images = (NodeImages(self.sandbox, work_dir, self.launcher.bundle_dir, self._log_stream, build_limits)
+                       if isinstance(self.sandbox, RuncRuntime) else None)
         self.launcher.images = self.images
 
     def _sandbox(self, setting: str | None, volumes: str | None) -> runtimes.OciRuntime | None:
@@ -151,7 +161,7 @@ class NodeDaemon:
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting to the control plane when the connection drops."""
-        self._channel = grpc.aio.insecure_channel(self.target)
+        self._channel = open_channel(self.control_url, self.tls_roots)
         self.launcher.start_pool()
         stub = node_pb2_grpc.NodeServiceStub(self._channel)
         delay = 0.2
@@ -159,11 +169,16 @@ class NodeDaemon:
             while True:
                 try:
                     await self._session(stub)
+                    log.warning("the control plane ended this node's session (it stopped, or lost this node); registering again")
                     delay = 0.2
                 except grpc.aio.AioRpcError as err:
                     if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
                         raise SystemExit(f"corral-node: the control plane refused this node: {err.details()}") from None
-                    log.warning("lost the control plane at %s (%s); reconnecting", self.control_url, err.code().name)
+                    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        reason = await permanent_failure(self.control_url, self.tls_ca, err.details() or "")
+                        if reason is not None:
+                            raise SystemExit(f"corral-node: cannot join: {reason}") from None
+                    log.warning("lost the control plane at %s (%s: %s); reconnecting", self.control_url, err.code().name, err.details())
                 # The control plane forgot this node's containers with the session: stop them.
                 for container_id in list(self.containers):
                     self._kill(container_id, "the node lost its control plane session")
@@ -174,7 +189,8 @@ class NodeDaemon:
 
     async def _session(self, stub: node_pb2_grpc.NodeServiceAsyncStub) -> None:
         response = await stub.RegisterNode(
-            node_pb2.RegisterNodeRequest(name=self.name, inventory=self.inventory), metadata=self.metadata
+            node_pb2.RegisterNodeRequest(name=self.name, inventory=self.inventory), metadata=self.metadata,
+            timeout=REGISTER_TIMEOUT_S,
         )
         self.node_id = response.node_id
         interval = response.heartbeat_interval_s or 5.0
@@ -182,11 +198,16 @@ class NodeDaemon:
 
         async def events() -> AsyncIterator[node_pb2.NodeSessionRequest]:
             yield node_pb2.NodeSessionRequest(node_id=self.node_id, heartbeat=self._heartbeat())
+            loop = asyncio.get_running_loop()
+            # On a schedule, however busy the stream: the plane loses a node it has not heard from.
+            heartbeat_due = loop.time() + interval
             while True:
                 try:
-                    event = await asyncio.wait_for(self._events.get(), timeout=interval)
+                    event = await asyncio.wait_for(self._events.get(), timeout=max(0.0, heartbeat_due - loop.time()))
                 except asyncio.TimeoutError:
                     event = node_pb2.NodeSessionRequest(heartbeat=self._heartbeat())
+                if event.HasField("heartbeat"):
+                    heartbeat_due = loop.time() + interval
                 event.node_id = self.node_id
                 yield event
 
@@ -244,6 +265,10 @@ class NodeDaemon:
     def _emit(self, **event: object) -> None:
         self._events.put_nowait(node_pb2.NodeSessionRequest(**event))  # type: ignore[arg-type]
 
+    def _tls_env(self) -> dict[str, str]:
+        """The certificates a container's worker trusts to reach a `grpcs://` control plane."""
+        return {corral_env.CORRAL_TLS_CA_PEM: self.tls_roots.decode()} if self.tls_roots else {}
+
     async def _fetch_bundle(self, bundle_hash: str) -> bytes:
         """A code bundle's zip archive, from the control plane."""
         assert self._channel is not None
@@ -281,9 +306,8 @@ class NodeDaemon:
             usage = await self.launcher.remove_sandbox(container)
             if code > 128:  # runc reports a container killed by signal N as 128 + N
                 code = 128 - code
-            if (usage.oom_kills or (code == -signal.SIGKILL and usage.limit_hits)) and not container.kill_reason:
-                limit = f" (limit {usage.memory_limit_bytes // MIB} MiB)" if usage.memory_limit_bytes else ""
-                container.kill_reason = f"out of memory{limit}"
+            if usage.out_of_memory(code) and not container.kill_reason:
+                container.kill_reason = usage.out_of_memory(code)
         if container.stdin_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(container.stdin_fd)

@@ -1,11 +1,14 @@
 """`corral-node`: run a runtime node that joins a control plane.
 
-    CORRAL_TOKEN=... corral-node --server grpc://CONTROL:7470 [--name NAME] [--simulate-gpus H100:8]
-    corral-node --server grpc://CONTROL:7470 --token-file /etc/corral/token [--name NAME]
+    corral-node --server grpcs://CONTROL:7470 --tls-ca ca.pem --token-file /etc/corral/join-token \
+        --advertise-host 10.0.0.7 [--name NAME] [--simulate-gpus H100:8]
+    CORRAL_TOKEN=... corral-node --server grpc://127.0.0.1:7470 [--name NAME]
 
-The admin token comes from a file (`--token-file`) or the environment (`CORRAL_TOKEN`), never
-from the command line: every user of the host can read a process's argv (`ps`, /proc/PID/cmdline),
-while a file can be mode 0600 and a process's environment is readable only by its owner.
+The token is a join token (`corral node join-token create` on the control plane's host), good
+only for joining as a node, or the admin token. It comes from a file (`--token-file`) or the
+environment (`CORRAL_TOKEN`), never from the command line: every user of the host can read a
+process's argv (`ps`, /proc/PID/cmdline), while a file can be mode 0600 and a process's
+environment is readable only by its owner.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import signal
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 from corral_protocol import env as corral_env
-from corral_protocol import gpus
-from corral_runtime import criu, runtimes
+from corral_protocol import gpus, transport
+from corral_runtime import build_limits, criu, runtimes
 from corral_runtime.node import LAZY_PAGES_ENV, NodeDaemon
 
 _TOKEN_ON_ARGV = (
@@ -50,12 +54,27 @@ def read_token(token_file: str | None, environ: dict[str, str] | os._Environ[str
     return environ.get(corral_env.CORRAL_TOKEN, "")
 
 
+def _quiet_exit(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A node that gives up (refused, or a URL or certificate that can never work) exits with its
+    message alone, not with asyncio's shutdown traceback around it."""
+    if isinstance(context.get("exception"), SystemExit):
+        return
+    loop.default_exception_handler(context)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="corral-node", description="Run a Corral runtime node.")
-    p.add_argument("--server", default=os.environ.get(corral_env.CORRAL_SERVER_URL), help="control plane URL, grpc://host:port")
+    p.add_argument("--server", default=os.environ.get(corral_env.CORRAL_SERVER_URL),
+                   help="control plane URL: grpcs://host:port (TLS) or grpc://host:port (plaintext)")
+    p.add_argument(
+        "--tls-ca", default=os.environ.get(corral_env.CORRAL_TLS_CA) or None, metavar="FILE",
+        help=f"PEM certificate(s) to trust for a grpcs:// control plane (default ${corral_env.CORRAL_TLS_CA}, "
+             "else the system's roots); the node's containers trust the same",
+    )
     p.add_argument(
         "--token-file", default=None,
-        help=f"file holding the control plane's token (mode 0600); default: ${corral_env.CORRAL_TOKEN}",
+        help="file holding a join token (`corral node join-token create`) or the admin token (mode 0600); "
+             f"default: ${corral_env.CORRAL_TOKEN}",
     )
     p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused with an explanation
     p.add_argument("--name", default=None, help="node name (default: hostname)")
@@ -84,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
         help="a host directory every container sees, HOST[:CONTAINER][:ro|rw] (read-write unless :ro); repeatable "
              f"(also ${corral_env.CORRAL_NODE_VOLUMES}, comma-separated)",
     )
+    build_limits.add_arguments(p)
     p.add_argument(
         "--warm-pool", type=int, default=None, metavar="N",
         help="isolated nodes: keep N generic containers started ahead, each used once, for faster cold starts "
@@ -104,17 +124,28 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--simulate-gpus: {err}")
     if args.warm_pool is not None and args.warm_pool < 0:
         p.error(f"--warm-pool: {args.warm_pool} is negative (0 turns the pool off)")
+    try:
+        limits = build_limits.from_arguments(args)
+    except build_limits.BuildLimitError as err:
+        p.error(str(err))
     token = read_token(args.token_file)
     if not args.server or not token:
         p.error(f"--server (or {corral_env.CORRAL_SERVER_URL}) and a token (--token-file or {corral_env.CORRAL_TOKEN}) are required")
+    try:
+        if transport.server_address(args.server).tls:
+            transport.trusted_roots(args.tls_ca)
+    except transport.TransportError as err:
+        p.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     work_dir = Path(args.work_dir or Path.home() / ".local" / "share" / "corral-node")
     daemon = NodeDaemon(args.server, token, work_dir, name=args.name, advertise_host=args.advertise_host,
                         lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus, isolation=args.isolation,
-                        volumes=",".join(args.volume) if args.volume else None, warm_pool=args.warm_pool)
+                        volumes=",".join(args.volume) if args.volume else None, build_limits=limits, tls_ca=args.tls_ca,
+                        warm_pool=args.warm_pool)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_exit)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

@@ -17,6 +17,7 @@ from typing import TextIO
 from corral_protocol import env as corral_env
 from corral_protocol.v1 import common_pb2, node_pb2
 from corral_runtime import image_store
+from corral_runtime.build_limits import BuildLimits
 from corral_runtime.image_build import BuildError, FetchBundle, ImageBuilder
 from corral_runtime.image_store import VENV, ImageStore, Plan
 from corral_runtime.runc import ImageRoot, RuncRuntime
@@ -33,7 +34,9 @@ def uses_image(start: node_pb2.StartContainer) -> bool:
 class NodeImages:
     """The image store and builder of a node with runc (None of either without it)."""
 
-    def __init__(self, runtime: RuncRuntime, work_dir: Path, fetch: FetchBundle, log_stream: TextIO) -> None:
+    def __init__(self, runtime: RuncRuntime, work_dir: Path, fetch: FetchBundle, log_stream: TextIO,
+                 limits: BuildLimits | None = None) -> None:
+        self.limits = limits if limits is not None else BuildLimits.from_env()
         self.store = ImageStore(image_store.default_root(work_dir))
         self.store.collect_staging()
         self.runtime = runtime
@@ -47,7 +50,8 @@ class NodeImages:
     def builder(self) -> ImageBuilder:
         with self._builder_lock:  # made in a worker thread; two first builds must share one builder
             if self._builder is None:  # wheels of the corral packages are made on first use
-                self._builder = ImageBuilder(self.store, self.runtime)
+                self._builder = ImageBuilder(self.store, self.runtime, self.limits)
+                log.info("image builds: each step limited to %s", self.limits.describe())
             return self._builder
 
     async def build(self, command: node_pb2.BuildImage, emit: Callable[[common_pb2.ImageBuildProgress], None], node_name: str) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral_runtime import image_store, oci
+from corral_runtime.build_limits import BuildLimits
 from corral_runtime.cgroups import Cgroups, Usage
 from corral_runtime.runtimes import RUNC_CAPABILITIES
 
@@ -176,13 +177,15 @@ class RuncRuntime:
         assigned); 0 leaves a limit unset."""
         self.cgroups.create(container_id, cpu=cpu, memory_mib=memory_mib)
 
-    def prepare_build(self, container_id: str, workdir: Path, *, args: list[str], env: dict[str, str], binds: list[oci.Bind]) -> None:
+    def prepare_build(self, container_id: str, workdir: Path, *, args: list[str], env: dict[str, str], binds: list[oci.Bind],
+                      limits: BuildLimits) -> None:
         """The bundle of an image build step: its root (`<bundle>/rootfs`, already mounted by the
-        builder) writable, the capabilities a package manager needs, the host's network."""
+        builder) writable, the capabilities a package manager needs, the host's network, and the
+        node's build limits on its cgroup."""
         spec = oci.ContainerSpec(args=args, env=env, binds=binds, cgroups_path=self.cgroups.runc_path(container_id), cwd="/",
                                  empty_dir=str(self.empty_dir), read_only_root=False, capabilities=list(oci.BUILD_CAPABILITIES))
         (self.bundle_path(workdir) / "config.json").write_text(json.dumps(oci.config_json(spec), indent=1))
-        self.cgroups.create(container_id, cpu=0, memory_mib=0)
+        self.cgroups.create(container_id, cpu=limits.cpu, memory_mib=limits.memory_mib, pids=limits.pids)
 
     def run_argv(self, container_id: str, workdir: Path) -> list[str]:
         """`runc run` in the foreground: it stays the container's parent, passes its stdio (the

@@ -23,6 +23,7 @@ from corral_protocol.arguments import ArgumentError, invalid_argument
 from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_runtime.batching import Batcher
 from corral_runtime.cancellation import ThreadRegistry
+from corral_runtime.fd_capture import RUNNING
 from corral_runtime.redaction import Redactor
 
 
@@ -43,7 +44,7 @@ _DONE = object()
 
 async def _in_scope(input_id: str, awaitable: Any) -> Any:
     """Await a user coroutine with `corral.current_input_id()` answering `input_id`."""
-    with sdk.input_scope(input_id):
+    with RUNNING.scope(input_id):
         return await awaitable
 
 
@@ -55,7 +56,7 @@ def _scoped(input_id: str, function: Any, args: tuple[Any, ...], kwargs: dict[st
     """A call of a sync user function, for a thread, with `corral.current_input_id()` answering
     `input_id`; a cancellation can raise InputCancelled in that thread while it runs."""
     def call() -> Any:
-        with sdk.input_scope(input_id), THREADS.running(input_id):
+        with RUNNING.scope(input_id), THREADS.running(input_id):
             return function(*args, **kwargs)
     return call
 
@@ -152,7 +153,7 @@ class InputRunner:
             if inspect.isasyncgenfunction(function):
                 agen = function(*args, **kwargs)
                 try:
-                    with sdk.input_scope(inp.input_id):  # the input's own task: its context is its own
+                    with RUNNING.scope(inp.input_id):  # the input's own task: its context is its own
                         async for item in agen:
                             await emit(self._item(item, fmt, inp.method))
                 finally:
@@ -250,7 +251,7 @@ class InputRunner:
             else:
                 gen = function(*args, **kwargs)
                 try:
-                    with sdk.input_scope(inp.input_id):
+                    with RUNNING.scope(inp.input_id):
                         for item in gen:
                             deliver(item)
                 finally:
@@ -266,7 +267,7 @@ class InputRunner:
     def _failed(self, inp: worker_pb2.Input, exc: Exception, fmt: common_pb2.PayloadFormat.ValueType) -> common_pb2.Result:
         """The Result of an input whose user code raised; its traceback also goes to the container's
         stderr (so to `corral app logs`), redacted like the Result."""
-        with sdk.input_scope(inp.input_id):
+        with RUNNING.scope(inp.input_id):
             formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             print(f"corral worker: input {inp.input_id} ({inp.method}) raised:\n{self.redactor.text(formatted)}", end="", file=sys.stderr)
         return self.redactor.result(sdk.user_error(exc, fmt, self.dev_mode))

@@ -26,7 +26,7 @@ from typing import Any, cast
 import grpc
 
 from corral import container_api as sdk
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads, transport
 from corral_protocol.options import CANCEL_GRACE_S, batched_method, effective_max_inputs, effective_timeout_s
 from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -34,6 +34,7 @@ from corral_runtime import log_capture, snapshot_point
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.cancellation import outlive_grace
+from corral_runtime.control_channel import open_channel
 from corral_runtime.direct import DirectServer
 from corral_runtime.redaction import Redactor
 from corral_runtime.runner import THREADS, InputRunner
@@ -97,6 +98,7 @@ class Worker:
             except SnapshotPointError as err:
                 print(f"corral worker: {err}", file=sys.stderr)
                 return 1
+            log_capture.CAPTURE.fds.reclaim()
             apply_environment(identity)
             self.identity = Identity.from_env()
             self.metadata = self._metadata(self.identity)
@@ -112,11 +114,11 @@ class Worker:
     async def _session(self, loop: asyncio.AbstractEventLoop, restored: bool) -> int:
         """One connection to the control plane: init, hooks, serve. Returns the exit code, or
         SNAPSHOT_POINT when the snap hooks ran and the node is to dump this process."""
-        target = self.identity.control_url.split("://", 1)[-1]
         # Secrets arrive with the identity (after the dump, for a snapshot's worker): read them now.
         self.redactor = Redactor.from_environ()
         log_capture.CAPTURE.redactor = self.redactor
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        roots = transport.trusted_roots(None) if transport.server_address(self.identity.control_url).tls else None
+        async with open_channel(self.identity.control_url, roots, CHANNEL_OPTIONS) as channel:
             stream = worker_pb2_grpc.WorkerServiceStub(channel).WorkerSession(metadata=self.metadata)
             hello = worker_pb2.WorkerHello(container_id=self.identity.container_id, restored=restored)
             await stream.write(worker_pb2.WorkerSessionRequest(hello=hello))
@@ -144,7 +146,9 @@ class Worker:
                     pass
             else:
                 return await self._serve(loop, stream, init)
-        # The channel is closed: tell the node (on stdout, which it reads) to dump this process.
+        # The channel is closed: tell the node (on stdout, which it reads) to dump this process,
+        # with the node's pipes as fds 1 and 2 (a restored copy gets new ones in their place).
+        log_capture.CAPTURE.fds.release()
         print(SNAPSHOT_POINT_LINE, flush=True)
         return SNAPSHOT_POINT
 

@@ -12,15 +12,17 @@ from typing import Any
 import grpc
 
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY
+from corral_scheduler.join_tokens import JoinTokenBook, looks_like_join_token
 
 WORKER_SERVICE_PREFIX = "/corral.v1.WorkerService/"
+NODE_SERVICE_PREFIX = "/corral.v1.NodeService/"
 CONTROL_SERVICE_PREFIX = "/corral.v1.ControlService/"
 CONTAINER_CALLS = frozenset(
     f"{CONTROL_SERVICE_PREFIX}{name}"
-    for name in ("LookupClass", "BindService", "Invoke", "InvokeStream", "GetResult", "CancelCall", "GetRoutes")
+    for name in ("LookupClass", "BindService", "Invoke", "InvokeStream", "GetResult", "CancelCall", "GetRoutes", "GetContainerExit")
 )
 """What code inside a container may do with its container's token: look up, bind, invoke (and
-stream), get results, cancel, and find direct routes. Never deploy, stop, secrets or tokens. The
+stream), get results, cancel, find direct routes and ask why a routed container ended. Never deploy, stop, secrets or tokens. The
 token dies with the container."""
 
 
@@ -75,11 +77,13 @@ def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, messag
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls with a missing or incompatible protocol version (FAILED_PRECONDITION) and calls
     without a valid token (UNAUTHENTICATED). Container tokens are only good for the WorkerService;
-    the handler there checks that the token belongs to the container it speaks for."""
+    the handler there checks that the token belongs to the container it speaks for. Join tokens
+    (`join_tokens`) are only good for the NodeService: anything else is PERMISSION_DENIED."""
 
-    def __init__(self, admin_token: str, is_container_token: Callable[[str], bool]) -> None:
+    def __init__(self, admin_token: str, is_container_token: Callable[[str], bool], join_tokens: JoinTokenBook | None = None) -> None:
         self._admin_token = admin_token
         self._is_container_token = is_container_token
+        self._join_tokens = join_tokens
 
     async def intercept_service(
         self,
@@ -111,6 +115,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         "code inside a container may only look up, bind, invoke, get results and cancel calls",
                     )
                 ok = True
+            if not ok and self._join_tokens is not None and looks_like_join_token(token):
+                problem = self._join_tokens.check(token)
+                if details.method.startswith(NODE_SERVICE_PREFIX):
+                    if problem is not None:
+                        return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, f"invalid join token: {problem}")
+                    ok = True
+                elif problem is None:
+                    return _abort_handler(
+                        handler, grpc.StatusCode.PERMISSION_DENIED,
+                        f"a join token only lets a machine join as a node (corral.v1.NodeService); {details.method} "
+                        "needs the admin token",
+                    )
         if not ok:
             return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid or missing bearer token")
         return handler

@@ -16,6 +16,7 @@ from corral_protocol.env import APP_KIND_DEPLOYED, APP_KIND_EPHEMERAL, CORRAL_AP
 from corral_protocol.options import effective_max_inputs, effective_startup_timeout_s
 from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler.autoscaler import init_backoff_s
+from corral_scheduler.container_exits import ContainerExit, RecentExits, lost_input_message
 from corral_scheduler.effects import (
     ArmTimer,
     CancelTimer,
@@ -81,6 +82,7 @@ class Containers:
         self.core = core
         self.containers: dict[str, Container] = {}
         self.tokens: dict[str, str] = {}  # worker token -> container id
+        self.recent_exits = RecentExits()  # why forgotten containers ended, for direct callers
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         return {
@@ -315,14 +317,15 @@ class Containers:
         if not container.load:
             container.idle_since = self.core.now
 
-    def stop(self, container: Container, cause: str = "stopped") -> None:
-        """Graceful stop: the worker drains, runs exit hooks and exits; killed after a grace period."""
+    def stop(self, container: Container, cause: str = "stopped", grace_s: float | None = None) -> None:
+        """Graceful stop: the worker drains, runs exit hooks and exits; killed after a grace period
+        (`grace_s`, else STOP_GRACE_S)."""
         if container.state in (CS.DRAINING, CS.KILLED, CS.START_TIMED_OUT, CS.FAILED, CS.EXITED):
             return
         if container.state.is_connected:
             self.core.move_container(container, CS.DRAINING, cause)
             self.core.emit(ShutdownWorker(container.container_id))
-            self.core.emit(ArmTimer(_stop_key(container.container_id), self.core.STOP_GRACE_S,
+            self.core.emit(ArmTimer(_stop_key(container.container_id), self.core.STOP_GRACE_S if grace_s is None else grace_s,
                                     StopGraceExpired(container.container_id)))
         else:
             self.kill(container, "stopped before it started")
@@ -361,8 +364,9 @@ class Containers:
         self.core.move_container(container, finish, cause)
         return previous
 
-    def gone(self, container_id: str, exit_code: int | None, reason: str, stderr_tail: str) -> None:
-        """The container's process is gone (exit, lost node, lost connection)."""
+    def gone(self, container_id: str, exit_code: int | None, reason: str, stderr_tail: str, node_lost: bool = False) -> None:
+        """The container's process is gone (exit, lost node, lost connection). `node_lost`: gone with
+        its node (`Nodes.lose`), which is no init failure of its class."""
         container = self.containers.get(container_id)
         if container is None:
             return
@@ -372,7 +376,7 @@ class Containers:
         service = self.core.registry.services[container.service_id]
         detail = f"\n\nLast lines of the container's stderr:\n{stderr_tail}" if stderr_tail else ""
         never_ready = previous.is_starting or previous == CS.START_TIMED_OUT or (previous == CS.LOST and container.ready_at is None)
-        starting = never_ready and not self.core.shutting_down and not service.retired
+        starting = never_ready and not self.core.shutting_down and not service.retired and not node_lost
         if starting and container.start_mode in (StartMode.TAKE, StartMode.RESTORE) and not container.exit_reason:
             # A dump or restore gone wrong is never a failed call: count it, start another container.
             self.core.snapshots.book.failed(
@@ -381,11 +385,11 @@ class Containers:
         elif starting:
             message = f"{service.class_def.name}'s container exited before it was ready{code}: {why}"
             self.init_failure(service, failure(S.RESULT_STATUS_INIT_ERROR, message + detail, stderr_tail))
+        name = service.class_def.name
+        methods = frozenset(m.name for m in service.class_def.methods)
+        self.recent_exits.add(container_id, ContainerExit(service.service_id, name, methods, why, exit_code, stderr_tail, node_lost))
         for inp in list(container.running.values()):
-            if why.startswith("out of memory"):  # the kernel's verdict first: it is what the caller must fix
-                message = f"{why}: the container running {service.class_def.name}.{inp.method} was killed{code}{detail}"
-            else:
-                message = f"the container running {service.class_def.name}.{inp.method} exited unexpectedly{code}: {why}{detail}"
+            message = lost_input_message(name, inp.method, why, exit_code, stderr_tail, node_lost)
             self.core.inputs.fail_or_retry(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, message), service)
         container.running.clear()
         if exit_code not in (None, 0) or previous not in (CS.DRAINING, CS.KILLED):

@@ -21,12 +21,14 @@ from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
 from corral_scheduler import ids, views
+from corral_scheduler.container_exits import wait_for_exit
 from corral_scheduler.core import PlaneCore
 from corral_scheduler.errors import ApiError, InvalidArgument, NotFound
 from corral_scheduler.image_builds import ImageBuilds
 from corral_scheduler.lifecycle import InputState, Step
 from corral_scheduler.logs import LogStore
 from corral_scheduler.model import AppRecord, Container, Node, Service
+from corral_scheduler.nodes import NODE_TIMEOUT_S
 from corral_scheduler.plane_store import StoreAccess
 from corral_scheduler.recovery import recover_calls
 from corral_scheduler.registry import validate_app
@@ -58,8 +60,9 @@ class ControlPlane(StoreAccess, Sessions):
     TICK_S = 0.2
     STOP_GRACE_S = PlaneCore.STOP_GRACE_S
 
-    def __init__(self, store: Store, admin_token: str, max_queue_per_service: int | None = None) -> None:
-        self.core = PlaneCore(max_queue_per_service)
+    def __init__(self, store: Store, admin_token: str, max_queue_per_service: int | None = None,
+                 node_timeout_s: float = NODE_TIMEOUT_S) -> None:
+        self.core = PlaneCore(max_queue_per_service, node_timeout_s=node_timeout_s)
         self.store = store
         self.secrets = Secrets(store)
         self.admin_token = admin_token
@@ -73,8 +76,8 @@ class ControlPlane(StoreAccess, Sessions):
         self._writes: list[fx.CallChange] = []  # durable-call changes of the event being handled
         self._ticker: asyncio.Task[None] | None = None
         self.image_builds = ImageBuilds(lambda: list(self._node_outboxes), self._to_node)
-        self.schedules = Schedules(self, store.directory)
-        self.logs = LogStore(store.directory)
+        self.schedules = Schedules(self, store.location)
+        self.logs = LogStore(store.location)
 
     @property
     def control_url(self) -> str:
@@ -105,6 +108,16 @@ class ControlPlane(StoreAccess, Sessions):
     @property
     def snapshots(self) -> SnapshotBook:
         return self.core.snapshots.book
+
+    @property
+    def node_heartbeat_interval_s(self) -> float:
+        """What registering nodes are told: well under the node timeout."""
+        return self.core.nodes.heartbeat_interval_s
+
+    def operate_node(self, event: ev.NodeCordonRequested | ev.NodeDrainRequested) -> control_pb2.NodeInfo:
+        """Cordon, uncordon or drain a node (by name or id); returns its state after the request."""
+        self.handle(event)
+        return self.core.nodes.find(event.node).info()
 
     def container_history(self, container_id: str) -> list[Step]:
         """The container's recent transitions, oldest first."""
@@ -176,6 +189,8 @@ class ControlPlane(StoreAccess, Sessions):
         elif isinstance(effect, fx.StopContainer):
             stop = node_pb2.StopContainer(container_id=effect.container_id, grace_s=0)
             self._to_node(effect.node_id, node_pb2.NodeSessionResponse(stop_container=stop))
+        elif isinstance(effect, fx.CloseNodeSession):
+            self.end_node_session(effect.node_id)
         elif isinstance(effect, fx.DeleteSnapshots):
             self._to_node(effect.node_id, node_pb2.NodeSessionResponse(delete_snapshots=effect.delete))
         elif isinstance(effect, fx.InitWorker):
@@ -319,6 +334,13 @@ class ControlPlane(StoreAccess, Sessions):
 
     def get_routes(self, service_id: str) -> control_pb2.GetRoutesResponse:
         return views.routes(self.core.registry.live_service(service_id))
+
+    async def container_exit(self, request: control_pb2.GetContainerExitRequest) -> control_pb2.GetContainerExitResponse:
+        """Why a container of a service ended (waiting, bounded, while it is still alive)."""
+        def alive_in(container_id: str) -> str | None:
+            container = self.core.containers.containers.get(container_id)
+            return container.service_id if container is not None else None
+        return await wait_for_exit(request, self.core.containers.recent_exits, alive_in)
 
     # Calls ------------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ effects it returns. Its jobs live in their own modules and share this object:
     durable.DurableCalls  what of spawned calls the store keeps, and how they resume after a restart
     dispatch.Dispatch     pushing inputs into free slots; autoscaling and scale-down
     containers.Containers the container lifecycle and the worker's events
-    nodes.Nodes           nodes joining and leaving, capacity reservations
+    nodes.Nodes           nodes joining, heartbeats and loss, capacity reservations
+    drains.Drains         operators' cordons and drains of nodes
     snapshots.Snapshots   memory snapshot planning and the book of images
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 from corral_scheduler import ids
 from corral_scheduler.containers import Containers
 from corral_scheduler.dispatch import Dispatch
+from corral_scheduler.drains import Drains
 from corral_scheduler.durable import DurableCalls
 from corral_scheduler.effects import Effect
 from corral_scheduler.errors import ApiError
@@ -33,13 +35,15 @@ from corral_scheduler.inputs import Inputs
 from corral_scheduler.lifecycle import (
     CONTAINER_TRANSITIONS,
     INPUT_TRANSITIONS,
+    NODE_TRANSITIONS,
     ContainerState,
     History,
     InputState,
     InvalidTransition,
+    NodeState,
 )
-from corral_scheduler.model import Container, Input
-from corral_scheduler.nodes import Nodes
+from corral_scheduler.model import Container, Input, Node
+from corral_scheduler.nodes import NODE_TIMEOUT_S, Nodes
 from corral_scheduler.registry import Registry
 from corral_scheduler.snapshots import Snapshots
 
@@ -68,9 +72,11 @@ class PlaneCore:
         strict: bool = False,
         new_id: Callable[[str], str] = ids.new_id,
         new_token: Callable[[], str] = lambda: secrets.token_urlsafe(24),
+        node_timeout_s: float = NODE_TIMEOUT_S,
     ) -> None:
         """`strict`: an event in a state that cannot take it raises `InvalidTransition` (tests);
-        otherwise it is logged with the object's story and the plane carries on."""
+        otherwise it is logged with the object's story and the plane carries on. `node_timeout_s`:
+        a node silent this long is lost."""
         self.max_queue = max_queue_per_service or MAX_QUEUE_PER_SERVICE
         self.strict = strict
         self.new_id = new_id
@@ -84,14 +90,15 @@ class PlaneCore:
         self.inputs = Inputs(self)
         self.dispatch = Dispatch(self)
         self.containers = Containers(self)
-        self.nodes = Nodes(self)
+        self.nodes = Nodes(self, node_timeout_s)
+        self.drains = Drains(self)
         self.snapshots = Snapshots(self)
         self.durable = DurableCalls(self)
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             Tick: self._tick,
             ShutdownRequested: self._shutdown,
         }
-        for job in (self.registry, self.inputs, self.containers, self.nodes, self.snapshots, self.durable):
+        for job in (self.registry, self.inputs, self.containers, self.nodes, self.drains, self.snapshots, self.durable):
             self._handlers.update(job.handlers())
 
     def handle(self, event: Event, now: float, wall: float) -> list[Effect]:
@@ -136,6 +143,10 @@ class PlaneCore:
         self._move("input", inp.call_id, inp.history, inp.state, finish, cause, INPUT_TRANSITIONS)
         inp.state = finish
 
+    def move_node(self, node: Node, finish: NodeState, cause: str) -> None:
+        self._move("node", node.node_id, node.history, node.state, finish, cause, NODE_TRANSITIONS)
+        node.state = finish
+
     def _move(self, kind: str, object_id: str, history: History, start: enum.Enum, finish: enum.Enum, cause: str,
               table: dict[Any, str]) -> None:
         if (start, finish) not in table:
@@ -145,9 +156,11 @@ class PlaneCore:
     # Periodic work ----------------------------------------------------------------------------
 
     def _tick(self, event: Tick) -> None:
+        self.nodes.tick()
         self.registry.tick()
         self.dispatch.tick()
         self.inputs.tick()
+        self.drains.tick()
 
     def _shutdown(self, event: ShutdownRequested) -> None:
         self.shutting_down = True

@@ -65,9 +65,12 @@ class Dispatch:
         self._note_overload(service)
         live = len(service.live_containers)
         missing = self.desired(service) - live
+        cap = service.autoscaler.max_containers
+        if cap is not None:  # containers retiring with a draining node still count against the user's cap
+            missing = min(missing, cap - live - sum(c.retiring and c.state.is_live for c in service.containers.values()))
         if missing <= 0 or self.core.now < service.next_start_at:
             return
-        serving = any(c.state == ContainerState.READY for c in service.containers.values())
+        serving = any(c.state == ContainerState.READY and not c.retiring for c in service.containers.values())
         if serving and live >= service.autoscaler.min_containers and not self.backlog_sustained(service):
             return
         for started in range(missing):

@@ -40,6 +40,14 @@ class StopContainer(Effect):
 
 
 @dataclass(frozen=True)
+class CloseNodeSession(Effect):
+    """End the node's session stream: the plane declared it lost. The node stops what it still runs
+    and registers again as a new node; no `NodeLost` follows."""
+
+    node_id: str
+
+
+@dataclass(frozen=True)
 class DeleteSnapshots(Effect):
     node_id: str
     delete: node_pb2.DeleteSnapshots

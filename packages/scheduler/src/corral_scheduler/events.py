@@ -205,7 +205,24 @@ class NodeConnected(Event):
 
 @dataclass(frozen=True)
 class NodeLost(Event):
+    """The node's session stream ended (the driver saw it close). `reason` says how, for callers."""
+
     node_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NodeCordonRequested(Event):
+    """`corral node cordon` (`cordon`) or `uncordon` (not `cordon`); `node` is a name or an id."""
+
+    node: str
+    cordon: bool = True
+
+
+@dataclass(frozen=True)
+class NodeDrainRequested(Event):
+    node: str
+    timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -291,3 +308,10 @@ class StartupTimedOut(TimerFired):
 @dataclass(frozen=True)
 class LostWorkerGraceExpired(TimerFired):
     container_id: str
+
+
+@dataclass(frozen=True)
+class DrainTimedOut(TimerFired):
+    """A drain's timeout ran out: whatever still runs on the node is killed."""
+
+    node_id: str

@@ -1,5 +1,5 @@
-"""The named lifecycles of containers and inputs: their states, the transitions allowed between
-them, and the short history (story) each object keeps of its transitions.
+"""The named lifecycles of containers, inputs and nodes: their states, the transitions allowed
+between them, and the short history (story) each object keeps of its transitions.
 
 A transition not in its table is a bug in the control plane, never in a client: `PlaneCore` raises
 `InvalidTransition` when it runs strict (tests) and logs it with the object's story otherwise.
@@ -23,7 +23,7 @@ class ContainerState(enum.Enum):
     AT_SNAPSHOT_POINT = "at-snapshot-point"  # disconnected on purpose while the node dumps it
     STARTING = "starting"  # connected; imports and runs its (snap=False) @enter hooks
     READY = "ready"  # serving inputs
-    LOST = "lost"  # its connection broke unexpectedly; it is declared gone after a grace period
+    LOST = "lost"  # its connection broke, or its node was lost; declared gone (at once, with its node)
     DRAINING = "draining"  # told to stop: finishes its inputs, runs @exit hooks; killed after a grace
     KILLED = "killed"  # the node was told to kill it; waiting for the node to report its exit
     START_TIMED_OUT = "start-timed-out"  # killed because it did not finish starting in time
@@ -87,6 +87,8 @@ CONTAINER_TRANSITIONS: dict[tuple[ContainerState, ContainerState], str] = {
     **{(s, _C.START_TIMED_OUT): "it did not finish starting within its start-up timeout" for s in _STARTING},
     **{(s, _C.DRAINING): "a graceful stop (scale-down, retirement, shutdown)" for s in _CONNECTED},
     **{(s, _C.LOST): "its connection broke" for s in _CONNECTED},
+    # With its node: whatever ran there is gone for the plane (it moves on to EXITED at once).
+    **{(s, _C.LOST): "its node was lost" for s in _C if s not in (_C.LOST, _C.EXITED)},
     **{(s, _C.KILLED): "killed (a stop before it connected, a timeout, or the grace ran out)"
        for s in (_STARTING | {_C.READY, _C.LOST, _C.DRAINING, _C.FAILED})},
     **{(s, _C.EXITED): "the node reported its exit, or its node or connection was lost" for s in _C if s is not _C.EXITED},
@@ -109,6 +111,44 @@ INPUT_TRANSITIONS: dict[tuple[InputState, InputState], str] = {
     (_I.RUNNING, _I.QUEUED): "its container's stream ended before the input left the control plane",
     (_I.RETRY_WAIT, _I.QUEUED): "its retry delay passed",
     (_I.RETRY_WAIT, _I.DONE): "cancelled while waiting, or its app stopped",
+}
+
+
+class NodeState(enum.Enum):
+    JOINING = "joining"  # registered; its session has not opened yet
+    READY = "ready"  # new containers may be placed there
+    CORDONED = "cordoned"  # no new containers; those it runs keep serving
+    DRAINING = "draining"  # cordoned, and its containers stop gracefully (replacements elsewhere first)
+    LOST = "lost"  # its stream closed, its heartbeats stopped, or it registered again: its containers are gone
+
+    @property
+    def is_connected(self) -> bool:
+        """Its session is open: the plane may send it commands, and it runs containers."""
+        return self in (NodeState.READY, NodeState.CORDONED, NodeState.DRAINING)
+
+    @property
+    def wire(self) -> control_pb2.NodeState.ValueType:
+        return _NODE_WIRE[self]
+
+
+_N = NodeState
+_NODE_WIRE = {
+    _N.JOINING: control_pb2.NODE_STATE_JOINING, _N.READY: control_pb2.NODE_STATE_READY,
+    _N.CORDONED: control_pb2.NODE_STATE_CORDONED, _N.DRAINING: control_pb2.NODE_STATE_DRAINING,
+    _N.LOST: control_pb2.NODE_STATE_LOST,
+}
+# (start, finish) -> what moves a node along it. A lost node never comes back as itself: the
+# machine registers again under its name as a new node (a fresh session), and the lost one is forgotten.
+NODE_TRANSITIONS: dict[tuple[NodeState, NodeState], str] = {
+    (_N.JOINING, _N.READY): "its session opened",
+    (_N.JOINING, _N.CORDONED): "its session opened; its name is cordoned",
+    (_N.READY, _N.CORDONED): "cordoned by an operator",
+    (_N.CORDONED, _N.READY): "uncordoned by an operator",
+    (_N.READY, _N.DRAINING): "an operator drains it",
+    (_N.CORDONED, _N.DRAINING): "an operator drains it",
+    (_N.DRAINING, _N.CORDONED): "drained: its last container exited",
+    (_N.DRAINING, _N.READY): "uncordoned by an operator during its drain",
+    **{(s, _N.LOST): "its stream closed, its heartbeats stopped, or it registered again" for s in _N if s is not _N.LOST},
 }
 
 

@@ -1,8 +1,10 @@
 """Container output: stored per app, container and input, with bounded retention, and followed.
 
 Lines arrive from the workers (`LogBatch`, already redacted in the container) and go to their own
-SQLite file beside the store (`logs.db`), never to the store's database: logs are high-volume and
-disposable, the store's rows are neither. Retention is bounded two ways: at most
+SQLite file beside the store (`logs.db`), never to the store's database file: logs are high-volume
+and disposable, the store's rows are neither. With PostgreSQL state they are the `lines` table of
+the same database, on a connection of their own. A NUL character in a line is stored as U+FFFD
+(neither engine keeps NUL in text). Retention is bounded two ways: at most
 `MAX_LINES_PER_APP` lines per app (the oldest go first) and nothing older than `MAX_AGE_S`.
 Followers (`corral app logs --follow`, `corral run`) wait on an asyncio.Event per subscription
 that each ingest sets.
@@ -11,11 +13,12 @@ that each ingest sets.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from corral_protocol.v1 import common_pb2, worker_pb2
+from corral_scheduler.state_db import open_database
+from corral_scheduler.state_url import SqliteState, StateLocation
 
 MAX_LINES_PER_APP = 50_000
 MAX_AGE_S = 7 * 24 * 3600.0
@@ -23,6 +26,13 @@ _PAGE = 500
 _PRUNE_EVERY = 1_000  # lines ingested between two retention passes
 
 _COLUMNS = "seq, app_id, container_id, input_id, timestamp, stream, text"
+SCHEMA_VERSION = 1
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS lines (seq {serial_key}, app_id TEXT, container_id TEXT, "
+    "input_id TEXT, timestamp {real}, stream TEXT, text TEXT)",
+    "CREATE INDEX IF NOT EXISTS lines_app ON lines (app_id, seq)",
+    "CREATE INDEX IF NOT EXISTS lines_container ON lines (container_id, seq)",
+]
 
 
 def _line(row: tuple[int, str, str, str, float, str, str]) -> common_pb2.LogLine:
@@ -31,27 +41,32 @@ def _line(row: tuple[int, str, str, str, float, str, str]) -> common_pb2.LogLine
                               timestamp=timestamp, stream=stream, text=text)
 
 
+def _text(value: str) -> str:
+    return value.replace("\x00", "\ufffd")
+
+
 class LogStore:
-    def __init__(self, directory: Path, max_lines_per_app: int = MAX_LINES_PER_APP, max_age_s: float = MAX_AGE_S) -> None:
-        self._db = sqlite3.connect(directory / "logs.db", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")  # losing the last lines in a power cut is acceptable
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS lines (seq INTEGER PRIMARY KEY AUTOINCREMENT, app_id TEXT, container_id TEXT, "
-            "input_id TEXT, timestamp REAL, stream TEXT, text TEXT)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS lines_app ON lines (app_id, seq)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS lines_container ON lines (container_id, seq)")
+    """Log lines at `location` (a directory: SQLite files there)."""
+
+    def __init__(self, location: Path | StateLocation, max_lines_per_app: int = MAX_LINES_PER_APP,
+                 max_age_s: float = MAX_AGE_S) -> None:
+        self._db = open_database(SqliteState(location) if isinstance(location, Path) else location, "logs")
+        try:
+            self._db.ensure_schema("logs", SCHEMA_VERSION, _SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
         self.max_lines_per_app = max_lines_per_app
         self.max_age_s = max_age_s
         self._since_prune = 0
         self._waiters: set[asyncio.Event] = set()
 
     def ingest(self, app_id: str, container_id: str, batch: worker_pb2.LogBatch) -> None:
-        rows = [(app_id, container_id, line.input_id, line.timestamp, line.stream, line.text) for line in batch.lines]
+        rows = [(_text(app_id), _text(container_id), _text(line.input_id), line.timestamp, _text(line.stream), _text(line.text))
+                for line in batch.lines]
         if batch.dropped:
             last = batch.lines[-1].timestamp if batch.lines else 0.0
-            rows.append((app_id, container_id, "", last, "stderr", f"[corral: {batch.dropped} lines dropped in the container]"))
+            rows.append((_text(app_id), _text(container_id), "", last, "stderr", f"[corral: {batch.dropped} lines dropped in the container]"))
         if not rows:
             return
         self._db.executemany(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from corral_protocol.options import batched_method
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 from corral_scheduler.autoscaler import AutoscalerConfig
-from corral_scheduler.lifecycle import ContainerState, History, InputState
+from corral_scheduler.lifecycle import ContainerState, History, InputState, NodeState
 from corral_scheduler.placement import NodeCapacity
 from corral_scheduler.snapshot_keys import StartMode
 
@@ -109,6 +109,9 @@ class Container:
     snapshot_key: str = ""
     start_mode: StartMode | None = None  # None: the class does not use snapshots
     pre_snapshot_token: str = ""
+    # Its node is draining: it serves until a replacement elsewhere is ready, and the autoscaler
+    # no longer counts it (so that the replacement starts).
+    retiring: bool = False
 
     @property
     def restored(self) -> bool:
@@ -196,7 +199,8 @@ class Service:
 
     @property
     def live_containers(self) -> list[Container]:
-        return [c for c in self.containers.values() if c.state.is_live]
+        """The containers the autoscaler counts: starting or ready, and not retiring with a draining node."""
+        return [c for c in self.containers.values() if c.state.is_live and not c.retiring]
 
     @property
     def running_count(self) -> int:
@@ -210,17 +214,25 @@ class Node:
     inventory: common_pb2.NodeInventory
     capacity: NodeCapacity
     containers: set[str] = field(default_factory=set)
-    last_heartbeat: float = 0.0  # wall clock
-    connected: bool = False
+    last_heartbeat: float = 0.0  # wall clock, for people
+    last_seen: float = 0.0  # monotonic: its last message of any kind (what the heartbeat timeout reads)
+    state: NodeState = NodeState.JOINING
+    history: History = field(default_factory=History, repr=False)
+    state_reason: str = ""  # why it was lost
+    lost_at: float = 0.0  # monotonic
     # Each container's resource use from the node's latest heartbeat, by container id.
     usage: dict[str, common_pb2.ContainerUsage] = field(default_factory=dict)
+
+    @property
+    def connected(self) -> bool:
+        return self.state.is_connected
 
     def info(self) -> control_pb2.NodeInfo:
         return control_pb2.NodeInfo(
             node_id=self.node_id, name=self.name, inventory=self.inventory,
             cpu_reserved=self.capacity.cpu_reserved, memory_reserved_mib=self.capacity.memory_reserved_mib,
             containers=len(self.containers), last_heartbeat=self.last_heartbeat,
-            gpus_in_use=sorted(self.capacity.gpus_in_use),
+            gpus_in_use=sorted(self.capacity.gpus_in_use), state=self.state.wire, state_reason=self.state_reason,
         )
 
 

@@ -267,6 +267,12 @@ class Cluster:
         return any(n >= count and gpu_names.matches(name, model) for name, count in choices for model, n in per_model.items())
 
 
+def could_ever_run(capacity: NodeCapacity, resources: common_pb2.Resources) -> bool:
+    """Whether the node could run a container with these resources once idle (whatever holds it now)."""
+    choices = gpu_names.request_choices(resources.gpu) if resources.HasField("gpu") else []
+    return Cluster._could_ever_run(capacity, choices, resources.cpu, int(resources.memory_mib))
+
+
 def choose_node(nodes: list[NodeCapacity], resources: common_pb2.Resources, snapshot_key: str = "") -> Placement | None:
     """`Cluster.place` over these nodes, indexed for this one call (tests and one-off answers)."""
     cluster = Cluster()

@@ -7,15 +7,15 @@ Three parts, so the rules are tested without a clock or a network:
   advances every due entry past `now` and returns it. A run missed while the plane was down runs
   once at start, not once per missed slot.
 - `ScheduleStore` + `Schedules` (the driver's part): the next runs persisted in their own SQLite
-  file beside the store's; each due entry's new next run is written *before* the call is made, so
-  a crash between the two skips that run rather than repeating it (at most once per slot).
+  file beside the store's (or the `next_runs` table of PostgreSQL state); each due entry's new next
+  run is written *before* the call is made, so a crash between the two skips that run rather than
+  repeating it (at most once per slot).
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-import sqlite3
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 from croniter import croniter  # type: ignore[import-untyped]  # no stubs shipped
 
 from corral_protocol.v1 import common_pb2, control_pb2
+from corral_scheduler.state_db import open_database
+from corral_scheduler.state_url import SqliteState, StateLocation
 
 if TYPE_CHECKING:
     from corral_scheduler.control_plane import ControlPlane
@@ -133,21 +135,33 @@ class ScheduleBook:
 
 
 class ScheduleStore:
-    """The next runs, in `schedules.db` beside the store's own database."""
+    """The next runs, in `schedules.db` beside the store's own database (a directory given), or the
+    `next_runs` table of the PostgreSQL state database."""
 
-    def __init__(self, directory: Path) -> None:
-        self._db = sqlite3.connect(directory / "schedules.db", isolation_level=None)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS next_runs (app_name TEXT, function TEXT, spec TEXT, next_run_at REAL, "
-            "PRIMARY KEY (app_name, function))"
-        )
+    SCHEMA_VERSION = 1
+    SCHEMA = [
+        "CREATE TABLE IF NOT EXISTS next_runs (app_name TEXT, function TEXT, spec TEXT, next_run_at {real}, "
+        "PRIMARY KEY (app_name, function))",
+    ]
+
+    def __init__(self, location: Path | StateLocation) -> None:
+        self._db = open_database(SqliteState(location) if isinstance(location, Path) else location, "schedules")
+        try:
+            self._db.ensure_schema("schedules", self.SCHEMA_VERSION, self.SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
 
     def load(self) -> dict[Key, tuple[str, float]]:
         rows = self._db.execute("SELECT app_name, function, spec, next_run_at FROM next_runs").fetchall()
         return {(a, f): (spec, at) for a, f, spec, at in rows}
 
     def save(self, key: Key, spec: str, next_run_at: float) -> None:
-        self._db.execute("INSERT OR REPLACE INTO next_runs VALUES (?, ?, ?, ?)", (*key, spec, next_run_at))
+        self._db.execute(
+            "INSERT INTO next_runs (app_name, function, spec, next_run_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (app_name, function) DO UPDATE SET spec = excluded.spec, next_run_at = excluded.next_run_at",
+            (*key, spec, next_run_at),
+        )
 
     def delete(self, key: Key) -> None:
         self._db.execute("DELETE FROM next_runs WHERE app_name = ? AND function = ?", key)
@@ -159,10 +173,10 @@ class ScheduleStore:
 class Schedules:
     """The driver's schedule job: reconcile with the deployed apps, persist, fire due runs."""
 
-    def __init__(self, plane: ControlPlane, directory: Path) -> None:
+    def __init__(self, plane: ControlPlane, location: Path | StateLocation) -> None:
         self.plane = plane
         self.book = ScheduleBook()
-        self.store = ScheduleStore(directory)
+        self.store = ScheduleStore(location)
         self._seen: frozenset[tuple[str, int]] = frozenset()
 
     def next_runs(self, app_id: str) -> list[control_pb2.ScheduledRun]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +18,11 @@ from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
 from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
+from corral_scheduler.join_tokens import JoinTokenBook
+from corral_scheduler.leadership import DEFAULT_TTL_S, Leadership, new_holder_id
+from corral_scheduler.nodes import MAX_NODE_TIMEOUT_S, NODE_TIMEOUT_S
 from corral_scheduler.servicers import ControlServicer, NodeServicer, WorkerServicer
+from corral_scheduler.state_url import PostgresState, StateLocation
 from corral_scheduler.store import Store
 from corral_scheduler.tls import TlsFiles
 
@@ -27,6 +36,29 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
+log = logging.getLogger("corral.scheduler")
+# A deposed leader exits at once (EX_TEMPFAIL), as a kill -9 would: a supervisor restarts it as a standby.
+LEASE_LOST_EXIT_CODE = 75
+
+
+def _step_down(reason: str) -> None:
+    log.critical("stepping down: %s; this control plane exits without touching the state again", reason)
+    logging.shutdown()
+    os._exit(LEASE_LOST_EXIT_CODE)
+
+
+def node_timeout_from_env() -> float:
+    """CORRAL_NODE_TIMEOUT_S, checked: a positive number of seconds (default `NODE_TIMEOUT_S`)."""
+    value = os.environ.get(env.CORRAL_NODE_TIMEOUT_S)
+    if value is None:
+        return NODE_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_NODE_TIMEOUT_S):
+        raise ValueError(f"{env.CORRAL_NODE_TIMEOUT_S} must be a number of seconds above 0 and at most {MAX_NODE_TIMEOUT_S:g}, got {value!r}")
+    return seconds
 
 
 @dataclass
@@ -37,6 +69,8 @@ class RunningServer:
     host: str
     gateway: HttpGateway | None = None
     tls: TlsFiles | None = None
+    leadership: Leadership | None = None
+    lease_keeper: asyncio.Task[None] | None = None
 
     @property
     def http_url(self) -> str:
@@ -50,29 +84,50 @@ class RunningServer:
     async def stop(self, grace: float = 5.0) -> None:
         if self.gateway is not None:
             await self.gateway.stop()
+        if self.lease_keeper is not None:
+            self.lease_keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.lease_keeper
         await self.plane.close()
         await self.server.stop(grace)
+        if self.leadership is not None:
+            self.leadership.release()
         self.plane.store.close()
 
 
 async def serve(
     state_dir: Path, admin_token: str, host: str = "127.0.0.1", port: int = 0, http_port: int | None = None,
-    tls: TlsFiles | None = None,
+    tls: TlsFiles | None = None, state_location: StateLocation | None = None,
+    on_lease_lost: Callable[[str], None] = _step_down, join_tokens: JoinTokenBook | None = None,
 ) -> RunningServer:
     """Start the control plane with its state in `state_dir`, listening on host:port (0 picks a port),
     and the web gateway on host:http_port (None: no gateway; 0 picks a port).
 
-    CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies.
+    CORRAL_HTTP_MAX_BODY (bytes, default 16 MiB) bounds web request bodies; CORRAL_NODE_TIMEOUT_S
+    (default 10) is how long a silent node has before it is lost.
 
     With `tls`, the gRPC port and the gateway speak TLS only; an extra plaintext gRPC port on
     127.0.0.1 serves the node that runs in this process and its containers, so nothing leaves
-    the machine in plaintext (a remote node's containers need TLS in the worker: not yet)."""
-    store = Store(state_dir)
+    the machine in plaintext; remote nodes and their containers connect with TLS.
+
+    `state_location` (`corral_scheduler.state_url.parse_state_url`): where the state is, default
+    SQLite files in `state_dir`; `state_dir` keeps the bundle cache then. On PostgreSQL the plane
+    first waits, as a standby, for the leader lease (CORRAL_LEADER_LEASE_S, default 10 s), and
+    `on_lease_lost` (default: exit at once) runs if it is ever lost.
+
+    `join_tokens`: the book of join tokens that let machines join as nodes (None: only the admin
+    token does)."""
+    store = Store(state_dir, location=state_location)
+    leadership = None
+    if isinstance(store.location, PostgresState):
+        leadership = Leadership(store.lease, new_holder_id(), _lease_ttl_s())
+        await leadership.acquire()
     max_queue = os.environ.get(env.CORRAL_MAX_QUEUE)
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
         raise ValueError(f"{env.CORRAL_MAX_QUEUE} must be a positive integer, got {max_queue!r}")
-    plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None)
-    server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token)], options=SERVER_OPTIONS)
+    plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None,
+                         node_timeout_s=node_timeout_from_env())
+    server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token, join_tokens)], options=SERVER_OPTIONS)
     control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(plane), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(plane), server)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(plane), server)
@@ -96,4 +151,18 @@ async def serve(
         gateway = await start_gateway(plane, host, http_port, min(int(max_body), payloads.max_payload_bytes()), tls)
     await server.start()
     await plane.start()
-    return RunningServer(server, plane, bound, connect_host, gateway, tls)
+    keeper = asyncio.create_task(leadership.keep(on_lease_lost), name="corral-leader-lease") if leadership else None
+    return RunningServer(server, plane, bound, connect_host, gateway, tls, leadership, keeper)
+
+
+def _lease_ttl_s() -> float:
+    raw = os.environ.get(env.CORRAL_LEADER_LEASE_S)
+    if raw is None:
+        return DEFAULT_TTL_S
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = 0.0
+    if not 0 < ttl <= 3600:
+        raise ValueError(f"{env.CORRAL_LEADER_LEASE_S} must be a number of seconds in (0, 3600], got {raw!r}")
+    return ttl

@@ -22,6 +22,7 @@ from corral_protocol.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from corral_scheduler import events as ev
 from corral_scheduler import views
 from corral_scheduler.auth import bearer_token
 from corral_scheduler.control_plane import ControlPlane
@@ -200,6 +201,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         return self.plane.get_routes(request.service_id)
 
     @api
+    async def GetContainerExit(self, request: control_pb2.GetContainerExitRequest, context: Any) -> control_pb2.GetContainerExitResponse:
+        return await self.plane.container_exit(request)
+
+    @api
     async def GetResult(self, request: control_pb2.GetResultRequest, context: Any) -> control_pb2.GetResultResponse:
         inp = self.plane.get_input(request.call_id)
         if not inp.future.done() and request.timeout_s > 0:
@@ -226,6 +231,18 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @api
     async def ListNodes(self, request: control_pb2.ListNodesRequest, context: Any) -> control_pb2.ListNodesResponse:
         return control_pb2.ListNodesResponse(nodes=views.node_infos(self.plane))
+
+    @api
+    async def CordonNode(self, request: control_pb2.CordonNodeRequest, context: Any) -> control_pb2.CordonNodeResponse:
+        return control_pb2.CordonNodeResponse(node=self.plane.operate_node(ev.NodeCordonRequested(request.node, cordon=True)))
+
+    @api
+    async def UncordonNode(self, request: control_pb2.UncordonNodeRequest, context: Any) -> control_pb2.UncordonNodeResponse:
+        return control_pb2.UncordonNodeResponse(node=self.plane.operate_node(ev.NodeCordonRequested(request.node, cordon=False)))
+
+    @api
+    async def DrainNode(self, request: control_pb2.DrainNodeRequest, context: Any) -> control_pb2.DrainNodeResponse:
+        return control_pb2.DrainNodeResponse(node=self.plane.operate_node(ev.NodeDrainRequested(request.node, request.timeout_s)))
 
     @api
     async def SetSecret(self, request: control_pb2.SetSecretRequest, context: Any) -> control_pb2.SetSecretResponse:
@@ -264,15 +281,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    HEARTBEAT_INTERVAL_S = 5.0
-
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
 
     @api
     async def RegisterNode(self, request: node_pb2.RegisterNodeRequest, context: Any) -> node_pb2.RegisterNodeResponse:
         node_id = self.plane.register_node(request)
-        return node_pb2.RegisterNodeResponse(node_id=node_id, heartbeat_interval_s=self.HEARTBEAT_INTERVAL_S)
+        return node_pb2.RegisterNodeResponse(node_id=node_id, heartbeat_interval_s=self.plane.node_heartbeat_interval_s)
 
     async def NodeSession(self, request_iterator: AsyncIterator[node_pb2.NodeSessionRequest], context: Any) -> AsyncIterator[node_pb2.NodeSessionResponse]:
         try:

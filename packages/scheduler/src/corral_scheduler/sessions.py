@@ -52,9 +52,16 @@ class Sessions:
             self.handle(event)
 
     def close_node_session(self, node_id: str, outbox: asyncio.Queue[node_pb2.NodeSessionResponse | None]) -> None:
+        """The node's stream ended; unless the plane ended it on purpose, the node is lost."""
         if self._node_outboxes.get(node_id) is outbox:
             del self._node_outboxes[node_id]
             self.handle(ev.NodeLost(node_id))
+
+    def end_node_session(self, node_id: str) -> None:
+        """End the stream of a node the plane declared lost; nothing more is sent there."""
+        outbox = self._node_outboxes.pop(node_id, None)
+        if outbox is not None:
+            outbox.put_nowait(None)
 
     # Worker sessions ----------------------------------------------------------------------------
 

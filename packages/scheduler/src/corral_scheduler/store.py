@@ -1,10 +1,12 @@
-"""Durable state: deployed apps and their versions, secrets, code bundles, and durable calls.
+"""Durable state: deployed apps and their versions, secrets, proxy tokens, code bundles, and durable calls.
 
-SQLite (WAL) holds the records; bundles are content-addressed files beside it. Durable calls
-(spawned inputs and their uncollected results, `corral_scheduler.durable`) are written through
-two methods, `write_calls` and `stored_calls`, so that another backend implements only those. Other
-live state (queues, containers, nodes) is in memory and rebuilt after a restart. Secret values are sealed
-with the key in `secret_key_file` (see `secret_box.py`) before they reach SQLite.
+The records live in SQLite (WAL, the embedded default) or PostgreSQL, chosen by the state URL
+(`corral_scheduler.state_url`); the SQL is written once, against `corral_scheduler.state_db`.
+Bundles are in `corral_scheduler.bundles`. Durable calls (spawned inputs and their uncollected
+results, `corral_scheduler.durable`) are written through two methods, `write_calls` and
+`stored_calls`. Other live state (queues, containers, nodes) is in memory and rebuilt after a
+restart. Secret values are sealed with the key in `secret_key_file` (see `secret_box.py`) before
+they reach the database, whichever it is: the key never goes into the database.
 """
 
 from __future__ import annotations
@@ -13,66 +15,74 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from corral_protocol.v1 import common_pb2, control_pb2
+from corral_scheduler.bundles import DatabaseBundles, FileBundles
 from corral_scheduler.effects import CallChange, PersistAttempt, PersistInput, PersistResult
+from corral_scheduler.leader_lease import LeaderLease
 from corral_scheduler.model import StoredCall
 from corral_scheduler.secret_box import SecretBox, SecretKeyError
+from corral_scheduler.state_db import open_database
+from corral_scheduler.state_url import PostgresState, SqliteState, StateLocation
 
 log = logging.getLogger("corral.scheduler")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS apps (
-    app_id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    state TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS apps_deployed_name ON apps(name) WHERE state = 'deployed';
-CREATE TABLE IF NOT EXISTS app_versions (
-    app_id TEXT NOT NULL REFERENCES apps(app_id),
-    version INTEGER NOT NULL,
-    definition BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (app_id, version)
-);
-CREATE TABLE IF NOT EXISTS proxy_tokens (
-    token_id TEXT PRIMARY KEY,
-    secret_sha256 TEXT NOT NULL,
-    name TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS calls (
-    call_id TEXT PRIMARY KEY,
-    binding BLOB NOT NULL,
-    sealed INTEGER NOT NULL,
-    method TEXT NOT NULL,
-    args BLOB NOT NULL,
-    attempts INTEGER NOT NULL,
-    result BLOB,
-    created_at REAL NOT NULL,
-    finished_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS secrets (
-    name TEXT PRIMARY KEY,
-    values_json TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-"""
+SCHEMA_VERSION = 1
+# Types in braces are the engine's (`state_db.Dialect`).
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS apps (
+        app_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at {real} NOT NULL,
+        updated_at {real} NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS apps_deployed_name ON apps(name) WHERE state = 'deployed'",
+    """CREATE TABLE IF NOT EXISTS app_versions (
+        app_id TEXT NOT NULL REFERENCES apps(app_id),
+        version INTEGER NOT NULL,
+        definition {blob} NOT NULL,
+        created_at {real} NOT NULL,
+        sealed INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (app_id, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS proxy_tokens (
+        token_id TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at {real} NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS calls (
+        call_id TEXT PRIMARY KEY,
+        binding {blob} NOT NULL,
+        sealed INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        args {blob} NOT NULL,
+        attempts INTEGER NOT NULL,
+        result {blob},
+        created_at {real} NOT NULL,
+        finished_at {real} NOT NULL{insertion_column}
+    )""",
+    """CREATE TABLE IF NOT EXISTS secrets (
+        name TEXT PRIMARY KEY,
+        values_json TEXT NOT NULL,
+        updated_at {real} NOT NULL,
+        sealed {blob}
+    )""",
+    *LeaderLease.SCHEMA,
+]
 # Secrets written by this version: `sealed` holds the Fernet token of {"name", "values"} and
 # `values_json` is empty. A row with `sealed` NULL is plaintext from an earlier version; the store
 # seals those when it opens. An app version whose definition holds inline secret values
-# (`Secret.from_dict`) stores the definition sealed, with `sealed` = 1.
+# (`Secret.from_dict`) stores the definition sealed, with `sealed` = 1. SQLite files of the
+# versions before these columns get them added on open.
 _SEALED_COLUMNS = {
-    "secrets": "ALTER TABLE secrets ADD COLUMN sealed BLOB",
+    "secrets": "ALTER TABLE secrets ADD COLUMN sealed {blob}",
     "app_versions": "ALTER TABLE app_versions ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0",
 }
 
@@ -93,10 +103,11 @@ class DeployedApp:
 
 
 class Store:
-    """The control plane's durable state in `directory` (SQLite and bundles).
+    """The control plane's durable state: at `location` (default: SQLite files in `directory`);
+    `directory` also holds the bundles (SQLite) or the bundle cache (PostgreSQL).
 
     `secret_key_file` (default: `secrets.key` beside `directory`, i.e. `$CORRAL_HOME/secrets.key`
-    for `corral up`) holds the key that seals secret values; it is created, mode 0600, when the
+    for `corral up`, whichever the database) holds the key that seals secret values; it is created, mode 0600, when the
     first secret is stored. Opening refuses (SecretKeyError) a key file that others can read, a
     corrupted one, one that does not open the stored secrets, and a missing one while sealed
     secrets exist: a new key would make them unreadable. A deployed definition that carries inline
@@ -104,20 +115,18 @@ class Store:
     is sealed here.
     """
 
-    def __init__(self, directory: Path, secret_key_file: Path | None = None) -> None:
+    def __init__(self, directory: Path, secret_key_file: Path | None = None, location: StateLocation | None = None) -> None:
         self.directory = directory
-        self.bundle_dir = directory / "bundles"
-        self.bundle_dir.mkdir(parents=True, exist_ok=True)
+        self.location: StateLocation = location or SqliteState(directory)
         self.secret_key_file = secret_key_file or directory.parent / "secrets.key"
-        self._db = sqlite3.connect(directory / "state.db", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        # Deleted and overwritten rows are zeroed, so a secret's old plaintext or token does not
-        # linger in free pages.
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(self.location, "state")
         self._box: SecretBox | None = None
         try:
+            schema = [*_SCHEMA, *(DatabaseBundles.SCHEMA if isinstance(self.location, PostgresState) else [])]
+            self._db.ensure_schema("state", SCHEMA_VERSION, schema)
+            self.bundles = (DatabaseBundles(self._db, directory / "bundles") if isinstance(self.location, PostgresState)
+                            else FileBundles(directory / "bundles"))
+            self.lease = LeaderLease(self._db)
             self._open_secrets()
         except BaseException:
             self._db.close()
@@ -129,29 +138,20 @@ class Store:
     # Bundles -------------------------------------------------------------------------------
 
     def bundle_path(self, bundle_hash: str) -> Path:
-        if len(bundle_hash) != 64 or not all(c in "0123456789abcdef" for c in bundle_hash):
-            raise ValueError(f"bundle hash {bundle_hash!r} is not a sha256 hex digest")
-        return self.bundle_dir / f"{bundle_hash}.zip"
+        return self.bundles.path(bundle_hash)
 
     def has_bundle(self, bundle_hash: str) -> bool:
-        return self.bundle_path(bundle_hash).exists()
+        return self.bundles.has(bundle_hash)
 
     def put_bundle(self, bundle_hash: str, data: bytes) -> None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != bundle_hash:
-            raise ValueError(f"bundle content hashes to {actual}, not the announced {bundle_hash}")
-        path = self.bundle_path(bundle_hash)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        self.bundles.put(bundle_hash, data)
 
     # Apps ----------------------------------------------------------------------------------
 
     def deploy(self, app_id: str, definition: control_pb2.CreateAppRequest) -> tuple[str, int]:
         """Record a new version of a deployed app; returns (app_id, version)."""
         now = time.time()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._db.transaction():
             row = self._db.execute(
                 "SELECT app_id, version FROM apps WHERE name = ? AND state = 'deployed'", (definition.name,)
             ).fetchone()
@@ -179,7 +179,7 @@ class Store:
         return self._secret_box().seal(data), 1
 
     def mark_stopped(self, app_id: str) -> None:
-        with self._db:
+        with self._db.transaction():
             self._db.execute("UPDATE apps SET state = 'stopped', updated_at = ? WHERE app_id = ?", (time.time(), app_id))
 
     def deployed_apps(self) -> list[DeployedApp]:
@@ -196,13 +196,14 @@ class Store:
         return control_pb2.CreateAppRequest.FromString(blob)
 
     def stopped_apps(self) -> list[tuple[str, str, int, float]]:
-        return self._db.execute("SELECT app_id, name, version, created_at FROM apps WHERE state = 'stopped'").fetchall()
+        rows = self._db.execute("SELECT app_id, name, version, created_at FROM apps WHERE state = 'stopped'").fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     # Durable calls -------------------------------------------------------------------------
 
     def write_calls(self, changes: list[CallChange]) -> None:
         """Apply one batch of changes to durable calls, in order, in one transaction."""
-        with self._db:
+        with self._db.transaction():
             for change in changes:
                 if isinstance(change, PersistInput):
                     call = change.call
@@ -213,8 +214,10 @@ class Store:
                     if sealed:
                         binding = self._secret_box().seal(binding)
                     self._db.execute(
-                        "INSERT OR REPLACE INTO calls (call_id, binding, sealed, method, args, attempts, result, created_at, finished_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 0)",
+                        "INSERT INTO calls (call_id, binding, sealed, method, args, attempts, result, created_at, finished_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 0) ON CONFLICT (call_id) DO UPDATE SET binding = excluded.binding, "
+                        "sealed = excluded.sealed, method = excluded.method, args = excluded.args, attempts = excluded.attempts, "
+                        "result = NULL, created_at = excluded.created_at, finished_at = 0",
                         (call.call_id, binding, int(sealed), call.method, call.args.SerializeToString(), call.attempts, call.created_at),
                     )
                 elif isinstance(change, PersistAttempt):
@@ -228,18 +231,20 @@ class Store:
     def stored_calls(self) -> list[StoredCall]:
         """Every durable call, oldest first."""
         rows = self._db.execute(
-            "SELECT call_id, binding, sealed, method, args, attempts, result, created_at, finished_at FROM calls ORDER BY created_at, rowid"
+            "SELECT call_id, binding, sealed, method, args, attempts, result, created_at, finished_at FROM calls "
+            f"ORDER BY created_at, {self._db.dialect.insertion_order}"
         ).fetchall()
         calls = []
         for call_id, blob, sealed, method, args, attempts, result, created_at, finished_at in rows:
             if sealed and self._box is None:
                 log.warning("durable call %s is sealed and the secrets key is missing; it cannot resume", call_id)
                 continue
+            blob = bytes(blob)
             binding = control_pb2.BindServiceRequest.FromString(self._box.open(blob) if sealed and self._box else blob)
             calls.append(StoredCall(
                 call_id=call_id, app_id=binding.app_id, class_name=binding.class_name, parameters=tuple(binding.parameters),
-                override=binding.options, method=method, args=common_pb2.Payload.FromString(args), created_at=created_at,
-                attempts=attempts, result=common_pb2.Result.FromString(result) if result is not None else None,
+                override=binding.options, method=method, args=common_pb2.Payload.FromString(bytes(args)), created_at=created_at,
+                attempts=attempts, result=common_pb2.Result.FromString(bytes(result)) if result is not None else None,
                 finished_at=finished_at,
             ))
         return calls
@@ -250,40 +255,39 @@ class Store:
         """Load the key, check it against what is sealed, and seal what an earlier version stored
         in plaintext (secrets, and definitions with inline secret values)."""
         for table, add_column in _SEALED_COLUMNS.items():
-            if "sealed" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(add_column)
+            if "sealed" not in self._db.columns(table):
+                self._db.execute(self._db.dialect.ddl(add_column))
         self._box = SecretBox.load(self.secret_key_file)
         sample = self._db.execute("SELECT name, sealed FROM secrets WHERE sealed IS NOT NULL LIMIT 1").fetchone()
         sealed_definition = self._db.execute("SELECT definition FROM app_versions WHERE sealed = 1 LIMIT 1").fetchone()
         if (sample or sealed_definition) and self._box is None:
             raise SecretKeyError(
-                f"the state database in {self.directory} holds encrypted secrets but their key file "
+                f"the state database ({self.location.describe()}) holds encrypted secrets but their key file "
                 f"{self.secret_key_file} is missing; restore it from a backup (a new key could not read them)"
             )
         if sample is not None:
             self._unseal(self._secret_box(), sample[0], sample[1])
         elif sealed_definition is not None:
-            self._secret_box().open(sealed_definition[0])
+            self._secret_box().open(bytes(sealed_definition[0]))
         plaintext = self._db.execute("SELECT name, values_json FROM secrets WHERE sealed IS NULL").fetchall()
         definitions = [
-            (rowid, control_pb2.CreateAppRequest.FromString(blob))
-            for rowid, blob in self._db.execute("SELECT rowid, definition FROM app_versions WHERE sealed = 0")
+            (app_id, version, control_pb2.CreateAppRequest.FromString(bytes(blob)))
+            for app_id, version, blob in self._db.execute("SELECT app_id, version, definition FROM app_versions WHERE sealed = 0")
         ]
-        definitions = [(rowid, definition) for rowid, definition in definitions if _has_inline_secrets(definition)]
+        definitions = [(app_id, version, definition) for app_id, version, definition in definitions if _has_inline_secrets(definition)]
         if plaintext or definitions:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._db.transaction():
                 for name, values_json in plaintext:
                     self._db.execute(
                         "UPDATE secrets SET values_json = '', sealed = ? WHERE name = ?",
                         (self._seal(self._secret_box(), name, dict(json.loads(values_json))), name),
                     )
-                for rowid, definition in definitions:
+                for app_id, version, definition in definitions:
                     blob, sealed = self._definition_blob(definition)
-                    self._db.execute("UPDATE app_versions SET definition = ?, sealed = ? WHERE rowid = ?", (blob, sealed, rowid))
-            # Rewrite the file and empty the WAL: no page or frame keeps the old plaintext.
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    self._db.execute("UPDATE app_versions SET definition = ?, sealed = ? WHERE app_id = ? AND version = ?",
+                                     (blob, sealed, app_id, version))
+            # No page (and with SQLite no WAL frame) keeps the old plaintext.
+            self._db.scrub(["secrets", "app_versions"])
             log.info(
                 "encrypted %d secret(s) and %d app version(s) with inline secrets stored in plaintext by an earlier version",
                 len(plaintext), len(definitions),
@@ -303,7 +307,7 @@ class Store:
 
     @staticmethod
     def _unseal(box: SecretBox, name: str, sealed: bytes) -> dict[str, str]:
-        record = json.loads(box.open(sealed))
+        record = json.loads(box.open(bytes(sealed)))
         if record.get("name") != name:
             raise SecretKeyError(f"the stored secret {name!r} holds another secret's values: the database was altered")
         return dict(record["values"])
@@ -311,7 +315,7 @@ class Store:
     def set_secret(self, name: str, values: dict[str, str]) -> None:
         """Create or replace a secret; its values are sealed before they are written."""
         sealed = self._seal(self._secret_box(), name, values)
-        with self._db:
+        with self._db.transaction():
             self._db.execute(
                 "INSERT INTO secrets (name, values_json, sealed, updated_at) VALUES (?, '', ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET values_json = '', sealed = excluded.sealed, updated_at = excluded.updated_at",
@@ -327,7 +331,7 @@ class Store:
 
     def delete_secret(self, name: str) -> bool:
         """Delete a secret; False when there was none of that name."""
-        with self._db:
+        with self._db.transaction():
             deleted = self._db.execute("DELETE FROM secrets WHERE name = ?", (name,)).rowcount
         return deleted > 0
 
@@ -341,7 +345,7 @@ class Store:
         fast hash is enough (no password stretching needed)."""
         token_id = "ck-" + secrets.token_urlsafe(16)
         secret = "cs-" + secrets.token_urlsafe(32)
-        with self._db:
+        with self._db.transaction():
             self._db.execute(
                 "INSERT INTO proxy_tokens (token_id, secret_sha256, name, created_at) VALUES (?, ?, ?, ?)",
                 (token_id, hashlib.sha256(secret.encode()).hexdigest(), name, time.time()),

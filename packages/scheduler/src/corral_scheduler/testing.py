@@ -32,6 +32,7 @@ from corral_scheduler.core import PlaneCore
 from corral_scheduler.durable import apply_call_changes, recovery_events
 from corral_scheduler.lifecycle import ContainerState, InputState
 from corral_scheduler.model import Container, Input, Service, StoredCall
+from corral_scheduler.nodes import NODE_TIMEOUT_S
 
 S = common_pb2
 
@@ -102,6 +103,7 @@ class FakeNode:
     started: list[node_pb2.StartContainer] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     deleted: list[node_pb2.DeleteSnapshots] = field(default_factory=list)
+    session_closed: bool = False  # the plane ended its session (it was declared lost)
 
 
 @dataclass
@@ -122,10 +124,10 @@ class Harness:
     exist, by name."""
 
     def __init__(self, max_queue_per_service: int | None = None, secrets: dict[str, dict[str, str]] | None = None,
-                 strict: bool = True) -> None:
+                 strict: bool = True, node_timeout_s: float = NODE_TIMEOUT_S) -> None:
         counter = itertools.count(1)
         self.core = PlaneCore(max_queue_per_service, strict=strict, new_id=lambda prefix: f"{prefix}-{next(counter)}",
-                              new_token=lambda: f"tok-{next(counter)}")
+                              new_token=lambda: f"tok-{next(counter)}", node_timeout_s=node_timeout_s)
         self.clock = FakeClock()
         self.secrets = dict(secrets or {})
         self.nodes: dict[str, FakeNode] = {}
@@ -168,6 +170,18 @@ class Harness:
         self.advance(seconds)
         self.handle(ev.Tick())
 
+    def run_for(self, seconds: float, step: float = 0.2) -> None:
+        """Let time pass as the driver does: a tick every `step` seconds (what judges node heartbeats)."""
+        until = self.clock.now + seconds
+        while self.clock.now + step <= until + 1e-9:
+            self.tick(step)
+        if self.clock.now < until:
+            self.tick(until - self.clock.now)
+
+    def heartbeat(self, node_id: str, running: Iterable[str] | None = None) -> None:
+        """The node's periodic heartbeat, with the containers it runs when given."""
+        self.handle(ev.NodeHeartbeat(node_id, (), tuple(running) if running is not None else None))
+
     def backlog(self) -> None:
         """Let the queued inputs wait long enough for the autoscaler to add containers (a tick)."""
         self.tick(self.core.SCALE_UP_WAIT_S)
@@ -193,6 +207,8 @@ class Harness:
             self.nodes[effect.node_id].stopped.append(effect.container_id)
         elif isinstance(effect, fx.DeleteSnapshots):
             self.nodes[effect.node_id].deleted.append(effect.delete)
+        elif isinstance(effect, fx.CloseNodeSession):
+            self.nodes[effect.node_id].session_closed = True
         elif isinstance(effect, fx.InitWorker):
             self.worker(effect.container_id).init = effect.init
         elif isinstance(effect, fx.PushInput):
@@ -219,7 +235,7 @@ class Harness:
 
     def add_node(self, name: str = "", cpu: float = 8.0, memory_mib: int = 16384, gpus: Iterable[str] = (),
                  snapshots: bool = False) -> str:
-        """A node that joins and connects."""
+        """A node that joins and connects (a node that registers again: the same `name`)."""
         node_id = f"nd-{next(self._ids)}"
         inventory = common_pb2.NodeInventory(
             cpu=cpu, memory_mib=memory_mib, snapshots=common_pb2.SnapshotSupport(available=snapshots),

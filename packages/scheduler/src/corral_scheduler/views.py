@@ -80,8 +80,8 @@ def routes(service: Service) -> control_pb2.GetRoutesResponse:
 
 
 def node_infos(plane: ControlPlane) -> list[control_pb2.NodeInfo]:
-    """The connected nodes."""
-    return [node.info() for node in plane.nodes.values() if node.connected]
+    """Every node: connected ones, and lost ones until they register again (or an hour passed)."""
+    return [node.info() for node in plane.nodes.values()]
 
 
 def snapshot_infos(plane: ControlPlane) -> list[control_pb2.SnapshotInfo]:

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 import grpc
 
 from corral import _context, exception
-from corral._direct import DirectPath
+from corral._direct import EXIT_WAIT_S, DirectPath
 from corral._home import corral_home, read_server_record, read_token
-from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads
+from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads, transport
 from corral_protocol.errors import error_reason
 from corral_protocol.v1 import common_pb2, control_pb2, control_pb2_grpc
 
@@ -36,13 +36,11 @@ CHANNEL_OPTIONS = [
 
 def target_of(url: str) -> tuple[str, bool]:
     """`grpc://host:port` (or a bare `host:port`) is plaintext; `grpcs://host:port` is TLS."""
-    if url.startswith("grpcs://"):
-        return url[len("grpcs://"):], True
-    if url.startswith("grpc://"):
-        return url[len("grpc://"):], False
-    if "://" in url:
-        raise exception.InvalidError(f"server URL {url!r} must start with grpc:// or grpcs://")
-    return url, False
+    try:
+        address = transport.server_address(url)
+    except transport.TransportError as err:
+        raise exception.InvalidError(str(err)) from None
+    return address.target, address.tls
 
 
 def translate_rpc_error(err: grpc.RpcError, url: str) -> exception.Error:
@@ -71,12 +69,10 @@ def translate_rpc_error(err: grpc.RpcError, url: str) -> exception.Error:
 
 
 def _channel_credentials(ca: str | None) -> grpc.ChannelCredentials:
-    if not ca:
-        return grpc.ssl_channel_credentials()
     try:
-        return grpc.ssl_channel_credentials(root_certificates=open(ca, "rb").read())
-    except OSError as err:
-        raise exception.InvalidError(f"cannot read the TLS certificate to trust ({env.CORRAL_TLS_CA}={ca}): {err.strerror}") from None
+        return transport.channel_credentials(transport.trusted_roots(ca))
+    except transport.TransportError as err:
+        raise exception.InvalidError(f"{err} ({env.CORRAL_TLS_CA})") from None
 
 
 class Client:
@@ -89,10 +85,10 @@ class Client:
 
     def __init__(self, url: str, token: str, ca: str | None = None) -> None:
         """`ca`: a PEM file of the certificate(s) to trust for a `grpcs://` URL (default:
-        `CORRAL_TLS_CA`, else the system's roots)."""
+        `CORRAL_TLS_CA`, else the PEM text of `CORRAL_TLS_CA_PEM`, else the system's roots)."""
         self.url = url
         self._target, self._tls = target_of(url)
-        self._credentials = _channel_credentials(ca or os.environ.get(env.CORRAL_TLS_CA)) if self._tls else None
+        self._credentials = _channel_credentials(ca) if self._tls else None
         self.metadata: tuple[tuple[str, str], ...] = (
             (AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),
             (VERSION_METADATA_KEY, str(PROTOCOL_VERSION)),
@@ -112,7 +108,7 @@ class Client:
     def direct(self) -> DirectPath:
         """The direct call path to this server's containers (made on first use)."""
         if self._direct is None:
-            self._direct = DirectPath(self._get_routes, self._get_routes_aio)
+            self._direct = DirectPath(self._get_routes, self._get_routes_aio, self._container_exit, self._container_exit_aio)
         return self._direct
 
     def call(self, rpc: Callable[..., T], request: Any, timeout: float | None = None) -> T:
@@ -150,6 +146,16 @@ class Client:
             "GetRoutes", control_pb2.GetRoutesRequest(service_id=service_id), timeout=10,
         )
         return response
+
+    def _container_exit(self, service_id: str, container_id: str, method: str) -> str:
+        request = control_pb2.GetContainerExitRequest(container_id=container_id, service_id=service_id, method=method, timeout_s=EXIT_WAIT_S)
+        response = self.call(self.stub.GetContainerExit, request, timeout=EXIT_WAIT_S + 5)
+        return response.message if response.exited else ""
+
+    async def _container_exit_aio(self, service_id: str, container_id: str, method: str) -> str:
+        request = control_pb2.GetContainerExitRequest(container_id=container_id, service_id=service_id, method=method, timeout_s=EXIT_WAIT_S)
+        response: control_pb2.GetContainerExitResponse = await self.call_aio("GetContainerExit", request, timeout=EXIT_WAIT_S + 5)
+        return response.message if response.exited else ""
 
     @property
     def is_embedded(self) -> bool:

@@ -37,6 +37,9 @@ CONNECT_TIMEOUT_S = 5.0
 # for a runtime older than DirectAccepted (it waits for the input instead): the input follows on the
 # same connection, and later connections to it send hello and input together, as before.
 ACCEPT_WAIT_S = 1.0
+# How long a caller whose connection broke mid-call waits for the control plane to learn why the
+# container ended (its node reports the exit, an out-of-memory kill for instance, within a second).
+EXIT_WAIT_S = 5.0
 
 _input_ids = itertools.count()
 _id_prefix = os.urandom(4).hex()
@@ -55,18 +58,28 @@ class _NotSent(Exception):
         self.forget = forget
 
 
+def _lost(container_id: str, method: str, err: BaseException, why: str) -> ContainerExitedError:
+    return ContainerExitedError(why or f"the container running {method} ({container_id}) closed the connection before answering: {err or 'EOF'}")
+
+
 class DirectPath:
     """Route tables per service and connection pools per container, for one `Client`.
 
-    `get_routes` and `get_routes_aio` ask the control plane for a service's routes (GetRoutes)."""
+    `get_routes` and `get_routes_aio` ask the control plane for a service's routes (GetRoutes);
+    `container_exit` and `container_exit_aio`, why a container ended (GetContainerExit: service id,
+    container id, method -> its message, "" when not known)."""
 
     def __init__(
         self,
         get_routes: Callable[[str], control_pb2.GetRoutesResponse],
         get_routes_aio: Callable[[str], Awaitable[control_pb2.GetRoutesResponse]],
+        container_exit: Callable[[str, str, str], str] | None = None,
+        container_exit_aio: Callable[[str, str, str], Awaitable[str]] | None = None,
     ) -> None:
         self._get_routes = get_routes
         self._get_routes_aio = get_routes_aio
+        self._container_exit = container_exit
+        self._container_exit_aio = container_exit_aio
         self._lock = threading.Lock()
         self._tables: dict[str, RouteTable] = {}
 
@@ -155,18 +168,38 @@ class DirectPath:
             self._forget(table, route)
         return None
 
-    def _failed(self, table: RouteTable, route: Route, method: str, err: BaseException) -> ContainerExitedError | None:
-        """Account for an exchange that broke after the input was sent. A broken connection means the
-        container went away mid-call (the error to raise); anything else (e.g. the caller was
-        cancelled) is re-raised as it is (None)."""
+    def _failed(self, table: RouteTable, route: Route, err: BaseException) -> bool:
+        """Account for an exchange that broke after the input was sent. True for a broken connection:
+        the container went away mid-call (raise `lost`); False for anything else (e.g. the caller
+        was cancelled: re-raise it as it is)."""
         with self._lock:
             route.inflight -= 1
         if not isinstance(err, (OSError, FrameError)):
-            return None
+            return False
         self._forget(table, route)
-        return ContainerExitedError(
-            f"the container running {method} ({route.container_id}) closed the connection before answering: {err or 'EOF'}"
-        )
+        return True
+
+    def lost(self, service_id: str, container_id: str, method: str, err: BaseException) -> ContainerExitedError:
+        """The error of a call whose container connection broke: why the container ended, as the
+        control plane tells it once its node reported the exit ("out of memory (limit 256 MiB): ...",
+        the message a queued call gets), else that the connection closed."""
+        why = ""
+        if self._container_exit is not None:
+            try:
+                why = self._container_exit(service_id, container_id, method)
+            except Exception:
+                pass  # an older control plane, or it is unreachable: the connection's own story
+        return _lost(container_id, method, err, why)
+
+    async def lost_aio(self, service_id: str, container_id: str, method: str, err: BaseException) -> ContainerExitedError:
+        """As `lost`, for asyncio callers."""
+        why = ""
+        if self._container_exit_aio is not None:
+            try:
+                why = await self._container_exit_aio(service_id, container_id, method)
+            except Exception:
+                pass
+        return _lost(container_id, method, err, why)
 
     def _forget(self, table: RouteTable, route: Route) -> None:
         with self._lock:
@@ -199,10 +232,9 @@ class DirectPath:
             if err.forget:
                 self._forget(table, route)
         except BaseException as err:
-            lost = self._failed(table, route, method, err)
-            if lost is None:
+            if not self._failed(table, route, err):
                 raise
-            raise lost from None
+            raise self.lost(service_id, route.container_id, method, err) from None
         return self._done(table, route, response)
 
     def _exchange(self, route: Route, request: bytes) -> worker_pb2.DirectResponse:
@@ -305,10 +337,9 @@ class DirectPath:
             if err.forget:
                 self._forget(table, route)
         except BaseException as err:
-            lost = self._failed(table, route, method, err)
-            if lost is None:
+            if not self._failed(table, route, err):
                 raise
-            raise lost from None
+            raise await self.lost_aio(service_id, route.container_id, method, err) from None
         return self._done(table, route, response)
 
     async def _exchange_aio(self, route: Route, request: bytes) -> worker_pb2.DirectResponse:

@@ -59,15 +59,19 @@ async def run_cluster(
     http_port: int | None = 0,
     tls: Any = None,
     pinned_ca: str = "",
+    state_location: Any = None,
 ) -> None:
     """`tls`: a `corral_scheduler.tls.TlsFiles` (None: plaintext); `pinned_ca`: the certificate
-    clients on this host pin (a self-signed one), recorded in server.json."""
+    clients on this host pin (a self-signed one), recorded in server.json; `state_location`: a
+    `corral_scheduler.state_url.StateLocation` (None: SQLite under `home/state`)."""
     from corral_runtime.node import NodeDaemon
     from corral_scheduler.auth import load_or_create_token
+    from corral_scheduler.join_tokens import JOIN_TOKENS_FILE, JoinTokenBook
     from corral_scheduler.server import serve
 
     token = load_or_create_token(home / TOKEN_FILE)
-    server = await serve(home / "state", token, host, port, http_port=http_port, tls=tls)
+    server = await serve(home / "state", token, host, port, http_port=http_port, tls=tls, state_location=state_location,
+                         join_tokens=JoinTokenBook(home / JOIN_TOKENS_FILE))
     node: NodeDaemon | None = None
     node_task: asyncio.Task[None] | None = None
     if with_node:
@@ -102,16 +106,24 @@ async def run_cluster(
 def up(
     host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: Path | None = None, with_node: bool = True,
     http_port: int = DEFAULT_HTTP_PORT, tls_cert: str | None = None, tls_key: str | None = None,
-    tls_self_signed: bool = False, insecure: bool = False,
+    tls_self_signed: bool = False, insecure: bool = False, state_url: str | None = None,
 ) -> int:
     """`corral up`: run in the foreground until Ctrl-C or SIGTERM.
 
     Listening beyond loopback needs TLS (`tls_cert` + `tls_key`, or `tls_self_signed`) or an
-    explicit `insecure`."""
+    explicit `insecure`. The state goes where `state_url` (else `CORRAL_STATE_URL`) says, by
+    default SQLite under `home/state`."""
     from corral_scheduler.secret_box import SecretKeyError
+    from corral_scheduler.state_db import StateStoreError
+    from corral_scheduler.state_url import StateUrlError, parse_state_url
     from corral_scheduler.tls import TlsFiles, is_loopback, self_signed
 
     home = home or corral_home()
+    try:
+        state_location = parse_state_url(state_url or os.environ.get(env.CORRAL_STATE_URL), home / "state")
+    except StateUrlError as err:
+        print(f"corral up: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if bool(tls_cert) != bool(tls_key):
         print("corral up: --tls-cert and --tls-key go together", file=sys.stderr)
@@ -140,23 +152,38 @@ def up(
         tls = self_signed(home / "tls", host)
         pinned_ca = str(tls.cert)
 
+    running = False
+
     def announce(url: str, http_url: str, token: str, state: Path) -> None:
+        nonlocal running
+        running = True
         print(
-            f"Corral is running at {url}\n  web endpoints: {http_url}\n  state: {state}\n  token: {state / TOKEN_FILE}\n"
+            f"Corral is running at {url}\n  web endpoints: {http_url}\n  state: {state_location.describe()}\n"
+            f"  home: {state}\n  token: {state / TOKEN_FILE}\n"
             "Press Ctrl-C to stop.", flush=True,
         )
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        cluster = asyncio.create_task(run_cluster(
+            home, host, port, stop, announce, advertise=True, with_node=with_node, http_port=http_port, tls=tls,
+            pinned_ca=pinned_ca, state_location=state_location,
+        ))
+
+        def on_signal() -> None:
+            stop.set()
+            if not running:  # still starting, or a standby waiting for the leader lease: nothing to stop gracefully
+                cluster.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_cluster(home, host, port, stop, announce, advertise=True, with_node=with_node, http_port=http_port,
-                          tls=tls, pinned_ca=pinned_ca)
+            loop.add_signal_handler(sig, on_signal)
+        with contextlib.suppress(asyncio.CancelledError):
+            await cluster
 
     try:
         asyncio.run(main())
-    except (OSError, SecretKeyError) as err:  # a busy port; an unusable secret key file
+    except (OSError, ValueError, SecretKeyError, StateStoreError) as err:  # a busy port; a bad setting; an unusable key file; unreachable state
         print(f"corral up: {err}", file=sys.stderr)
         return 1
     finally:

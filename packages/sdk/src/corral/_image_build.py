@@ -1,4 +1,5 @@
-"""Building an app's images before deploy and `app.run()` return, with a live progress display.
+"""Building an app's images before deploy and `app.run()` return (and a `with_options(image=...)`
+handle's when it first binds), with a live progress display.
 
 The control plane asks its nodes to build (missing layers only) and streams their reports back:
 step n of m, cached or building, elapsed time, and the current step's last log lines. On a
@@ -8,6 +9,7 @@ terminal the display is `rich`'s live panel; otherwise one plain line per step (
 from __future__ import annotations
 
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TextIO
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 import grpc
 
 from corral.exception import ImageBuildError
-from corral.image import image_hash, local_files
+from corral.image import image_hash, in_container, local_files
 from corral_protocol.v1 import common_pb2, control_pb2
 
 if TYPE_CHECKING:
@@ -53,6 +55,27 @@ def build_images(client: Client, images: Iterable[common_pb2.ImageSpec], out: Te
 
         raise translate_rpc_error(err, client.url) from None
     return reports
+
+
+class HandleImage:
+    """The image a `with_options(image=...)` handle gives its services: built (with progress, as
+    at deploy) when an instance of the handle first binds, before the service exists, so a build
+    failure is an `ImageBuildError` there and no container start builds. Once per handle, however
+    many instances bind it; concurrent first binds wait for the one build. Code inside a container
+    builds nothing here (its token may not start builds): the node builds at the container start."""
+
+    def __init__(self) -> None:
+        self._built: set[str] = set()
+        self._lock = threading.Lock()
+
+    def ensure_built(self, client: Client, image: common_pb2.ImageSpec) -> None:
+        if in_container():
+            return
+        key = image_hash(image)
+        with self._lock:
+            if key not in self._built:
+                build_images(client, [image])
+                self._built.add(key)
 
 
 def _upload(client: Client, bundle_hash: str) -> None:

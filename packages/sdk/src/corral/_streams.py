@@ -1,21 +1,22 @@
 """`.remote_gen`: a generator method's items, as the container yields them.
 
-Sync callers try the direct path first (`_direct_stream`: items on a container connection of the
-call's own); otherwise, and for `.aio` callers, the call goes through the control plane's
-`InvokeStream` (call id, items, then the Result). Leaving the loop early closes the connection or
-cancels the RPC; either way the container stops the generator and takes its next input.
+Sync and asyncio callers try the direct path first (`_direct_stream`: items on a container
+connection of the call's own); otherwise the call goes through the control plane's `InvokeStream`
+(call id, items, then the Result). Leaving the loop early (or cancelling the consuming task)
+closes the connection or cancels the RPC; either way the container stops the generator and takes
+its next input.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
 
 from corral import _serialization
 from corral._client import Client, translate_rpc_error
-from corral._direct_stream import DirectStream, open_stream
+from corral._direct_stream import AioDirectStream, DirectStream, open_stream, open_stream_aio
 from corral_protocol.v1 import common_pb2, control_pb2
 
 
@@ -65,8 +66,27 @@ def _queued_items(client: Client, request: control_pb2.InvokeStreamRequest) -> I
         responses.cancel()
 
 
-async def stream_aio(client: Client, request: control_pb2.InvokeStreamRequest) -> AsyncIterator[Any]:
-    """Iterate over a generator call's items (asyncio)."""
+async def stream_aio(client: Client, request: control_pb2.InvokeStreamRequest) -> AsyncGenerator[Any, None]:
+    """Iterate over a generator call's items (asyncio): straight from a container when the direct
+    path takes the call, else through the control plane."""
+    direct = await open_stream_aio(client.direct, request.service_id, request.method, request.args)
+    if direct is not None:
+        return _direct_items_aio(direct)
+    return _queued_items_aio(client, request)
+
+
+async def _direct_items_aio(direct: AioDirectStream) -> AsyncGenerator[Any, None]:
+    items = direct.items()
+    try:
+        async for payload in items:
+            yield _serialization.decode_value(payload)
+    finally:
+        await items.aclose()  # at once, not when the garbage collector finds it: the container stops
+    if direct.result is not None and direct.result.status != common_pb2.RESULT_STATUS_SUCCESS:
+        raise _serialization.exception_from(direct.result)
+
+
+async def _queued_items_aio(client: Client, request: control_pb2.InvokeStreamRequest) -> AsyncGenerator[Any, None]:
     call: Any = client.aio_stub().InvokeStream(request, metadata=client.metadata)
     try:
         async for response in call:

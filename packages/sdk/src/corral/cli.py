@@ -8,6 +8,7 @@ import datetime
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +20,8 @@ from corral import _logs
 from corral._cli_format import age as _age
 from corral._cli_format import table
 from corral._cli_images import add_image_commands
+from corral._cli_join import add_join_token_commands
+from corral._cli_nodes import add_node_commands, node_state
 from corral._cli_stores import add_store_commands
 from corral._client import default_client
 from corral._home import corral_home
@@ -92,8 +95,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"corral up: --simulate-gpus: {err}", file=sys.stderr)
             return 2
         os.environ[corral_env.CORRAL_SIMULATE_GPUS] = args.simulate_gpus  # read by the embedded node's inventory
+    if args.node_timeout is not None:
+        if not (math.isfinite(args.node_timeout) and args.node_timeout > 0):
+            print(f"corral up: --node-timeout must be a positive number of seconds, got {args.node_timeout:g}", file=sys.stderr)
+            return 2
+        os.environ[corral_env.CORRAL_NODE_TIMEOUT_S] = repr(args.node_timeout)  # read by the control plane
     return up(args.host, args.port, with_node=not args.no_node, http_port=args.http_port, tls_cert=args.tls_cert,
-              tls_key=args.tls_key, tls_self_signed=args.tls_self_signed, insecure=args.insecure)
+              tls_key=args.tls_key, tls_self_signed=args.tls_self_signed, insecure=args.insecure, state_url=args.state_url)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -222,15 +230,18 @@ def cmd_node_list(args: argparse.Namespace) -> int:
     client = default_client()
     nodes = client.call(client.stub.ListNodes, control_pb2.ListNodesRequest()).nodes
     rows = [
-        (n.node_id, n.name, f"{n.cpu_reserved:g}/{n.inventory.cpu:g}", f"{n.memory_reserved_mib}/{n.inventory.memory_mib} MiB",
+        (n.node_id, n.name, node_state(n), f"{n.cpu_reserved:g}/{n.inventory.cpu:g}", f"{n.memory_reserved_mib}/{n.inventory.memory_mib} MiB",
          _gpu_summary(n), n.containers)
         for n in nodes
     ]
-    print(table(("NODE ID", "NAME", "CPU", "MEMORY", "GPUS", "CONTAINERS"), rows))
+    print(table(("NODE ID", "NAME", "STATE", "CPU", "MEMORY", "GPUS", "CONTAINERS"), rows))
     # Memory snapshots, one line per node below the table: the reason can be long.
     if nodes:
         print()
     for n in nodes:
+        if n.state == control_pb2.NODE_STATE_LOST:
+            print(f"{n.name} ({n.node_id}): lost: {n.state_reason}")
+            continue
         snap = n.inventory.snapshots
         state = (f"available (criu {snap.criu_version})" if snap.available
                  else f"unavailable ({snap.reason or 'not reported by this node'})")
@@ -274,11 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=7471, help="port of the web endpoint gateway (0 picks a free one)")
     p.add_argument("--simulate-gpus", default=None, metavar="SPEC",
                    help="the embedded node declares GPUs that do not exist, e.g. H100:8 (tests and capacity planning only)")
+    p.add_argument("--node-timeout", type=float, default=None, metavar="SECONDS",
+                   help="a node silent this long is lost: its calls retry elsewhere or fail (default 10)")
     p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve gRPC and the gateway over TLS")
     p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     p.add_argument("--tls-self-signed", action="store_true",
                    help="serve over TLS with a self-signed pair made once in $CORRAL_HOME/tls (clients pin its cert.pem)")
     p.add_argument("--insecure", action="store_true", help="allow a --host beyond loopback without TLS (plaintext)")
+    p.add_argument("--state-url", default=None, metavar="URL",
+                   help="where the control plane keeps its state: postgresql://USER@HOST:PORT/DB, or sqlite:///DIR "
+                        "(default: $CORRAL_STATE_URL, else SQLite under $CORRAL_HOME/state)")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("run", help="run FILE's @app.local_entrypoint() with its app running")
@@ -315,10 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, default=0, help="only the last N stored lines")
     p.set_defaults(handler=cmd_container_logs)
 
-    node = sub.add_parser("node", help="inspect runtime nodes").add_subparsers(dest="node_command", required=True)
+    node = sub.add_parser("node", help="inspect runtime nodes and take them out of service").add_subparsers(dest="node_command", required=True)
     p = node.add_parser("list", help="list nodes with their inventory")
     p.add_argument("--verbose", "-v", action="store_true", help="also each GPU: UUID, memory, utilisation, MIG, in use")
     p.set_defaults(handler=cmd_node_list)
+    add_node_commands(node)
+    add_join_token_commands(node)
 
     add_store_commands(sub)
     add_image_commands(sub)

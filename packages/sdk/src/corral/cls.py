@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import threading
@@ -15,6 +16,7 @@ from corral import _options, _serialization, _streams
 from corral._calls import FunctionCall, SyncAndAio, ordered_results
 from corral._client import Client, default_client
 from corral._definition import ClassDefinition
+from corral._image_build import HandleImage
 from corral._parameters import ParameterField, bind_parameters, encode_parameters
 from corral.exception import InvalidError, NotFoundError, ServiceGoneError
 from corral.image import Image
@@ -101,6 +103,7 @@ class Cls:
     def __init__(self, source: ClassSource, overrides: common_pb2.ServiceOptions | None = None) -> None:
         self._source = source
         self._overrides = overrides or common_pb2.ServiceOptions()
+        self._image = HandleImage()  # built when an instance first binds (`with_options(image=...)`)
 
     @classmethod
     def from_name(cls, app_name: str, name: str, *, client: Client | None = None) -> Cls:
@@ -217,6 +220,8 @@ class Obj:
                 if parameters is None:
                     fields = [ParameterField.from_proto(p) for p in resolved.class_def.parameters]
                     parameters = bind_parameters(fields, (), self._unchecked, self._cls.name)
+                if self._cls._overrides.HasField("image"):  # before the service exists, as deploy builds before the app
+                    self._cls._image.ensure_built(resolved.client, self._cls._overrides.image)
                 response = resolved.client.call(
                     resolved.client.stub.BindService,
                     control_pb2.BindServiceRequest(
@@ -368,8 +373,10 @@ class Method:
 
     async def _remote_gen_aio(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         resolved, service_id = await self._bound_aio()
-        async for item in _streams.stream_aio(resolved.client, self._stream_request(resolved, service_id, args, kwargs)):
-            yield item
+        items = await _streams.stream_aio(resolved.client, self._stream_request(resolved, service_id, args, kwargs))
+        async with contextlib.aclosing(items):  # leaving the loop closes the stream now, so the container stops
+            async for item in items:
+                yield item
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
         resolved, response = self._invoke(_serialization.encode_args(args, kwargs, self._what), wait=False)

@@ -67,7 +67,9 @@ class Image:
         """Debian minbase with the Python of the matching release (bookworm for 3.11, trixie for
         3.13). `None`: the Python version of this client."""
         version = python_version if python_version is not None else f"{sys.version_info[0]}.{sys.version_info[1]}"
-        if not isinstance(version, str) or version.strip() not in SUPPORTED_PYTHON:
+        if not isinstance(version, str):
+            raise InvalidError(f"Image.debian_slim: python_version must be a string such as '3.13', got {version!r}")
+        if version.strip() not in SUPPORTED_PYTHON:
             origin = "this client's Python" if python_version is None else "python_version"
             raise InvalidError(f"Image.debian_slim: {origin} {version!r} has no base; "
                                f"supported versions: {', '.join(SUPPORTED_PYTHON)}")
@@ -86,7 +88,7 @@ class Image:
     def pip_install_from_requirements(self, path: str | os.PathLike[str]) -> Image:
         """Install the requirements listed in a local requirements file (read now)."""
         file = Path(path)
-        if _in_container():
+        if in_container():
             return self._step(common_pb2.ImageStep(kind="pip", path=file.name))
         if not file.is_file():
             raise InvalidError(f"Image.pip_install_from_requirements: {str(path)!r} is not a file")
@@ -130,7 +132,7 @@ class Image:
     def add_local_file(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy one local file into the image at `remote_path` (absolute; a trailing `/` keeps the name)."""
         source = Path(local_path)
-        if _in_container():
+        if in_container():
             return self._step(common_pb2.ImageStep(kind="files", path=str(remote_path)))
         if not source.is_file():
             raise InvalidError(f"Image.add_local_file: {str(local_path)!r} is not a file")
@@ -143,7 +145,7 @@ class Image:
     def add_local_dir(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy a local directory's files into the image under `remote_path` (absolute)."""
         source = Path(local_path)
-        if _in_container():
+        if in_container():
             return self._step(common_pb2.ImageStep(kind="files", path=str(remote_path)))
         if not source.is_dir():
             raise InvalidError(f"Image.add_local_dir: {str(local_path)!r} is not a directory")
@@ -153,7 +155,7 @@ class Image:
         """Copy local Python packages or modules (by import name) into the image's site directory,
         so the container imports them without their being on PyPI."""
         files: dict[str, Path] = {}
-        if _in_container():
+        if in_container():
             return self._step(common_pb2.ImageStep(kind="files", path="/corral/python"))
         for name in _strings("add_local_python_source", modules):
             try:
@@ -201,7 +203,7 @@ class Image:
         return replace(self, steps=(*self.steps, step), local_files=(*self.local_files, files))
 
 
-def _in_container() -> bool:
+def in_container() -> bool:
     """Inside a container the class's module runs again, where the local files of its image are
     not (they are in the image already): their steps are then recorded without being read."""
     return bool(os.environ.get(corral_env.CORRAL_CONTAINER_ID))

@@ -119,6 +119,39 @@ CONTAINER_STATE_STOPPED: ContainerState.ValueType  # 5
 CONTAINER_STATE_FAILED: ContainerState.ValueType  # 6
 Global___ContainerState: _TypeAlias = ContainerState  # noqa: Y015
 
+class _NodeState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NodeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NODE_STATE_UNSPECIFIED: _NodeState.ValueType  # 0
+    NODE_STATE_JOINING: _NodeState.ValueType  # 1
+    """Registered; its session has not opened yet."""
+    NODE_STATE_READY: _NodeState.ValueType  # 2
+    """New containers may be placed there."""
+    NODE_STATE_CORDONED: _NodeState.ValueType  # 3
+    """No new containers; those it runs keep serving."""
+    NODE_STATE_DRAINING: _NodeState.ValueType  # 4
+    """Cordoned, and its containers are stopping gracefully."""
+    NODE_STATE_LOST: _NodeState.ValueType  # 5
+    """Its stream closed or its heartbeats stopped: its containers are gone for the control plane."""
+
+class NodeState(_NodeState, metaclass=_NodeStateEnumTypeWrapper): ...
+
+NODE_STATE_UNSPECIFIED: NodeState.ValueType  # 0
+NODE_STATE_JOINING: NodeState.ValueType  # 1
+"""Registered; its session has not opened yet."""
+NODE_STATE_READY: NodeState.ValueType  # 2
+"""New containers may be placed there."""
+NODE_STATE_CORDONED: NodeState.ValueType  # 3
+"""No new containers; those it runs keep serving."""
+NODE_STATE_DRAINING: NodeState.ValueType  # 4
+"""Cordoned, and its containers are stopping gracefully."""
+NODE_STATE_LOST: NodeState.ValueType  # 5
+"""Its stream closed or its heartbeats stopped: its containers are gone for the control plane."""
+Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
+
 @_typing.final
 class HasBundleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -703,6 +736,68 @@ class GetRoutesResponse(_message.Message):
 Global___GetRoutesResponse: _TypeAlias = GetRoutesResponse  # noqa: Y015
 
 @_typing.final
+class GetContainerExitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    service_id: _builtins.str
+    """The service the caller routed to: a container of another service is answered as unknown."""
+    method: _builtins.str
+    """The method whose call broke, to name it in `message`."""
+    timeout_s: _builtins.float
+    """How long to wait while the container is still known to be alive; 0 answers at once. The
+    server bounds it (a few seconds).
+    """
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        service_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "method", b"method", "service_id", b"service_id", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContainerExitRequest: _TypeAlias = GetContainerExitRequest  # noqa: Y015
+
+@_typing.final
+class GetContainerExitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXITED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    exited: _builtins.bool
+    """False: still alive when the wait ended, or unknown (never a container of that service, or
+    its exit was long ago: the control plane keeps only recent ones).
+    """
+    message: _builtins.str
+    """When exited: the message a queued input of `method` fails with when its container ends this
+    way, e.g. "out of memory (limit 256 MiB): the container running Model.predict was killed
+    (exit code -9)".
+    """
+    def __init__(
+        self,
+        *,
+        exited: _builtins.bool = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exited", b"exited", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContainerExitResponse: _TypeAlias = GetContainerExitResponse  # noqa: Y015
+
+@_typing.final
 class InvokeStreamRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1069,12 +1164,17 @@ class NodeInfo(_message.Message):
     CONTAINERS_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
     GPUS_IN_USE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_REASON_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     name: _builtins.str
     cpu_reserved: _builtins.float
     memory_reserved_mib: _builtins.int
     containers: _builtins.int
     last_heartbeat: _builtins.float
+    state: Global___NodeState.ValueType
+    state_reason: _builtins.str
+    """Why it is in its state, when that says more than the state (why it was lost)."""
     @_builtins.property
     def inventory(self) -> _common_pb2.NodeInventory: ...
     @_builtins.property
@@ -1092,14 +1192,140 @@ class NodeInfo(_message.Message):
         containers: _builtins.int = ...,
         last_heartbeat: _builtins.float = ...,
         gpus_in_use: _abc.Iterable[_builtins.str] | None = ...,
+        state: Global___NodeState.ValueType = ...,
+        state_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "cpu_reserved", b"cpu_reserved", "gpus_in_use", b"gpus_in_use", "inventory", b"inventory", "last_heartbeat", b"last_heartbeat", "memory_reserved_mib", b"memory_reserved_mib", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "cpu_reserved", b"cpu_reserved", "gpus_in_use", b"gpus_in_use", "inventory", b"inventory", "last_heartbeat", b"last_heartbeat", "memory_reserved_mib", b"memory_reserved_mib", "name", b"name", "node_id", b"node_id", "state", b"state", "state_reason", b"state_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
+
+@_typing.final
+class CordonNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The node's name or id."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CordonNodeRequest: _TypeAlias = CordonNodeRequest  # noqa: Y015
+
+@_typing.final
+class CordonNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___NodeInfo: ...
+    def __init__(
+        self,
+        *,
+        node: Global___NodeInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CordonNodeResponse: _TypeAlias = CordonNodeResponse  # noqa: Y015
+
+@_typing.final
+class UncordonNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UncordonNodeRequest: _TypeAlias = UncordonNodeRequest  # noqa: Y015
+
+@_typing.final
+class UncordonNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___NodeInfo: ...
+    def __init__(
+        self,
+        *,
+        node: Global___NodeInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UncordonNodeResponse: _TypeAlias = UncordonNodeResponse  # noqa: Y015
+
+@_typing.final
+class DrainNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    timeout_s: _builtins.float
+    """Seconds the containers get to finish their inputs and exit before they are killed (0: the
+    default, 300).
+    """
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainNodeRequest: _TypeAlias = DrainNodeRequest  # noqa: Y015
+
+@_typing.final
+class DrainNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___NodeInfo: ...
+    def __init__(
+        self,
+        *,
+        node: Global___NodeInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainNodeResponse: _TypeAlias = DrainNodeResponse  # noqa: Y015
 
 @_typing.final
 class ListNodesResponse(_message.Message):

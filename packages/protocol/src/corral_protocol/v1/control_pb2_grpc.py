@@ -95,6 +95,11 @@ class ControlServiceStub:
                 request_serializer=corral_dot_v1_dot_control__pb2.GetRoutesRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.GetRoutesResponse.FromString,
                 _registered_method=True)
+        self.GetContainerExit = channel.unary_unary(
+                '/corral.v1.ControlService/GetContainerExit',
+                request_serializer=corral_dot_v1_dot_control__pb2.GetContainerExitRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.GetContainerExitResponse.FromString,
+                _registered_method=True)
         self.GetResult = channel.unary_unary(
                 '/corral.v1.ControlService/GetResult',
                 request_serializer=corral_dot_v1_dot_control__pb2.GetResultRequest.SerializeToString,
@@ -159,6 +164,21 @@ class ControlServiceStub:
                 '/corral.v1.ControlService/ManageImages',
                 request_serializer=corral_dot_v1_dot_control__pb2.ManageImagesRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_control__pb2.ManageImagesResponse.FromString,
+                _registered_method=True)
+        self.CordonNode = channel.unary_unary(
+                '/corral.v1.ControlService/CordonNode',
+                request_serializer=corral_dot_v1_dot_control__pb2.CordonNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.CordonNodeResponse.FromString,
+                _registered_method=True)
+        self.UncordonNode = channel.unary_unary(
+                '/corral.v1.ControlService/UncordonNode',
+                request_serializer=corral_dot_v1_dot_control__pb2.UncordonNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.UncordonNodeResponse.FromString,
+                _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/corral.v1.ControlService/DrainNode',
+                request_serializer=corral_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_control__pb2.DrainNodeResponse.FromString,
                 _registered_method=True)
 
 
@@ -239,6 +259,15 @@ class ControlServiceServicer:
 
     def GetRoutes(self, request, context):
         """The READY containers a client may send a service's inputs to directly (the direct call path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContainerExit(self, request, context):
+        """Why a container of a service ended, as a queued input it ran would fail: for a direct caller
+        whose connection broke mid-call (an out-of-memory kill, say). Waits up to `timeout_s` for
+        the container's exit to be known.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -328,6 +357,31 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CordonNode(self, request, context):
+        """Operators taking a node (by name or id; NOT_FOUND when none) out of service. Cordon: no new
+        containers are placed there; those it runs keep serving. The name stays cordoned when the
+        node registers again. Uncordon undoes a cordon and stops a drain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UncordonNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainNode(self, request, context):
+        """Cordon, then stop the node's containers gracefully: each keeps serving until its replacement
+        elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
+        exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
+        comes at once (ListNodes shows the progress).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -390,6 +444,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetRoutes,
                     request_deserializer=corral_dot_v1_dot_control__pb2.GetRoutesRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.GetRoutesResponse.SerializeToString,
+            ),
+            'GetContainerExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContainerExit,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.GetContainerExitRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.GetContainerExitResponse.SerializeToString,
             ),
             'GetResult': grpc.unary_unary_rpc_method_handler(
                     servicer.GetResult,
@@ -455,6 +514,21 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ManageImages,
                     request_deserializer=corral_dot_v1_dot_control__pb2.ManageImagesRequest.FromString,
                     response_serializer=corral_dot_v1_dot_control__pb2.ManageImagesResponse.SerializeToString,
+            ),
+            'CordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonNode,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.CordonNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.CordonNodeResponse.SerializeToString,
+            ),
+            'UncordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UncordonNode,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.UncordonNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.UncordonNodeResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=corral_dot_v1_dot_control__pb2.DrainNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_control__pb2.DrainNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -782,6 +856,33 @@ class ControlService:
             '/corral.v1.ControlService/GetRoutes',
             corral_dot_v1_dot_control__pb2.GetRoutesRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.GetRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContainerExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/GetContainerExit',
+            corral_dot_v1_dot_control__pb2.GetContainerExitRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.GetContainerExitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1133,6 +1234,87 @@ class ControlService:
             '/corral.v1.ControlService/ManageImages',
             corral_dot_v1_dot_control__pb2.ManageImagesRequest.SerializeToString,
             corral_dot_v1_dot_control__pb2.ManageImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/CordonNode',
+            corral_dot_v1_dot_control__pb2.CordonNodeRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.CordonNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UncordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/UncordonNode',
+            corral_dot_v1_dot_control__pb2.UncordonNodeRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.UncordonNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ControlService/DrainNode',
+            corral_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
+            corral_dot_v1_dot_control__pb2.DrainNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,11 @@ class ControlServiceStub:
     """
     GetRoutes: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]
     """The READY containers a client may send a service's inputs to directly (the direct call path)."""
+    GetContainerExit: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetContainerExitRequest, _control_pb2.GetContainerExitResponse]
+    """Why a container of a service ended, as a queued input it ran would fail: for a direct caller
+    whose connection broke mid-call (an out-of-memory kill, say). Waits up to `timeout_s` for
+    the container's exit to be known.
+    """
     GetResult: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetResultRequest, _control_pb2.GetResultResponse]
     CancelCall: _grpc.UnaryUnaryMultiCallable[_control_pb2.CancelCallRequest, _control_pb2.CancelCallResponse]
     UpdateAutoscaler: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateAutoscalerRequest, _control_pb2.UpdateAutoscalerResponse]
@@ -73,6 +78,18 @@ class ControlServiceStub:
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
     ManageImages: _grpc.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]
     """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
+    CordonNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.CordonNodeRequest, _control_pb2.CordonNodeResponse]
+    """Operators taking a node (by name or id; NOT_FOUND when none) out of service. Cordon: no new
+    containers are placed there; those it runs keep serving. The name stays cordoned when the
+    node registers again. Uncordon undoes a cordon and stops a drain.
+    """
+    UncordonNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.UncordonNodeRequest, _control_pb2.UncordonNodeResponse]
+    DrainNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.DrainNodeRequest, _control_pb2.DrainNodeResponse]
+    """Cordon, then stop the node's containers gracefully: each keeps serving until its replacement
+    elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
+    exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
+    comes at once (ListNodes shows the progress).
+    """
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -99,6 +116,11 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """
     GetRoutes: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRoutesRequest, _control_pb2.GetRoutesResponse]  # type: ignore[assignment]
     """The READY containers a client may send a service's inputs to directly (the direct call path)."""
+    GetContainerExit: _aio.UnaryUnaryMultiCallable[_control_pb2.GetContainerExitRequest, _control_pb2.GetContainerExitResponse]  # type: ignore[assignment]
+    """Why a container of a service ended, as a queued input it ran would fail: for a direct caller
+    whose connection broke mid-call (an out-of-memory kill, say). Waits up to `timeout_s` for
+    the container's exit to be known.
+    """
     GetResult: _aio.UnaryUnaryMultiCallable[_control_pb2.GetResultRequest, _control_pb2.GetResultResponse]  # type: ignore[assignment]
     CancelCall: _aio.UnaryUnaryMultiCallable[_control_pb2.CancelCallRequest, _control_pb2.CancelCallResponse]  # type: ignore[assignment]
     UpdateAutoscaler: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateAutoscalerRequest, _control_pb2.UpdateAutoscalerResponse]  # type: ignore[assignment]
@@ -119,6 +141,18 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """Build images on the nodes (missing layers only), streaming progress; deploy and app.run() call it."""
     ManageImages: _aio.UnaryUnaryMultiCallable[_control_pb2.ManageImagesRequest, _control_pb2.ManageImagesResponse]  # type: ignore[assignment]
     """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
+    CordonNode: _aio.UnaryUnaryMultiCallable[_control_pb2.CordonNodeRequest, _control_pb2.CordonNodeResponse]  # type: ignore[assignment]
+    """Operators taking a node (by name or id; NOT_FOUND when none) out of service. Cordon: no new
+    containers are placed there; those it runs keep serving. The name stays cordoned when the
+    node registers again. Uncordon undoes a cordon and stops a drain.
+    """
+    UncordonNode: _aio.UnaryUnaryMultiCallable[_control_pb2.UncordonNodeRequest, _control_pb2.UncordonNodeResponse]  # type: ignore[assignment]
+    DrainNode: _aio.UnaryUnaryMultiCallable[_control_pb2.DrainNodeRequest, _control_pb2.DrainNodeResponse]  # type: ignore[assignment]
+    """Cordon, then stop the node's containers gracefully: each keeps serving until its replacement
+    elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
+    exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
+    comes at once (ListNodes shows the progress).
+    """
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API that SDKs and third-party clients use."""
@@ -214,6 +248,17 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.GetRoutesResponse, _abc.Awaitable[_control_pb2.GetRoutesResponse]]:
         """The READY containers a client may send a service's inputs to directly (the direct call path)."""
+
+    @_abc_1.abstractmethod
+    def GetContainerExit(
+        self,
+        request: _control_pb2.GetContainerExitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GetContainerExitResponse, _abc.Awaitable[_control_pb2.GetContainerExitResponse]]:
+        """Why a container of a service ended, as a queued input it ran would fail: for a direct caller
+        whose connection broke mid-call (an out-of-memory kill, say). Waits up to `timeout_s` for
+        the container's exit to be known.
+        """
 
     @_abc_1.abstractmethod
     def GetResult(
@@ -312,5 +357,35 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ManageImagesResponse, _abc.Awaitable[_control_pb2.ManageImagesResponse]]:
         """Every node's cached image layers; with keys or `all`, remove those first (`corral image rm`)."""
+
+    @_abc_1.abstractmethod
+    def CordonNode(
+        self,
+        request: _control_pb2.CordonNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CordonNodeResponse, _abc.Awaitable[_control_pb2.CordonNodeResponse]]:
+        """Operators taking a node (by name or id; NOT_FOUND when none) out of service. Cordon: no new
+        containers are placed there; those it runs keep serving. The name stays cordoned when the
+        node registers again. Uncordon undoes a cordon and stops a drain.
+        """
+
+    @_abc_1.abstractmethod
+    def UncordonNode(
+        self,
+        request: _control_pb2.UncordonNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.UncordonNodeResponse, _abc.Awaitable[_control_pb2.UncordonNodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DrainNode(
+        self,
+        request: _control_pb2.DrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DrainNodeResponse, _abc.Awaitable[_control_pb2.DrainNodeResponse]]:
+        """Cordon, then stop the node's containers gracefully: each keeps serving until its replacement
+        elsewhere is ready (or at once where none can start), finishes its running inputs and runs its
+        exit hooks; whatever still runs at the timeout is killed. The node ends CORDONED; the answer
+        comes at once (ListNodes shows the progress).
+        """
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
