@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from corral_protocol import env as corral_env
+
 TESTS = Path(__file__).resolve().parent
 APPS = TESTS / "apps"
 sys.path.insert(0, str(APPS))
@@ -116,6 +118,10 @@ def start_cluster(home: Path, port: int | None = None, extra_env: dict[str, str]
     home.mkdir(parents=True, exist_ok=True)
     log_path = home.parent / f"{home.name}-corral-up.log"
     env = dict(os.environ, CORRAL_HOME=str(home), PYTHONPATH=os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]))
+    # No warm pool unless a test (tests/e2e/test_warm_pool.py) or the caller's environment asks for one:
+    # its containers cost CPU on a 2-core machine, and helpers such as `pids_with` find a container's
+    # processes by their initial environment, which a warm container gets only later, on stdin.
+    env.setdefault(corral_env.CORRAL_NODE_WARM_POOL, "0")
     env.update(extra_env or {})
     env.pop("CORRAL_SERVER_URL", None)
     env.pop("CORRAL_TOKEN", None)

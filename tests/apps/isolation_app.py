@@ -125,3 +125,14 @@ class Echo:
     @corral.method()
     def container(self) -> str:
         return os.environ.get("CORRAL_CONTAINER_ID", "")
+
+
+# A third app, for the tests of what a container inherits from its node's environment.
+env_app = corral.App("isolation-env")
+
+
+@env_app.cls(secrets=[corral.Secret.from_name("env-secret")], scaledown_window=30)
+class EnvReader:
+    @corral.method()
+    def environ(self) -> dict:
+        return dict(os.environ)

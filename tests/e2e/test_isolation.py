@@ -24,7 +24,7 @@ from conftest import Cluster, in_ci, start_cluster, wait_for
 from corral.exception import ContainerExitedError
 from corral_protocol.v1 import control_pb2
 from e2e_helpers import client_for, pids_with, table_rows
-from isolation_app import Echo, Hog, Neighbour, Prober, Spinner
+from isolation_app import Echo, EnvReader, Hog, Neighbour, Prober, Spinner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -188,6 +188,32 @@ def test_without_runc_the_node_falls_back_loudly(tmp_path: Path) -> None:
         assert "CONTAINERS ARE NOT ISOLATED" in cluster.logs()
         with isolation_app.own_cluster_app.run(client=client_for(cluster)):
             assert Echo().container.remote()  # it still serves
+    finally:
+        cluster.stop()
+
+
+NODE_ONLY_ENV = {"AWS_SECRET_ACCESS_KEY": "node-secret-value", "SOME_NODE_SETTING": "node-setting-value"}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("isolation", ["runc", "none"])
+def test_a_container_inherits_only_the_allow_listed_part_of_its_nodes_environment(tmp_path: Path, isolation: str) -> None:
+    """The node's own variables (a cloud credential, a setting) stay on the node, isolated or not; the
+    container still gets its own secret, PATH and a HOME of its own."""
+    cluster = start_cluster(tmp_path / "home", extra_env={**NODE_ONLY_ENV, "CORRAL_NODE_ISOLATION": isolation})
+    try:
+        if isolation == "runc":
+            _require_runc(cluster)
+        created = cluster.corral("secret", "create", "env-secret", "ENV_SECRET=its-own-secret")
+        assert created.returncode == 0, created.stderr
+        with isolation_app.env_app.run(client=client_for(cluster)):
+            seen = EnvReader().environ.remote()
+        assert not set(NODE_ONLY_ENV) & set(seen), sorted(seen)
+        assert not any(value in seen.values() for value in NODE_ONLY_ENV.values())
+        assert seen["ENV_SECRET"] == "its-own-secret"
+        assert seen["PATH"] == os.environ["PATH"]
+        assert "CORRAL_HOME" not in seen and "CORRAL_TOKEN" not in seen
+        assert seen["HOME"] != os.environ.get("HOME"), seen["HOME"]
     finally:
         cluster.stop()
 

@@ -114,6 +114,9 @@ def test_a_direct_call_reaches_a_container_at_its_namespace_address(netns: Netns
     )
     (route,) = client.call(client.stub.GetRoutes, control_pb2.GetRoutesRequest(service_id=service_id)).routes
     assert route.address.rsplit(":", 1)[0] == node.address, route.address
+    # The client fetched its (then empty) route table while the container started; with a warm pool the
+    # start can be quicker than that table's refresh (0.25 s), so call until the client knows the route.
+    wait_for(lambda: cpu.add.remote(0, 1) == 1 and bool(client.direct._tables[service_id].routes), message="the client's route")
     before = sum(c.inputs_served for c in client.call(client.stub.ListContainers, control_pb2.ListContainersRequest()).containers
                  if c.container_id == route.container_id)
     for value in range(5):

@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench/call_latency.py            # full run (about a minute on 2 cores)
     .venv/bin/python tools/bench/call_latency.py --quick    # smoke run (under 30 s)
     .venv/bin/python tools/bench/call_latency.py --json out.json
+    .venv/bin/python tools/bench/call_latency.py --warm-pool 0   # the isolated node without its warm pool
 
 What it measures, in one process:
 
@@ -23,6 +24,9 @@ What it measures, in one process:
    runs plain processes (CORRAL_NODE_ISOLATION=none), in the same run; the difference of the medians
    is what runc (OCI bundle, cgroup, namespaces, mounts) adds. Skipped when the first node is not
    isolated (then both would be plain processes).
+6. The warm pool's share: the isolated node runs with its warm pool (`--warm-pool N`, default the
+   node's default, 2), and the same cold starts run against a third `corral up`, isolated without a
+   pool (CORRAL_NODE_WARM_POOL=0); the difference of the medians is what the pool saves.
 
 Goals checked: warm p50 <= 3x the echo p50, a trivial cold start under 1 s, and under 250 ms
 (isolated) on this project's 2-core machine.
@@ -49,6 +53,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from corral_protocol import env as corral_env
 
 HERE = Path(__file__).resolve().parent
 ECHO_METHOD = "/corral.bench.Echo/Echo"
@@ -335,6 +341,8 @@ class ColdResults:
     container_start_to_ready: list[float] = field(default_factory=list)
     isolation: str = ""  # the node's container runtime: runc, or none (reason)
     without_isolation: Latency | None = None  # the same cold starts on a node running plain processes
+    warm_pool: int = 0  # the isolated node's warm pool size (containers started ahead)
+    without_pool: Latency | None = None  # the same cold starts on an isolated node without a warm pool
 
 
 @dataclass
@@ -451,11 +459,12 @@ def node_isolation(cluster: CorralUp) -> str:
     return isolation.mode if isolation.mode != "none" else f"none ({isolation.reason})"
 
 
-def bench_cold_without_isolation(root: Path, settings: Settings) -> Latency:
-    """The same cold starts against a node that runs plain processes (the sandbox's share)."""
+def bench_cold_without_isolation(root: Path, settings: Settings, env: dict[str, str] | None = None, name: str = "plain") -> Latency:
+    """The same cold starts against a node that runs plain processes (the sandbox's share), or
+    against one with the settings `env` (an isolated node without its warm pool)."""
     import corral
 
-    cluster = CorralUp(root / "plain", {"CORRAL_NODE_ISOLATION": "none"})
+    cluster = CorralUp(root / name, env if env is not None else {corral_env.CORRAL_NODE_ISOLATION: "none"})
     try:
         cluster.wait_ready()
         import bench_apps
@@ -551,9 +560,17 @@ def report(
         rows.append(("  of which container start -> ready (median / p90)", "", f"{ms(spawn.p50)} / {ms(spawn.p90)}", ""))
     rows.append(("  node's container isolation", "", c.cold.isolation, ""))
     plain = c.cold.without_isolation
+    if c.cold.isolation == "runc":
+        rows.append(("  node's warm pool (containers started ahead)", "", str(c.cold.warm_pool) if c.cold.warm_pool else "off", ""))
     if plain is not None:
         rows.append(("  same cold starts, plain processes (median / p90)", "", f"{ms(plain.p50)} / {ms(plain.p90)}", ""))
-        rows.append(("  sandbox's share (difference of medians)", "", ms(cold.p50 - plain.p50), ""))
+        label = "isolated with the warm pool minus plain processes" if c.cold.warm_pool else "sandbox's share"
+        rows.append((f"  {label} (difference of medians)", "", ms(cold.p50 - plain.p50), ""))
+    unpooled = c.cold.without_pool
+    if unpooled is not None:
+        rows.append(("  same cold starts, isolated, no warm pool (median / p90)", "", f"{ms(unpooled.p50)} / {ms(unpooled.p90)}", ""))
+        rows.append(("  sandbox's share without the pool (difference of medians)", "", ms(unpooled.p50 - plain.p50) if plain else "", ""))
+        rows.append(("  warm pool's saving (difference of medians)", "", ms(unpooled.p50 - cold.p50), ""))
     for label, value in floor.items():
         rows.append((f"  reference: {label}", "", ms(value), ""))
 
@@ -578,8 +595,11 @@ def report(
         f"goal: trivial cold start < {COLD_START_GOAL_S:g} s: median {cold.p50:.3f} s -> {'PASS' if cold.p50 < COLD_START_GOAL_S else 'MISS'}",
     ]
     if c.cold.isolation == "runc":
-        lines.append(f"goal: isolated trivial cold start < {ISOLATED_COLD_START_GOAL_S * 1000:.0f} ms: median {ms(cold.p50)} -> "
+        pool = f" (warm pool of {c.cold.warm_pool})" if c.cold.warm_pool else " (no warm pool)"
+        lines.append(f"goal: isolated trivial cold start < {ISOLATED_COLD_START_GOAL_S * 1000:.0f} ms{pool}: median {ms(cold.p50)} -> "
                      f"{'PASS' if cold.p50 < ISOLATED_COLD_START_GOAL_S else 'MISS'}")
+        if unpooled is not None:
+            lines.append(f"      without the warm pool: median {ms(unpooled.p50)} -> {'PASS' if unpooled.p50 < ISOLATED_COLD_START_GOAL_S else 'MISS'}")
 
     def tp(t: Throughput | None) -> dict[str, float] | None:
         if t is None:
@@ -616,6 +636,9 @@ def report(
             "cold_start_without_isolation_median_s": plain.p50 if plain else None,
             "cold_start_without_isolation_samples_s": plain.samples if plain else None,
             "sandbox_share_s": (cold.p50 - plain.p50) if plain else None,
+            "warm_pool": c.cold.warm_pool,
+            "cold_start_without_pool_median_s": unpooled.p50 if unpooled else None,
+            "cold_start_without_pool_samples_s": unpooled.samples if unpooled else None,
         },
         "reference": floor,
         "ratios": {
@@ -636,6 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples; skips the 16-container throughput run")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary CORRAL_HOME and corral up log")
+    parser.add_argument("--warm-pool", type=int, default=None, metavar="N",
+                        help="the isolated node's warm pool size (default: the node's default); with a pool, the same cold "
+                             "starts also run against an isolated node without one")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
@@ -650,14 +676,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     began = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    cluster = CorralUp(root)
+    pool_size = args.warm_pool if args.warm_pool is not None else int(os.environ.get(corral_env.CORRAL_NODE_WARM_POOL) or
+                                                                           corral_env.DEFAULT_WARM_POOL)
+    cluster = CorralUp(root, {corral_env.CORRAL_NODE_WARM_POOL: str(pool_size)})
     try:
         cluster.wait_ready()
         echo = bench_echo(settings)
         corral = bench_corral(cluster, settings, args.quick)
         if corral.cold.isolation == "runc":
             cluster.stop()
+            corral.cold.warm_pool = pool_size
             corral.cold.without_isolation = bench_cold_without_isolation(root, settings)
+            if pool_size:
+                corral.cold.without_pool = bench_cold_without_isolation(root, settings, {corral_env.CORRAL_NODE_WARM_POOL: "0"}, "unpooled")
     except BaseException:
         print(f"corral up log: {cluster.log_path}", file=sys.stderr)
         args.keep = True

@@ -131,6 +131,10 @@ KEPT_PIP_ENV = (
     "PIP_CONFIG_FILE",
 )
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Containers inherit only an allow-list of their node's environment: the thread counts are set here,
+# when the workload's module is imported (in a Corral container too), before numpy's first import.
+for _name, _value in THREAD_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 MEASURES = ("a", "b", "c", "d", "e")
 LOAD_CALLERS = 64  # (b)
@@ -1082,7 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
             "setup",
             f"note: the 1-minute load average is {machine['load_at_start']:.2f}; other work on this machine skews the figures",
         )
-    os.environ.update(THREAD_ENV)  # inherited by `corral up` and its containers
+    os.environ.update(THREAD_ENV)  # inherited by `corral up` (its containers set them on import, above)
     machine["numpy_corral"] = ensure_corral_numpy()
 
     if args.setup_only:

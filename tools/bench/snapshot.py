@@ -26,6 +26,7 @@ Goals: restored >= 10x faster than cold; restore <= 1.2 s per GB of image + 100 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import signal
@@ -69,7 +70,7 @@ class Cluster:
         self.home = root / "home"
         self.log_path = root / "corral-up.log"
         self.port = free_port()
-        env = dict(os.environ, CORRAL_HOME=str(self.home), CORRAL_BENCH_GB=str(gb),
+        env = dict(os.environ, CORRAL_HOME=str(self.home),
                    PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
         env.pop("CORRAL_SERVER_URL", None)
         env.pop("CORRAL_TOKEN", None)
@@ -175,21 +176,23 @@ def main() -> None:
     cluster = Cluster(root, args.gb)
     try:
         client = corral.Client(f"grpc://127.0.0.1:{cluster.port}", (cluster.home / "token").read_text().strip())
+        cold_cls = functools.partial(snapshot_apps.Cold, gb=args.gb)
+        snapshotted_cls = functools.partial(snapshot_apps.Snapshotted, gb=args.gb)
         with snapshot_apps.app.run(client=client):
             cold, restored1, restored4, first = [], [], [], []
             for _ in range(args.runs):
                 wait_no_containers(client, "Cold")
-                cold += timed_calls(snapshot_apps.Cold, 1, 0.0)[0]
+                cold += timed_calls(cold_cls, 1, 0.0)[0]
             wait_no_containers(client, "Cold")
-            first = timed_calls(snapshot_apps.Snapshotted, 1, 0.0)[0]  # takes the image
+            first = timed_calls(snapshotted_cls, 1, 0.0)[0]  # takes the image
             for _ in range(args.runs):
                 wait_no_containers(client, "Snapshotted")
-                restored1 += timed_calls(snapshot_apps.Snapshotted, 1, 0.0)[0]
+                restored1 += timed_calls(snapshotted_cls, 1, 0.0)[0]
             log_before_4 = len(cluster.log())
             distinct = []
             for _ in range(args.runs):
                 wait_no_containers(client, "Snapshotted")
-                samples, containers = timed_calls(snapshot_apps.Snapshotted, 4, HOLD_S)
+                samples, containers = timed_calls(snapshotted_cls, 4, HOLD_S)
                 restored4 += samples
                 distinct.append(len(containers))
             from corral_protocol.v1 import control_pb2

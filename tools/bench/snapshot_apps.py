@@ -1,7 +1,7 @@
 """Classes the snapshot benchmark runs (tools/bench/snapshot.py): the same heavy start-up, once
 behind a memory snapshot and once as a plain cold start.
 
-The start-up imports numpy, pandas and scipy and builds about CORRAL_BENCH_GB (default 1) GB of
+The start-up imports numpy, pandas and scipy and builds about `gb` (a parameter, default 1) GB of
 state: 70% as a numpy array of random floats (every page touched, nothing compressible), 30% as
 Python objects (a dict of ints to strings).
 """
@@ -26,15 +26,13 @@ def build_state(gb: float) -> dict:
     return {"array": array, "objects": objects, "frame": frame}
 
 
-def _gb() -> float:
-    return float(os.environ.get("CORRAL_BENCH_GB", "1"))
-
-
 @app.cls(enable_memory_snapshot=True, scaledown_window=1, max_containers=4, cpu=(0.01, 8), memory=(64, 8192))
 class Snapshotted:
+    gb: float = corral.parameter(default=1.0)  # a parameter, not the node's environment: containers do not inherit it
+
     @corral.enter(snap=True)
     def load(self):
-        self.state = build_state(_gb())
+        self.state = build_state(self.gb)
 
     @corral.method()
     def first(self, hold_s: float = 0.0) -> dict:
@@ -44,9 +42,11 @@ class Snapshotted:
 
 @app.cls(scaledown_window=1, max_containers=4, cpu=(0.01, 8), memory=(64, 8192))
 class Cold:
+    gb: float = corral.parameter(default=1.0)
+
     @corral.enter()
     def load(self):
-        self.state = build_state(_gb())
+        self.state = build_state(self.gb)
 
     @corral.method()
     def first(self, hold_s: float = 0.0) -> dict:

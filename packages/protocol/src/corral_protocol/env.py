@@ -109,6 +109,39 @@ CORRAL_BUILD_PIDS = "CORRAL_BUILD_PIDS"
 CORRAL_BUILD_STEP_TIMEOUT_S = "CORRAL_BUILD_STEP_TIMEOUT_S"
 """The time limit of one image build step in seconds (default 1800; `--build-timeout`)."""
 
+CORRAL_NODE_WARM_POOL = "CORRAL_NODE_WARM_POOL"
+"""How many generic containers an isolated node keeps started ahead, waiting for their first
+assignment (default `DEFAULT_WARM_POOL`; 0 turns the pool off; also read by the node `corral up`
+embeds). See "Warm pool" in docs/architecture.md."""
+DEFAULT_WARM_POOL = 2
+
 NODE_CREDENTIALS = (CORRAL_TOKEN, CORRAL_SERVER_URL, CORRAL_HOME, CORRAL_TLS_CA)
-"""The node's own credentials and state, never passed on to a container's environment (a container
-cannot read the node's CA file: it gets the certificate's text in `CORRAL_TLS_CA_PEM` instead)."""
+"""The node's own credentials and state, never passed on to a container's environment (nor is
+anything else outside `CONTAINER_INHERITED_ENV`; a container cannot read the node's CA file: it
+gets the certificate's text in `CORRAL_TLS_CA_PEM` instead)."""
+
+# What a container inherits from its node's environment: an allow-list. Everything else the node
+# has (cloud credentials, tokens, the node's own settings) stays on the node; the container's own
+# identity, secrets and the app's env come from the control plane, and GPUs from the node's choice.
+CONTAINER_INHERITED_ENV = (
+    "PATH", "LANG", "LANGUAGE", "TZ",
+    # Where the node's Python finds its packages: containers run on that environment, seen read-only.
+    "PYTHONPATH", "PYTHONHOME",
+    # A node-wide limit every process must agree on (corral_protocol.payloads).
+    CORRAL_MAX_PAYLOAD_BYTES,
+)
+CONTAINER_INHERITED_PREFIXES = ("LC_",)
+"""Locale categories (`LC_ALL`, `LC_CTYPE`, ...) are inherited as well."""
+
+
+def container_base_env(node_environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of a node's environment its containers inherit: only `CONTAINER_INHERITED_ENV` and
+    the `LC_*` locale names. The node then adds the runtime's own settings (HOME, PYTHONUNBUFFERED)
+    and the container's identity, secrets and GPUs.
+
+    Example:
+        >>> container_base_env({"PATH": "/usr/bin", "AWS_SECRET_ACCESS_KEY": "x", "LC_ALL": "C.UTF-8"})
+        {'PATH': '/usr/bin', 'LC_ALL': 'C.UTF-8'}
+    """
+    return {name: value for name, value in node_environ.items()
+            if name in CONTAINER_INHERITED_ENV or name.startswith(CONTAINER_INHERITED_PREFIXES)}

@@ -144,7 +144,8 @@ class Cgroups:
 
     def create(self, container_id: str, *, cpu: float, memory_mib: int, pids: int = DEFAULT_PIDS_LIMIT) -> None:
         """The container's cgroup with its limits: `cpu` cores of CPU time per period (0: none),
-        `memory_mib` of memory, swap included (0: none), at most `pids` tasks."""
+        `memory_mib` of memory, swap included (0: none), at most `pids` tasks. On an existing cgroup
+        it sets those limits (a warm-pool container's, at its assignment)."""
         if self.version == 2:
             self._create_v2(container_id, cpu, memory_mib, pids)
         elif self.version == 1:

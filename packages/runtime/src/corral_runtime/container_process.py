@@ -39,6 +39,10 @@ class ContainerProcess:
     lazy_pages: asyncio.subprocess.Process | None = None
     # Containers run by runc: the file runc writes the worker's host pid to.
     pid_file: Path | None = None
+    # A warm-pool container: the runtime's name for it (its runc id and cgroup) and its directory,
+    # both chosen before it had a container id. Empty/None: the container id and the node's default.
+    runtime_id: str = ""
+    workdir: Path | None = None
     # The previous CPU time reading (seconds of CPU, monotonic time), for the CPU rate in heartbeats.
     cpu_sample: tuple[float, float] | None = None
 

@@ -13,7 +13,6 @@ import signal
 import socket
 import sys
 import time
-import zipfile
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
@@ -23,28 +22,40 @@ import grpc
 
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, transport
 from corral_protocol import env as corral_env
-from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc, worker_pb2
-from corral_runtime import criu, namespaces, oci, runtimes
+from corral_protocol.v1 import common_pb2, node_pb2, node_pb2_grpc
+from corral_runtime import criu, runtimes
 from corral_runtime.build_limits import BuildLimits
+from corral_runtime.container_launcher import ContainerLauncher
 from corral_runtime.container_process import ContainerProcess
 from corral_runtime.control_channel import open_channel, permanent_failure
-from corral_runtime.inventory import GpuSource, cuda_visible_devices, gpu_source, read_inventory, with_gpus
-from corral_runtime.node_images import NodeImages, image_command, uses_image
-from corral_runtime.redaction import Redactor, secret_keys
+from corral_runtime.inventory import GpuSource, gpu_source, read_inventory, with_gpus
+from corral_runtime.node_images import NodeImages, image_command
+from corral_runtime.redaction import Redactor
 from corral_runtime.runc import RuncRuntime, parse_volumes
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE
-from corral_runtime.snapshots import IDENTITY_FILE, CriuError, SnapshotStore
+from corral_runtime.snapshots import IDENTITY_FILE, SnapshotStore
 from corral_runtime.snapshotter import LAZY_PAGES_ENV, Snapshotter, release_lazy_pages
 
 __all__ = ["LAZY_PAGES_ENV", "ContainerProcess", "NodeDaemon"]
 
 log = logging.getLogger("corral.runtime")
 
-# Credentials of the node or the user never reach a container: it gets only its own token.
-_SCRUBBED_ENV = corral_env.NODE_CREDENTIALS
 # A control plane answers a registration at once; one that does not (or a TLS port that never answers
 # a plaintext client's HTTP/2 preface) is diagnosed, then retried.
 REGISTER_TIMEOUT_S = 5.0
+
+
+def warm_pool_size(setting: int | None) -> int:
+    """The warm pool's size: `setting` (`--warm-pool`), else $CORRAL_NODE_WARM_POOL, else the default."""
+    if setting is not None:
+        return max(0, setting)
+    text = os.environ.get(corral_env.CORRAL_NODE_WARM_POOL, "").strip()
+    try:
+        return max(0, int(text)) if text else corral_env.DEFAULT_WARM_POOL
+    except ValueError:
+        log.warning("%s=%r is not a number; the warm pool keeps its default size %d",
+                    corral_env.CORRAL_NODE_WARM_POOL, text, corral_env.DEFAULT_WARM_POOL)
+        return corral_env.DEFAULT_WARM_POOL
 
 
 class NodeDaemon:
@@ -67,6 +78,7 @@ class NodeDaemon:
         volumes: str | None = None,
         build_limits: BuildLimits | None = None,
         tls_ca: str | None = None,
+        warm_pool: int | None = None,
     ) -> None:
         self.control_url = control_url
         # `grpcs://` URLs: TLS trusting `tls_ca` (else CORRAL_TLS_CA, else the system's roots); the
@@ -82,16 +94,12 @@ class NodeDaemon:
         self.node_id = ""
         self.containers: dict[str, ContainerProcess] = {}
         self._events: asyncio.Queue[node_pb2.NodeSessionRequest] = asyncio.Queue()
-        self._bundle_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: grpc.aio.Channel | None = None
         self._log_stream = log_stream or sys.stderr
         self.registered = asyncio.Event()
         self.advertise_host = advertise_host  # where this node's containers accept direct inputs
         self.sandbox = self._sandbox(isolation, volumes)
-        # Images need runc: the root filesystem of a container is the image's layers.
-        self.images = (NodeImages(self.sandbox, work_dir, self._bundle_dir, self._log_stream, build_limits)
-                       if isinstance(self.sandbox, RuncRuntime) else None)
         self.snapshots: SnapshotStore | None = None
         self.snapshotter: Snapshotter | None = None
         criu_path = criu.find_criu() if self.inventory.snapshots.available else None
@@ -110,6 +118,15 @@ class NodeDaemon:
                 lazy_pages=lazy_pages if lazy_pages is not None else os.environ.get(LAZY_PAGES_ENV),
                 spawn_task=self._spawn_task, sandbox=self.sandbox,
             )
+        self.launcher = ContainerLauncher(
+            work_dir, control_url=control_url, advertise_host=advertise_host, fetch_bundle=self._fetch_bundle, tls_env=self._tls_env(),
+            sandbox=self.sandbox, images=None, snapshots=self.snapshots, snapshotter=self.snapshotter,
+            gpu_checkpoint=self.inventory.snapshots.gpu_checkpoint, warm_pool=warm_pool_size(warm_pool),
+        )
+        # Images need runc: the root filesystem of a container is the image's layers.
+        self.images = (NodeImages(self.sandbox, work_dir, self.launcher.bundle_dir, self._log_stream, build_limits)
+                       if isinstance(self.sandbox, RuncRuntime) else None)
+        self.launcher.images = self.images
 
     def _sandbox(self, setting: str | None, volumes: str | None) -> runtimes.OciRuntime | None:
         """The runc runtime, or None (plain processes, with a loud warning) where it cannot run.
@@ -145,6 +162,7 @@ class NodeDaemon:
     async def run(self) -> None:
         """Serve until cancelled, reconnecting to the control plane when the connection drops."""
         self._channel = open_channel(self.control_url, self.tls_roots)
+        self.launcher.start_pool()
         stub = node_pb2_grpc.NodeServiceStub(self._channel)
         delay = 0.2
         try:
@@ -207,6 +225,8 @@ class NodeDaemon:
             elif kind == "delete_snapshots" and self.snapshots is not None:
                 delete = command.delete_snapshots
                 deleted = self.snapshots.delete(list(delete.snapshot_keys), delete.app_id, delete.keep_bundle_hash)
+                if self.snapshotter is not None:
+                    self.snapshotter.spares.end_deleted()  # no daemon outlives its image
                 if deleted:
                     log.info("deleted %d snapshot image(s)", deleted)
                 self._emit(heartbeat=self._heartbeat())
@@ -227,7 +247,7 @@ class NodeDaemon:
         now = time.monotonic()
         reports = []
         for container_id, container in self.containers.items():
-            usage = self.sandbox.usage(container_id)
+            usage = self.sandbox.usage(container.runtime_id or container_id)
             previous, container.cpu_sample = container.cpu_sample, (usage.cpu_seconds, now)
             cores = 0.0
             if previous is not None and now > previous[1]:
@@ -246,88 +266,31 @@ class NodeDaemon:
     def _emit(self, **event: object) -> None:
         self._events.put_nowait(node_pb2.NodeSessionRequest(**event))  # type: ignore[arg-type]
 
-    async def _bundle_dir(self, bundle_hash: str) -> Path:
-        target = self.work_dir / "bundles" / bundle_hash
-        if target.exists():
-            return target
-        lock = self._bundle_locks.setdefault(bundle_hash, asyncio.Lock())
-        async with lock:
-            if target.exists():
-                return target
-            assert self._channel is not None
-            stub = node_pb2_grpc.NodeServiceStub(self._channel)
-            parts = [chunk.data async for chunk in stub.GetBundle(node_pb2.GetBundleRequest(hash=bundle_hash), metadata=self.metadata)]
-            archive = self.work_dir / "bundles" / f"{bundle_hash}.zip.part"
-            archive.parent.mkdir(parents=True, exist_ok=True)
-            archive.write_bytes(b"".join(parts))
-            staging = self.work_dir / "bundles" / f"{bundle_hash}.staging{os.getpid()}"
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(staging)
-            os.replace(staging, target)
-            archive.unlink()
-        return target
-
-    def _container_env(self, start: node_pb2.StartContainer, bundle: Path) -> dict[str, str]:
-        """What a container's environment adds to the node's: its identity, secrets and GPUs."""
-        env = dict(start.env)
-        env.update({
-            corral_env.CORRAL_CONTAINER_ID: start.container_id,
-            corral_env.CORRAL_CONTAINER_TOKEN: start.container_token,
-            corral_env.CORRAL_CONTROL_URL: self.control_url,
-            corral_env.CORRAL_BUNDLE_DIR: oci.BUNDLE_MOUNT if self.sandbox is not None else str(bundle),
-            corral_env.CORRAL_DIRECT_HOST: self.advertise_host,
-            **self._tls_env(),
-            "CUDA_VISIBLE_DEVICES": cuda_visible_devices(start),
-            "PYTHONUNBUFFERED": "1",
-            corral_env.CORRAL_SECRET_KEYS: ",".join(secret_keys(start.env)),  # names only: the worker masks their values
-        })
-        return env
-
     def _tls_env(self) -> dict[str, str]:
         """The certificates a container's worker trusts to reach a `grpcs://` control plane."""
         return {corral_env.CORRAL_TLS_CA_PEM: self.tls_roots.decode()} if self.tls_roots else {}
 
+    async def _fetch_bundle(self, bundle_hash: str) -> bytes:
+        """A code bundle's zip archive, from the control plane."""
+        assert self._channel is not None
+        stub = node_pb2_grpc.NodeServiceStub(self._channel)
+        parts = [chunk.data async for chunk in stub.GetBundle(node_pb2.GetBundleRequest(hash=bundle_hash), metadata=self.metadata)]
+        return b"".join(parts)
+
     async def _start(self, start: node_pb2.StartContainer) -> None:
         container_id = start.container_id
-        snapshot_error = ""
         try:
-            bundle = await self._bundle_dir(start.bundle_hash)
-            workdir = self.work_dir / "containers" / container_id
-            workdir.mkdir(parents=True, exist_ok=True)
-            container_env = self._container_env(start, bundle)
-            if self.images is not None and uses_image(start):
-                assert isinstance(self.sandbox, RuncRuntime)
-                self.sandbox.image_runs[container_id] = await self.images.prepare(start)
-            image = None
-            if start.snapshot_key and not start.take_snapshot and self.snapshots is not None:
-                image = self.snapshots.find(start.app_id, start.snapshot_key)
-                if image is None:
-                    snapshot_error = "this node holds no image for the key"
-            container = None
-            if image is not None:
-                assert self.snapshotter is not None
-                try:
-                    container = await self.snapshotter.restore(start, image, workdir, container_env, bundle)
-                except (CriuError, OSError) as err:
-                    snapshot_error = str(err)
-                    log.warning("container %s: restore of snapshot %s failed, starting cold instead: %s",
-                                container_id, start.snapshot_key[:12], err)
-                    assert self.snapshots is not None
-                    self.snapshots.remove(image.path)  # corrupt or unusable here; the next start takes a new one
-            if container is None:
-                container = await self._spawn(start, workdir, container_env, bundle)
+            launched = await self.launcher.launch(start)
         except Exception as err:
             log.exception("cannot start container %s", container_id)
-            self._forget_image(container_id)
-            if self.sandbox is not None:
-                await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
+            await self.launcher.abandon(container_id)
             self._emit(container_exited=node_pb2.ContainerExited(container_id=container_id, exit_code=-1, reason=f"the node could not start it: {err}"))
             return
-        restored = image is not None and not snapshot_error
+        container = launched.container
         self.containers[container_id] = container
         self._emit(container_started=node_pb2.ContainerStarted(
             container_id=container_id, pid=container.signal_pid() or container.process.pid,
-            restored_from_snapshot=restored, snapshot_error=snapshot_error,
+            restored_from_snapshot=launched.restored, snapshot_error=launched.snapshot_error,
         ))
         process = container.process
         assert process.stdout is not None and process.stderr is not None
@@ -341,7 +304,7 @@ class NodeDaemon:
         with contextlib.suppress(OSError):  # a worker that died before reading its identity leaves its secrets there
             (self.work_dir / "containers" / container_id / IDENTITY_FILE).unlink()
         if self.sandbox is not None and container.pid_file is not None:
-            usage = await self.sandbox.remove(container_id, self.work_dir / "containers" / container_id)
+            usage = await self.launcher.remove_sandbox(container)
             if code > 128:  # runc reports a container killed by signal N as 128 + N
                 code = 128 - code
             if usage.out_of_memory(code) and not container.kill_reason:
@@ -350,80 +313,11 @@ class NodeDaemon:
             with contextlib.suppress(OSError):
                 os.close(container.stdin_fd)
         self.containers.pop(container_id, None)
-        self._forget_image(container_id)
+        self.launcher.forget_image(container_id)
         reason = container.kill_reason or ("it exited" if code == 0 else f"it was killed by signal {-code}" if code < 0 else "it exited with an error")
         self._emit(container_exited=node_pb2.ContainerExited(
             container_id=container_id, exit_code=code, reason=reason, stderr_tail="".join(container.stderr_tail),
         ))
-
-    def _forget_image(self, container_id: str) -> None:
-        if self.images is not None:
-            self.images.release(container_id)
-    async def _spawn(self, start: node_pb2.StartContainer, workdir: Path, container_env: dict[str, str], bundle: Path) -> ContainerProcess:
-        """A cold start. When it is to take a snapshot, the worker runs as pid 1 of its own pid
-        namespace, without secrets, its real token or GPUs; those come with its identity after the dump."""
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-        argv = [sys.executable, "-m", "corral_runtime.worker"]
-        image_run = self.sandbox.image_runs.get(start.container_id) if isinstance(self.sandbox, RuncRuntime) else None
-        if image_run is not None:  # the image's Python and a clean environment, not the node's
-            argv, _root, env = list(image_run[0]), image_run[1], dict(image_run[2])
-        take = start.take_snapshot and self.snapshots is not None
-        gpu_visible = not take or self.inventory.snapshots.gpu_checkpoint
-        cwd = workdir
-        if take:
-            env.update({
-                corral_env.CORRAL_CONTAINER_ID: start.container_id,
-                corral_env.CORRAL_CONTAINER_TOKEN: start.pre_snapshot_token,
-                corral_env.CORRAL_CONTROL_URL: self.control_url,
-                **self._tls_env(),
-                corral_env.CORRAL_BUNDLE_DIR: container_env[corral_env.CORRAL_BUNDLE_DIR],
-                "CUDA_VISIBLE_DEVICES": container_env["CUDA_VISIBLE_DEVICES"] if gpu_visible else "",
-                "PYTHONUNBUFFERED": "1",
-            })
-        else:
-            env.update(container_env)
-        stdin = asyncio.subprocess.PIPE if take else asyncio.subprocess.DEVNULL
-        if self.sandbox is not None:
-            # The worker's environment is in config.json; runc itself runs with the node's.
-            env.pop("TMPDIR", None)  # the host's; the container has its own /tmp
-            env.update(HOME=oci.CONTAINER_CWD, PYTHONDONTWRITEBYTECODE="1")
-            self._prepare_sandbox(start, workdir, argv, env, bundle, gpu_visible=gpu_visible)
-            process = await asyncio.create_subprocess_exec(
-                *self.sandbox.run_argv(start.container_id, workdir), cwd=workdir, stdin=stdin,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )
-            container = ContainerProcess(start.container_id, process, in_namespace=True, pid_file=self.sandbox.pid_file(workdir))
-            identity_workdir = oci.CONTAINER_CWD
-        else:
-            if take:
-                cwd = self.work_dir / "snapshot-cwd"  # outlives this container: restored copies start there
-                cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
-                argv = namespaces.command(argv)
-            process = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=env, stdin=stdin,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )
-            container = ContainerProcess(start.container_id, process, in_namespace=take)
-            identity_workdir = str(workdir)
-        if take:
-            container.start = start
-            container.identity = worker_pb2.SnapshotIdentity(env=container_env, workdir=identity_workdir, restored=False)
-        return container
-
-    def _prepare_sandbox(self, start: node_pb2.StartContainer, workdir: Path, argv: list[str], env: dict[str, str], bundle: Path,
-                      *, gpu_visible: bool) -> None:
-        """The container's OCI bundle and cgroup, its limits from the class's cpu= and memory=."""
-        assert self.sandbox is not None
-        if (start.gpu_indices or start.gpu_uuids) and gpu_visible and not self.sandbox.capabilities.gpu:
-            raise RuntimeError(f"this node's container runtime ({self.sandbox.name}) cannot give containers GPUs")
-        resources = start.resources
-        self.sandbox.prepare(
-            start.container_id, workdir, args=argv, env=env, code_bundle=bundle,
-            cpu=resources.cpu_limit, memory_mib=resources.memory_limit_mib,
-            gpu_indices=list(start.gpu_indices) if gpu_visible else [],
-            image=self.sandbox.image_runs[start.container_id][1] if isinstance(self.sandbox, RuncRuntime)
-            and start.container_id in self.sandbox.image_runs else None,
-        )
 
     async def _take_snapshot(self, container: ContainerProcess) -> None:
         """The worker reached its snapshot point: the snapshotter dumps it; the result goes to the control plane."""
@@ -480,5 +374,8 @@ class NodeDaemon:
         await asyncio.gather(*(self._stop(cid, grace_s) for cid in list(self.containers)))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        await self.launcher.close()
+        if self.snapshotter is not None:
+            self.snapshotter.close()
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.stop_reaper)  # it removes anything still left

@@ -104,6 +104,11 @@ def parser() -> argparse.ArgumentParser:
              f"(also ${corral_env.CORRAL_NODE_VOLUMES}, comma-separated)",
     )
     build_limits.add_arguments(p)
+    p.add_argument(
+        "--warm-pool", type=int, default=None, metavar="N",
+        help="isolated nodes: keep N generic containers started ahead, each used once, for faster cold starts "
+             f"(default ${corral_env.CORRAL_NODE_WARM_POOL}, else {corral_env.DEFAULT_WARM_POOL}; 0 turns the pool off)",
+    )
     return p
 
 
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
             gpus.parse_simulated(args.simulate_gpus)
         except gpus.GpuSpecError as err:
             p.error(f"--simulate-gpus: {err}")
+    if args.warm_pool is not None and args.warm_pool < 0:
+        p.error(f"--warm-pool: {args.warm_pool} is negative (0 turns the pool off)")
     try:
         limits = build_limits.from_arguments(args)
     except build_limits.BuildLimitError as err:
@@ -133,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     work_dir = Path(args.work_dir or Path.home() / ".local" / "share" / "corral-node")
     daemon = NodeDaemon(args.server, token, work_dir, name=args.name, advertise_host=args.advertise_host,
                         lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus, isolation=args.isolation,
-                        volumes=",".join(args.volume) if args.volume else None, build_limits=limits, tls_ca=args.tls_ca)
+                        volumes=",".join(args.volume) if args.volume else None, build_limits=limits, tls_ca=args.tls_ca,
+                        warm_pool=args.warm_pool)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

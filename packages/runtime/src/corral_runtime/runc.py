@@ -172,6 +172,11 @@ class RuncRuntime:
         self.cgroups.create(container_id, cpu=cpu, memory_mib=memory_mib)
         return bundle
 
+    def set_limits(self, container_id: str, *, cpu: float, memory_mib: int) -> None:
+        """The class's limits on an existing container's cgroup (a warm-pool container, when it is
+        assigned); 0 leaves a limit unset."""
+        self.cgroups.create(container_id, cpu=cpu, memory_mib=memory_mib)
+
     def prepare_build(self, container_id: str, workdir: Path, *, args: list[str], env: dict[str, str], binds: list[oci.Bind],
                       limits: BuildLimits) -> None:
         """The bundle of an image build step: its root (`<bundle>/rootfs`, already mounted by the

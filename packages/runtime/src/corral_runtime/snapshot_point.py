@@ -6,6 +6,9 @@ file's path as one line on the worker's stdin, a pipe (a container isolated by r
 node file, gets the identity itself on that line, as JSON). The worker reads it, deletes the file,
 applies it, reseeds its random generators and reconnects. Secrets and per-container values arrive
 only this way, after the dump, so they never enter an image.
+
+A warm-pool worker (`corral_runtime.warm_pool`) takes on its identity the same way: started ahead
+of any assignment, it imports the runtime, says so (`WARM_READY_LINE`) and waits on its stdin.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from corral_protocol.v1 import worker_pb2
 
 # The line a worker prints on stdout at its snapshot point; the node dumps it when it reads it.
 SNAPSHOT_POINT_LINE = "\x00corral-snapshot-point"
+# The line a warm-pool worker prints on stdout once its runtime is imported, before it waits for its
+# identity (the same hand-over as a restored worker's: `wait_for_identity`).
+WARM_READY_LINE = "\x00corral-warm-ready"
+# The worker's argument that makes it a warm-pool worker.
+WARM_ARGUMENT = "--warm"
 # A stdin line that carries the identity itself (base64 of the SnapshotIdentity), not a file's path.
 INLINE_PREFIX = "inline:"
 
@@ -55,6 +63,17 @@ def wait_for_identity() -> worker_pb2.SnapshotIdentity:
     except OSError:
         pass
     return identity
+
+
+def await_assignment() -> None:
+    """A warm-pool worker (started with `WARM_ARGUMENT`): tell the node its runtime is imported, wait
+    for the container's identity and take it on. Exits the process if the node sends none."""
+    print(WARM_READY_LINE, flush=True)
+    try:
+        apply_environment(wait_for_identity())
+    except SnapshotPointError as err:
+        print(f"corral worker: {err}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def apply_environment(identity: worker_pb2.SnapshotIdentity) -> None:

@@ -276,3 +276,14 @@ def write_identity(workdir: Path, identity: worker_pb2.SnapshotIdentity) -> Path
     with os.fdopen(fd, "wb") as f:
         f.write(identity.SerializeToString())
     return path
+
+
+def criu_log_seconds(path: Path) -> float:
+    """How long CRIU itself worked, from the timestamp of its log's last line ("(00.103260) ...")."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            last = f.read().decode(errors="replace").strip().splitlines()[-1]
+        return float(last[1:last.index(")")])
+    except (OSError, ValueError, IndexError):
+        return float("nan")

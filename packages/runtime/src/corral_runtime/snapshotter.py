@@ -22,6 +22,7 @@ from corral_protocol import env
 from corral_protocol.v1 import node_pb2, worker_pb2
 from corral_runtime import criu
 from corral_runtime.container_process import ContainerProcess
+from corral_runtime.lazy_spares import LazyPagesSpares, die_with_parent
 from corral_runtime.runtimes import OciRuntime
 from corral_runtime.snapshot_point import INLINE_PREFIX
 from corral_runtime.snapshots import (
@@ -34,6 +35,7 @@ from corral_runtime.snapshots import (
     Image,
     SnapshotStore,
     criu_log_errors,
+    criu_log_seconds,
     write_identity,
 )
 
@@ -66,6 +68,13 @@ class Snapshotter:
         self._gpu_checkpoint = gpu_checkpoint
         self.lazy_pages = self._lazy_pages_mode(lazy_pages)  # restore with --lazy-pages
         self._lazy_failures = 0
+        # A lazy-pages daemon started ahead per image: a restore then need not wait for one to start.
+        self.spares = LazyPagesSpares(store.root.parent / "lazy-spares",
+                                      lambda image, directory: self._start_lazy_pages(image, directory, die_with_node=True))
+
+    def close(self) -> None:
+        """The node stops: end the spare lazy-pages daemons."""
+        self.spares.close()
 
     def _lazy_pages_mode(self, setting: str | None) -> bool:
         """Whether restores use CRIU lazy pages: `auto` (the default) when CRIU and the kernel
@@ -114,15 +123,16 @@ class Snapshotter:
                     os.replace(workdir / RESTORE_LOG, workdir / f"lazy-{RESTORE_LOG}")
         return await self._restore_once(start, image, workdir, container_env, bundle, lazy=False)
 
-    async def _start_lazy_pages(self, image: Image, workdir: Path) -> asyncio.subprocess.Process:
-        """Start the `criu lazy-pages` daemon for one lazy restore into `workdir`; returns once it listens."""
+    async def _start_lazy_pages(self, image: Image, workdir: Path, *, die_with_node: bool = False) -> asyncio.subprocess.Process:
+        """Start the `criu lazy-pages` daemon for one lazy restore into `workdir`; returns once it
+        listens. `die_with_node`: a spare, which may wait long for its restore, is killed if the node dies."""
         loop = asyncio.get_running_loop()
         status_r, status_w = os.pipe()
         try:
             daemon = await asyncio.create_subprocess_exec(
                 *self.store.lazy_pages_argv(image, workdir, status_w), pass_fds=(status_w,),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent if die_with_node else None,
             )
         except BaseException:
             os.close(status_r)
@@ -160,7 +170,14 @@ class Snapshotter:
     ) -> ContainerProcess:
         loop = asyncio.get_running_loop()
         began = loop.time()
-        daemon = await self._start_lazy_pages(image, workdir) if lazy else None
+        daemon = None
+        if lazy:
+            daemon = self.spares.take(image, workdir)
+            if daemon is not None:
+                log.info("container %s: lazy restore with a spare lazy-pages daemon", start.container_id)
+            else:
+                daemon = await self._start_lazy_pages(image, workdir)
+            self.spares.refill(image, self._spawn_task)  # for the next restore of this image
         if self.sandbox is not None:
             return await self._restore_runc(start, image, workdir, container_env, bundle, daemon, began)
         stdin_r, stdin_w = os.pipe()
@@ -315,6 +332,8 @@ class Snapshotter:
                 }, checkpoint_argv=checkpoint)
                 result.ok = True
                 result.image.CopyFrom(image.to_proto())
+                if self.lazy_pages:
+                    self.spares.refill(image, self._spawn_task)  # the first restore need not wait for a daemon
             except (CriuError, OSError) as err:
                 result.error = str(err)
                 log.warning("container %s: snapshot %s failed, it goes on without one: %s", container.container_id, start.snapshot_key[:12], err)
@@ -358,17 +377,6 @@ async def _end_lazy_pages(daemon: asyncio.subprocess.Process) -> None:
             os.killpg(daemon.pid, signal.SIGKILL)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(daemon.wait(), timeout=10)
-
-
-def criu_log_seconds(path: Path) -> float:
-    """How long CRIU itself worked, from the timestamp of its log's last line ("(00.103260) ...")."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - 4096))
-            last = f.read().decode(errors="replace").strip().splitlines()[-1]
-        return float(last[1:last.index(")")])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
 
 
 async def _stderr_tail(process: asyncio.subprocess.Process) -> str:

@@ -1,7 +1,8 @@
 """The container entrypoint: import the user's class, run its hooks, serve inputs.
 
 Started by the node as `python -m corral_runtime.worker` with its identity in the environment:
-CORRAL_CONTROL_URL, CORRAL_CONTAINER_ID, CORRAL_CONTAINER_TOKEN and CORRAL_BUNDLE_DIR.
+CORRAL_CONTROL_URL, CORRAL_CONTAINER_ID, CORRAL_CONTAINER_TOKEN and CORRAL_BUNDLE_DIR (a warm-pool
+container, `--warm`, gets them on stdin when assigned: snapshot_point.py).
 
 Life: connect -> ContainerInit -> import -> @enter(snap=True) -> @enter -> Ready -> inputs
 -> Shutdown (or SIGTERM) -> drain -> @exit -> exit 0. A failed import or enter reports InitFailed
@@ -29,7 +30,7 @@ from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSIO
 from corral_protocol.options import CANCEL_GRACE_S, batched_method, effective_max_inputs, effective_timeout_s
 from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from corral_runtime import log_capture, payload_blobs
+from corral_runtime import log_capture, payload_blobs, snapshot_point
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
 from corral_runtime.cancellation import outlive_grace
@@ -448,6 +449,8 @@ class Worker:
 
 
 def main() -> None:
+    if snapshot_point.WARM_ARGUMENT in sys.argv[1:]:  # a warm-pool container: its identity comes on stdin when assigned
+        snapshot_point.await_assignment()
     identity = Identity.from_env()
     code = asyncio.run(Worker(identity).run())
     sys.stdout.flush()
