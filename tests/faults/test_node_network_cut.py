@@ -1,9 +1,11 @@
 """A real network cut: a control plane on a host bridge and two `corral-node` daemons, each in its
-own network namespace (tools/bench/netns_cluster.py), the node timeout at 2 s. node-a's link is
-taken down (`ip link set <its host-side veth> down`): its daemon and its containers' workers can
-no longer reach the plane, nor the plane them, and no TCP connection closes.
+own network namespace (tools/bench/netns_cluster.py), the node timeout at 2 s. node-a is cut off
+as behind a failed switch (its bridge port disabled: frames dropped silently both ways, carriers
+up): its daemon and its containers' workers can no longer reach the plane, nor the plane them, and
+no TCP connection closes.
 
-The plane loses node-a by its silence; a call placed there with retries completes on node-b, one
+The plane loses node-a by its silence, and the daemon notices the cut by itself (its channel's
+keepalive); a call placed there with retries completes on node-b, one
 without fails naming node-a, and new work starts on node-b. When the link comes back node-a's
 daemon finds its session ended and registers again as a fresh node; the containers it still ran
 are stopped, never served beside their replacements."""
@@ -77,16 +79,6 @@ def _cordon(client: corral.Client, name: str, cordon: bool) -> None:
         client.call(client.stub.UncordonNode, control_pb2.UncordonNodeRequest(node=name))
 
 
-def _host_end(netns: NetnsCluster, name: str) -> str:
-    """The root-namespace end of node `name`'s veth pair (see NetnsCluster._make_network)."""
-    index = [n.spec.name for n in netns.nodes].index(name)
-    return f"crlh-{netns.tag}-{index}"
-
-
-def _set_link(link: str, state: str) -> None:
-    subprocess.run(["ip", "link", "set", link, state], check=True, capture_output=True, timeout=30)
-
-
 def test_a_node_whose_network_is_cut_is_lost_then_comes_back_fresh(netns: NetnsCluster, client: corral.Client, shared_dir: Path) -> None:
     node_a, node_b = _node(client, "node-a"), _node(client, "node-b")
     assert node_a is not None and node_b is not None
@@ -102,8 +94,7 @@ def test_a_node_whose_network_is_cut_is_lost_then_comes_back_fresh(netns: NetnsC
     assert all(pids_with(c) for c in old)
     _cordon(client, "node-b", cordon=False)
 
-    link = _host_end(netns, "node-a")
-    _set_link(link, "down")
+    netns.cut_off("node-a")
     cut_at = time.monotonic()
     try:
         wait_for(lambda: (_node(client, "node-a") or node_a).state == control_pb2.NODE_STATE_LOST, timeout=BOUND_S,
@@ -118,10 +109,13 @@ def test_a_node_whose_network_is_cut_is_lost_then_comes_back_fresh(netns: NetnsC
         listed = subprocess.run([sys.executable, "-m", "corral.cli", "node", "list"], env=netns.client_env(),
                                 capture_output=True, text=True, timeout=60)
         assert "lost: node node-a stopped answering (no heartbeat for" in listed.stdout, listed.stdout
-        # Cut off, node-a's containers run on: nothing could tell them to stop.
+        # Cut off, node-a's containers run on: nothing can tell them to stop. Its daemon notices
+        # the cut by itself (a silent cut fails no write for minutes without its keepalive).
         assert all(pids_with(c) for c in old)
+        wait_for(lambda: f"lost the control plane at {netns.url}" in netns.node("node-a").logs(), timeout=BOUND_S,
+                 message="node-a's daemon to notice the cut")
     finally:
-        _set_link(link, "up")
+        netns.cut_off("node-a", cut=False)
 
     # Its daemon finds its session ended and registers again as a fresh node; the plane stops the
     # containers it still reports, and nothing of them lives on beside their replacements.
