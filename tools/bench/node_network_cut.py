@@ -31,9 +31,10 @@ for package in ("protocol", "sdk"):
     sys.path.insert(0, str(ROOT / "packages" / package / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from netns_cluster import NetnsCluster, NodeSpec  # noqa: E402
+
 from corral_protocol import env as corral_env  # noqa: E402
 from corral_protocol.v1 import control_pb2  # noqa: E402
-from netns_cluster import NetnsCluster, NodeSpec  # noqa: E402
 
 POLL_S = 0.02
 BOUND_S = 300.0
