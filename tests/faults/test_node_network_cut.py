@@ -61,11 +61,12 @@ def client(netns: NetnsCluster) -> Iterator[corral.Client]:
     client.close()
 
 
-def _node(client: corral.Client, name: str) -> control_pb2.NodeInfo | None:
-    """The newest node listed under `name` (a node that re-registered is listed again, fresh)."""
+def _node(client: corral.Client, name: str) -> control_pb2.NodeInfo:
+    """The node listed under `name`: its ready self where a lost one is still listed beside it."""
     nodes = [n for n in client.call(client.stub.ListNodes, control_pb2.ListNodesRequest(), timeout=10).nodes if n.name == name]
     ready = [n for n in nodes if n.state == control_pb2.NODE_STATE_READY]
-    return (ready or nodes or [None])[-1]
+    assert nodes, f"no node {name} listed"
+    return (ready or nodes)[-1]
 
 
 def _holding(client: corral.Client, tag: str) -> bool:
@@ -81,13 +82,13 @@ def _cordon(client: corral.Client, name: str, cordon: bool) -> None:
 
 def test_a_node_whose_network_is_cut_is_lost_then_comes_back_fresh(netns: NetnsCluster, client: corral.Client, shared_dir: Path) -> None:
     node_a, node_b = _node(client, "node-a"), _node(client, "node-b")
-    assert node_a is not None and node_b is not None
     Holder = corral.Cls.from_name(APP, "Holder", client=client)
 
-    # A retried and a strict call running on node-a (node-b cordoned meanwhile); each holds long on its first attempt only.
+    # A retried and a strict call running on node-a (node-b cordoned meanwhile); each holds on its
+    # first attempt only, longer than the test (its worker would otherwise exit after it).
     _cordon(client, "node-b", cordon=True)
-    retried = Holder.with_options(retries=1, max_containers=1)(tag="retried").hold.spawn(str(shared_dir / "retried"), 30.0)
-    strict = Holder.with_options(max_containers=1)(tag="strict").hold.spawn(str(shared_dir / "strict"), 30.0)
+    retried = Holder.with_options(retries=1, max_containers=1)(tag="retried").hold.spawn(str(shared_dir / "retried"), 300.0)
+    strict = Holder.with_options(max_containers=1)(tag="strict").hold.spawn(str(shared_dir / "strict"), 300.0)
     wait_for(lambda: _holding(client, "retried") and _holding(client, "strict"), timeout=BOUND_S, message="both inputs running")
     old = [c.container_id for c in containers(client, APP, "Holder")]
     assert {c.node_id for c in containers(client, APP, "Holder")} == {node_a.node_id}
@@ -97,7 +98,7 @@ def test_a_node_whose_network_is_cut_is_lost_then_comes_back_fresh(netns: NetnsC
     netns.cut_off("node-a")
     cut_at = time.monotonic()
     try:
-        wait_for(lambda: (_node(client, "node-a") or node_a).state == control_pb2.NODE_STATE_LOST, timeout=BOUND_S,
+        wait_for(lambda: _node(client, "node-a").state == control_pb2.NODE_STATE_LOST, timeout=BOUND_S,
                  interval=0.02, message="node-a to be lost")
         print(f"network cut -> node-a lost: {time.monotonic() - cut_at:.2f} s")
         with pytest.raises(corral.exception.ContainerExitedError, match=r"node node-a stopped answering \(no heartbeat for"):
@@ -119,9 +120,8 @@ def test_a_node_whose_network_is_cut_is_lost_then_comes_back_fresh(netns: NetnsC
 
     # Its daemon finds its session ended and registers again as a fresh node; the plane stops the
     # containers it still reports, and nothing of them lives on beside their replacements.
-    wait_for(lambda: (_node(client, "node-a") or node_a).node_id != node_a.node_id
-             and (_node(client, "node-a") or node_a).state == control_pb2.NODE_STATE_READY,
-             timeout=BOUND_S, message="node-a to register again")
+    wait_for(lambda: _node(client, "node-a").state == control_pb2.NODE_STATE_READY, timeout=BOUND_S, message="node-a to register again")
+    assert _node(client, "node-a").node_id != node_a.node_id
     wait_for(lambda: not any(pids_with(c) for c in old), timeout=BOUND_S, message="the cut node's containers to be stopped")
     live = containers(client, APP, "Holder")
     assert not set(old) & {c.container_id for c in live}
