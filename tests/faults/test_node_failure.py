@@ -1,6 +1,7 @@
 """Node failure with a control plane and two node daemons as separate processes, the node timeout
 at 2 s: a node killed with kill -9 (its stream closes), a node stopped with SIGSTOP (its stream
-stays open and its heartbeats stop: the stand-in for a cut network), and an operator's drain.
+stays open and its heartbeats stop, as in a cut network, which test_node_network_cut.py makes for
+real), and an operator's drain.
 
 Calls placed on the failing node retry on the survivor where their policy allows and fail naming
 the node otherwise; new containers start on the survivor; the node comes back as a fresh node,

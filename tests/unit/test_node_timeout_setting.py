@@ -31,3 +31,17 @@ def test_corral_up_refuses_a_bad_node_timeout(value: str, capsys: pytest.Capture
     monkeypatch.delenv(env.CORRAL_NODE_TIMEOUT_S, raising=False)
     assert main(["up", "--node-timeout", value]) == 2
     assert "--node-timeout must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_the_node_channel_notices_a_cut_without_breaking_the_planes_ping_policy() -> None:
+    """A silent network cut fails no write for many minutes: the node daemon's channel pings the
+    plane to notice one, never more often than the plane accepts (a client pinging too often is
+    sent away: "too_many_pings"), and retries connecting every few seconds at most."""
+    from corral_runtime.control_channel import NODE_CHANNEL_OPTIONS
+    from corral_scheduler.server import SERVER_OPTIONS
+
+    node, server = dict(NODE_CHANNEL_OPTIONS), dict(SERVER_OPTIONS)
+    assert node["grpc.keepalive_time_ms"] > server["grpc.http2.min_ping_interval_without_data_ms"]
+    assert 0 < node["grpc.keepalive_timeout_ms"] <= 10_000
+    assert node["grpc.keepalive_permit_without_calls"] == 1 == server["grpc.keepalive_permit_without_calls"]
+    assert node["grpc.max_reconnect_backoff_ms"] <= 5_000

@@ -54,7 +54,7 @@ def missing_prerequisites() -> list[str]:
     missing = []
     if os.geteuid() != 0:
         missing.append("root")
-    for tool in ("ip", "nsenter"):
+    for tool in ("ip", "bridge", "nsenter"):
         if shutil.which(tool) is None:
             missing.append(f"the `{tool}` command")
     return missing
@@ -350,6 +350,13 @@ class NetnsCluster:
 
     def node(self, name: str) -> NetnsNode:
         return next(n for n in self.nodes if n.spec.name == name)
+
+    def cut_off(self, name: str, cut: bool = True) -> None:
+        """Cut node `name`'s network (or restore it, `cut=False`) the way a failed switch does:
+        its bridge port is disabled, so frames are dropped both ways, silently; both ends keep
+        their carrier and no connection is closed."""
+        port = f"crlh-{self.tag}-{[n.spec.name for n in self.nodes].index(name)}"
+        subprocess.run(["bridge", "link", "set", "dev", port, "state", "0" if cut else "3"], check=True, capture_output=True, timeout=30)
 
     def stop(self) -> None:
         """Stop the nodes (their containers first) and the control plane, then remove every

@@ -16,6 +16,20 @@ import grpc
 from corral_protocol import transport
 
 _PROBE_TIMEOUT_S = 3.0
+# The node daemon's channel. A network cut closes no connection and fails no write for many minutes
+# (TCP retransmits with backoff), so the daemon pings to notice one (the plane accepts a ping every
+# 10 s: corral_scheduler.server.SERVER_OPTIONS), and once it has noticed it retries connecting at
+# least every 5 s instead of gRPC's backoff of up to 120 s: when the network is back, it registers
+# again within seconds and the plane stops what it still runs (measured: tools/bench/node_network_cut.py).
+NODE_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", 15_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.min_reconnect_backoff_ms", 5_000),  # also the connect timeout: a SYN lost to the cut is resent soon
+]
 # How BoringSSL, under gRPC, words a certificate it cannot verify or one for another name.
 _CERTIFICATE_FAILURES = ("CERTIFICATE_VERIFY_FAILED", "certificate signature failure", "BAD_SIGNATURE",
                          "unable to get local issuer certificate", "self signed certificate", "is not in peer certificate")

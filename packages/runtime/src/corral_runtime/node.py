@@ -27,7 +27,7 @@ from corral_runtime import criu, runtimes
 from corral_runtime.build_limits import BuildLimits
 from corral_runtime.container_launcher import ContainerLauncher
 from corral_runtime.container_process import ContainerProcess
-from corral_runtime.control_channel import open_channel, permanent_failure
+from corral_runtime.control_channel import NODE_CHANNEL_OPTIONS, open_channel, permanent_failure
 from corral_runtime.inventory import GpuSource, gpu_source, read_inventory, with_gpus
 from corral_runtime.node_images import NodeImages, image_command
 from corral_runtime.redaction import Redactor
@@ -161,7 +161,7 @@ class NodeDaemon:
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting to the control plane when the connection drops."""
-        self._channel = open_channel(self.control_url, self.tls_roots)
+        self._channel = open_channel(self.control_url, self.tls_roots, NODE_CHANNEL_OPTIONS)
         self.launcher.start_pool()
         stub = node_pb2_grpc.NodeServiceStub(self._channel)
         delay = 0.2
