@@ -90,3 +90,30 @@ def test_the_spare_of_a_redumped_or_deleted_image_is_ended(tmp_path: Path) -> No
         assert not spares.spares
 
     asyncio.run(scenario())
+
+
+def test_a_spare_whose_image_is_deleted_while_it_starts_is_ended(tmp_path: Path) -> None:
+    """The race the app's stop runs into: the refill waits its delay, the image is deleted (and
+    `end_deleted` finds no spare to end), then the daemon would start for an image that is gone."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start_then_delete(image: Image, directory: Path) -> asyncio.subprocess.Process:
+        process = await start_listener(image, directory)
+        started.append(process)
+        image.path.rmdir()  # deleted while the daemon was starting
+        spares.end_deleted()
+        return process
+
+    async def scenario() -> None:
+        await refilled(spares, image_at(tmp_path / "image"))
+        assert not spares.spares
+        [daemon] = started
+        assert await asyncio.wait_for(daemon.wait(), timeout=10) != 0
+
+        gone = image_at(tmp_path / "gone")
+        gone.path.rmdir()  # deleted during the start delay: no daemon at all
+        await refilled(spares, gone)
+        assert len(started) == 1 and not spares.spares
+
+    spares = LazyPagesSpares(tmp_path / "spares", start_then_delete, start_delay_s=0)
+    asyncio.run(scenario())

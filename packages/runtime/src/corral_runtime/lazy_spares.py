@@ -88,7 +88,7 @@ class LazyPagesSpares:
         directory = self.root / secrets.token_hex(6)
         try:
             await asyncio.sleep(self.start_delay_s)
-            if self._closed:
+            if self._closed or not image.path.exists():  # the node stopped, or the image went meanwhile
                 return
             directory.mkdir(parents=True, mode=0o700)
             daemon = await self.start_daemon(image, directory)
@@ -98,7 +98,9 @@ class LazyPagesSpares:
             return
         finally:
             self._starting.discard(image.path)
-        if not self._closed:
+        # The image may have been deleted while the daemon started (`end_deleted` ran before it was
+        # a spare): a spare of no image would outlive it.
+        if not self._closed and image.path.exists():
             self.spares[image.path] = (image.meta.get("created_at"), daemon, directory)
         else:
             _kill(daemon)
