@@ -167,7 +167,7 @@ def open_stream(path: _direct.DirectPath, service_id: str, method: str, args: co
 
 
 async def _connect_aio(route: Route) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A new connection to the container, its hello accepted. _NotSent when the container cannot
+    """A new connection to the container, its hello accepted. NotSent when the container cannot
     be reached, refuses it, or does not answer want_accepted (an older runtime: the queue streams it)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(route.host, route.port), CONNECT_TIMEOUT_S)
