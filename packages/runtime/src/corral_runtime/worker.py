@@ -27,7 +27,6 @@ import grpc
 from corral import container_api as sdk
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads, transport
 from corral_protocol.options import batched_method, effective_max_inputs, effective_timeout_s
-from corral_protocol.parameters import decode_parameters
 from corral_protocol.v1 import worker_pb2, worker_pb2_grpc
 from corral_runtime import log_capture, snapshot_point
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
@@ -42,7 +41,7 @@ from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE, SnapshotPointErro
 from corral_runtime.web import HttpInputs
 from corral_runtime.worker_direct_watch import DirectWatch
 from corral_runtime.worker_inputs import CancelGrace, run_pushed_input
-from corral_runtime.worker_setup import Identity, InitFailure, batched_capacity, call_hook, missing_requirements
+from corral_runtime.worker_setup import Identity, InitFailure, batched_capacity, load_class, run_enter_hooks, run_exit_hooks
 
 # Worker._session's code for "the snap hooks ran and no connection is open: dump me now".
 SNAPSHOT_POINT = -1
@@ -186,7 +185,8 @@ class Worker:
         if self.direct_watch is not None:
             await self.direct_watch.report_load_once(force=True)
         await shutdown_asgi_apps(self.asgi_apps)  # ASGI lifespan shutdown, before the @exit hooks
-        await self._exit_hooks()
+        assert self.definition is not None
+        await run_exit_hooks(self.definition, self.instance)
         await log_capture.flush(log_capture.CAPTURE, self._send)
         self._outbox.put_nowait(_CLOSE)
         with contextlib.suppress(Exception):
@@ -270,35 +270,13 @@ class Worker:
         image: a worker past its snapshot point (dumped, or restored from the dump) has run them."""
         try:
             if self.definition is None:
-                in_image = bool(os.environ.get(env.CORRAL_IMAGE_HASH))  # built with its requirements
-                missing = [] if in_image else missing_requirements(init.class_def.options.image)
-                if missing:
-                    raise ModuleNotFoundError(
-                        f"the class's image needs {', '.join(missing)}, which this node's Python environment lacks; "
-                        "install them on the node"
-                    )
-                self.definition = sdk.load_class(init.class_def, self.identity.bundle_dir)
-                self.instance = self.definition.new_instance(decode_parameters(init.parameters))
-                for hook in self.definition.enter_hooks:
-                    if hook.snap:
-                        await call_hook(getattr(self.instance, hook.name))
+                self.definition, self.instance = await load_class(init, self.identity.bundle_dir)
             if init.take_snapshot:
                 return
-            for hook in self.definition.enter_hooks:
-                if not hook.snap:
-                    await call_hook(getattr(self.instance, hook.name))
+            await run_enter_hooks(self.definition, self.instance, snap=False)
             self.asgi_apps = await build_asgi_apps(self.definition, self.instance)
         except Exception as exc:
             raise InitFailure(exc) from exc
-
-    async def _exit_hooks(self) -> None:
-        assert self.definition is not None
-        for hook in self.definition.exit_hooks:
-            try:
-                await call_hook(getattr(self.instance, hook.name))
-            except Exception:
-                print(f"corral worker: @exit hook {hook.name} raised:", file=sys.stderr)
-                traceback.print_exc()
 
     async def _send(self, message: worker_pb2.WorkerSessionRequest) -> None:
         """Queue a message for the writer task; never blocks, so a cancellation cannot split a write."""
