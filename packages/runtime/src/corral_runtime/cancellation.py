@@ -3,7 +3,7 @@ in one. `InputCancelled` is raised in the thread that runs the input (it takes e
 thread's next bytecode, so pure-Python code stops at once and code blocked in C when it returns).
 A method that has not stopped within `CANCEL_GRACE_S` leaves its container no choice: the worker
 tells the control plane it is draining and exits, and the container is replaced (unless other
-inputs wait on it: see `Worker._grace`).
+inputs wait on it: see `worker_inputs.CancelGrace`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import contextlib
 import os
 import signal
 import sys
-import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -27,22 +26,22 @@ import grpc
 
 from corral import container_api as sdk
 from corral_protocol import AUTHORIZATION_METADATA_KEY, PROTOCOL_VERSION, VERSION_METADATA_KEY, env, payloads, transport
-from corral_protocol.options import CANCEL_GRACE_S, batched_method, effective_max_inputs, effective_timeout_s
-from corral_protocol.parameters import decode_parameters
-from corral_protocol.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from corral_runtime import log_capture, payload_blobs, snapshot_point
+from corral_protocol.options import batched_method, effective_max_inputs, effective_timeout_s
+from corral_protocol.v1 import worker_pb2, worker_pb2_grpc
+from corral_runtime import log_capture, snapshot_point
 from corral_runtime.asgi import AsgiApp, build_asgi_apps, shutdown_asgi_apps
 from corral_runtime.batching import Batcher
-from corral_runtime.cancellation import outlive_grace
 from corral_runtime.control_channel import open_channel
 from corral_runtime.direct import DirectServer
 from corral_runtime.held_outputs import HeldOutputs
 from corral_runtime.redaction import Redactor
-from corral_runtime.runner import THREADS, InputRunner
+from corral_runtime.runner import InputRunner
 from corral_runtime.slots import SlotGate
 from corral_runtime.snapshot_point import SNAPSHOT_POINT_LINE, SnapshotPointError, apply_environment, wait_for_identity
 from corral_runtime.web import HttpInputs
-from corral_runtime.worker_setup import Identity, InitFailure, batched_capacity, call_hook, missing_requirements
+from corral_runtime.worker_direct_watch import DirectWatch
+from corral_runtime.worker_inputs import CancelGrace, run_pushed_input
+from corral_runtime.worker_setup import Identity, InitFailure, batched_capacity, load_class, run_enter_hooks, run_exit_hooks
 
 # Worker._session's code for "the snap hooks ran and no connection is open: dump me now".
 SNAPSHOT_POINT = -1
@@ -61,9 +60,6 @@ _CLOSE = object()  # the outbox's last item: finish writing
 
 
 class Worker:
-    LOAD_REPORT_S = 0.05
-    WATCHDOG_S = 0.2
-
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
         self.metadata = self._metadata(identity)
@@ -84,7 +80,8 @@ class Worker:
         self.asgi_apps: dict[str, AsgiApp] = {}
         self.http: HttpInputs | None = None
         self.redactor = Redactor({})
-        self._background: set[asyncio.Future[None]] = set()  # grace watchers
+        self.direct_watch: DirectWatch | None = None
+        self.cancel_grace = CancelGrace(self._others_waiting, self._send)
         self.held = HeldOutputs()  # outputs of pushed inputs that finished after the session ended
         self._http_inputs: set[str] = set()
 
@@ -164,10 +161,11 @@ class Worker:
         writer = asyncio.create_task(self._write(stream))
         background = [
             asyncio.create_task(self._read(stream)),
-            asyncio.create_task(self._report_load()),
-            asyncio.create_task(self._watch_direct_timeouts()),
             asyncio.create_task(log_capture.ship(log_capture.CAPTURE, self._send)),
         ]
+        if self.direct_watch is not None:
+            background += [asyncio.create_task(self.direct_watch.report_load()),
+                           asyncio.create_task(self.direct_watch.watch_timeouts())]
         await self.shutdown.wait()
         if self.lost is not None:
             # The control plane is gone (it may come back: a restarted plane awaits the results of
@@ -184,9 +182,11 @@ class Worker:
                                     self.identity.container_id)
         for task in background:
             task.cancel()
-        await self._report_load_once(force=True)
+        if self.direct_watch is not None:
+            await self.direct_watch.report_load_once(force=True)
         await shutdown_asgi_apps(self.asgi_apps)  # ASGI lifespan shutdown, before the @exit hooks
-        await self._exit_hooks()
+        assert self.definition is not None
+        await run_exit_hooks(self.definition, self.instance)
         await log_capture.flush(log_capture.CAPTURE, self._send)
         self._outbox.put_nowait(_CLOSE)
         with contextlib.suppress(Exception):
@@ -250,6 +250,7 @@ class Worker:
             host = os.environ.get(env.CORRAL_DIRECT_HOST, "127.0.0.1")
             timeout = effective_timeout_s(init.options)
             self.direct = DirectServer(host, init.direct_token, self.gate, self.runner, timeout)
+            self.direct_watch = DirectWatch(self.direct, self.definition.name, self._send)
         return capacity
 
     async def _drain(self) -> None:
@@ -269,35 +270,13 @@ class Worker:
         image: a worker past its snapshot point (dumped, or restored from the dump) has run them."""
         try:
             if self.definition is None:
-                in_image = bool(os.environ.get(env.CORRAL_IMAGE_HASH))  # built with its requirements
-                missing = [] if in_image else missing_requirements(init.class_def.options.image)
-                if missing:
-                    raise ModuleNotFoundError(
-                        f"the class's image needs {', '.join(missing)}, which this node's Python environment lacks; "
-                        "install them on the node"
-                    )
-                self.definition = sdk.load_class(init.class_def, self.identity.bundle_dir)
-                self.instance = self.definition.new_instance(decode_parameters(init.parameters))
-                for hook in self.definition.enter_hooks:
-                    if hook.snap:
-                        await call_hook(getattr(self.instance, hook.name))
+                self.definition, self.instance = await load_class(init, self.identity.bundle_dir)
             if init.take_snapshot:
                 return
-            for hook in self.definition.enter_hooks:
-                if not hook.snap:
-                    await call_hook(getattr(self.instance, hook.name))
+            await run_enter_hooks(self.definition, self.instance, snap=False)
             self.asgi_apps = await build_asgi_apps(self.definition, self.instance)
         except Exception as exc:
             raise InitFailure(exc) from exc
-
-    async def _exit_hooks(self) -> None:
-        assert self.definition is not None
-        for hook in self.definition.exit_hooks:
-            try:
-                await call_hook(getattr(self.instance, hook.name))
-            except Exception:
-                print(f"corral worker: @exit hook {hook.name} raised:", file=sys.stderr)
-                traceback.print_exc()
 
     async def _send(self, message: worker_pb2.WorkerSessionRequest) -> None:
         """Queue a message for the writer task; never blocks, so a cancellation cannot split a write."""
@@ -323,7 +302,7 @@ class Worker:
                     task = self.tasks.get(message.cancel.input_id)
                     if task is not None:
                         task.cancel()
-                        self._stop_sync_method(message.cancel.input_id)
+                        self.cancel_grace.stop_sync_method(message.cancel.input_id)
         except asyncio.CancelledError:
             why = ""  # the worker itself is stopping (SIGTERM, drained)
             raise
@@ -337,59 +316,21 @@ class Worker:
             else:
                 self.shutdown.set()
 
-    def _stop_sync_method(self, input_id: str) -> None:
-        """A cancelled sync method gets InputCancelled in its thread and CANCEL_GRACE_S to stop."""
-        if THREADS.interrupt(input_id):
-            watcher = asyncio.ensure_future(self._grace(input_id))
-            self._background.add(watcher)
-            watcher.add_done_callback(self._background.discard)
-
-    async def _grace(self, input_id: str) -> None:
-        def others_waiting() -> bool:
-            return any(other != input_id for other in self.tasks) or bool(self.direct is not None and self.direct.running)
-
-        await outlive_grace(THREADS, input_id, CANCEL_GRACE_S, others_waiting, self._give_up)
-
-    async def _give_up(self, reason: str) -> None:
-        print(f"corral worker: {reason}", file=sys.stderr)
-        sys.stderr.flush()
-        with contextlib.suppress(Exception):
-            await self._send(worker_pb2.WorkerSessionRequest(draining=worker_pb2.WorkerDraining(reason=reason)))
-            await asyncio.sleep(5)
-        os._exit(3)
+    def _others_waiting(self, input_id: str) -> bool:
+        return any(other != input_id for other in self.tasks) or bool(self.direct is not None and self.direct.running)
 
     async def _run_input(self, inp: worker_pb2.Input) -> None:
         assert self.gate is not None and self.runner is not None and self.http is not None
         try:
-            await self.gate.acquire()
-            try:
-                if inp.HasField("http_request"):  # answered with a streamed HTTP response, not an Output
-                    self._http_inputs.add(inp.input_id)
-                    try:
-                        await self.http.serve(inp, self._send)
-                    finally:
-                        self._http_inputs.discard(inp.input_id)
-                    self.tasks.pop(inp.input_id, None)
-                    return
-                failed, fetched = await payload_blobs.fetch_args(inp)
-                try:
-                    if failed is not None:
-                        result = failed
-                    elif self.runner.is_generator(inp.method):
-                        result = await self.runner.run_generator(inp, lambda value: self._send(worker_pb2.WorkerSessionRequest(
-                            generator_item=worker_pb2.GeneratorItem(input_id=inp.input_id, value=value))))
-                    else:
-                        result = await self.runner.run_on_loop(inp)
-                finally:
-                    sdk.release_args(inp.args, fetched)
-                result = await payload_blobs.offload_result_aio(inp.input_id, result)
-            finally:
-                self.gate.release()
+            result = await run_pushed_input(inp, self.gate, self.runner, self.http, self._http_inputs, self._send)
         except asyncio.CancelledError:
             self.tasks.pop(inp.input_id, None)
             return
         except Exception as err:  # the stream broke while answering an HTTP input
             print(f"corral worker: could not answer {inp.input_id}: {err}", file=sys.stderr)
+            self.tasks.pop(inp.input_id, None)
+            return
+        if result is None:  # an HTTP request, answered on the stream
             self.tasks.pop(inp.input_id, None)
             return
         try:
@@ -402,51 +343,6 @@ class Worker:
             print(f"corral worker: could not send the output of {inp.input_id}: {err}", file=sys.stderr)
         finally:
             self.tasks.pop(inp.input_id, None)
-
-    # Direct inputs: load reports for the autoscaler, and timeouts -----------------------------
-
-    _last_load: tuple[int, int] = (0, 0)
-
-    async def _report_load(self) -> None:
-        while True:
-            await asyncio.sleep(self.LOAD_REPORT_S)
-            await self._report_load_once()
-
-    async def _report_load_once(self, force: bool = False) -> None:
-        if self.direct is None:
-            return
-        load = (len(self.direct.running), self.direct.served)
-        if load == self._last_load and not force:
-            return
-        self._last_load = load
-        with contextlib.suppress(Exception):
-            await self._send(worker_pb2.WorkerSessionRequest(load=worker_pb2.WorkerLoad(direct_running=load[0], direct_served=load[1])))
-
-    async def _watch_direct_timeouts(self) -> None:
-        """A direct input past the class's timeout fails with a timeout, and the container exits:
-        a Python thread cannot be interrupted safely (the control plane does the same for pushed inputs)."""
-        while True:
-            await asyncio.sleep(self.WATCHDOG_S)
-            if self.direct is None:
-                continue
-            expired = self.direct.expired(time.monotonic())
-            if not expired:
-                continue
-            class_name = self.definition.name if self.definition else "the class"
-            self.direct.drain()  # no new connections or inputs while the container goes away
-            for running in expired:
-                message = f"{class_name}.{running.method} timed out after {self.direct.timeout_s:g} s"
-                self.direct.answer(running, common_pb2.Result(status=common_pb2.RESULT_STATUS_TIMEOUT, message=message))
-                print(f"corral worker: input {running.input_id}: {message}; the container exits", file=sys.stderr)
-            sys.stderr.flush()
-            # The control plane stops pushing inputs here and has the node kill this process, as for a
-            # pushed input's timeout; exit anyway if it cannot be told or does not act.
-            reason = f"input {expired[0].input_id} ran past the class's timeout ({self.direct.timeout_s:g} s)"
-            with contextlib.suppress(Exception):
-                await self._send(worker_pb2.WorkerSessionRequest(draining=worker_pb2.WorkerDraining(reason=reason)))
-                await asyncio.sleep(5)
-            os._exit(3)
-
 
 def main() -> None:
     if snapshot_point.WARM_ARGUMENT in sys.argv[1:]:  # a warm-pool container: its identity comes on stdin when assigned

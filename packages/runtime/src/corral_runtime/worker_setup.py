@@ -1,6 +1,7 @@
-"""What the worker needs before it serves: its identity from the environment, the failure type of
-an import or `@enter` hook, the check of an image's requirements against the node's environment,
-calling a (sync or async) hook, and a batched container's capacity."""
+"""What the worker needs before it serves, and its class's hooks: its identity from the environment,
+the failure type of an import or `@enter` hook, the check of an image's requirements against the
+node's environment, importing the class (with its snap=True `@enter` hooks), running the other
+`@enter` hooks and the `@exit` hooks, and a batched container's capacity."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import importlib.metadata
 import inspect
 import os
 import re
+import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from corral import container_api as sdk
 from corral_protocol import env
-from corral_protocol.v1 import common_pb2
+from corral_protocol.parameters import decode_parameters
+from corral_protocol.v1 import common_pb2, worker_pb2
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,39 @@ async def call_hook(function: Any) -> None:
     result = function()
     if inspect.isawaitable(result):
         await result
+
+
+async def load_class(init: worker_pb2.ContainerInit, bundle_dir: str) -> tuple[sdk.ClassDefinition, Any]:
+    """Import the class, make its instance and run its snap=True `@enter` hooks (once per process
+    image: they run before the snapshot point)."""
+    in_image = bool(os.environ.get(env.CORRAL_IMAGE_HASH))  # built with its requirements
+    missing = [] if in_image else missing_requirements(init.class_def.options.image)
+    if missing:
+        raise ModuleNotFoundError(
+            f"the class's image needs {', '.join(missing)}, which this node's Python environment lacks; "
+            "install them on the node"
+        )
+    definition = sdk.load_class(init.class_def, bundle_dir)
+    instance = definition.new_instance(decode_parameters(init.parameters))
+    await run_enter_hooks(definition, instance, snap=True)
+    return definition, instance
+
+
+async def run_enter_hooks(definition: sdk.ClassDefinition, instance: Any, snap: bool) -> None:
+    """The `@enter` hooks whose `snap` flag is `snap`, in order; the first that raises stops them."""
+    for hook in definition.enter_hooks:
+        if hook.snap == snap:
+            await call_hook(getattr(instance, hook.name))
+
+
+async def run_exit_hooks(definition: sdk.ClassDefinition, instance: Any) -> None:
+    """Every `@exit` hook, in order; one that raises is logged and the next runs."""
+    for hook in definition.exit_hooks:
+        try:
+            await call_hook(getattr(instance, hook.name))
+        except Exception:
+            print(f"corral worker: @exit hook {hook.name} raised:", file=sys.stderr)
+            traceback.print_exc()
 
 
 def batched_capacity(max_inputs: int, max_batch_size: int) -> int:

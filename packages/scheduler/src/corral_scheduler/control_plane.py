@@ -3,7 +3,9 @@ outboxes, the timers, the callers' futures and the store.
 
 Every change of live state goes through `PlaneCore.handle` (`corral_scheduler.core`), which returns
 effects; `_perform` carries them out. The gRPC servicers and the web gateway call the public methods
-here, never the core or the store.
+here, never the core or the store. Those methods are grouped by job in the classes `ControlPlane`
+is made of: `Apps` (plane_apps.py), `Calls` (plane_calls.py), `Sessions` (sessions.py) and
+`StoreAccess` (plane_store.py).
 """
 
 from __future__ import annotations
@@ -14,50 +16,33 @@ import contextlib
 import logging
 import time
 import types
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
-from corral_protocol.v1 import common_pb2, control_pb2, node_pb2, worker_pb2
+from corral_protocol.v1 import control_pb2, node_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
-from corral_scheduler import ids, views
 from corral_scheduler.blobs import BlobStore, referenced_blobs
-from corral_scheduler.container_exits import wait_for_exit
 from corral_scheduler.core import PlaneCore
-from corral_scheduler.errors import ApiError, InvalidArgument, NotFound
+from corral_scheduler.errors import NotFound
 from corral_scheduler.image_builds import ImageBuilds
-from corral_scheduler.lifecycle import InputState, Step
+from corral_scheduler.lifecycle import Step
 from corral_scheduler.logs import LogStore
 from corral_scheduler.model import AppRecord, Container, Node, Service
 from corral_scheduler.nodes import NODE_TIMEOUT_S
+from corral_scheduler.plane_apps import Apps
+from corral_scheduler.plane_calls import CallHandle, Calls
 from corral_scheduler.plane_store import StoreAccess
 from corral_scheduler.recovery import recover_calls
-from corral_scheduler.registry import validate_app
-from corral_scheduler.schedules import Schedules, validate_schedules
+from corral_scheduler.schedules import Schedules
 from corral_scheduler.secret_env import Secrets
 from corral_scheduler.sessions import Sessions
 from corral_scheduler.snapshot_keys import SnapshotBook
 from corral_scheduler.store import Store
-from corral_scheduler.web_routes import web_urls
 
 log = logging.getLogger("corral.scheduler")
 
-HttpMessage = worker_pb2.HttpResponseStart | worker_pb2.HttpBodyChunk
 
-
-@dataclass
-class CallHandle:
-    """A caller's view of one input: its id, the future of its result, and (web requests) the
-    stream of its HTTP response."""
-
-    call_id: str
-    future: asyncio.Future[common_pb2.Result]
-    http_events: asyncio.Queue[HttpMessage] | None = None
-    # A generator call's items, for `InvokeStream` (None for other calls: their items are dropped).
-    items: asyncio.Queue[common_pb2.Payload] | None = None
-
-
-class ControlPlane(StoreAccess, Sessions):
+class ControlPlane(StoreAccess, Sessions, Apps, Calls):
     TICK_S = 0.2
     STOP_GRACE_S = PlaneCore.STOP_GRACE_S
 
@@ -289,119 +274,6 @@ class ControlPlane(StoreAccess, Sessions):
 
     def is_container_token(self, token: str) -> bool:
         return self.core.containers.owner_of(token) is not None or self.core.durable.awaits_token(token)
-
-    # Apps and services --------------------------------------------------------------------------
-
-    def create_app(self, request: control_pb2.CreateAppRequest) -> control_pb2.CreateAppResponse:
-        validate_app(request)
-        if not self.store.has_bundle(request.bundle_hash):
-            raise InvalidArgument(f"code bundle {request.bundle_hash!r} was not uploaded")
-        for class_def in request.classes:
-            self.secrets.check(class_def.options.secrets, hint=True)
-        problem = validate_schedules(request) if request.kind == control_pb2.APP_KIND_DEPLOYED else None
-        if problem:
-            raise InvalidArgument(problem)
-        if request.kind == control_pb2.APP_KIND_DEPLOYED:
-            app_id, version = self.store.deploy(ids.new_id("ap"), request)
-        else:
-            app_id, version = ids.new_id("ap"), 1
-        self.handle(ev.AppInstalled(app_id, version, request, time.time()))
-        record = self.core.registry.apps[app_id]
-        return control_pb2.CreateAppResponse(app_id=app_id, version=version, web_urls=web_urls(record, self.http_url))
-
-    def app_records(self) -> Mapping[str, AppRecord]:
-        """Every app by id (live, read-only), for the web gateway's routes."""
-        return self.apps
-
-    def stop_app(self, ref: str) -> str:
-        record = self.core.registry.find_app(ref)
-        self.handle(ev.AppStopRequested(record.app_id, f"app {record.name!r} was stopped"))
-        return record.app_id
-
-    def app_heartbeat(self, app_id: str) -> None:
-        self.handle(ev.AppHeartbeat(app_id))
-
-    def lookup_class(self, app_name: str, class_name: str, app_id: str = "") -> tuple[str, common_pb2.ClassDef]:
-        return self.core.registry.lookup_class(app_name, class_name, app_id)
-
-    def bind_service(
-        self, app_id: str, class_name: str, parameters: Iterable[common_pb2.NamedParameter], override: common_pb2.ServiceOptions,
-    ) -> str:
-        binding = self.core.registry.binding(app_id, class_name, parameters, override)
-        if not binding.exists:
-            self.secrets.check(override.secrets)
-            self.handle(binding.event)
-        return binding.service_id
-
-    def update_autoscaler(self, service_id: str, settings: common_pb2.AutoscalerSettings) -> None:
-        self.handle(ev.AutoscalerUpdated(service_id, settings))
-
-    def get_routes(self, service_id: str) -> control_pb2.GetRoutesResponse:
-        return views.routes(self.core.registry.live_service(service_id))
-
-    async def container_exit(self, request: control_pb2.GetContainerExitRequest) -> control_pb2.GetContainerExitResponse:
-        """Why a container of a service ended (waiting, bounded, while it is still alive)."""
-        def alive_in(container_id: str) -> str | None:
-            container = self.core.containers.containers.get(container_id)
-            return container.service_id if container is not None else None
-        return await wait_for_exit(request, self.core.containers.recent_exits, alive_in)
-
-    # Calls ------------------------------------------------------------------------------------
-
-    def invoke(
-        self, service_id: str, method: str, args: common_pb2.Payload, http_request: worker_pb2.HttpRequest | None = None,
-        stream: bool = False, durable: bool = False,
-    ) -> CallHandle:
-        """Queue an input. `durable` (spawned calls): the store keeps it, and its result, across a
-        restart of the control plane, until the result is read or expires."""
-        call = CallHandle(ids.new_id("fc"), asyncio.get_running_loop().create_future(),
-                          asyncio.Queue() if http_request is not None else None, asyncio.Queue() if stream else None)
-        self._calls[call.call_id] = call
-        try:
-            self.handle(ev.InvokeRequested(call.call_id, service_id, method, args, http_request, durable))
-        except ApiError:
-            self._calls.pop(call.call_id, None)
-            raise
-        return call
-
-    def log_app_id(self, ref: str) -> str:
-        """The app whose logs `ref` names: an id, a deployed app's name, or the newest app of that name."""
-        apps = self.core.registry.apps
-        if ref in apps:
-            return ref
-        deployed = self.core.registry.deployed.get(ref)
-        if deployed:
-            return deployed
-        named = [record for record in apps.values() if record.name == ref]
-        if not named:
-            raise NotFound(f"app {ref!r} not found")
-        return max(named, key=lambda record: record.created_at).app_id
-
-    def register_call(self, call: CallHandle) -> None:
-        """A caller's handle for a call the core is about to learn of (a call recovered at start)."""
-        self._calls[call.call_id] = call
-
-    def get_input(self, call_id: str) -> CallHandle:
-        call = self._calls.get(call_id)
-        if call is None:
-            raise NotFound(f"call {call_id!r} not found (unknown, or its result expired)")
-        return call
-
-    def cancel(self, call_id: str, reason: str = "the call was cancelled") -> control_pb2.CancelOutcome.ValueType:
-        """Cancel a call; the answer says what the cancellation found."""
-        inp = self.core.inputs.inputs.get(call_id)
-        if inp is None or inp.state == InputState.DONE:
-            outcome = control_pb2.CANCEL_OUTCOME_ALREADY_DONE
-        elif inp.state == InputState.RUNNING:
-            outcome = control_pb2.CANCEL_OUTCOME_STOPPING_RUNNING
-        else:
-            outcome = control_pb2.CANCEL_OUTCOME_NOT_STARTED
-        self.handle(ev.CancelRequested(call_id, reason))
-        return outcome
-
-    def forget(self, call_id: str) -> None:
-        self._calls.pop(call_id, None)
-        self.handle(ev.CallForgotten(call_id))
 
     # Snapshots, secrets, bundles, proxy tokens ------------------------------------------------
 

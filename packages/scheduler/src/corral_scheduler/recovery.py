@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from corral_scheduler.durable import recovery_events
+from corral_scheduler.plane_calls import CallHandle
 
 if TYPE_CHECKING:
     from corral_scheduler.control_plane import ControlPlane
@@ -17,8 +18,6 @@ log = logging.getLogger("corral.scheduler")
 def recover_calls(plane: ControlPlane) -> int:
     """Give each stored call a caller's handle again and hand the core its recovery events (its
     service bound again, then `CallRecovered`). Returns how many calls came back."""
-    from corral_scheduler.control_plane import CallHandle
-
     calls = plane.store.stored_calls()
     loop = asyncio.get_running_loop()
     for call in calls:

@@ -12,31 +12,26 @@ sync callers, asyncio transports per event loop for `.aio` callers), and reused 
 for less than `CLIENT_REUSE_S` (the container closes them after twice that). A new connection
 waits for the container's `DirectAccepted` before it sends an input: a container at its connection
 bound closes new connections, and such a caller uses the queue instead of failing.
+
+The exchange of one input over a connection lives in `_direct_exchange`; this module owns the
+route tables, picking a container, and what a call's outcome means for its route.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
-import select
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
 
-from corral._direct_routes import ACCEPTED, AioConnection, Route, RouteTable
+from corral._direct_exchange import NotSent, exchange, exchange_aio
+from corral._direct_routes import Route, RouteTable
 from corral.exception import ContainerExitedError, InvalidError
-from corral_protocol.framing import CLIENT_REUSE_S, MAX_HELLO_BYTES, FrameError, encode, read_frame
+from corral_protocol.framing import FrameError, encode
 from corral_protocol.v1 import common_pb2, control_pb2, worker_pb2
 
 W = worker_pb2
-MAX_IDLE_PER_ROUTE = 256
-CONNECT_TIMEOUT_S = 5.0
-# How long a new connection waits for DirectAccepted. A container that sends none within it is taken
-# for a runtime older than DirectAccepted (it waits for the input instead): the input follows on the
-# same connection, and later connections to it send hello and input together, as before.
-ACCEPT_WAIT_S = 1.0
 # How long a caller whose connection broke mid-call waits for the control plane to learn why the
 # container ended (its node reports the exit, an out-of-memory kill for instance, within a second).
 EXIT_WAIT_S = 5.0
@@ -49,23 +44,8 @@ def _new_input_id() -> str:
     return f"di-{_id_prefix}-{next(_input_ids)}"
 
 
-class _NotSent(Exception):
-    """The input never left this process; the control plane may take it. `forget`: the container
-    itself looks gone (connection refused), so drop its route too."""
-
-    def __init__(self, message: str, forget: bool = True) -> None:
-        super().__init__(message)
-        self.forget = forget
-
-
 def _lost(container_id: str, method: str, err: BaseException, why: str) -> ContainerExitedError:
     return ContainerExitedError(why or f"the container running {method} ({container_id}) closed the connection before answering: {err or 'EOF'}")
-
-
-class _Unread(Exception):
-    """The container reset the connection before it answered a byte: it never read the input (a
-    process that reads a whole frame and then dies closes with a FIN, not a reset), so the input
-    may go elsewhere. Typically a pooled connection of a container that is gone."""
 
 
 class DirectPath:
@@ -233,8 +213,8 @@ class DirectPath:
             return None
         response = None
         try:
-            response = self._exchange(route, self._request(method, args))
-        except _NotSent as err:
+            response = exchange(route, self._request(method, args))
+        except NotSent as err:
             if err.forget:
                 self._forget(table, route)
         except BaseException as err:
@@ -242,103 +222,6 @@ class DirectPath:
                 raise
             raise self.lost(service_id, route.container_id, method, err) from None
         return self._done(table, route, response)
-
-    def _exchange(self, route: Route, request: bytes) -> worker_pb2.DirectResponse:
-        sock = self._checkout(route)
-        if sock is not None:
-            try:
-                return self._exchange_on(route, sock, request)
-            except _Unread:
-                pass  # a stale pooled connection: once more on a fresh one (refused if the container is gone)
-        try:
-            sock = socket.create_connection((route.host, route.port), timeout=CONNECT_TIMEOUT_S)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as err:
-            raise _NotSent(str(err)) from None
-        if route.accepts:
-            route.accepts = self._handshake(sock, route)
-        else:
-            sock.settimeout(None)
-            request = route.hello + request
-        try:
-            return self._exchange_on(route, sock, request)
-        except _Unread as err:
-            raise _NotSent(str(err)) from None
-
-    def _exchange_on(self, route: Route, sock: socket.socket, request: bytes) -> worker_pb2.DirectResponse:
-        try:
-            sock.sendall(request)
-        except OSError as err:  # not all of the input left: the container cannot have read it
-            sock.close()
-            raise _Unread(str(err)) from None
-        try:
-            try:
-                sock.recv(1, socket.MSG_PEEK)  # waits for the first byte of the answer
-            except (ConnectionResetError, BrokenPipeError) as err:
-                raise _Unread(str(err)) from None
-            while True:
-                frame = read_frame(sock)
-                if frame is None:
-                    raise FrameError("the container closed the connection")
-                if frame != ACCEPTED:  # a late acceptance (see ACCEPT_WAIT_S) carries nothing
-                    break
-        except BaseException:
-            sock.close()
-            raise
-        response = W.DirectResponse.FromString(frame)
-        if response.WhichOneof("message") == "output" or response.rejected.reason == W.DIRECT_REJECT_REASON_BUSY:
-            self._checkin(route, sock)
-        else:
-            sock.close()
-        return response
-
-    @staticmethod
-    def _handshake(sock: socket.socket, route: Route) -> bool:
-        """Send the hello and wait for DirectAccepted: True once accepted, False when no answer came
-        within ACCEPT_WAIT_S (an older runtime). A close or refusal raises _NotSent: the input was
-        never sent."""
-        try:
-            sock.sendall(route.hello)
-            readable, _, _ = select.select([sock], [], [], ACCEPT_WAIT_S)
-            if not readable:
-                sock.settimeout(None)
-                return False
-            frame = read_frame(sock, MAX_HELLO_BYTES)
-        except (OSError, FrameError) as err:  # closed at the container's connection bound, or gone
-            sock.close()
-            raise _NotSent(str(err) or type(err).__name__, forget=False) from None
-        sock.settimeout(None)
-        response = W.DirectResponse.FromString(frame) if frame is not None else None
-        if response is None or response.WhichOneof("message") != "accepted":
-            sock.close()
-            # A refused hello (token revoked, version) means the route is useless; an EOF is a full container.
-            raise _NotSent("the container did not accept the connection", forget=response is not None)
-        return True
-
-    def _checkout(self, route: Route) -> socket.socket | None:
-        now = time.monotonic()
-        while True:
-            try:
-                sock, since = route.idle.pop()
-            except IndexError:
-                return None
-            if now - since >= CLIENT_REUSE_S:
-                sock.close()  # the container may be closing it for idleness right now
-                continue
-            try:
-                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return sock  # nothing to read: the idle connection is still open
-            except OSError:
-                pass
-            sock.close()  # closed by the container (it stopped), or out of step: never reuse
-
-    @staticmethod
-    def _checkin(route: Route, sock: socket.socket) -> None:
-        if route.dead or len(route.idle) >= MAX_IDLE_PER_ROUTE:
-            sock.close()
-        else:
-            route.idle.append((sock, time.monotonic()))
 
     # Asyncio callers ---------------------------------------------------------------------------
 
@@ -353,8 +236,8 @@ class DirectPath:
             return None
         response = None
         try:
-            response = await self._exchange_aio(route, self._request(method, args))
-        except _NotSent as err:
+            response = await exchange_aio(route, self._request(method, args))
+        except NotSent as err:
             if err.forget:
                 self._forget(table, route)
         except BaseException as err:
@@ -362,71 +245,3 @@ class DirectPath:
                 raise
             raise await self.lost_aio(service_id, route.container_id, method, err) from None
         return self._done(table, route, response)
-
-    async def _exchange_aio(self, route: Route, request: bytes) -> worker_pb2.DirectResponse:
-        loop = asyncio.get_running_loop()
-        pool = route.aio_idle.get(loop)
-        if pool is None:
-            pool = route.aio_idle.setdefault(loop, [])
-        now = time.monotonic()
-        while pool:
-            candidate = pool.pop()
-            if candidate.reusable(now):
-                try:
-                    return await self._exchange_on_aio(route, pool, candidate, request)
-                except _Unread:
-                    break  # a stale pooled connection: once more on a fresh one
-            candidate.close()
-        try:
-            _, conn = await asyncio.wait_for(loop.create_connection(AioConnection, route.host, route.port), CONNECT_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError) as err:
-            raise _NotSent(str(err) or type(err).__name__) from None
-        if route.accepts:
-            route.accepts = await self._handshake_aio(conn, route)
-        else:
-            request = route.hello + request
-        try:
-            return await self._exchange_on_aio(route, pool, conn, request)
-        except _Unread as err:
-            raise _NotSent(str(err)) from None
-
-    async def _exchange_on_aio(self, route: Route, pool: list[AioConnection], conn: AioConnection,
-                               request: bytes) -> worker_pb2.DirectResponse:
-        try:
-            frame = await conn.exchange(request)
-        except (ConnectionResetError, BrokenPipeError) as err:
-            conn.close()
-            if conn.received:
-                raise
-            raise _Unread(str(err)) from None  # see _Unread
-        except BaseException:
-            conn.close()  # a reply may still be on its way: never reuse this connection
-            raise
-        response = W.DirectResponse.FromString(frame)
-        if (response.WhichOneof("message") == "output" or response.rejected.reason == W.DIRECT_REJECT_REASON_BUSY) and not route.dead:
-            if len(pool) < MAX_IDLE_PER_ROUTE:
-                conn.idle_since = time.monotonic()
-                pool.append(conn)
-            else:
-                conn.close()
-        else:
-            conn.close()
-        return response
-
-    @staticmethod
-    async def _handshake_aio(conn: AioConnection, route: Route) -> bool:
-        """As `_handshake`, for an asyncio connection."""
-        conn.handshaking = True
-        try:
-            frame = await asyncio.wait_for(conn.exchange(route.hello), ACCEPT_WAIT_S)
-        except asyncio.TimeoutError:
-            return False  # an older runtime: it waits for the input on this connection
-        except (OSError, FrameError) as err:
-            conn.close()
-            raise _NotSent(str(err) or type(err).__name__, forget=False) from None
-        finally:
-            conn.handshaking = False
-        if frame != ACCEPTED:
-            conn.close()
-            raise _NotSent("the container did not accept the connection")
-        return True

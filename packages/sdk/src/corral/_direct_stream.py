@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 
 from corral import _direct
+from corral._direct_exchange import ACCEPT_WAIT_S, CONNECT_TIMEOUT_S, NotSent, handshake
 from corral._direct_routes import ACCEPTED, Route, RouteTable
 from corral.exception import ContainerExitedError, InvalidError
 from corral_protocol.framing import MAX_HELLO_BYTES, FrameError, read_frame, read_frame_aio
@@ -139,15 +140,15 @@ def open_stream(path: _direct.DirectPath, service_id: str, method: str, args: co
     if route is None:
         return None
     try:
-        sock = socket.create_connection((route.host, route.port), timeout=_direct.CONNECT_TIMEOUT_S)
+        sock = socket.create_connection((route.host, route.port), timeout=CONNECT_TIMEOUT_S)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if not path._handshake(sock, route):
+        if not handshake(sock, route):
             sock.close()
             path._done(table, route, None)
             return None  # an older runtime answers no want_accepted: the queue streams it
         sock.settimeout(None)
         sock.sendall(path._request(method, args))
-    except (_direct._NotSent, OSError):
+    except (NotSent, OSError):
         path._done(table, route, None)
         return None  # the input was never sent: the queue takes it
     with path._lock:
@@ -166,31 +167,31 @@ def open_stream(path: _direct.DirectPath, service_id: str, method: str, args: co
 
 
 async def _connect_aio(route: Route) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A new connection to the container, its hello accepted. _NotSent when the container cannot
+    """A new connection to the container, its hello accepted. NotSent when the container cannot
     be reached, refuses it, or does not answer want_accepted (an older runtime: the queue streams it)."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(route.host, route.port), _direct.CONNECT_TIMEOUT_S)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(route.host, route.port), CONNECT_TIMEOUT_S)
     except (OSError, asyncio.TimeoutError) as err:
-        raise _direct._NotSent(str(err) or type(err).__name__) from None
+        raise NotSent(str(err) or type(err).__name__) from None
     try:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         writer.write(route.hello)
-        frame = await asyncio.wait_for(read_frame_aio(reader, MAX_HELLO_BYTES), _direct.ACCEPT_WAIT_S)
+        frame = await asyncio.wait_for(read_frame_aio(reader, MAX_HELLO_BYTES), ACCEPT_WAIT_S)
     except asyncio.TimeoutError:
         writer.transport.abort()
-        raise _direct._NotSent("the container did not answer the hello (an older runtime)", forget=False) from None
+        raise NotSent("the container did not answer the hello (an older runtime)", forget=False) from None
     except (OSError, FrameError) as err:  # closed at the container's connection bound, or gone
         writer.transport.abort()
-        raise _direct._NotSent(str(err) or type(err).__name__, forget=False) from None
+        raise NotSent(str(err) or type(err).__name__, forget=False) from None
     except BaseException:
         writer.transport.abort()
         raise
     if frame != ACCEPTED:
         writer.transport.abort()
         # A refused hello (token revoked, version) means the route is useless; an EOF is a full container.
-        raise _direct._NotSent("the container did not accept the connection", forget=frame is not None)
+        raise NotSent("the container did not accept the connection", forget=frame is not None)
     return reader, writer
 
 
@@ -204,7 +205,7 @@ async def open_stream_aio(path: _direct.DirectPath, service_id: str, method: str
         return None
     try:
         reader, writer = await _connect_aio(route)
-    except _direct._NotSent as err:
+    except NotSent as err:
         path._done(table, route, None)
         if err.forget:
             path._forget(table, route)
