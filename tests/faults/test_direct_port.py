@@ -20,14 +20,17 @@ from faults_helpers import client_for, containers
 import corral
 from conftest import APPS, Cluster, start_cluster
 from corral.cls import Obj
-from corral_protocol import PROTOCOL_VERSION
-from corral_protocol.framing import HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, encode, read_frame
+from corral_protocol import PROTOCOL_VERSION, env
+from corral_protocol.framing import HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, encode, idle_timeout_s, read_frame
 from corral_protocol.v1 import control_pb2, worker_pb2
 from corral_runtime.direct import MAX_CONNECTIONS
 from e2e.e2e_helpers import pids_with
 
 W = worker_pb2
 FLOOD = 300  # idle connections: far above the container's 32 waiting for a hello
+
+
+SHORT_IDLE_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -179,19 +182,35 @@ def test_stalled_dribbled_or_junk_hellos_are_closed_within_a_bound(running, junk
     assert len(containers(client, "faults", "Payloads", live_only=False)) == 1
 
 
-def test_an_idle_authenticated_connection_is_closed(running) -> None:  # type: ignore[no-untyped-def]
-    """Waits out the idle timeout (60 s): the container frees connections that callers abandoned."""
-    _, client = running
-    payloads = _payloads(client)
-    pid = payloads.pid.remote()
-    host, port, token = _direct_address(client)
-    hello = W.DirectRequest(hello=W.DirectHello(token=token, protocol_version=PROTOCOL_VERSION, want_accepted=True))
-    with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(encode(hello.SerializeToString()))
-        frame = read_frame(sock)
-        assert frame is not None and W.DirectResponse.FromString(frame).WhichOneof("message") == "accepted"
-        assert _closed_by_peer(sock, IDLE_TIMEOUT_S + 20)
-    assert payloads.pid.remote() == pid
+def test_an_idle_authenticated_connection_is_closed(tmp_path: Path) -> None:
+    """Waits out the idle timeout (CORRAL_DIRECT_IDLE_TIMEOUT_S, 5 s on this node; 60 s by default):
+    the container frees connections that callers abandoned, and keeps serving."""
+    cluster = start_cluster(tmp_path / "home", extra_env={env.CORRAL_DIRECT_IDLE_TIMEOUT_S: str(SHORT_IDLE_S)})
+    client = client_for(cluster)
+    try:
+        deployed = cluster.corral("deploy", str(APPS / "faults_app.py"), "--name", "faults")
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        payloads = _payloads(client)
+        pid = payloads.pid.remote()
+        host, port, token = _direct_address(client)
+        hello = W.DirectRequest(hello=W.DirectHello(token=token, protocol_version=PROTOCOL_VERSION, want_accepted=True))
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(encode(hello.SerializeToString()))
+            frame = read_frame(sock)
+            assert frame is not None and W.DirectResponse.FromString(frame).WhichOneof("message") == "accepted"
+            assert _closed_by_peer(sock, SHORT_IDLE_S + 20)
+        assert payloads.pid.remote() == pid
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def test_a_bad_idle_timeout_setting_is_refused_naming_it() -> None:
+    assert idle_timeout_s({}) == IDLE_TIMEOUT_S == 60.0
+    assert idle_timeout_s({env.CORRAL_DIRECT_IDLE_TIMEOUT_S: "7.5"}) == 7.5
+    for bad in ("", "soon", "nan", "inf", "-1", "1"):
+        with pytest.raises(ValueError, match=env.CORRAL_DIRECT_IDLE_TIMEOUT_S):
+            idle_timeout_s({env.CORRAL_DIRECT_IDLE_TIMEOUT_S: bad})
 
 
 def _kill_container(container_id: str) -> None:

@@ -14,7 +14,8 @@ import pytest
 
 import gaps_app
 import web_app
-from conftest import Cluster, wait_for
+from conftest import Cluster, start_cluster, wait_for
+from corral_protocol import env
 from corral_protocol.v1 import control_pb2
 from e2e.e2e_helpers import client_for, containers, pids_with
 
@@ -61,7 +62,9 @@ with deploy_model.app.run():
 
 
 @pytest.mark.timeout(300)
-def test_an_ephemeral_app_dies_when_its_client_stops_heartbeating(cluster: Cluster) -> None:
+def test_an_ephemeral_app_dies_when_its_client_stops_heartbeating(tmp_path: Path) -> None:
+    """On a plane whose CORRAL_APP_HEARTBEAT_TIMEOUT_S is 20 s (60 s by default; clients beat every 10 s)."""
+    cluster = start_cluster(tmp_path / "home", extra_env={env.CORRAL_APP_HEARTBEAT_TIMEOUT_S: "20"})
     client = client_for(cluster)
     process = subprocess.Popen([sys.executable, "-c", CLIENT], env=cluster.env(), stdout=subprocess.PIPE, text=True)
     try:
@@ -76,9 +79,10 @@ def test_an_ephemeral_app_dies_when_its_client_stops_heartbeating(cluster: Clust
             apps = client.call(client.stub.ListApps, control_pb2.ListAppsRequest()).apps
             return all(a.state != control_pb2.APP_STATE_RUNNING for a in apps if a.app_id == app_id)
 
-        wait_for(stopped, timeout=150, message="the ephemeral app to be stopped (60 s without heartbeats)")
+        wait_for(stopped, timeout=90, message="the ephemeral app to be stopped (20 s without heartbeats)")
         wait_for(lambda: not pids_with(container.container_id), timeout=60, message="its container to exit")
     finally:
         if process.poll() is None:
             process.kill()
         client.close()
+        cluster.stop()

@@ -45,3 +45,17 @@ def test_the_node_channel_notices_a_cut_without_breaking_the_planes_ping_policy(
     assert 0 < node["grpc.keepalive_timeout_ms"] <= 10_000
     assert node["grpc.keepalive_permit_without_calls"] == 1 == server["grpc.keepalive_permit_without_calls"]
     assert node["grpc.max_reconnect_backoff_ms"] <= 5_000
+
+
+def test_the_ephemeral_app_timeout_is_at_least_two_client_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral_protocol import APP_HEARTBEAT_INTERVAL_S
+    from corral_scheduler.server import app_heartbeat_timeout_from_env
+
+    monkeypatch.delenv(env.CORRAL_APP_HEARTBEAT_TIMEOUT_S, raising=False)
+    assert app_heartbeat_timeout_from_env() == 60.0
+    monkeypatch.setenv(env.CORRAL_APP_HEARTBEAT_TIMEOUT_S, "25")
+    assert app_heartbeat_timeout_from_env() == 25.0
+    for bad in ("", "x", "nan", "0", "-5", str(APP_HEARTBEAT_INTERVAL_S)):  # one heartbeat late would kill the app
+        monkeypatch.setenv(env.CORRAL_APP_HEARTBEAT_TIMEOUT_S, bad)
+        with pytest.raises(ValueError, match=env.CORRAL_APP_HEARTBEAT_TIMEOUT_S):
+            app_heartbeat_timeout_from_env()

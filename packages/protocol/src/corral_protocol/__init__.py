@@ -16,4 +16,8 @@ deadline fires can still collect the result with `GetResult`."""
 DEFAULT_DRAIN_TIMEOUT_S = 300.0
 """`DrainNodeRequest.timeout_s` when it is 0: how long a drained node's containers get to finish."""
 
-__all__ = ["AUTHORIZATION_METADATA_KEY", "CALL_ID_METADATA_KEY", "DEFAULT_DRAIN_TIMEOUT_S", "PROTOCOL_VERSION", "VERSION_METADATA_KEY"]
+APP_HEARTBEAT_INTERVAL_S = 10.0
+"""How often a client running an ephemeral app (`app.run()`) tells the control plane it is alive;
+the plane's timeout (CORRAL_APP_HEARTBEAT_TIMEOUT_S) is at least twice this."""
+
+__all__ = ["APP_HEARTBEAT_INTERVAL_S", "AUTHORIZATION_METADATA_KEY", "CALL_ID_METADATA_KEY", "DEFAULT_DRAIN_TIMEOUT_S", "PROTOCOL_VERSION", "VERSION_METADATA_KEY"]

@@ -70,6 +70,12 @@ CORRAL_STATE_URL = "CORRAL_STATE_URL"
 CORRAL_LEADER_LEASE_S = "CORRAL_LEADER_LEASE_S"
 """Seconds a control plane's leader lease on PostgreSQL state lasts unrenewed (default 10): after a
 leader dies, a standby (or its restart elsewhere) takes over within this time."""
+CORRAL_APP_HEARTBEAT_TIMEOUT_S = "CORRAL_APP_HEARTBEAT_TIMEOUT_S"
+"""Seconds an ephemeral app (`app.run()`) lives without a heartbeat from its client before the
+control plane stops it (default 60; clients beat every 10 s, so at least 20)."""
+CORRAL_DIRECT_IDLE_TIMEOUT_S = "CORRAL_DIRECT_IDLE_TIMEOUT_S"
+"""Seconds a container keeps an authenticated direct connection with no input before closing it
+(default 60, at least 5): a node-wide setting its containers inherit."""
 CORRAL_NODE_TIMEOUT_S = "CORRAL_NODE_TIMEOUT_S"
 """Seconds without a message from a node before it is lost (default 10; `corral up --node-timeout`).
 Nodes are told to send heartbeats four times per timeout (at most every 5 s)."""
@@ -129,6 +135,8 @@ CONTAINER_INHERITED_ENV = (
     "PYTHONPATH", "PYTHONHOME",
     # A node-wide limit every process must agree on (corral_protocol.payloads).
     CORRAL_MAX_PAYLOAD_BYTES,
+    # A node-wide bound of containers' direct ports (corral_protocol.framing).
+    CORRAL_DIRECT_IDLE_TIMEOUT_S,
 )
 CONTAINER_INHERITED_PREFIXES = ("LC_",)
 """Locale categories (`LC_ALL`, `LC_CTYPE`, ...) are inherited as well."""

@@ -8,10 +8,13 @@ threads); the SDK's asyncio callers parse the same frames with `FrameBuffer` (po
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import socket
 import struct
+from collections.abc import Mapping
 
-from corral_protocol import payloads
+from corral_protocol import env, payloads
 
 HEADER = struct.Struct("<I")
 
@@ -21,10 +24,28 @@ HELLO_TIMEOUT_S = 2.0
 MAX_HELLO_BYTES = 4096
 """The largest frame read before a connection is authenticated (a hello is ~100 bytes)."""
 IDLE_TIMEOUT_S = 60.0
-"""An authenticated connection with no input for this long is closed by the container."""
+"""An authenticated connection with no input for this long is closed by the container (default of
+`CORRAL_DIRECT_IDLE_TIMEOUT_S`, see `idle_timeout_s`)."""
+MIN_IDLE_TIMEOUT_S = 5.0
 CLIENT_REUSE_S = 30.0
 """Clients reuse a pooled connection only if it was idle for less than this (half the idle timeout),
 so the container never closes a connection that a client is about to send an input on."""
+
+
+def idle_timeout_s(environ: Mapping[str, str] = os.environ) -> float:
+    """The direct port's idle timeout: CORRAL_DIRECT_IDLE_TIMEOUT_S, checked, else `IDLE_TIMEOUT_S`.
+    Clients never reuse a connection idle for half of the default (`CLIENT_REUSE_S`); below that, a
+    connection the container closed is detected by the client and the input sent on a fresh one."""
+    value = environ.get(env.CORRAL_DIRECT_IDLE_TIMEOUT_S)
+    if value is None:
+        return IDLE_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= MIN_IDLE_TIMEOUT_S):
+        raise ValueError(f"{env.CORRAL_DIRECT_IDLE_TIMEOUT_S} must be a number of seconds of at least {MIN_IDLE_TIMEOUT_S:g}, got {value!r}")
+    return seconds
 
 
 class FrameError(ConnectionError):

@@ -13,7 +13,7 @@ more is refused from its 4-byte header, before anything is allocated), at most
 `MAX_UNAUTHENTICATED` connections wait for their hello, and at most `MAX_CONNECTIONS` are open at
 all; a connection beyond either bound is closed at once. Clients ask for `DirectAccepted` before
 they send an input (`DirectHello.want_accepted`), so such a close sends them to the queue, never
-fails their call. Authenticated connections idle for `IDLE_TIMEOUT_S` are closed; an input over
+fails their call. Authenticated connections idle for `idle_timeout_s()` (CORRAL_DIRECT_IDLE_TIMEOUT_S) are closed; an input over
 the payload limit is answered `DIRECT_REJECT_REASON_TOO_LARGE` without being run.
 """
 
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from corral_protocol import PROTOCOL_VERSION, payloads
-from corral_protocol.framing import HEADER, HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_HELLO_BYTES, FrameError, encode
+from corral_protocol.framing import HEADER, HELLO_TIMEOUT_S, MAX_HELLO_BYTES, FrameError, encode, idle_timeout_s
 from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_runtime import payload_blobs
 from corral_runtime.runner import CallerGone, InputRunner
@@ -92,6 +92,7 @@ class DirectServer:
         # Inputs arrive here inline (the SDK sends a blob's input through the queue).
         self.max_payload_bytes = payloads.inline_limit()
         self.max_frame_bytes = payloads.message_limit()
+        self.idle_timeout_s = idle_timeout_s()
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._unauthenticated = 0
@@ -172,7 +173,7 @@ class DirectServer:
             if not accepted:
                 return
             authenticated = True
-            sock.settimeout(IDLE_TIMEOUT_S)  # bounds every wait for the next frame, and every read inside one
+            sock.settimeout(self.idle_timeout_s)  # bounds every wait for the next frame, and every read inside one
             while True:
                 request = self._next_request(connection)
                 if request is None:
@@ -199,7 +200,7 @@ class DirectServer:
         try:
             header = sock.recv(HEADER.size, socket.MSG_WAITALL)
         except TimeoutError:
-            return None  # idle for IDLE_TIMEOUT_S
+            return None  # idle for idle_timeout_s
         if not header:
             return None
         if len(header) < HEADER.size:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from corral_protocol import env as corral_env
-from corral_protocol import gpus, transport
+from corral_protocol import framing, gpus, transport
 from corral_runtime import build_limits, criu, runtimes
 from corral_runtime.node import LAZY_PAGES_ENV, NodeDaemon
 
@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         limits = build_limits.from_arguments(args)
     except build_limits.BuildLimitError as err:
+        p.error(str(err))
+    try:
+        framing.idle_timeout_s()  # a setting every container reads: refused here, not in each of them
+    except ValueError as err:
         p.error(str(err))
     token = read_token(args.token_file)
     if not args.server or not token:

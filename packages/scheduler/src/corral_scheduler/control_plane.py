@@ -47,8 +47,9 @@ class ControlPlane(StoreAccess, Sessions, Apps, Calls):
     STOP_GRACE_S = PlaneCore.STOP_GRACE_S
 
     def __init__(self, store: Store, admin_token: str, max_queue_per_service: int | None = None,
-                 node_timeout_s: float = NODE_TIMEOUT_S) -> None:
+                 node_timeout_s: float = NODE_TIMEOUT_S, app_heartbeat_timeout_s: float = PlaneCore.APP_HEARTBEAT_TIMEOUT_S) -> None:
         self.core = PlaneCore(max_queue_per_service, node_timeout_s=node_timeout_s)
+        self.core.APP_HEARTBEAT_TIMEOUT_S = app_heartbeat_timeout_s
         self.store = store
         self.secrets = Secrets(store)
         self.admin_token = admin_token

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import grpc
 
-from corral_protocol import env, payloads
+from corral_protocol import APP_HEARTBEAT_INTERVAL_S, env, payloads
 from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
+from corral_scheduler.core import PlaneCore
 from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
 from corral_scheduler.join_tokens import JoinTokenBook
 from corral_scheduler.leadership import DEFAULT_TTL_S, Leadership, new_holder_id
@@ -50,18 +51,29 @@ def _step_down(reason: str) -> None:
     os._exit(LEASE_LOST_EXIT_CODE)
 
 
-def node_timeout_from_env() -> float:
-    """CORRAL_NODE_TIMEOUT_S, checked: a positive number of seconds (default `NODE_TIMEOUT_S`)."""
-    value = os.environ.get(env.CORRAL_NODE_TIMEOUT_S)
+def _seconds_from_env(name: str, default: float, low: float, high: float) -> float:
+    """Setting `name` from the environment, checked: seconds in [low, high] (above 0); `default` unset."""
+    value = os.environ.get(name)
     if value is None:
-        return NODE_TIMEOUT_S
+        return default
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_NODE_TIMEOUT_S):
-        raise ValueError(f"{env.CORRAL_NODE_TIMEOUT_S} must be a number of seconds above 0 and at most {MAX_NODE_TIMEOUT_S:g}, got {value!r}")
+    if not (math.isfinite(seconds) and 0 < seconds and low <= seconds <= high):
+        raise ValueError(f"{name} must be a number of seconds above 0, at least {low:g} and at most {high:g}, got {value!r}")
     return seconds
+
+
+def node_timeout_from_env() -> float:
+    """CORRAL_NODE_TIMEOUT_S, checked: a positive number of seconds (default `NODE_TIMEOUT_S`)."""
+    return _seconds_from_env(env.CORRAL_NODE_TIMEOUT_S, NODE_TIMEOUT_S, 0.0, MAX_NODE_TIMEOUT_S)
+
+
+def app_heartbeat_timeout_from_env() -> float:
+    """CORRAL_APP_HEARTBEAT_TIMEOUT_S, checked: at least two client heartbeats (default 60 s)."""
+    return _seconds_from_env(env.CORRAL_APP_HEARTBEAT_TIMEOUT_S, PlaneCore.APP_HEARTBEAT_TIMEOUT_S,
+                             2 * APP_HEARTBEAT_INTERVAL_S, 24 * 3600.0)
 
 
 @dataclass
@@ -129,7 +141,7 @@ async def serve(
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
         raise ValueError(f"{env.CORRAL_MAX_QUEUE} must be a positive integer, got {max_queue!r}")
     plane = ControlPlane(store, admin_token, max_queue_per_service=int(max_queue) if max_queue else None,
-                         node_timeout_s=node_timeout_from_env())
+                         node_timeout_s=node_timeout_from_env(), app_heartbeat_timeout_s=app_heartbeat_timeout_from_env())
     server = grpc.aio.server(interceptors=[AuthInterceptor(admin_token, plane.is_container_token, join_tokens)], options=SERVER_OPTIONS)
     control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(plane), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(plane), server)

@@ -22,14 +22,14 @@ from corral.function import Function, as_class
 from corral.image import Image
 from corral.retries import Retries
 from corral.secret import Secret
-from corral_protocol import env
+from corral_protocol import APP_HEARTBEAT_INTERVAL_S, env
 from corral_protocol.names import name_problem
 from corral_protocol.options import merge_options
 from corral_protocol.v1 import common_pb2, control_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_HEARTBEAT_S = 10.0
+_HEARTBEAT_S = APP_HEARTBEAT_INTERVAL_S
 _UPLOAD_CHUNK = 2 * 1024 * 1024
 
 
