@@ -32,6 +32,23 @@ CLIENT_REUSE_S = 30.0
 so the container never closes a connection that a client is about to send an input on."""
 
 
+DEAD_PEER_S = 25
+"""About how long a direct connection whose peer went silent (its node cut off, its machine gone)
+takes to fail instead of waiting forever: TCP keepalive probes after 10 s of silence, every 5 s, 3
+times, and unacknowledged data gives up after as long (`tune_socket`)."""
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """Options of every direct-path socket: no Nagle delay, and a bounded wait on a silent peer
+    (keepalive, and TCP_USER_TIMEOUT for data never acknowledged), so a caller whose container's node
+    was cut off gets an error (and asks why) instead of hanging."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", DEAD_PEER_S * 1000)):
+        if hasattr(socket, option):  # Linux names; elsewhere the system's keepalive defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 def idle_timeout_s(environ: Mapping[str, str] = os.environ) -> float:
     """The direct port's idle timeout: CORRAL_DIRECT_IDLE_TIMEOUT_S, checked, else `IDLE_TIMEOUT_S`.
     Clients never reuse a connection idle for half of the default (`CLIENT_REUSE_S`); below that, a

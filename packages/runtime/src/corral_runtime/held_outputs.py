@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from corral_protocol.v1 import worker_pb2, worker_pb2_grpc
+from corral_runtime.control_channel import open_channel
 
 DELIVER_FOR_S = 120.0  # how long a worker keeps trying to reach a restarted control plane
 REFUSED_FOR_S = 10.0  # a plane that keeps refusing the token (it awaits nothing of this container)
@@ -38,8 +39,10 @@ class HeldOutputs:
         while not outbox.empty():
             self.hold(outbox.get_nowait())
 
-    async def deliver(self, target: str, options: Sequence[tuple[str, Any]], metadata: Sequence[tuple[str, str]], container_id: str) -> bool:
-        """Deliver the held outputs to the control plane at `target`; True once it took them."""
+    async def deliver(self, control_url: str, roots: bytes | None, options: Sequence[tuple[str, Any]],
+                      metadata: Sequence[tuple[str, str]], container_id: str) -> bool:
+        """Deliver the held outputs to the control plane at `control_url` (TLS trusting `roots` for
+        `grpcs://`, as the worker's session); True once it took them."""
         if not self.outputs:
             return True
         request = worker_pb2.DeliverOutputsRequest(container_id=container_id, outputs=self.outputs)
@@ -48,7 +51,7 @@ class HeldOutputs:
         delay = 0.5
         while True:
             try:
-                async with grpc.aio.insecure_channel(target, options=list(options)) as channel:
+                async with open_channel(control_url, roots, options) as channel:
                     await worker_pb2_grpc.WorkerServiceStub(channel).DeliverOutputs(request, metadata=tuple(metadata), timeout=10)
                 print(f"corral worker: delivered {len(self.outputs)} output(s) to the control plane after its session ended",
                       file=sys.stderr)

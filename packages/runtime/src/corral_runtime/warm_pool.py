@@ -165,6 +165,11 @@ class WarmPool:
             line = await asyncio.wait_for(process.stdout.readline(), timeout=READY_TIMEOUT_S)
         except asyncio.TimeoutError:
             line = b""
+        except BaseException:  # the node stops (the fill is cancelled) while the container starts
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await asyncio.shield(self._remove(pooled))
+            raise
         if line.decode(errors="replace").rstrip("\n") != WARM_READY_LINE:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()

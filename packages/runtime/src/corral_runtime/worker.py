@@ -178,8 +178,8 @@ class Worker:
                     task.cancel()
         await self._drain()
         if self.lost is not None:
-            await self.held.deliver(self.identity.control_url.split("://", 1)[-1], CHANNEL_OPTIONS, self.metadata,
-                                    self.identity.container_id)
+            roots = transport.trusted_roots(None) if transport.server_address(self.identity.control_url).tls else None
+            await self.held.deliver(self.identity.control_url, roots, CHANNEL_OPTIONS, self.metadata, self.identity.container_id)
         for task in background:
             task.cancel()
         if self.direct_watch is not None:

@@ -11,7 +11,7 @@ import socket
 import time
 
 from corral._direct_routes import ACCEPTED, AioConnection, Route
-from corral_protocol.framing import CLIENT_REUSE_S, MAX_HELLO_BYTES, FrameError, read_frame
+from corral_protocol.framing import CLIENT_REUSE_S, MAX_HELLO_BYTES, FrameError, read_frame, tune_socket
 from corral_protocol.v1 import worker_pb2
 
 W = worker_pb2
@@ -50,7 +50,7 @@ def exchange(route: Route, request: bytes) -> worker_pb2.DirectResponse:
             pass  # a stale pooled connection: once more on a fresh one (refused if the container is gone)
     try:
         sock = socket.create_connection((route.host, route.port), timeout=CONNECT_TIMEOUT_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_socket(sock)
     except OSError as err:
         raise NotSent(str(err)) from None
     if route.accepts:

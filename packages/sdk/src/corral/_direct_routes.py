@@ -12,7 +12,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from corral_protocol import PROTOCOL_VERSION
-from corral_protocol.framing import CLIENT_REUSE_S, FrameBuffer, FrameError, encode
+from corral_protocol.framing import CLIENT_REUSE_S, FrameBuffer, FrameError, encode, tune_socket
 from corral_protocol.v1 import control_pb2, worker_pb2
 
 W = worker_pb2
@@ -95,7 +95,7 @@ class AioConnection(asyncio.Protocol):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tune_socket(sock)
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)

@@ -20,7 +20,7 @@ from corral import _direct
 from corral._direct_exchange import ACCEPT_WAIT_S, CONNECT_TIMEOUT_S, NotSent, handshake
 from corral._direct_routes import ACCEPTED, Route, RouteTable
 from corral.exception import ContainerExitedError, InvalidError
-from corral_protocol.framing import MAX_HELLO_BYTES, FrameError, read_frame, read_frame_aio
+from corral_protocol.framing import MAX_HELLO_BYTES, FrameError, read_frame, read_frame_aio, tune_socket
 from corral_protocol.v1 import common_pb2, worker_pb2
 
 W = worker_pb2
@@ -141,7 +141,7 @@ def open_stream(path: _direct.DirectPath, service_id: str, method: str, args: co
         return None
     try:
         sock = socket.create_connection((route.host, route.port), timeout=CONNECT_TIMEOUT_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_socket(sock)
         if not handshake(sock, route):
             sock.close()
             path._done(table, route, None)
@@ -176,7 +176,7 @@ async def _connect_aio(route: Route) -> tuple[asyncio.StreamReader, asyncio.Stre
     try:
         sock = writer.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tune_socket(sock)
         writer.write(route.hello)
         frame = await asyncio.wait_for(read_frame_aio(reader, MAX_HELLO_BYTES), ACCEPT_WAIT_S)
     except asyncio.TimeoutError:
