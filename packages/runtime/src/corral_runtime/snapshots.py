@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral_protocol.v1 import common_pb2, worker_pb2
+from corral_runtime.eager_regions import PAGE_SIZE, ImageFormatError, make_small_regions_eager
 
 log = logging.getLogger("corral.runtime.snapshots")
 
@@ -184,12 +185,17 @@ class SnapshotStore:
             argv = checkpoint_argv(staging) if checkpoint_argv is not None else [
                 self.criu, "dump", "-t", str(pid), "-D", str(staging), "--leave-running", "-o", "dump.log"]
             await run_criu(argv, staging, "dump.log")
+            try:
+                eager_pages = make_small_regions_eager(staging)  # lazy restores copy small regions up front
+            except (ImageFormatError, OSError) as err:
+                log.warning("snapshot %s: every page stays lazy (cannot read the image's memory map: %s)", snapshot_key[:12], err)
+                eager_pages = 0
             files = {f.name: f.stat().st_size for f in staging.iterdir() if f.is_file() and f.name.endswith(".img")}
             size = sum(files.values())
             meta = {
                 **meta, "snapshot_key": snapshot_key, "app_id": app_id, "fingerprint": self.fingerprint,
                 "stdio": stdio, "size_bytes": size, "files": files, "created_at": time.time(),
-                "dump_s": time.monotonic() - started,
+                "dump_s": time.monotonic() - started, "eager_bytes": eager_pages * PAGE_SIZE,
             }
             (staging / META_FILE).write_text(json.dumps(meta))
             if final.exists():
