@@ -171,7 +171,10 @@ class Nodes:
         self.cluster.remove(node.node_id)
         self.core.snapshots.forget_node(node.node_id)
         self.core.drains.forget(node)
-        log.warning("%s: its %d container(s) are lost with it", reason, len(node.containers))
+        # A warning only when work is lost: not for a node with no container, nor while the plane
+        # itself stops (an embedded node goes with it at every `corral run`).
+        level = logging.WARNING if node.containers and not self.core.shutting_down else logging.INFO
+        log.log(level, "%s: its %d container(s) are lost with it", reason, len(node.containers))
         for container_id in list(node.containers):
             container = self.core.containers.containers.get(container_id)
             if container is None:
