@@ -77,6 +77,31 @@ class Blobs:
             return err.code().name
         return "OK"
 
+    @corral.method()
+    def invoke_with_blob(self, blob_id: str, blob_size: int, stream: bool) -> str:
+        """Invoke (or InvokeStream) RetriedPayloads.size with this container's token, its arguments
+        naming a blob: the gRPC status it gets, and its details."""
+        import grpc
+
+        from corral import _serialization
+        from corral._client import default_client
+        from corral_protocol.v1 import common_pb2, control_pb2
+
+        client = default_client()
+        _, service_id = RetriedPayloads()._bind()
+        args = common_pb2.Payload(format=_serialization.PICKLE, blob_id=blob_id, blob_size=blob_size)
+        try:
+            if stream:
+                request = control_pb2.InvokeStreamRequest(service_id=service_id, method="size", args=args)
+                for _ in client.stub.InvokeStream(request, metadata=client.metadata, timeout=60):
+                    pass
+            else:
+                invoke = control_pb2.InvokeRequest(service_id=service_id, method="size", args=args, wait=True)
+                client.stub.Invoke(invoke, metadata=client.metadata, timeout=60)
+        except grpc.RpcError as err:
+            return f"{err.code().name}: {err.details()}"
+        return "OK"
+
 
 @app.cls(cpu=(0.01, 8), max_containers=1, scaledown_window=60, retries=1)
 class RetriedPayloads:

@@ -118,6 +118,15 @@ def test_a_container_may_not_read_the_blob_of_another_call(running) -> None:  # 
     assert blobs.read_blob.remote(blob_id) == "PERMISSION_DENIED"
     # A blob the admin stored for no input at all.
     assert blobs.read_blob.remote(_blobs.put(client, os.urandom(3 * MiB))) == "PERMISSION_DENIED"
+    # Nor have the plane grant it on: a call naming another call's blob in its arguments is refused,
+    # with the same words whether the blob exists (and at its size) or not.
+    missing = "0" * 64
+    for stream in (False, True):
+        probes = ((blob_id, len(_serialization.pickle_args((secret,), {}))), (blob_id, 1), (missing, 1))
+        answers = [blobs.invoke_with_blob.remote(b, size, stream) for b, size in probes]
+        answers[0] = answers[0].replace(blob_id, missing)  # the id aside, no difference
+        answers[1] = answers[1].replace(blob_id, missing)
+        assert answers == [f"PERMISSION_DENIED: the arguments of size refer to blob {missing}: there is no blob {missing} that this container may use"] * 3
     # The blobs of its own inputs it reads (the worker does, with the same token).
     own = b"z" * (3 * MiB)
     assert blobs.digest.remote(own) == hashlib.sha256(own).hexdigest()

@@ -92,6 +92,29 @@ def test_a_container_reads_only_what_it_was_granted(tmp_path: Path) -> None:
         list(store.chunks("0" * 64))
 
 
+def test_a_container_may_name_in_its_call_only_a_blob_it_uploaded_or_was_granted(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    granted = _upload(store, b"granted" * 100)
+    store.grant("ct-a", [common_pb2.Payload(blob_id=granted, blob_size=700)])
+    own = _upload(store, b"own" * 100, uploader="ct-a")
+    theirs = _upload(store, b"theirs" * 100, uploader="ct-b")
+    for blob_id, size in ((granted, 700), (own, 300)):
+        store.check_payload(common_pb2.Payload(blob_id=blob_id, blob_size=size), "the arguments", sender="ct-a")
+    store.check_payload(common_pb2.Payload(blob_id=theirs, blob_size=600), "the arguments", sender=None)  # the admin: any
+    missing = "0" * 64
+    refusals = []
+    for blob_id, size in ((theirs, 600), (theirs, 1), (missing, 600)):  # stored or not, right size or not: one answer
+        with pytest.raises(PermissionDenied, match="no blob .* that this container may use") as refused:
+            store.check_payload(common_pb2.Payload(blob_id=blob_id, blob_size=size), "the arguments", sender="ct-a")
+        refusals.append(refused.value.message.replace(blob_id, "<id>"))
+    assert len(set(refusals)) == 1
+    with pytest.raises(InvalidArgument, match="not a blob id"):
+        store.check_payload(common_pb2.Payload(blob_id="../x", blob_size=1), "the arguments", sender="ct-a")
+    store.revoke("ct-a")  # a container that is gone keeps nothing
+    with pytest.raises(PermissionDenied):
+        store.check_payload(common_pb2.Payload(blob_id=own, blob_size=300), "the arguments", sender="ct-a")
+
+
 def test_unreferenced_blobs_go_after_the_grace_and_referenced_ones_stay(tmp_path: Path) -> None:
     now = [1000.0]
     store = BlobStore(tmp_path / "blobs", clock=lambda: now[0])

@@ -5,11 +5,12 @@ from a `PutBlob` stream chunk by chunk into a temporary file, hashed on the way,
 place only when its size and hash match what the uploader declared: a truncated or altered upload
 is never stored, and the plane never holds a whole blob in memory. `GetBlob` streams it back.
 
-Who may read a blob: the admin token, any; a container's token, only the blobs of the inputs sent
-to that container and of the results its code collected (`grant`), plus the results that
+Who may read a blob: the admin token, any; a container's token, only the blobs it uploaded, those
+of the inputs sent to that container and of the results its code collected (`grant`), plus the results that
 containers uploaded for their direct callers (`PutBlobRequest.for_direct_caller`), which the plane
 cannot attribute to a reader (their id is the hash of their content: a reader must have been told
-it, or already have the content).
+it, or already have the content). A container's call may name only a blob it may read
+(`check_payload`): otherwise the plane would grant it on to the container that runs the input.
 
 Retention: `sweep` deletes every blob that no live call refers to (its arguments or its stored
 result) once it has been unreferenced for `GRACE_S`, the time a client has between uploading a
@@ -66,10 +67,16 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
-    def check_payload(self, payload: common_pb2.Payload, what: str) -> None:
-        """A payload that names a blob must name a stored one of the size it declares."""
+    def check_payload(self, payload: common_pb2.Payload, what: str, sender: str | None = None) -> None:
+        """A payload that names a blob must name a stored one of the size it declares. `sender`:
+        the container whose call carries it (None: the admin), which may name only a blob it may
+        read (`may_read`: one it uploaded or was granted), and is told the same whether another
+        blob exists or not, so that a container cannot probe for blobs it was never given."""
         if not payload.blob_id:
             return
+        self.path(payload.blob_id)  # refuses an id that is not a hash
+        if sender is not None and not self.may_read(payload.blob_id, sender):
+            raise PermissionDenied(f"{what} refer to blob {payload.blob_id}: there is no blob {payload.blob_id} that this container may use")
         size = self.size(payload.blob_id)
         if size is None:
             raise NotFound(f"{what} refer to blob {payload.blob_id}, which is not stored (upload it with PutBlob first)")
@@ -115,8 +122,10 @@ class BlobStore:
             if temporary is not None:
                 temporary.unlink(missing_ok=True)
         self._unreferenced_since[blob_id] = self.clock()
-        if uploader and for_direct_caller:
-            self._direct_results.add(blob_id)
+        if uploader:
+            self._granted.setdefault(uploader, set()).add(blob_id)  # it has the bytes: it may name them
+            if for_direct_caller:
+                self._direct_results.add(blob_id)
         return blob_id
 
     # Reading ---------------------------------------------------------------------------------
@@ -130,9 +139,14 @@ class BlobStore:
     def revoke(self, container_id: str) -> None:
         self._granted.pop(container_id, None)
 
+    def may_read(self, blob_id: str, container_id: str | None) -> bool:
+        """`container_id` None: the admin, who may read any blob; a container, the blobs it
+        uploaded or was granted, and direct results."""
+        return container_id is None or blob_id in self._granted.get(container_id, ()) or blob_id in self._direct_results
+
     def check_reader(self, blob_id: str, container_id: str | None) -> None:
         """`container_id` None: the admin. Raises PERMISSION_DENIED for a container not granted the blob."""
-        if container_id is None or blob_id in self._granted.get(container_id, ()) or blob_id in self._direct_results:
+        if self.may_read(blob_id, container_id):
             return
         raise PermissionDenied(f"container {container_id} may not read blob {blob_id}: it belongs to no input or result of this container")
 

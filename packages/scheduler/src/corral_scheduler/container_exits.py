@@ -12,6 +12,7 @@ once the node's exit report has arrived (`wait_for_exit`, bounded).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class ContainerExit:
     exit_code: int | None
     stderr_tail: str
     node_lost: bool = False
+    app_id: str = ""
 
 
 def lost_input_message(class_name: str, method: str, why: str, exit_code: int | None, stderr_tail: str, node_lost: bool = False) -> str:
@@ -67,21 +69,35 @@ class RecentExits:
         return self._exits.get(container_id)
 
 
+def wait_seconds(timeout_s: float) -> float:
+    """How long a `GetContainerExit` may wait: its timeout within [0, MAX_WAIT_S]; a timeout that
+    is not a finite number (NaN, infinity) waits the longest."""
+    if not math.isfinite(timeout_s):
+        return MAX_WAIT_S
+    return min(max(timeout_s, 0.0), MAX_WAIT_S)
+
+
 async def wait_for_exit(
     request: control_pb2.GetContainerExitRequest,
     recent: RecentExits,
     alive_in: Callable[[str], str | None],
+    reader_app_id: str | None,
 ) -> control_pb2.GetContainerExitResponse:
     """Answer `GetContainerExit`: the exit's message once it is known; `exited=False` at once for a
     container unknown to this service, or when the (bounded) wait ends with it still alive.
-    `alive_in(container_id)` is the service id of a live container, None when there is none."""
-    deadline = time.monotonic() + min(max(request.timeout_s, 0.0), MAX_WAIT_S)
+    `alive_in(container_id)` is the service id of a live container, None when there is none.
+    `reader_app_id`: the app of the container asking, None for the admin; the message carries the
+    stderr tail only for the admin and the containers of the exited container's own app (the
+    stderr of another app's code is that app's business: a caller from elsewhere gets the reason)."""
+    deadline = time.monotonic() + wait_seconds(request.timeout_s)
     while True:
         record = recent.get(request.container_id)
         if record is not None and record.service_id == request.service_id:
             if request.method not in record.method_names:
                 raise InvalidArgument(f"{record.class_name} has no method {request.method[:200]!r}")
-            message = lost_input_message(record.class_name, request.method, record.why, record.exit_code, record.stderr_tail, record.node_lost)
+            own_app = reader_app_id is None or (bool(record.app_id) and record.app_id == reader_app_id)
+            stderr_tail = record.stderr_tail if own_app else ""
+            message = lost_input_message(record.class_name, request.method, record.why, record.exit_code, stderr_tail, record.node_lost)
             return control_pb2.GetContainerExitResponse(exited=True, message=message)
         if alive_in(request.container_id) != request.service_id or time.monotonic() >= deadline:
             return control_pb2.GetContainerExitResponse(exited=False)

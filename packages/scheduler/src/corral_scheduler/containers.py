@@ -387,7 +387,7 @@ class Containers:
             self.init_failure(service, failure(S.RESULT_STATUS_INIT_ERROR, message + detail, stderr_tail))
         name = service.class_def.name
         methods = frozenset(m.name for m in service.class_def.methods)
-        self.recent_exits.add(container_id, ContainerExit(service.service_id, name, methods, why, exit_code, stderr_tail, node_lost))
+        self.recent_exits.add(container_id, ContainerExit(service.service_id, name, methods, why, exit_code, stderr_tail, node_lost, service.app_id))
         for inp in list(container.running.values()):
             message = lost_input_message(name, inp.method, why, exit_code, stderr_tail, node_lost)
             self.core.inputs.fail_or_retry(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, message), service)

@@ -79,12 +79,20 @@ class Apps:
     def get_routes(self, service_id: str) -> control_pb2.GetRoutesResponse:
         return views.routes(self.core.registry.live_service(service_id))
 
-    async def container_exit(self, request: control_pb2.GetContainerExitRequest) -> control_pb2.GetContainerExitResponse:
-        """Why a container of a service ended (waiting, bounded, while it is still alive)."""
+    async def container_exit(self, request: control_pb2.GetContainerExitRequest, asker: str | None) -> control_pb2.GetContainerExitResponse:
+        """Why a container of a service ended (waiting, bounded, while it is still alive). `asker`:
+        the container whose token asks (None: the admin); it sees the stderr tail only of its own app's containers."""
         def alive_in(container_id: str) -> str | None:
             container = self.core.containers.containers.get(container_id)
             return container.service_id if container is not None else None
-        return await wait_for_exit(request, self.core.containers.recent_exits, alive_in)
+        reader_app_id = None if asker is None else self._app_of_container(asker)
+        return await wait_for_exit(request, self.core.containers.recent_exits, alive_in, reader_app_id)
+
+    def _app_of_container(self, container_id: str) -> str:
+        """The app of a live container ("" for one the plane does not know)."""
+        container = self.core.containers.containers.get(container_id)
+        service = self.core.registry.services.get(container.service_id) if container is not None else None
+        return service.app_id if service is not None else ""
 
     def log_app_id(self, ref: str) -> str:
         """The app whose logs `ref` names: an id, a deployed app's name, or the newest app of that name."""

@@ -121,21 +121,21 @@ class ControlServicer(BlobRpcs, control_pb2_grpc.ControlServiceServicer):
         service_id = self.plane.bind_service(request.app_id, request.class_name, request.parameters, request.options)
         return control_pb2.BindServiceResponse(service_id=service_id)
 
-    def _check_args(self, method: str, args: Any) -> None:
+    def _check_args(self, method: str, args: Any, context: Any) -> None:
         """The payload limit (the SDK checks first; this is the authority for every client), and a
-        blob that is stored."""
+        blob that is stored and that the caller may use (a container: one it uploaded or was granted)."""
         what = f"the arguments of {method or 'the call'}"
         size = payloads.size_of(args)
         if size > self.max_payload_bytes:
             raise InvalidArgument(payloads.too_large(what, size, self.max_payload_bytes))
-        self.plane.blobs.check_payload(args, what)
+        self.plane.blobs.check_payload(args, what, sender=self._caller_container(context))
 
     @api
     async def Invoke(self, request: control_pb2.InvokeRequest, context: Any) -> control_pb2.InvokeResponse:
         problem = format_problem(request.args)
         if problem is not None:
             raise InvalidArgument(problem)
-        self._check_args(request.method, request.args)
+        self._check_args(request.method, request.args, context)
         inp = self.plane.invoke(request.service_id, request.method, request.args, durable=not request.wait)
         if not request.wait:
             return control_pb2.InvokeResponse(call_id=inp.call_id)
@@ -163,7 +163,7 @@ class ControlServicer(BlobRpcs, control_pb2_grpc.ControlServiceServicer):
             problem = format_problem(request.args)
             if problem is not None:
                 raise InvalidArgument(problem)
-            self._check_args(request.method, request.args)
+            self._check_args(request.method, request.args, context)
             call = self.plane.invoke(request.service_id, request.method, request.args, stream=True)
         except ApiError as err:
             await context.abort(err.code, err.message, reason_metadata(err.reason))
@@ -211,7 +211,7 @@ class ControlServicer(BlobRpcs, control_pb2_grpc.ControlServiceServicer):
 
     @api
     async def GetContainerExit(self, request: control_pb2.GetContainerExitRequest, context: Any) -> control_pb2.GetContainerExitResponse:
-        return await self.plane.container_exit(request)
+        return await self.plane.container_exit(request, self._caller_container(context))
 
     @api
     async def GetResult(self, request: control_pb2.GetResultRequest, context: Any) -> control_pb2.GetResultResponse:
