@@ -164,3 +164,26 @@ def test_a_running_spawned_call_that_overruns_its_timeout_is_not_awaited_forever
         client.close()
     finally:
         plane.stop()
+
+
+def test_a_container_stops_an_input_past_its_timeout_while_the_plane_stays_away(
+        tmp_path: Path, events: Path, shared_dir: Path) -> None:
+    """The plane is killed and not restarted: nobody enforces the class timeout but the worker,
+    which stops the input once it has run that long, then exits (its exit hooks run)."""
+    plane = _PlaneWithSurvivingNode(tmp_path)
+    try:
+        plane.deploy()
+        client = plane.client()
+        model = corral.Cls.from_name(NAME, "Model", client=client).with_options(max_containers=1, timeout=4)(
+            tag="abandoned", events=str(events))
+        model.hold.spawn(str(shared_dir / "never-released-either"))
+        wait_for(lambda: "hold tag=abandoned" in events.read_text(), timeout=60, message="the input to run")
+        (container,) = containers(client, NAME)
+        client.close()
+
+        plane.processes[0].kill()
+        plane.processes[0].wait(timeout=30)
+        wait_for(lambda: not pids_with(container.container_id), timeout=60, message="the container to stop its overdue input and exit")
+        assert "exit tag=abandoned" in events.read_text()
+    finally:
+        plane.stop()
