@@ -5,6 +5,7 @@ leader lease goes to one holder at a time; a connection PostgreSQL dropped is op
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from corral_protocol.v1 import common_pb2, control_pb2
 from corral_scheduler.leader_lease import LeaderLease
 from corral_scheduler.state_db import StateStoreError, open_database
+from corral_scheduler.state_db_postgres import KEEPALIVES
 from corral_scheduler.state_url import PostgresState, StateLocation
 from corral_scheduler.store import Store
 
@@ -156,3 +158,21 @@ def test_a_connection_the_server_dropped_is_opened_again(tmp_path: Path, postgre
     store.set_secret("api", {"K": "v3"})
     assert store.get_secret("api") == {"K": "v3"}
     store.close()
+
+
+def test_a_statement_and_a_dead_server_are_bounded_in_time(postgres_server) -> None:  # type: ignore[no-untyped-def]
+    location: PostgresState = postgres_server.new_database()
+    with_options = dataclasses.replace(location, url=f"{location.url}?options=-c%20lock_timeout%3D7000")
+    for target in (location, with_options):
+        db = open_database(target, "state")
+        try:
+            assert db.execute("SHOW statement_timeout").fetchone() == ("15s",)
+            parameters = db._conn.info.get_parameters()  # type: ignore[attr-defined]
+            assert {key: parameters.get(key) for key in KEEPALIVES} == {key: str(value) for key, value in KEEPALIVES.items()}
+        finally:
+            db.close()
+    db = open_database(with_options, "state")
+    try:
+        assert db.execute("SHOW lock_timeout").fetchone() == ("7s",)  # the URL's own options are kept
+    finally:
+        db.close()

@@ -3,6 +3,7 @@ continues after the control plane restarts (the harness's store stands in for SQ
 
 from __future__ import annotations
 
+from corral_protocol.options import DEFAULT_TIMEOUT_S
 from corral_protocol.v1 import common_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
@@ -280,3 +281,64 @@ def test_a_running_call_waits_for_no_node_longer_than_the_rejoin_grace() -> None
     after.tick(NODE_REJOIN_GRACE_S + 1)
     result = after.result(call)
     assert result is not None and "restarted while Model.run ran" in result.message
+
+
+def _past_the_timeout(after: Harness, container: str, seconds: float) -> str:
+    """Time passes with the node alive and still running `container`; returns the node's id."""
+    node = next(iter(after.core.nodes.nodes))
+    after.advance(seconds)
+    after.handle(ev.NodeHeartbeat(node, running=(container,)))
+    after.tick()
+    return node
+
+
+def test_a_running_call_that_overruns_its_timeout_after_a_restart_times_out_and_its_container_stops() -> None:
+    h, _, service = _cluster(timeout_s=30.0)
+    call = h.invoke(service, durable=True)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+    token = h.container(container).token
+
+    after, service = _restart(h.stored_calls, running=(container,), timeout_s=30.0)
+    _past_the_timeout(after, container, 29.0)
+    assert after.result(call) is None  # still within its timeout
+    node = _past_the_timeout(after, container, 2.0)
+    result = after.result(call)
+    assert result is not None and result.status == S.RESULT_STATUS_TIMEOUT
+    assert result.message == "Model.run ran past its timeout of 30 s while the control plane restarted"
+    assert after.stored_calls[call].result == result
+    assert container in after.nodes[node].stopped
+    assert not after.core.durable.awaits_container(container) and not after.core.durable.awaits_token(token)
+    late = common_pb2.Result(status=S.RESULT_STATUS_SUCCESS, message="too late")
+    after.handle(ev.OutputsDelivered(container, token, (worker_output(call, late),)))
+    assert after.result(call) == result  # a late delivery changes nothing
+
+
+def test_a_running_call_that_overruns_its_timeout_after_a_restart_runs_again_when_its_policy_allows() -> None:
+    h, _, service = _cluster(timeout_s=30.0, retries=1)
+    call = h.invoke(service, durable=True)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+
+    after, service = _restart(h.stored_calls, running=(container,), timeout_s=30.0, retries=1)
+    node = _past_the_timeout(after, container, 31.0)
+    assert container in after.nodes[node].stopped
+    assert after.result(call) is None
+    (fresh,) = after.live_containers(service)
+    after.bring_up(fresh)
+    assert after.pushed(fresh) == [call] and after.input(call).attempts == 2
+
+
+def test_a_running_call_without_a_class_timeout_waits_at_most_the_default_one() -> None:
+    h, _, service = _cluster()
+    call = h.invoke(service, durable=True)
+    (container,) = h.live_containers(service)
+    h.bring_up(container)
+
+    after, _ = _restart(h.stored_calls, running=(container,))
+    _past_the_timeout(after, container, DEFAULT_TIMEOUT_S - 1)
+    assert after.result(call) is None
+    _past_the_timeout(after, container, 2.0)
+    result = after.result(call)
+    assert result is not None and result.status == S.RESULT_STATUS_TIMEOUT
+    assert f"timeout of {DEFAULT_TIMEOUT_S:g} s" in result.message

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -84,6 +85,7 @@ class Worker:
         self.cancel_grace = CancelGrace(self._others_waiting, self._send)
         self.held = HeldOutputs()  # outputs of pushed inputs that finished after the session ended
         self._http_inputs: set[str] = set()
+        self._pushed_at: dict[str, float] = {}  # input id -> when it came (loop time): its timeout's start
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -176,6 +178,8 @@ class Worker:
             for input_id, task in list(self.tasks.items()):
                 if input_id in self._http_inputs:
                     task.cancel()
+            # Nobody enforces the class timeout now: the worker stops an input that runs past it.
+            background.append(asyncio.create_task(self._stop_overdue(effective_timeout_s(init.options))))
         await self._drain()
         if self.lost is not None:
             roots = transport.trusted_roots(None) if transport.server_address(self.identity.control_url).tls else None
@@ -292,7 +296,9 @@ class Worker:
                 kind = message.WhichOneof("message")
                 if kind == "input":
                     inp = message.input
-                    self.tasks[inp.input_id] = asyncio.create_task(self._run_input(inp))
+                    self._pushed_at[inp.input_id] = asyncio.get_running_loop().time()
+                    started = self.tasks[inp.input_id] = asyncio.create_task(self._run_input(inp))
+                    started.add_done_callback(functools.partial(self._forget_pushed, inp.input_id))
                 elif kind == "shutdown":
                     why = ""
                     self.graceful = True
@@ -315,6 +321,22 @@ class Worker:
                 self._lose(why)
             else:
                 self.shutdown.set()
+
+    def _forget_pushed(self, input_id: str, _: object) -> None:
+        self._pushed_at.pop(input_id, None)
+
+    async def _stop_overdue(self, timeout_s: float) -> None:
+        """After the session is lost: cancel each pushed input once it has run `timeout_s` (its class
+        timeout), as the plane would have; its output is then not delivered (the plane times it out)."""
+        loop = asyncio.get_running_loop()
+        while self.tasks:
+            for input_id, task in list(self.tasks.items()):
+                if loop.time() - self._pushed_at.get(input_id, loop.time()) >= timeout_s and not task.done():
+                    print(f"corral worker: input {input_id} ran past its timeout of {timeout_s:g} s "
+                          "while the control plane was away; stopping it", file=sys.stderr)
+                    task.cancel()
+                    self.cancel_grace.stop_sync_method(input_id)
+            await asyncio.sleep(0.2)
 
     def _others_waiting(self, input_id: str) -> bool:
         return any(other != input_id for other in self.tasks) or bool(self.direct is not None and self.direct.running)

@@ -11,7 +11,9 @@ call; what happens to it is decided here:
   the containers it still runs (`node_reported`), and the worker, which finished the input, delivers
   its result (`OutputsDelivered`, authenticated by the container token whose digest the store kept).
   When the container's node reports it gone, or no node reports it within the rejoin grace, the
-  call counts as a failed attempt, as a container death does;
+  call counts as a failed attempt, as a container death does. It waits at most its class timeout
+  (the default method timeout when none is set), counted from the restart: past that it counts as a
+  timed-out attempt and its node is told to stop the container;
 - a call that had run and waits for no container (waiting for a retry when the plane stopped)
   counts as a failed attempt: it runs again if its retry policy allows another attempt, and
   otherwise fails with a clear error;
@@ -26,11 +28,12 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from corral_protocol.options import effective_timeout_s
 from corral_protocol.v1 import common_pb2
-from corral_scheduler.effects import ForgetInput, PersistAttempt, PersistInput, PersistResult
+from corral_scheduler.effects import ForgetInput, PersistAttempt, PersistInput, PersistResult, StopContainer
 from corral_scheduler.errors import ApiError
 from corral_scheduler.events import CallRecovered, Event, OutputsDelivered
-from corral_scheduler.lifecycle import InputState
+from corral_scheduler.lifecycle import InputState, NodeState
 from corral_scheduler.model import Input, Service, StoredCall, failure
 from corral_scheduler.nodes import NODE_REJOIN_GRACE_S
 
@@ -55,6 +58,7 @@ class Awaited:
     token_digest: str
     node_name: str
     since: float  # monotonic
+    timeout_s: float  # its class timeout: how long after the restart it may still run
     seen: bool = False  # its node has reported the container since the restart
 
 
@@ -124,18 +128,22 @@ class DurableCalls:
         core.nodes.rejoin_until = max(core.nodes.rejoin_until, core.now + NODE_REJOIN_GRACE_S)
         if call.runner:
             container_id, digest, node_name = (call.runner.split(" ", 2) + ["", ""])[:3]
-            self.awaited[call.call_id] = Awaited(call.call_id, container_id, digest, node_name, core.now)
+            timeout = effective_timeout_s(service.options)
+            self.awaited[call.call_id] = Awaited(call.call_id, container_id, digest, node_name, core.now, timeout)
             return
         self._resume(inp, service)
 
-    def _resume(self, inp: Input, service: Service) -> None:
-        """A recovered call that ran and waits for no container: another attempt if its policy allows."""
+    def _resume(self, inp: Input, service: Service, failed: common_pb2.Result | None = None) -> None:
+        """A recovered call that ran and waits for no container: another attempt if its policy allows,
+        else the caller gets `failed` (by default: the restart cost it its last attempt)."""
         core = self.core
         if inp.attempts > service.options.retries.max_retries:
-            name = f"{service.class_def.name}.{inp.method}"
-            message = (f"the control plane restarted while {name} ran (attempt {inp.attempts}); "
-                       "its retry policy allows no other attempt")
-            core.inputs.finish(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, message))
+            if failed is None:
+                name = f"{service.class_def.name}.{inp.method}"
+                message = (f"the control plane restarted while {name} ran (attempt {inp.attempts}); "
+                           "its retry policy allows no other attempt")
+                failed = failure(S.RESULT_STATUS_INTERNAL_ERROR, message)
+            core.inputs.finish(inp, failed)
             return
         inp.queued_at = core.now
         service.queue.append(inp)
@@ -164,12 +172,25 @@ class DurableCalls:
                 self._give_up(awaited, f"its container {awaited.container_id} is gone from node {node_name}")
 
     def tick(self) -> None:
-        """A container that no node reported within the rejoin grace is taken for gone."""
+        """A container that no node reported within the rejoin grace is taken for gone; one that runs
+        its call past the class timeout is stopped, and the call counts as timed out."""
         for awaited in list(self.awaited.values()):
-            if not awaited.seen and self.core.now - awaited.since > NODE_REJOIN_GRACE_S:
+            waited = self.core.now - awaited.since
+            if waited >= awaited.timeout_s:
+                self._stop(awaited)
+                self._give_up(awaited, f"ran past its timeout of {awaited.timeout_s:g} s while the control plane restarted",
+                              timed_out=True)
+            elif not awaited.seen and waited > NODE_REJOIN_GRACE_S:
                 self._give_up(awaited, f"no node reported its container {awaited.container_id} after the restart")
 
-    def _give_up(self, awaited: Awaited, why: str) -> None:
+    def _stop(self, awaited: Awaited) -> None:
+        """Tell the node that runs an overdue container to stop it (a node not back yet stops it when it
+        reports it: the plane no longer knows that container)."""
+        for node in self.core.nodes.nodes.values():
+            if node.name == awaited.node_name and node.state is not NodeState.LOST:
+                self.core.emit(StopContainer(node.node_id, awaited.container_id))
+
+    def _give_up(self, awaited: Awaited, why: str, timed_out: bool = False) -> None:
         del self.awaited[awaited.call_id]
         inp = self.core.inputs.inputs.get(awaited.call_id)
         if inp is None or inp.done:
@@ -179,7 +200,8 @@ class DurableCalls:
         if service is None or service.retired:
             self.core.inputs.finish(inp, failure(S.RESULT_STATUS_INTERNAL_ERROR, f"call {inp.call_id} could not resume: its service is gone"))
             return
-        self._resume(inp, service)
+        name = f"{service.class_def.name}.{inp.method}"
+        self._resume(inp, service, failure(S.RESULT_STATUS_TIMEOUT, f"{name} {why}") if timed_out else None)
 
     def _delivered(self, event: OutputsDelivered) -> None:
         """Results from a container that ran recovered calls: each one answers its call, once."""

@@ -134,9 +134,29 @@ async def serve(
     token does)."""
     store = Store(state_dir, location=state_location)
     leadership = None
+    keeper = None
     if isinstance(store.location, PostgresState):
         leadership = Leadership(store.lease, new_holder_id(), _lease_ttl_s())
         await leadership.acquire()
+        # Renew from now on: a slow start must not let a standby take the lease over meanwhile.
+        keeper = asyncio.create_task(leadership.keep(on_lease_lost), name="corral-leader-lease")
+    try:
+        return await _start(store, admin_token, host, port, http_port, tls, join_tokens, leadership, keeper)
+    except BaseException:
+        # The plane did not start: a standby takes the lease over at once instead of after its TTL.
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        if leadership is not None:
+            leadership.release()
+        raise
+
+
+async def _start(
+    store: Store, admin_token: str, host: str, port: int, http_port: int | None, tls: TlsFiles | None,
+    join_tokens: JoinTokenBook | None, leadership: Leadership | None, keeper: asyncio.Task[None] | None,
+) -> RunningServer:
     max_queue = os.environ.get(env.CORRAL_MAX_QUEUE)
     if max_queue is not None and (not max_queue.isdigit() or int(max_queue) < 1):
         raise ValueError(f"{env.CORRAL_MAX_QUEUE} must be a positive integer, got {max_queue!r}")
@@ -166,7 +186,6 @@ async def serve(
         gateway = await start_gateway(plane, host, http_port, min(int(max_body), payloads.max_payload_bytes()), tls)
     await server.start()
     await plane.start()
-    keeper = asyncio.create_task(leadership.keep(on_lease_lost), name="corral-leader-lease") if leadership else None
     return RunningServer(server, plane, bound, connect_host, gateway, tls, leadership, keeper)
 
 

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     import psycopg
 
 CONNECT_TIMEOUT_S = 10
+# A statement bounded in time, and a dead server noticed by TCP keepalives within ~11 s: a server
+# that a network partition cut off cannot freeze the plane (and its lease renewals) for minutes.
+STATEMENT_TIMEOUT_MS = 15_000
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 # Any constant: the key of the advisory lock that serializes schema creation between control planes.
 _SCHEMA_LOCK_KEY = 7_470_001
 
@@ -45,7 +49,11 @@ class PostgresDatabase(Database):
         import psycopg
 
         try:
-            return psycopg.connect(self.location.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+            # The URL's own `options` (if any) are kept; the statement timeout is added to them.
+            options = psycopg.conninfo.conninfo_to_dict(self.location.url).get("options") or ""
+            options = f"{options} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()
+            conninfo = psycopg.conninfo.make_conninfo(self.location.url, options=options, **KEEPALIVES)
+            return psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                    application_name="corral-control-plane")
         except psycopg.Error as err:
             reason = " ".join(scrub_password(str(err), self.location).split())
@@ -97,4 +105,4 @@ class PostgresDatabase(Database):
         self._conn.close()
 
 
-__all__ = ["CONNECT_TIMEOUT_S", "PostgresDatabase"]
+__all__ = ["CONNECT_TIMEOUT_S", "KEEPALIVES", "STATEMENT_TIMEOUT_MS", "PostgresDatabase"]
