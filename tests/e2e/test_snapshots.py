@@ -54,15 +54,17 @@ def lazy_pages_here() -> bool:
     return path is not None and criu.lazy_pages_supported(path)[0]
 
 
-def lazy_daemons(cluster: Cluster) -> list[int]:
-    """Pids of `criu lazy-pages` daemons serving this cluster's images."""
+def lazy_daemons(cluster: Cluster, app_id: str) -> list[int]:
+    """Pids of `criu lazy-pages` daemons serving images of the app `app_id` in this cluster (serving
+    a restore, or a spare waiting for the next one). Other apps' images keep their spares."""
+    images = str(cluster.home / "node" / "snapshots" / app_id).encode()
     found = []
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"lazy-pages" in argv and any(str(cluster.home).encode() in arg for arg in argv):
+        if b"lazy-pages" in argv and any(arg.startswith(images) for arg in argv):
             found.append(int(proc.name))
     return found
 
@@ -117,6 +119,8 @@ def test_snapshot_taken_once_and_restored_side_by_side(cluster: Cluster, events:
         if lazy_pages_here():  # the default: restores fault their pages in through a lazy-pages daemon
             assert ", lazy pages)" in cluster.logs()
             assert "restoring it eagerly instead" not in cluster.logs()
+            # A spare daemon waits for the image's next restore (so the check at the end can see them).
+            wait_for(lambda: lazy_daemons(cluster, app_id), message="a spare lazy-pages daemon for the image")
 
         [listed] = snapshots(client, "snapshots")
         assert listed.image.class_name == "Snappy" and not listed.broken
@@ -130,7 +134,7 @@ def test_snapshot_taken_once_and_restored_side_by_side(cluster: Cluster, events:
     # Stopping the ephemeral app deletes its images; no lazy-pages daemon outlives its container.
     wait_for(lambda: not image_dirs(cluster, app_id), message="images deleted with their app")
     wait_for(lambda: not containers(client, "snapshots", "Snappy"), message="the app's containers gone")
-    wait_for(lambda: not lazy_daemons(cluster), message="no criu lazy-pages daemon left behind")
+    wait_for(lambda: not lazy_daemons(cluster, app_id), message="no criu lazy-pages daemon left behind")
 
 
 def test_failed_lazy_restore_falls_back_to_an_eager_one(tmp_path: Path, events: Path) -> None:
