@@ -22,7 +22,7 @@ from corral_protocol.v1 import control_pb2, node_pb2, worker_pb2
 from corral_scheduler import effects as fx
 from corral_scheduler import events as ev
 from corral_scheduler.blobs import BlobStore, referenced_blobs
-from corral_scheduler.core import PlaneCore
+from corral_scheduler.core import APP_HEARTBEAT_TIMEOUT_S, PlaneCore
 from corral_scheduler.errors import NotFound
 from corral_scheduler.image_builds import ImageBuilds
 from corral_scheduler.lifecycle import Step
@@ -47,9 +47,8 @@ class ControlPlane(StoreAccess, Sessions, Apps, Calls):
     STOP_GRACE_S = PlaneCore.STOP_GRACE_S
 
     def __init__(self, store: Store, admin_token: str, max_queue_per_service: int | None = None,
-                 node_timeout_s: float = NODE_TIMEOUT_S, app_heartbeat_timeout_s: float = PlaneCore.APP_HEARTBEAT_TIMEOUT_S) -> None:
-        self.core = PlaneCore(max_queue_per_service, node_timeout_s=node_timeout_s)
-        self.core.APP_HEARTBEAT_TIMEOUT_S = app_heartbeat_timeout_s
+                 node_timeout_s: float = NODE_TIMEOUT_S, app_heartbeat_timeout_s: float = APP_HEARTBEAT_TIMEOUT_S) -> None:
+        self.core = PlaneCore(max_queue_per_service, node_timeout_s=node_timeout_s, app_heartbeat_timeout_s=app_heartbeat_timeout_s)
         self.store = store
         self.secrets = Secrets(store)
         self.admin_token = admin_token

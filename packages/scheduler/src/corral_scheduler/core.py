@@ -50,12 +50,13 @@ from corral_scheduler.snapshots import Snapshots
 log = logging.getLogger("corral.scheduler")
 
 MAX_QUEUE_PER_SERVICE = 100_000
+APP_HEARTBEAT_TIMEOUT_S = 60.0
+"""An ephemeral app whose client was silent this long is stopped (default of CORRAL_APP_HEARTBEAT_TIMEOUT_S)."""
 
 
 class PlaneCore:
     """All live state of the control plane, and its transitions."""
 
-    APP_HEARTBEAT_TIMEOUT_S = 60.0
     RESULT_TTL_S = 3600.0
     RESULT_SWEEP_S = 30.0
     STOP_GRACE_S = 30.0
@@ -73,12 +74,15 @@ class PlaneCore:
         new_id: Callable[[str], str] = ids.new_id,
         new_token: Callable[[], str] = lambda: secrets.token_urlsafe(24),
         node_timeout_s: float = NODE_TIMEOUT_S,
+        app_heartbeat_timeout_s: float = APP_HEARTBEAT_TIMEOUT_S,
     ) -> None:
         """`strict`: an event in a state that cannot take it raises `InvalidTransition` (tests);
         otherwise it is logged with the object's story and the plane carries on. `node_timeout_s`:
-        a node silent this long is lost."""
+        a node silent this long is lost; `app_heartbeat_timeout_s`: an ephemeral app whose client is
+        silent this long is stopped."""
         self.max_queue = max_queue_per_service or MAX_QUEUE_PER_SERVICE
         self.strict = strict
+        self.app_heartbeat_timeout_s = app_heartbeat_timeout_s
         self.new_id = new_id
         self.new_token = new_token
         self.control_url = ""

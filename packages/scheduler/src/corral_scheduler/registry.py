@@ -256,7 +256,7 @@ class Registry:
         for record in list(self.apps.values()):
             if (
                 record.kind == control_pb2.APP_KIND_EPHEMERAL and not record.stopped
-                and self.core.now - record.last_heartbeat > self.core.APP_HEARTBEAT_TIMEOUT_S
+                and self.core.now - record.last_heartbeat > self.core.app_heartbeat_timeout_s
             ):
                 log.warning("ephemeral app %s lost its client; stopping it", record.app_id)
                 self._stop(AppStopRequested(record.app_id, f"app {record.name!r} was stopped"))

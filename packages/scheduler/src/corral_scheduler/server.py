@@ -17,7 +17,7 @@ from corral_protocol import APP_HEARTBEAT_INTERVAL_S, env, payloads
 from corral_protocol.v1 import control_pb2_grpc, node_pb2_grpc, worker_pb2_grpc
 from corral_scheduler.auth import AuthInterceptor
 from corral_scheduler.control_plane import ControlPlane
-from corral_scheduler.core import PlaneCore
+from corral_scheduler.core import APP_HEARTBEAT_TIMEOUT_S
 from corral_scheduler.gateway import DEFAULT_MAX_BODY_BYTES, HttpGateway, start_gateway
 from corral_scheduler.join_tokens import JoinTokenBook
 from corral_scheduler.leadership import DEFAULT_TTL_S, Leadership, new_holder_id
@@ -72,7 +72,7 @@ def node_timeout_from_env() -> float:
 
 def app_heartbeat_timeout_from_env() -> float:
     """CORRAL_APP_HEARTBEAT_TIMEOUT_S, checked: at least two client heartbeats (default 60 s)."""
-    return _seconds_from_env(env.CORRAL_APP_HEARTBEAT_TIMEOUT_S, PlaneCore.APP_HEARTBEAT_TIMEOUT_S,
+    return _seconds_from_env(env.CORRAL_APP_HEARTBEAT_TIMEOUT_S, APP_HEARTBEAT_TIMEOUT_S,
                              2 * APP_HEARTBEAT_INTERVAL_S, 24 * 3600.0)
 
 
