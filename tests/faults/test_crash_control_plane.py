@@ -149,8 +149,8 @@ def test_a_running_spawned_call_that_overruns_its_timeout_is_not_awaited_forever
     try:
         plane.deploy()
         client = plane.client()
-        model = corral.Cls.from_name(NAME, "Model", client=client).with_options(max_containers=1, timeout=8)(
-            tag="overrun", events=str(events))
+        model = corral.Cls.from_name(NAME, "Model", client=client).with_options(max_containers=1, timeout=20)(
+            tag="overrun", events=str(events))  # long enough for the restart: the worker stops the input itself at 20 s
         call = model.hold.spawn(str(shared_dir / "never-released"))
         wait_for(lambda: "hold tag=overrun" in events.read_text(), timeout=60, message="the input to run")
         (container,) = containers(client, NAME)
@@ -158,7 +158,7 @@ def test_a_running_spawned_call_that_overruns_its_timeout_is_not_awaited_forever
 
         plane.restart()
         client = plane.client()
-        with pytest.raises(corral.exception.FunctionTimeoutError, match="ran past its timeout of 8 s while the control plane restarted"):
+        with pytest.raises(corral.exception.FunctionTimeoutError, match="ran past its timeout of 20 s while the control plane restarted"):
             corral.FunctionCall.from_id(call.object_id, client=client).get(timeout=BOUND_S)
         wait_for(lambda: not pids_with(container.container_id), timeout=60, message="its container to be stopped")
         client.close()
