@@ -1,4 +1,5 @@
-"""Can this node take memory snapshots? Find CRIU, read its version, run `criu check` once.
+"""Can this node take memory snapshots? Find CRIU, read its version, run `criu check` once (after
+giving CRIU a tmpfs for its kernel-feature cache, `criu_feature_cache`).
 
 The node calls `detect()` once at start and reports the answer in `NodeInventory.snapshots`. Memory
 snapshots need CRIU >= 4 (Debian bookworm's 3.17 fails on current kernels), a kernel that passes
@@ -8,6 +9,7 @@ snapshots need CRIU >= 4 (Debian bookworm's 3.17 fails on current kernels), a ke
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -15,6 +17,9 @@ import subprocess
 from dataclasses import dataclass
 
 from corral_protocol.parameters import parse_bool
+from corral_runtime import criu_feature_cache
+
+log = logging.getLogger(__name__)
 
 MIN_MAJOR_VERSION = 4
 INSTALL_HINT = "install it with tools/install-criu"
@@ -102,6 +107,8 @@ def detect(criu: str | None = None, *, is_root: bool | None = None) -> CriuSuppo
         )
     if not (os.geteuid() == 0 if is_root is None else is_root):
         return CriuSupport(False, "needs root (run the node as root)", version, path)
+    if os.geteuid() == 0:  # before `criu check`, whose kernel probe then fills the cache
+        log.info("criu's kernel-feature cache: %s", criu_feature_cache.prepare())
     try:
         checked = _run([path, "check"])
     except subprocess.TimeoutExpired:
