@@ -43,6 +43,9 @@ log = logging.getLogger("corral.runtime")
 
 RUNC_PIDFILE = "container.pid"
 RUNC_RESTORE_LOG = "restore.log"  # runc's name for CRIU's restore log, in the work path
+# How often the node looks for the restore's pid file. The restored worker waits for its identity
+# meanwhile, so this is on every restore's critical path (~100 looks per restore).
+RESTORE_POLL_S = 0.001
 
 # Lazy-pages restores (CRIU with userfaultfd): the switch's environment variable, how long the
 # `criu lazy-pages` daemon may take to listen, and after how many failed lazy restores (each then
@@ -212,7 +215,7 @@ class Snapshotter:
                     raise CriuError(f"criu lazy-pages exited during the restore: {criu_log_errors(workdir / LAZY_PAGES_LOG) or f'exit status {daemon.returncode}'}")
                 if loop.time() > deadline:
                     raise CriuError(f"criu restore did not finish in {RESTORE_TIMEOUT_S:g} s")
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(RESTORE_POLL_S)
             container.worker_pid = int(pidfile.read_text().strip() or 0)
         except BaseException:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -271,7 +274,7 @@ class Snapshotter:
                     raise CriuError(f"criu lazy-pages failed during the restore: {criu_log_errors(workdir / LAZY_PAGES_LOG) or f'exit status {daemon.returncode}'}")
                 if loop.time() > deadline:
                     raise CriuError(f"runc restore did not finish in {RESTORE_TIMEOUT_S:g} s")
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(RESTORE_POLL_S)
             container.worker_pid = int(pid_file.read_text().strip())
         except BaseException:
             with contextlib.suppress(ProcessLookupError, PermissionError):
