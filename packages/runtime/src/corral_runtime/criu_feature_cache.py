@@ -15,13 +15,10 @@ cache where it always has and ignores this directory.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import re
 import subprocess
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 # tools/install-criu passes this as make's RUNDIR (its KDAT_RUNDIR): keep the two equal
 # (tests/unit/test_criu_feature_cache.py checks).
@@ -81,4 +78,3 @@ def prepare(cache_dir: Path = CACHE_DIR) -> str:
 
 def cache_file(cache_dir: Path = CACHE_DIR) -> Path:
     return cache_dir / CACHE_FILE_NAME
-
