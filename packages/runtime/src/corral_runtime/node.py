@@ -139,6 +139,7 @@ class NodeDaemon:
                 runtime = RuncRuntime(isolation.runtime_path, self.work_dir, cgroup_version=isolation.cgroup_version,
                                       volumes=parse_volumes(volumes if volumes is not None else os.environ.get(corral_env.CORRAL_NODE_VOLUMES, "")),
                                       private_paths=private)
+                runtime.claim()  # an earlier run's reaper may still be removing its containers
                 leftovers = runtime.sweep()
                 if leftovers:
                     log.warning("removed %d container(s) an earlier run of this node left behind", leftovers)

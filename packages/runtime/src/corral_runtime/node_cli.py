@@ -26,7 +26,7 @@ from typing import Any
 
 from corral_protocol import env as corral_env
 from corral_protocol import framing, gpus, transport
-from corral_runtime import build_limits, criu, runtimes
+from corral_runtime import build_limits, criu, runtimes, work_dir_claim
 from corral_runtime.node import LAZY_PAGES_ENV, NodeDaemon
 
 _TOKEN_ON_ARGV = (
@@ -142,10 +142,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     work_dir = Path(args.work_dir or Path.home() / ".local" / "share" / "corral-node")
-    daemon = NodeDaemon(args.server, token, work_dir, name=args.name, advertise_host=args.advertise_host,
-                        lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus, isolation=args.isolation,
-                        volumes=",".join(args.volume) if args.volume else None, build_limits=limits, tls_ca=args.tls_ca,
-                        warm_pool=args.warm_pool)
+    try:
+        daemon = NodeDaemon(args.server, token, work_dir, name=args.name, advertise_host=args.advertise_host,
+                            lazy_pages=args.snapshot_lazy_pages, simulate_gpus=args.simulate_gpus, isolation=args.isolation,
+                            volumes=",".join(args.volume) if args.volume else None, build_limits=limits, tls_ca=args.tls_ca,
+                            warm_pool=args.warm_pool)
+    except work_dir_claim.WorkDirInUseError as err:
+        raise SystemExit(f"corral-node: {err}") from None
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

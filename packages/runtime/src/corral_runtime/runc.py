@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral_runtime import image_store, oci
+from corral_runtime import image_store, oci, work_dir_claim
 from corral_runtime.build_limits import BuildLimits
 from corral_runtime.cgroups import Cgroups, Usage
 from corral_runtime.runtimes import RUNC_CAPABILITIES
@@ -108,6 +108,7 @@ class RuncRuntime:
         self.empty_dir = work_dir / "empty"  # hides /sys/firmware and the like
         self.empty_dir.mkdir(mode=0o555, exist_ok=True)
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._claim_fd = -1  # work_dir_claim's lock, held from claim() until the reaper is stopped
         # Containers with an image: the worker's argv, the image's root and base environment.
         self.image_runs: dict[str, tuple[list[str], ImageRoot, dict[str, str]]] = {}
 
@@ -116,6 +117,14 @@ class RuncRuntime:
     def argv(self, *args: str) -> list[str]:
         return [self.runc, "--root", str(self.root), *args]
 
+    def claim(self) -> None:
+        """Wait until no other node, and no earlier run's reaper, works on this work directory,
+        then hold it (`work_dir_claim`); before `sweep` and `start_reaper`."""
+        self.claim_within(work_dir_claim.CLAIM_TIMEOUT_S)
+
+    def claim_within(self, timeout_s: float) -> None:
+        self._claim_fd = work_dir_claim.claim(self.work_dir, timeout_s)
+
     def sweep(self) -> int:
         """Remove this node's leftover containers (runc state and cgroups) from an earlier run
         that did not clean up; returns how many there were."""
@@ -123,20 +132,26 @@ class RuncRuntime:
 
     def start_reaper(self) -> None:
         """A process that outlives the node and removes its containers when the node dies: it
-        waits for EOF on a pipe only the node holds."""
+        waits for EOF on a pipe only the node holds. It shares the work directory's lock, so that
+        the next node on this directory waits for its sweep."""
+        shared = (self._claim_fd,) if self._claim_fd >= 0 else ()
         self._reaper = subprocess.Popen(
             [sys.executable, "-m", "corral_runtime.reaper", "--runc", self.runc, "--root", str(self.root),
              "--scope", self.scope, "--cgroup-version", str(self.cgroups.version)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True, pass_fds=shared,
         )
 
     def stop_reaper(self) -> None:
-        """The node cleaned up: let the reaper sweep (nothing is left) and exit."""
+        """The node cleaned up: let the reaper sweep (nothing is left) and exit, then let go of
+        the work directory."""
         if self._reaper is not None and self._reaper.stdin is not None:
             with contextlib.suppress(OSError):
                 self._reaper.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._reaper.wait(timeout=10)
+        if self._claim_fd >= 0:
+            work_dir_claim.release(self._claim_fd)
+            self._claim_fd = -1
 
     # Containers -------------------------------------------------------------------------------
 
