@@ -19,6 +19,7 @@ route tables, picking a container, and what a call's outcome means for its route
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -217,6 +218,11 @@ class DirectPath:
         except NotSent as err:
             if err.forget:
                 self._forget(table, route)
+            if err.refused and self._container_exit is not None:
+                # Its process is gone: let the control plane learn that before it takes the input,
+                # or it may push it to that container's ending session (bounded wait; see `lost`).
+                with contextlib.suppress(Exception):
+                    self._container_exit(service_id, route.container_id, method)
         except BaseException as err:
             if not self._failed(table, route, err):
                 raise
@@ -240,6 +246,9 @@ class DirectPath:
         except NotSent as err:
             if err.forget:
                 self._forget(table, route)
+            if err.refused and self._container_exit_aio is not None:
+                with contextlib.suppress(Exception):  # as in `call`
+                    await self._container_exit_aio(service_id, route.container_id, method)
         except BaseException as err:
             if not self._failed(table, route, err):
                 raise

@@ -25,11 +25,13 @@ ACCEPT_WAIT_S = 1.0
 
 class NotSent(Exception):
     """The input never left this process; the control plane may take it. `forget`: the container
-    itself looks gone (connection refused), so drop its route too."""
+    itself looks gone, so drop its route too. `refused`: its port refused the connection (its
+    process is gone, though the control plane may not know yet)."""
 
-    def __init__(self, message: str, forget: bool = True) -> None:
+    def __init__(self, message: str, forget: bool = True, refused: bool = False) -> None:
         super().__init__(message)
         self.forget = forget
+        self.refused = refused
 
 
 class Unread(Exception):
@@ -52,7 +54,7 @@ def exchange(route: Route, request: bytes) -> worker_pb2.DirectResponse:
         sock = socket.create_connection((route.host, route.port), timeout=CONNECT_TIMEOUT_S)
         tune_socket(sock)
     except OSError as err:
-        raise NotSent(str(err)) from None
+        raise NotSent(str(err), refused=isinstance(err, ConnectionRefusedError)) from None
     if route.accepts:
         route.accepts = handshake(sock, route)
     else:
@@ -161,7 +163,7 @@ async def exchange_aio(route: Route, request: bytes) -> worker_pb2.DirectRespons
     try:
         _, conn = await asyncio.wait_for(loop.create_connection(AioConnection, route.host, route.port), CONNECT_TIMEOUT_S)
     except (OSError, asyncio.TimeoutError) as err:
-        raise NotSent(str(err) or type(err).__name__) from None
+        raise NotSent(str(err) or type(err).__name__, refused=isinstance(err, ConnectionRefusedError)) from None
     if route.accepts:
         route.accepts = await handshake_aio(conn, route)
     else:
